@@ -1,0 +1,190 @@
+//! Plugin runtime benchmarks, each pair measured side by side in one run on the same
+//! inputs, printed as a ratio:
+//!
+//! 1. field-diff through Wasm (a fresh instance per call from `InstancePre`) vs the same
+//!    Rust code called natively;
+//! 2. a call with instantiation from the pooling allocator vs on demand;
+//! 3. loading a plugin by compiling it vs from the on-disk compiled cache.
+//!
+//! Run: `./scripts/build-plugins && cargo bench -p setpoint --bench plugins`.
+//! Batches of A and B alternate so that machine noise falls on both; each figure is the
+//! median over batches of the mean time per iteration in a batch.
+
+use std::hint::black_box;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use setpoint::runtime::{PluginRuntime, RuntimeConfig};
+
+const BATCHES: usize = 31;
+
+fn main() {
+    let plugin_file = plugin_path("field-diff");
+    let bytes = std::fs::read(&plugin_file).expect("read field-diff.wasm");
+    let (desired, actual) = configs();
+    assert!(desired.len() > 1500 && actual.len() > 1500, "inputs should be ~2 KB");
+    println!(
+        "inputs: desired {} bytes, actual {} bytes; {} batches per figure; plugin {} ({} bytes)\n",
+        desired.len(),
+        actual.len(),
+        BATCHES,
+        plugin_file.display(),
+        bytes.len()
+    );
+
+    // 1. Wasm (fresh instance per call, pooling) vs native.
+    let pooled = PluginRuntime::new(RuntimeConfig::default()).expect("runtime");
+    let plugin = pooled.load("field-diff.wasm", &bytes).expect("load");
+    let native_drifts = field_diff::compare_json(&desired, &actual, "{}").expect("native");
+    let wasm_drifts = pooled.compare(&plugin, "bench", &desired, &actual, "{}").expect("wasm");
+    assert_eq!(native_drifts.len(), wasm_drifts.len(), "native and Wasm must agree");
+    assert!(!wasm_drifts.is_empty(), "the inputs should differ");
+    pair(
+        "field-diff compare: native vs Wasm (fresh instance per call)",
+        "native",
+        "wasm",
+        200,
+        || {
+            black_box(field_diff::compare_json(&desired, &actual, "{}").unwrap());
+        },
+        || {
+            black_box(pooled.compare(&plugin, "bench", &desired, &actual, "{}").unwrap());
+        },
+        1.5,
+    );
+
+    // 2. Pooling vs on-demand instantiation (the whole call, fresh instance each time).
+    let on_demand = PluginRuntime::new(RuntimeConfig {
+        pooling: false,
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    let plugin_od = on_demand.load("field-diff.wasm", &bytes).expect("load");
+    pair(
+        "field-diff call with instantiation: pooling vs on-demand",
+        "pooling",
+        "on-demand",
+        200,
+        || {
+            black_box(pooled.compare(&plugin, "bench", &desired, &actual, "{}").unwrap());
+        },
+        || {
+            black_box(on_demand.compare(&plugin_od, "bench", &desired, &actual, "{}").unwrap());
+        },
+        f64::INFINITY,
+    );
+
+    // 3. First load (compile) vs load from the on-disk cache.
+    let cache_dir = std::env::temp_dir().join(format!("setpoint-bench-cache-{}", std::process::id()));
+    let cached = PluginRuntime::new(RuntimeConfig {
+        cache_dir: Some(cache_dir.clone()),
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
+    drop(cached.load("field-diff.wasm", &bytes).expect("warm the cache"));
+    pair(
+        "load field-diff (validate + compile or fetch + metadata call): cache vs compile",
+        "from cache",
+        "compile",
+        3,
+        || {
+            // Dropping the plugin each time makes the next load start from the bytes.
+            black_box(cached.load("field-diff.wasm", &bytes).unwrap());
+        },
+        || {
+            black_box(pooled.load("field-diff.wasm", &bytes).map(|p| p.digest().len()).unwrap());
+        },
+        f64::INFINITY,
+    );
+    std::fs::remove_dir_all(&cache_dir).ok();
+}
+
+/// Measure `a` and `b` in alternating batches of `iters` and print both medians and
+/// `b / a`. `target` is the ratio `b / a` must not exceed (printed as met or missed).
+fn pair(
+    title: &str,
+    a_name: &str,
+    b_name: &str,
+    iters: u32,
+    mut a: impl FnMut(),
+    mut b: impl FnMut(),
+    target: f64,
+) {
+    // Warm up both.
+    for _ in 0..iters.max(3) {
+        a();
+        b();
+    }
+    let mut ta = Vec::with_capacity(BATCHES);
+    let mut tb = Vec::with_capacity(BATCHES);
+    for _ in 0..BATCHES {
+        ta.push(batch(iters, &mut a));
+        tb.push(batch(iters, &mut b));
+    }
+    let (ma, mb) = (median(&mut ta), median(&mut tb));
+    let ratio = mb.as_secs_f64() / ma.as_secs_f64();
+    println!("{title}");
+    println!("  {a_name:<12} {:>12.1} µs/iter", ma.as_secs_f64() * 1e6);
+    println!("  {b_name:<12} {:>12.1} µs/iter", mb.as_secs_f64() * 1e6);
+    if target.is_finite() {
+        let verdict = if ratio <= target { "met" } else { "MISSED" };
+        println!("  ratio {b_name}/{a_name} = {ratio:.2}x (target <= {target}x: {verdict})\n");
+    } else {
+        println!("  ratio {b_name}/{a_name} = {ratio:.2}x\n");
+    }
+}
+
+fn batch(iters: u32, f: &mut impl FnMut()) -> Duration {
+    let start = Instant::now();
+    for _ in 0..iters {
+        f();
+    }
+    start.elapsed() / iters
+}
+
+fn median(v: &mut [Duration]) -> Duration {
+    v.sort();
+    v[v.len() / 2]
+}
+
+fn plugin_path(name: &str) -> PathBuf {
+    let dir = std::env::var_os("SETPOINT_PLUGIN_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
+    let path = dir.join(format!("{name}.wasm"));
+    assert!(path.is_file(), "{} missing: run ./scripts/build-plugins first", path.display());
+    path
+}
+
+/// Two ~2 KB DRaaS configurations that differ in a few places.
+fn configs() -> (String, String) {
+    let base = |port: u16, level: &str, extra: bool| {
+        let mut sources = vec![
+            serde_json::json!({"kind": "postgres", "id": "orders-db", "autoStart": true, "host": "db.internal",
+                "port": 5432, "database": "orders", "user": "drasi", "password": "${DB_PASSWORD}",
+                "tables": ["orders", "customers", "line_items", "shipments"], "slotName": "drasi_slot",
+                "publicationName": "drasi_pub"}),
+            serde_json::json!({"kind": "mock", "id": "sensors", "autoStart": true, "dataType": "sensor", "intervalMs": 5000}),
+        ];
+        if extra {
+            sources.push(serde_json::json!({"kind": "mock", "id": "counters", "autoStart": false, "dataType": "counter", "intervalMs": 1000}));
+        }
+        serde_json::json!({
+            "id": "bench-instance", "host": "0.0.0.0", "port": port, "logLevel": level,
+            "persistConfig": true, "persistIndex": false,
+            "sources": sources,
+            "queries": [
+                {"id": "active-orders", "queryText": "MATCH (o:Order) WHERE o.status = 'active' RETURN o.id, o.customer_id, o.total", "sources": [{"sourceId": "orders-db"}]},
+                {"id": "late-shipments", "queryText": "MATCH (o:Order)-[:SHIPPED_AS]->(s:Shipment) WHERE s.eta < datetime() RETURN o.id, s.id", "sources": [{"sourceId": "orders-db"}]},
+                {"id": "sensor-threshold", "queryText": "MATCH (s:Sensor) WHERE s.value > s.threshold RETURN s.id, s.value", "sources": [{"sourceId": "sensors"}]}
+            ],
+            "reactions": [
+                {"kind": "log", "id": "log-output", "queries": ["active-orders", "sensor-threshold"]},
+                {"kind": "http", "id": "webhook", "queries": ["sensor-threshold"], "baseUrl": "https://alerts.example.com",
+                 "routes": {"sensor-threshold": {"added": {"url": "/alerts", "method": "POST"}}}}
+            ]
+        })
+        .to_string()
+    };
+    (base(8081, "debug", true), base(8080, "info", false))
+}

@@ -1,0 +1,181 @@
+//! What a plugin's store holds: a WASI context that grants nothing, the memory limiter,
+//! the plugin's log attribution and, for a strategy call, the scoped control-plane.
+//!
+//! Start at [`HostState`]. The control-plane imports are implemented in
+//! [`super::scope`]; this module wires logging and WASI.
+
+use wasmtime::ResourceLimiter;
+use wasmtime::component::ResourceTable;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use super::bindings::logging;
+use super::scope::ScopedControlPlane;
+
+/// Longest log line a plugin may write; longer lines are cut (a plugin must not flood
+/// the host's logs).
+pub const MAX_LOG_LINE_BYTES: usize = 4 * 1024;
+
+/// Most log lines one call may write; later lines are dropped and counted.
+pub const MAX_LOG_LINES_PER_CALL: u32 = 1_000;
+
+/// The data of one plugin call's `Store`.
+pub struct HostState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    pub(super) limits: MemoryLimiter,
+    pub(super) label: String,
+    pub(super) instance: String,
+    log_lines: u32,
+    /// The last line logged at error level: a Rust guest's panic hook logs the panic
+    /// message there before it traps, so the trap can say why.
+    pub(super) last_error_log: Option<String>,
+    pub(super) control_plane: Option<ScopedControlPlane>,
+}
+
+impl std::fmt::Debug for HostState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HostState")
+            .field("label", &self.label)
+            .field("instance", &self.instance)
+            .finish_non_exhaustive()
+    }
+}
+
+impl HostState {
+    /// A fresh state for one call by `label` (`name@version`) on `instance`.
+    pub(super) fn new(label: &str, instance: &str, max_memory_bytes: usize) -> Self {
+        HostState {
+            wasi: deny_all_wasi(),
+            table: ResourceTable::new(),
+            limits: MemoryLimiter {
+                max_memory_bytes,
+                exceeded: None,
+            },
+            label: label.to_owned(),
+            instance: instance.to_owned(),
+            log_lines: 0,
+            last_error_log: None,
+            control_plane: None,
+        }
+    }
+}
+
+/// A WASI context with no preopened directories, no environment, no arguments, no
+/// network, no stdio, and clocks frozen at zero: plugins get time only through
+/// `rollout.elapsed-ms`.
+fn deny_all_wasi() -> WasiCtx {
+    let mut builder = WasiCtx::builder();
+    builder
+        .wall_clock(FrozenClock)
+        .monotonic_clock(FrozenClock)
+        .allow_blocking_current_thread(false)
+        .allow_tcp(false)
+        .allow_udp(false)
+        .allow_ip_name_lookup(false);
+    builder.build()
+}
+
+/// A clock that never moves.
+struct FrozenClock;
+
+impl wasmtime_wasi::HostWallClock for FrozenClock {
+    fn resolution(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(1)
+    }
+    fn now(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
+}
+
+impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
+    fn resolution(&self) -> u64 {
+        1_000_000_000
+    }
+    fn now(&self) -> u64 {
+        0
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl logging::Host for HostState {
+    fn log(&mut self, level: logging::Level, message: String) {
+        self.log_lines += 1;
+        if self.log_lines > MAX_LOG_LINES_PER_CALL {
+            if self.log_lines == MAX_LOG_LINES_PER_CALL + 1 {
+                tracing::warn!(plugin = %self.label, instance = %self.instance,
+                    "plugin wrote more than {MAX_LOG_LINES_PER_CALL} log lines in one call; dropping the rest");
+            }
+            return;
+        }
+        let mut message = message;
+        if message.len() > MAX_LOG_LINE_BYTES {
+            let mut cut = MAX_LOG_LINE_BYTES;
+            while !message.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            message.truncate(cut);
+            message.push_str(" …(truncated)");
+        }
+        if matches!(level, logging::Level::Error) {
+            self.last_error_log = Some(message.clone());
+        }
+        let (plugin, instance) = (&self.label, &self.instance);
+        match level {
+            logging::Level::Trace => tracing::trace!(plugin, instance, "{message}"),
+            logging::Level::Debug => tracing::debug!(plugin, instance, "{message}"),
+            logging::Level::Info => tracing::info!(plugin, instance, "{message}"),
+            logging::Level::Warn => tracing::warn!(plugin, instance, "{message}"),
+            logging::Level::Error => tracing::error!(plugin, instance, "{message}"),
+        }
+    }
+}
+
+impl super::bindings::types::Host for HostState {}
+
+/// Caps a plugin's linear memory and remembers that it tried to go past the cap, so the
+/// trap can be reported as out-of-memory instead of an unexplained crash.
+#[derive(Debug)]
+pub(super) struct MemoryLimiter {
+    max_memory_bytes: usize,
+    /// The size the guest asked for when it was refused.
+    pub(super) exceeded: Option<usize>,
+}
+
+/// Most tables and table elements a plugin may have: Rust components use one small
+/// table; the cap only stops a hostile guest.
+const MAX_TABLE_ELEMENTS: usize = 100_000;
+
+impl ResourceLimiter for MemoryLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.max_memory_bytes {
+            self.exceeded = Some(desired);
+            wasmtime::bail!(
+                "plugin memory cap of {} bytes reached (asked to grow to {desired} bytes)",
+                self.max_memory_bytes
+            );
+        }
+        Ok(true)
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}

@@ -1,0 +1,696 @@
+//! The plugin runtime: loads comparator and strategy components and calls them in a
+//! sandbox, under a time budget and a memory cap.
+//!
+//! Start at [`PluginRuntime`]. It follows wasmtime's canonical order: one [`Engine`] per
+//! process (pooling allocator, copy-on-write memory images, epoch interruption), one
+//! [`Linker`] built at start, one `InstancePre` per loaded plugin (kept in [`Plugin`]),
+//! and a fresh [`Store`] per call behind a gate smaller than the pool. [`inspect`] tells
+//! what a file is before anything is compiled; [`scope`] implements the strategy's
+//! `control-plane` imports, restricted to one rollout.
+//!
+//! Calls are synchronous and CPU-bound: an async caller runs them on a blocking thread
+//! (`tokio::task::spawn_blocking`).
+
+pub mod bindings;
+mod error;
+mod gate;
+mod host;
+pub mod inspect;
+pub mod scope;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use sha2::Digest as _;
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+
+use bindings::comparator::ComparatorPre;
+use bindings::strategy::StrategyPre;
+pub use bindings::types::{
+    AwaitApproval, Drift, DriftKind, Failure, Metadata, PluginError, PluginKind, Progress,
+    Requeue, Rollout,
+};
+pub use error::{BoxError, CallError, CallFailure, Error, Phase, Result};
+use gate::Gate;
+use host::HostState;
+pub use inspect::{ComponentShape, World};
+pub use scope::{CallOutcome, ImportCall, RolloutScope, ScopedControlPlane, StrategyHost};
+
+/// Default cap on a plugin's linear memory. Configurations are kilobytes; 64 MiB leaves
+/// room for JSON work on documents of megabytes and still stops a runaway guest long
+/// before it matters to the host.
+pub const MAX_PLUGIN_MEMORY_BYTES: usize = 64 * 1024 * 1024;
+
+/// Default time budget of one plugin call. A comparator takes microseconds and a
+/// strategy step a few control-plane round trips; five seconds is generous for both and
+/// still bounds a stuck plugin well inside a reconcile timeout.
+pub const PLUGIN_CALL_DEADLINE: Duration = Duration::from_secs(5);
+
+/// How often the engine's epoch advances. The time budget is enforced in these steps,
+/// so a call overruns its budget by at most one tick; 10 ms keeps the ticker thread's
+/// cost negligible.
+pub const EPOCH_TICK: Duration = Duration::from_millis(10);
+
+/// Largest JSON document (configuration, parameters, state) handed to a plugin. DRaaS
+/// configurations are a few kilobytes; 4 MiB bounds the copy into guest memory well
+/// under [`MAX_PLUGIN_MEMORY_BYTES`].
+pub const MAX_JSON_BYTES: usize = 4 * 1024 * 1024;
+
+/// Default number of plugin calls that run at once. Calls are CPU-bound, so more than a
+/// few per core only adds latency; the pool below is sized larger than this.
+pub const MAX_CONCURRENT_CALLS: usize = 16;
+
+/// Component instances the pooling allocator reserves. Larger than
+/// [`MAX_CONCURRENT_CALLS`] so loading (metadata calls) never starves calls.
+const POOL_COMPONENT_INSTANCES: u32 = 64;
+
+/// Core instances, memories and tables the pool reserves: a Rust component has one core
+/// module plus a few small shim modules (more with the WASI adapter).
+const POOL_CORE_INSTANCES: u32 = POOL_COMPONENT_INSTANCES * 8;
+const POOL_MEMORIES: u32 = POOL_COMPONENT_INSTANCES * 2;
+const POOL_TABLES: u32 = POOL_COMPONENT_INSTANCES * 4;
+
+/// Settings of the plugin runtime.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuntimeConfig {
+    /// Time budget of one plugin call. Default [`PLUGIN_CALL_DEADLINE`].
+    pub call_deadline: Duration,
+    /// Cap on a plugin's linear memory in bytes. Default [`MAX_PLUGIN_MEMORY_BYTES`].
+    pub max_memory_bytes: usize,
+    /// Plugin calls that may run at once. Default [`MAX_CONCURRENT_CALLS`].
+    pub max_concurrent_calls: usize,
+    /// Where compiled plugins are cached, keyed by content digest and engine settings;
+    /// `None` compiles every time. Default `None` (the daemon sets one under its state
+    /// directory).
+    pub cache_dir: Option<PathBuf>,
+    /// Instantiate from a pre-reserved pool (fast) rather than on demand. Default on;
+    /// off only to compare the two in benchmarks.
+    pub pooling: bool,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        RuntimeConfig {
+            call_deadline: PLUGIN_CALL_DEADLINE,
+            max_memory_bytes: MAX_PLUGIN_MEMORY_BYTES,
+            max_concurrent_calls: MAX_CONCURRENT_CALLS,
+            cache_dir: None,
+            pooling: true,
+        }
+    }
+}
+
+/// What a plugin says about itself, validated.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct PluginMetadata {
+    /// Its name as policy refers to it.
+    pub name: String,
+    /// Its own version.
+    #[serde(serialize_with = "serialize_display")]
+    pub version: semver::Version,
+    /// The world it implements.
+    pub kind: World,
+    /// One line for listings.
+    pub description: String,
+}
+
+fn serialize_display<S: serde::Serializer>(
+    v: &semver::Version,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_str(v)
+}
+
+impl PluginMetadata {
+    /// `name@version`, as errors and logs name a plugin.
+    pub fn label(&self) -> String {
+        format!("{}@{}", self.name, self.version)
+    }
+}
+
+enum PluginPre {
+    Comparator(ComparatorPre<HostState>),
+    Strategy(StrategyPre<HostState>),
+}
+
+/// A loaded, validated plugin, ready to be called. Cheap to share (`Arc`); the compiled
+/// code lives as long as any holder.
+pub struct Plugin {
+    metadata: PluginMetadata,
+    digest: String,
+    origin: String,
+    shape: ComponentShape,
+    pre: PluginPre,
+}
+
+impl std::fmt::Debug for Plugin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Plugin")
+            .field("metadata", &self.metadata)
+            .field("digest", &self.digest)
+            .field("origin", &self.origin)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Plugin {
+    /// Its validated metadata.
+    pub fn metadata(&self) -> &PluginMetadata {
+        &self.metadata
+    }
+    /// SHA-256 of the component's bytes, hex.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+    /// The file or name it was loaded from.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+    /// Its world, imports and exports.
+    pub fn shape(&self) -> &ComponentShape {
+        &self.shape
+    }
+    /// `name@version`.
+    pub fn label(&self) -> String {
+        self.metadata.label()
+    }
+}
+
+/// What a strategy's `step` or `abort` produced, with the scope after the call and every
+/// control-plane call it made (also when the call failed).
+#[derive(Debug)]
+pub struct StepOutcome {
+    /// The strategy's answer, or why the call failed.
+    pub progress: std::result::Result<Progress, Box<CallError>>,
+    /// The rollout's scope after the call (clones added or removed); persist it.
+    pub scope: RolloutScope,
+    /// The control-plane calls made, in order.
+    pub calls: Vec<ImportCall>,
+}
+
+/// Loads plugins and calls them under limits. One per process.
+pub struct PluginRuntime {
+    engine: Engine,
+    linker: Linker<HostState>,
+    config: RuntimeConfig,
+    gate: Gate,
+    loaded: Mutex<HashMap<String, Weak<Plugin>>>,
+    _ticker: EpochTicker,
+}
+
+impl std::fmt::Debug for PluginRuntime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PluginRuntime")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PluginRuntime {
+    /// Set up the engine, the linker and the epoch ticker.
+    pub fn new(config: RuntimeConfig) -> Result<Self> {
+        let engine = build_engine(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
+        // The strategy world's imports (logging + control-plane) are a superset of the
+        // comparator world's (logging), so one linker serves both.
+        bindings::strategy::Strategy::add_to_linker::<HostState, HasSelf<HostState>>(
+            &mut linker,
+            |state| state,
+        )
+        .map_err(engine_error)?;
+        let ticker = EpochTicker::start(engine.clone());
+        Ok(PluginRuntime {
+            engine,
+            linker,
+            gate: Gate::new(config.max_concurrent_calls.max(1)),
+            config,
+            loaded: Mutex::new(HashMap::new()),
+            _ticker: ticker,
+        })
+    }
+
+    /// The settings it runs with.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.config
+    }
+
+    /// Read, validate and load a plugin file.
+    pub fn load_file(&self, path: &Path) -> Result<Arc<Plugin>> {
+        let bytes = std::fs::read(path).map_err(|source| Error::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
+        self.load(&path.display().to_string(), &bytes)
+    }
+
+    /// Validate and load a plugin from its bytes; `origin` names it in messages.
+    ///
+    /// Checks, in order: that it is a component of a plugin world and a supported
+    /// contract version, that it compiles and links, and that its metadata call
+    /// succeeds within the budget and describes the world it implements. Loading the
+    /// same bytes again returns the plugin already loaded.
+    pub fn load(&self, origin: &str, bytes: &[u8]) -> Result<Arc<Plugin>> {
+        let shape = inspect::classify(origin, bytes)?;
+        let digest = hex::encode(sha2::Sha256::digest(bytes));
+        if let Some(plugin) = self.cached(&digest) {
+            return Ok(plugin);
+        }
+
+        let component = Component::new(&self.engine, bytes).map_err(|e| Error::Compile {
+            origin: origin.to_owned(),
+            source: e.into_boxed_dyn_error(),
+        })?;
+        let link_error = |e: wasmtime::Error| Error::Link {
+            origin: origin.to_owned(),
+            world: shape.world,
+            imports: shape.imports.join(", "),
+            source: e.into_boxed_dyn_error(),
+        };
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(link_error)?;
+        let pre = match shape.world {
+            World::Comparator => {
+                PluginPre::Comparator(ComparatorPre::new(instance_pre).map_err(link_error)?)
+            }
+            World::Strategy => {
+                PluginPre::Strategy(StrategyPre::new(instance_pre).map_err(link_error)?)
+            }
+        };
+
+        let label = format!("{} (loading)", short_origin(origin));
+        let raw = self
+            .call(shape.world, &label, "-", Phase::Metadata, None, |store| {
+                match &pre {
+                    PluginPre::Comparator(pre) => {
+                        let plugin = pre.instantiate(&mut *store)?;
+                        plugin
+                            .setpoint_plugin_drift_comparator()
+                            .call_metadata(&mut *store)
+                    }
+                    PluginPre::Strategy(pre) => {
+                        let plugin = pre.instantiate(&mut *store)?;
+                        plugin
+                            .setpoint_plugin_rollout_strategy()
+                            .call_metadata(&mut *store)
+                    }
+                }
+            })
+            .0
+            .map_err(Error::Call)?;
+        let metadata = validate_metadata(origin, shape.world, raw)?;
+
+        let plugin = Arc::new(Plugin {
+            metadata,
+            digest: digest.clone(),
+            origin: origin.to_owned(),
+            shape,
+            pre,
+        });
+        let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        loaded.retain(|_, weak| weak.strong_count() > 0);
+        loaded.insert(digest, Arc::downgrade(&plugin));
+        Ok(plugin)
+    }
+
+    fn cached(&self, digest: &str) -> Option<Arc<Plugin>> {
+        let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
+        loaded.get(digest).and_then(Weak::upgrade)
+    }
+
+    /// Run a comparator's `compare` on `instance`'s configurations (JSON text).
+    pub fn compare(
+        &self,
+        plugin: &Plugin,
+        instance: &str,
+        desired: &str,
+        actual: &str,
+        params: &str,
+    ) -> std::result::Result<Vec<Drift>, Box<CallError>> {
+        let label = plugin.label();
+        let fail = |failure| {
+            Box::new(CallError {
+                world: World::Comparator,
+                plugin: label.clone(),
+                instance: instance.to_owned(),
+                phase: Phase::Compare,
+                failure,
+            })
+        };
+        let PluginPre::Comparator(pre) = &plugin.pre else {
+            return Err(fail(CallFailure::Plugin(format!(
+                "{label} is a strategy, not a comparator"
+            ))));
+        };
+        for (what, text) in [("desired", desired), ("actual", actual), ("params", params)] {
+            check_size(what, text).map_err(fail)?;
+        }
+        let result = self
+            .call(World::Comparator, &label, instance, Phase::Compare, None, |store| {
+                let plugin = pre.instantiate(&mut *store)?;
+                plugin
+                    .setpoint_plugin_drift_comparator()
+                    .call_compare(&mut *store, desired, actual, params)
+            })
+            .0?;
+        result.map_err(|e| fail(CallFailure::Plugin(describe_plugin_error(&e))))
+    }
+
+    /// Run a strategy's `step` for a rollout within `scope`.
+    pub fn step(
+        &self,
+        plugin: &Plugin,
+        rollout: &Rollout,
+        host: Arc<dyn StrategyHost>,
+        scope: RolloutScope,
+        dry_run: bool,
+    ) -> StepOutcome {
+        self.strategy_call(plugin, Phase::Step, rollout, host, scope, dry_run)
+    }
+
+    /// Run a strategy's `abort` for a rollout within `scope`.
+    pub fn abort(
+        &self,
+        plugin: &Plugin,
+        rollout: &Rollout,
+        host: Arc<dyn StrategyHost>,
+        scope: RolloutScope,
+        dry_run: bool,
+    ) -> StepOutcome {
+        self.strategy_call(plugin, Phase::Abort, rollout, host, scope, dry_run)
+    }
+
+    fn strategy_call(
+        &self,
+        plugin: &Plugin,
+        phase: Phase,
+        rollout: &Rollout,
+        host: Arc<dyn StrategyHost>,
+        scope: RolloutScope,
+        dry_run: bool,
+    ) -> StepOutcome {
+        let label = plugin.label();
+        let instance = rollout.instance_id.clone();
+        let fail = |failure| {
+            Box::new(CallError {
+                world: World::Strategy,
+                plugin: label.clone(),
+                instance: instance.clone(),
+                phase,
+                failure,
+            })
+        };
+        let PluginPre::Strategy(pre) = &plugin.pre else {
+            return StepOutcome {
+                progress: Err(fail(CallFailure::Plugin(format!(
+                    "{label} is a comparator, not a strategy"
+                )))),
+                scope,
+                calls: Vec::new(),
+            };
+        };
+        let sizes = [
+            ("desired", rollout.desired.as_str()),
+            ("actual", rollout.actual.as_deref().unwrap_or("")),
+            ("params", rollout.params.as_str()),
+            ("state", rollout.state.as_deref().unwrap_or("")),
+        ];
+        if let Some(failure) = sizes.iter().find_map(|(w, t)| check_size(w, t).err()) {
+            return StepOutcome {
+                progress: Err(fail(failure)),
+                scope,
+                calls: Vec::new(),
+            };
+        }
+        let cp = ScopedControlPlane::new(host, scope, dry_run);
+        let (progress, cp) =
+            self.call(World::Strategy, &label, &instance, phase, Some(cp), |store| {
+                let plugin = pre.instantiate(&mut *store)?;
+                let api = plugin.setpoint_plugin_rollout_strategy();
+                match phase {
+                    Phase::Abort => api.call_abort(&mut *store, rollout),
+                    _ => api.call_step(&mut *store, rollout),
+                }
+            });
+        let cp = cp.expect("strategy calls carry a control plane");
+        StepOutcome {
+            progress,
+            scope: cp.scope,
+            calls: cp.calls,
+        }
+    }
+
+    /// One call in a fresh store, under the gate, the time budget and the memory cap.
+    fn call<R>(
+        &self,
+        world: World,
+        label: &str,
+        instance: &str,
+        phase: Phase,
+        control_plane: Option<ScopedControlPlane>,
+        f: impl FnOnce(&mut Store<HostState>) -> wasmtime::Result<R>,
+    ) -> (
+        std::result::Result<R, Box<CallError>>,
+        Option<ScopedControlPlane>,
+    ) {
+        let _permit = self.gate.enter();
+        let mut state = HostState::new(label, instance, self.config.max_memory_bytes);
+        state.control_plane = control_plane;
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|state| &mut state.limits);
+        store.set_epoch_deadline(deadline_ticks(self.config.call_deadline));
+        store.epoch_deadline_trap();
+
+        let result = f(&mut store);
+        let state = store.into_data();
+        let result = result.map_err(|error| {
+            let failure = if let Some(requested) = state.limits.exceeded {
+                CallFailure::OutOfMemory {
+                    limit: self.config.max_memory_bytes,
+                    requested,
+                }
+            } else if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+                CallFailure::Timeout {
+                    budget: self.config.call_deadline,
+                }
+            } else {
+                CallFailure::Trap {
+                    message: describe_trap(&error, state.last_error_log.as_deref()),
+                }
+            };
+            Box::new(CallError {
+                world,
+                plugin: label.to_owned(),
+                instance: instance.to_owned(),
+                phase,
+                failure,
+            })
+        });
+        (result, state.control_plane)
+    }
+}
+
+fn build_engine(config: &RuntimeConfig) -> Result<Engine> {
+    let mut cfg = Config::new();
+    cfg.wasm_component_model(true);
+    cfg.epoch_interruption(true);
+    cfg.memory_init_cow(true);
+    if config.pooling {
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(POOL_COMPONENT_INSTANCES)
+            .total_core_instances(POOL_CORE_INSTANCES)
+            .total_memories(POOL_MEMORIES)
+            .total_tables(POOL_TABLES)
+            .max_memory_size(config.max_memory_bytes);
+        cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    }
+    if let Some(dir) = &config.cache_dir {
+        std::fs::create_dir_all(dir).map_err(|e| Error::Engine {
+            detail: format!("cannot create the plugin cache directory {}: {e}", dir.display()),
+        })?;
+        let mut cache = wasmtime::CacheConfig::new();
+        cache.with_directory(dir);
+        let cache = wasmtime::Cache::new(cache).map_err(engine_error)?;
+        cfg.cache(Some(cache));
+    }
+    Engine::new(&cfg).map_err(engine_error)
+}
+
+fn engine_error(e: wasmtime::Error) -> Error {
+    Error::Engine {
+        detail: format!("{e:#}"),
+    }
+}
+
+/// Epoch ticks for a budget: rounded up, plus one because the current tick is already
+/// partly over when the call starts.
+fn deadline_ticks(budget: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos();
+    (budget.as_nanos().div_ceil(tick) as u64).saturating_add(1)
+}
+
+fn check_size(what: &'static str, text: &str) -> std::result::Result<(), CallFailure> {
+    if text.len() > MAX_JSON_BYTES {
+        return Err(CallFailure::InputTooLarge {
+            what,
+            len: text.len(),
+            limit: MAX_JSON_BYTES,
+        });
+    }
+    Ok(())
+}
+
+fn validate_metadata(origin: &str, world: World, raw: Metadata) -> Result<PluginMetadata> {
+    let bad = |detail: String| Error::Metadata {
+        origin: origin.to_owned(),
+        detail,
+    };
+    let name_ok = !raw.name.is_empty()
+        && raw.name.len() <= 64
+        && raw
+            .name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !raw.name.starts_with('-');
+    if !name_ok {
+        return Err(bad(format!(
+            "name {:?} must be 1 to 64 lowercase ASCII letters, digits and `-`",
+            raw.name
+        )));
+    }
+    let version = semver::Version::parse(&raw.version).map_err(|e| {
+        bad(format!(
+            "version {:?} of {} is not a semantic version ({e}); use for example \"0.1.0\"",
+            raw.version, raw.name
+        ))
+    })?;
+    let kind = match raw.kind {
+        PluginKind::Comparator => World::Comparator,
+        PluginKind::Strategy => World::Strategy,
+    };
+    if kind != world {
+        return Err(bad(format!(
+            "{} says it is a {kind} but implements the {world} world",
+            raw.name
+        )));
+    }
+    Ok(PluginMetadata {
+        name: raw.name,
+        version,
+        kind,
+        description: raw.description,
+    })
+}
+
+fn describe_plugin_error(e: &PluginError) -> String {
+    match e {
+        PluginError::InvalidInput(m) => format!("invalid input: {m}"),
+        PluginError::InvalidParams(m) => format!("invalid parameters: {m}"),
+        PluginError::Other(m) => m.clone(),
+    }
+}
+
+fn describe_trap(error: &wasmtime::Error, last_error_log: Option<&str>) -> String {
+    let mut message = match error.downcast_ref::<Trap>() {
+        Some(trap) => trap.to_string(),
+        None => error.root_cause().to_string(),
+    };
+    if let Some(logged) = last_error_log {
+        message.push_str(&format!(" (the plugin last logged: {logged})"));
+    }
+    if let Some(backtrace) = error.downcast_ref::<wasmtime::WasmBacktrace>() {
+        let frames: Vec<String> = backtrace
+            .frames()
+            .iter()
+            .take(8)
+            .map(|frame| {
+                frame
+                    .func_name()
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| format!("<func {}>", frame.func_index()))
+            })
+            .collect();
+        if !frames.is_empty() {
+            message.push_str(&format!("; guest backtrace: {}", frames.join(" <- ")));
+        }
+    }
+    message
+}
+
+fn short_origin(origin: &str) -> &str {
+    Path::new(origin)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or(origin)
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] on a background thread until the
+/// runtime is dropped.
+struct EpochTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl EpochTicker {
+    fn start(engine: Engine) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        std::thread::Builder::new()
+            .name("setpoint-epoch".into())
+            .spawn(move || {
+                while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                    std::thread::sleep(EPOCH_TICK);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch ticker thread");
+        EpochTicker { stop }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn deadline_rounds_up_and_adds_a_tick() {
+        assert_eq!(deadline_ticks(Duration::from_millis(10)), 2);
+        assert_eq!(deadline_ticks(Duration::from_millis(11)), 3);
+        assert_eq!(deadline_ticks(Duration::from_secs(5)), 501);
+    }
+
+    #[test]
+    fn metadata_is_validated() {
+        let meta = |name: &str, version: &str, kind| Metadata {
+            name: name.into(),
+            version: version.into(),
+            kind,
+            description: String::new(),
+        };
+        let ok = validate_metadata("x", World::Comparator, meta("field-diff", "0.1.0", PluginKind::Comparator));
+        assert_eq!(ok.unwrap().label(), "field-diff@0.1.0");
+        let err = validate_metadata("x", World::Comparator, meta("Field Diff", "0.1.0", PluginKind::Comparator))
+            .unwrap_err();
+        assert!(err.to_string().contains("lowercase"), "{err}");
+        let err = validate_metadata("x", World::Comparator, meta("fd", "one", PluginKind::Comparator))
+            .unwrap_err();
+        assert!(err.to_string().contains("semantic version"), "{err}");
+        let err = validate_metadata("x", World::Comparator, meta("fd", "1.0.0", PluginKind::Strategy))
+            .unwrap_err();
+        assert!(err.to_string().contains("says it is a strategy"), "{err}");
+    }
+
+    #[test]
+    fn runtime_refuses_garbage_with_a_clear_error() {
+        let runtime = PluginRuntime::new(RuntimeConfig::default()).unwrap();
+        let err = runtime.load("junk.wasm", b"#!/bin/sh\necho hi").unwrap_err();
+        assert!(matches!(err, Error::NotWasm { .. }), "{err}");
+    }
+}

@@ -1,0 +1,329 @@
+//! The `control-plane` imports of the strategy world, scoped to one rollout.
+//!
+//! The embedder supplies a [`StrategyHost`] (the daemon's is its control-plane client).
+//! For each strategy call the runtime wraps it in a [`ScopedControlPlane`] that lets the
+//! strategy touch only the instance being reconciled and the clones it created during
+//! this rollout, answers mutating calls with a simulated success in dry-run, and records
+//! every call ([`ImportCall`]) so the caller can audit them.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+
+pub use super::bindings::control_plane::{
+    BackendWeight, Error as CpError, Health, InstanceInfo, InstanceMetrics, InstanceStatus,
+    RuntimeStatus,
+};
+use super::bindings::control_plane;
+use super::host::HostState;
+
+/// The control plane as a strategy sees it, implemented by the embedder.
+///
+/// Calls are synchronous: plugin calls run on a blocking thread, so an implementation
+/// over an async client blocks on its runtime handle. The calls that need control-plane
+/// extensions (clones, traffic weights, metrics) default to `unavailable`, so a control
+/// plane without them still runs the strategies that do not need them.
+pub trait StrategyHost: Send + Sync {
+    /// Describe an instance.
+    fn get_instance(&self, id: &str) -> Result<InstanceInfo, CpError>;
+    /// What the control plane last heard about an instance at runtime.
+    fn get_runtime_status(&self, id: &str) -> Result<RuntimeStatus, CpError>;
+    /// The instance's desired configuration, JSON text.
+    fn get_desired_configuration(&self, id: &str) -> Result<String, CpError>;
+    /// Start an instance, with `configuration` or its stored desired configuration.
+    fn start(&self, id: &str, configuration: Option<&str>) -> Result<(), CpError>;
+    /// Stop an instance.
+    fn stop(&self, id: &str) -> Result<(), CpError>;
+    /// Restart an instance.
+    fn restart(&self, id: &str) -> Result<(), CpError>;
+    /// Ask an instance whether it is healthy.
+    fn probe_health(&self, id: &str) -> Result<Health, CpError>;
+    /// Create a sibling of `id` running `configuration`; returns the new id.
+    fn clone_instance(&self, id: &str, configuration: &str) -> Result<String, CpError> {
+        let _ = (id, configuration);
+        Err(CpError::Unavailable(
+            "this control plane does not support clones".into(),
+        ))
+    }
+    /// Delete an instance (only ever called for clones of the rollout).
+    fn delete_instance(&self, id: &str) -> Result<(), CpError> {
+        let _ = id;
+        Err(CpError::Unavailable(
+            "this control plane does not support deleting clones".into(),
+        ))
+    }
+    /// Split an endpoint's requests across instances by weight.
+    fn set_traffic_weights(&self, endpoint: &str, weights: &[BackendWeight]) -> Result<(), CpError> {
+        let _ = (endpoint, weights);
+        Err(CpError::Unavailable(
+            "this control plane does not support traffic endpoints".into(),
+        ))
+    }
+    /// An instance's request and error counters.
+    fn get_metrics(&self, id: &str) -> Result<InstanceMetrics, CpError> {
+        let _ = id;
+        Err(CpError::Unavailable(
+            "this control plane does not report instance metrics".into(),
+        ))
+    }
+}
+
+/// The instances a rollout may act on. Persist it with the rollout state so the scope
+/// survives a restart of the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RolloutScope {
+    /// The instance being reconciled.
+    pub instance_id: String,
+    /// Clones the strategy created during this rollout.
+    #[serde(default)]
+    pub clones: BTreeSet<String>,
+}
+
+impl RolloutScope {
+    /// The scope of a new rollout of `instance_id`.
+    pub fn new(instance_id: impl Into<String>) -> Self {
+        RolloutScope {
+            instance_id: instance_id.into(),
+            clones: BTreeSet::new(),
+        }
+    }
+
+    /// Whether `id` is in scope.
+    pub fn allows(&self, id: &str) -> bool {
+        id == self.instance_id || self.clones.contains(id)
+    }
+}
+
+/// How one control-plane import call ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "outcome", content = "detail")]
+pub enum CallOutcome {
+    /// The control plane did it.
+    Ok,
+    /// Dry-run: recorded, not sent; the plugin was told it succeeded.
+    Simulated,
+    /// Out of scope: not sent; the plugin got `denied`.
+    Denied(String),
+    /// Sent, and the control plane answered with an error.
+    Failed(String),
+}
+
+/// One control-plane call a strategy made, for the audit log and dry-run plans.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImportCall {
+    /// The import's WIT name, for example `stop`.
+    pub call: String,
+    /// The instance (or endpoint) it named.
+    pub target: String,
+    /// Whether it mutates the control plane.
+    pub mutating: bool,
+    /// How it ended.
+    pub outcome: CallOutcome,
+}
+
+/// A [`StrategyHost`] seen through one rollout's scope.
+pub struct ScopedControlPlane {
+    host: Arc<dyn StrategyHost>,
+    pub(super) scope: RolloutScope,
+    dry_run: bool,
+    pub(super) calls: Vec<ImportCall>,
+}
+
+impl std::fmt::Debug for ScopedControlPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ScopedControlPlane")
+            .field("scope", &self.scope)
+            .field("dry_run", &self.dry_run)
+            .field("calls", &self.calls)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ScopedControlPlane {
+    pub(super) fn new(host: Arc<dyn StrategyHost>, scope: RolloutScope, dry_run: bool) -> Self {
+        ScopedControlPlane {
+            host,
+            scope,
+            dry_run,
+            calls: Vec::new(),
+        }
+    }
+
+    fn record(&mut self, call: &str, target: &str, mutating: bool, outcome: CallOutcome) {
+        self.calls.push(ImportCall {
+            call: call.to_owned(),
+            target: target.to_owned(),
+            mutating,
+            outcome,
+        });
+    }
+
+    fn check_scope(&mut self, call: &str, target: &str, mutating: bool) -> Result<(), CpError> {
+        if self.scope.allows(target) {
+            return Ok(());
+        }
+        let why = format!(
+            "`{call}` on instance {target} denied: this rollout may act only on instance {} and the clones it created",
+            self.scope.instance_id
+        );
+        tracing::warn!(call, target, instance = %self.scope.instance_id, "strategy call out of scope denied");
+        self.record(call, target, mutating, CallOutcome::Denied(why.clone()));
+        Err(CpError::Denied(why))
+    }
+
+    fn read<T>(
+        &mut self,
+        call: &str,
+        target: &str,
+        f: impl FnOnce(&dyn StrategyHost) -> Result<T, CpError>,
+    ) -> Result<T, CpError> {
+        self.check_scope(call, target, false)?;
+        let result = f(self.host.as_ref());
+        let outcome = match &result {
+            Ok(_) => CallOutcome::Ok,
+            Err(e) => CallOutcome::Failed(describe(e)),
+        };
+        self.record(call, target, false, outcome);
+        result
+    }
+
+    fn mutate<T>(
+        &mut self,
+        call: &str,
+        target: &str,
+        simulated: impl FnOnce(&mut Self) -> T,
+        f: impl FnOnce(&dyn StrategyHost) -> Result<T, CpError>,
+    ) -> Result<T, CpError> {
+        self.check_scope(call, target, true)?;
+        if self.dry_run {
+            self.record(call, target, true, CallOutcome::Simulated);
+            return Ok(simulated(self));
+        }
+        let result = f(self.host.as_ref());
+        let outcome = match &result {
+            Ok(_) => CallOutcome::Ok,
+            Err(e) => CallOutcome::Failed(describe(e)),
+        };
+        self.record(call, target, true, outcome);
+        result
+    }
+}
+
+fn describe(e: &CpError) -> String {
+    match e {
+        CpError::NotFound(m) => format!("not found: {m}"),
+        CpError::Denied(m) => format!("denied: {m}"),
+        CpError::Unavailable(m) => format!("unavailable: {m}"),
+        CpError::Invalid(m) => format!("invalid: {m}"),
+        CpError::Other(m) => m.clone(),
+    }
+}
+
+impl HostState {
+    fn scoped(&mut self, call: &str) -> Result<&mut ScopedControlPlane, CpError> {
+        self.control_plane.as_mut().ok_or_else(|| {
+            CpError::Denied(format!(
+                "`{call}` denied: control-plane calls are available only during a strategy's step or abort"
+            ))
+        })
+    }
+}
+
+impl control_plane::Host for HostState {
+    fn get_instance(&mut self, id: String) -> Result<InstanceInfo, CpError> {
+        self.scoped("get-instance")?
+            .read("get-instance", &id, |h| h.get_instance(&id))
+    }
+
+    fn get_runtime_status(&mut self, id: String) -> Result<RuntimeStatus, CpError> {
+        self.scoped("get-runtime-status")?
+            .read("get-runtime-status", &id, |h| h.get_runtime_status(&id))
+    }
+
+    fn get_desired_configuration(&mut self, id: String) -> Result<String, CpError> {
+        self.scoped("get-desired-configuration")?
+            .read("get-desired-configuration", &id, |h| {
+                h.get_desired_configuration(&id)
+            })
+    }
+
+    fn start(&mut self, id: String, configuration: Option<String>) -> Result<(), CpError> {
+        self.scoped("start")?.mutate(
+            "start",
+            &id,
+            |_| (),
+            |h| h.start(&id, configuration.as_deref()),
+        )
+    }
+
+    fn stop(&mut self, id: String) -> Result<(), CpError> {
+        self.scoped("stop")?
+            .mutate("stop", &id, |_| (), |h| h.stop(&id))
+    }
+
+    fn restart(&mut self, id: String) -> Result<(), CpError> {
+        self.scoped("restart")?
+            .mutate("restart", &id, |_| (), |h| h.restart(&id))
+    }
+
+    fn clone_instance(&mut self, id: String, configuration: String) -> Result<String, CpError> {
+        let cp = self.scoped("clone-instance")?;
+        let new_id = cp.mutate(
+            "clone-instance",
+            &id,
+            |cp| format!("dry-run-clone-{}-{}", cp.scope.instance_id, cp.scope.clones.len() + 1),
+            |h| h.clone_instance(&id, &configuration),
+        )?;
+        cp.scope.clones.insert(new_id.clone());
+        Ok(new_id)
+    }
+
+    fn delete_clone(&mut self, id: String) -> Result<(), CpError> {
+        let cp = self.scoped("delete-clone")?;
+        if !cp.scope.clones.contains(&id) {
+            let why = format!(
+                "`delete-clone` on instance {id} denied: only clones created by this rollout can be deleted"
+            );
+            cp.record("delete-clone", &id, true, CallOutcome::Denied(why.clone()));
+            return Err(CpError::Denied(why));
+        }
+        cp.mutate("delete-clone", &id, |_| (), |h| h.delete_instance(&id))?;
+        cp.scope.clones.remove(&id);
+        Ok(())
+    }
+
+    fn set_traffic_weights(
+        &mut self,
+        endpoint: String,
+        weights: Vec<BackendWeight>,
+    ) -> Result<(), CpError> {
+        let cp = self.scoped("set-traffic-weights")?;
+        for w in &weights {
+            cp.check_scope("set-traffic-weights", &w.instance_id, true)?;
+        }
+        let target = format!("endpoint {endpoint}");
+        // The endpoint itself is not an instance: scope is checked on its backends above.
+        if cp.dry_run {
+            cp.record("set-traffic-weights", &target, true, CallOutcome::Simulated);
+            return Ok(());
+        }
+        let result = cp.host.set_traffic_weights(&endpoint, &weights);
+        let outcome = match &result {
+            Ok(()) => CallOutcome::Ok,
+            Err(e) => CallOutcome::Failed(describe(e)),
+        };
+        cp.record("set-traffic-weights", &target, true, outcome);
+        result
+    }
+
+    fn probe_health(&mut self, id: String) -> Result<Health, CpError> {
+        self.scoped("probe-health")?
+            .read("probe-health", &id, |h| h.probe_health(&id))
+    }
+
+    fn get_metrics(&mut self, id: String) -> Result<InstanceMetrics, CpError> {
+        self.scoped("get-metrics")?
+            .read("get-metrics", &id, |h| h.get_metrics(&id))
+    }
+}
