@@ -1,0 +1,480 @@
+//! `field-diff`: a comparator that diffs two JSON documents structurally.
+//!
+//! Start reading at [`FieldDiff::compare`]. The rules:
+//!
+//! - Objects are compared key by key: a key only in the desired document is
+//!   [`DriftKind::Added`](setpoint_plugin::DriftKind::Added), only in the actual one
+//!   `Removed`, in both with different values `Changed` (or the differences inside it).
+//! - A value whose JSON type differs (object vs. array, string vs. number, …) is one
+//!   `Changed` drift. Numbers compare by value: `8080` equals `8080.0`.
+//! - Lists whose elements are all objects carrying a unique string or number `id`, on
+//!   both sides, are matched by `id` regardless of order. Other lists are compared index
+//!   by index, with extra elements added or removed at the end.
+//! - Paths are JSON pointers (RFC 6901) that resolve in a real document: the desired
+//!   document for added and changed values, the actual document for removed ones. For an
+//!   element matched by `id` that means its index in the desired document (in the actual
+//!   one when it was removed); the message names the `id` instead, as
+//!   `/queries[id=q1]/query: "MATCH a" -> "MATCH b"`.
+//!
+//! Parameters (a JSON object, all optional):
+//!
+//! - `ignore`: a list of JSON pointers. A drift is dropped when one of them is its path
+//!   or an ancestor of it, token by token: `/sources` ignores `/sources/0/host` but not
+//!   `/sourcesExtra`. Pointers match the paths described above.
+//!
+//! Any other parameter is rejected, so a typo does not silently compare everything.
+//!
+//! Natively, [`compare_json`] runs exactly what the component's `compare` export runs.
+
+use std::collections::HashMap;
+
+use setpoint_plugin::serde_json::{Map, Value};
+use setpoint_plugin::{Comparator, Drift, Metadata, PluginError, pointer};
+
+/// The `field-diff` comparator.
+#[derive(Debug)]
+pub struct FieldDiff;
+
+setpoint_plugin::comparator!(FieldDiff);
+
+impl Comparator for FieldDiff {
+    fn metadata() -> Metadata {
+        Metadata::comparator(
+            "field-diff",
+            env!("CARGO_PKG_VERSION"),
+            "Structural JSON diff with ignore paths and lists matched by id",
+        )
+    }
+
+    fn compare(desired: &Value, actual: &Value, params: &Value) -> Result<Vec<Drift>, PluginError> {
+        let params = Params::parse(params)?;
+        let mut diff = Diff {
+            params: &params,
+            path: String::new(),
+            label: String::new(),
+            drifts: Vec::new(),
+        };
+        diff.value(desired, actual);
+        Ok(diff.drifts)
+    }
+}
+
+/// Parse the JSON texts and diff them: what the Wasm `compare` export runs, for native
+/// callers (the host's benchmark compares the two side by side).
+pub fn compare_json(desired: &str, actual: &str, params: &str) -> Result<Vec<Drift>, PluginError> {
+    setpoint_plugin::compare_json::<FieldDiff>(desired, actual, params)
+}
+
+/// The parameters `field-diff` accepts.
+#[derive(Debug, Default)]
+struct Params {
+    /// Pointers whose subtrees are not compared.
+    ignore: Vec<String>,
+}
+
+impl Params {
+    fn parse(params: &Value) -> Result<Self, PluginError> {
+        let Value::Object(params) = params else {
+            return Err(PluginError::invalid_params(format!(
+                "params must be a JSON object, got {params}"
+            )));
+        };
+        let mut parsed = Self::default();
+        for (name, value) in params {
+            match name.as_str() {
+                "ignore" => parsed.ignore = parse_ignore(value)?,
+                other => {
+                    return Err(PluginError::invalid_params(format!(
+                        "unknown parameter `{other}`; field-diff accepts `ignore`"
+                    )));
+                }
+            }
+        }
+        Ok(parsed)
+    }
+
+    fn ignores(&self, path: &str) -> bool {
+        self.ignore
+            .iter()
+            .any(|prefix| pointer::has_prefix(path, prefix))
+    }
+}
+
+fn parse_ignore(value: &Value) -> Result<Vec<String>, PluginError> {
+    let expected = || {
+        PluginError::invalid_params(format!(
+            "parameter `ignore` must be a list of JSON pointers such as [\"/sources\"], got {value}"
+        ))
+    };
+    let Value::Array(items) = value else {
+        return Err(expected());
+    };
+    items
+        .iter()
+        .map(|item| match item {
+            Value::String(p) if pointer::is_valid(p) => Ok(p.clone()),
+            Value::String(p) => Err(PluginError::invalid_params(format!(
+                "parameter `ignore`: {p:?} is not a JSON pointer (it must be empty or start with `/`, and `~` must be followed by 0 or 1)"
+            ))),
+            _ => Err(expected()),
+        })
+        .collect()
+}
+
+/// One diff in progress: the current position (a pointer and the label messages show)
+/// and the drifts found so far.
+struct Diff<'p> {
+    params: &'p Params,
+    /// The pointer of the value being compared.
+    path: String,
+    /// `path` as messages show it: elements matched by id appear as `[id=…]`.
+    label: String,
+    drifts: Vec<Drift>,
+}
+
+impl Diff<'_> {
+    /// Compare the values at the current position.
+    fn value(&mut self, desired: &Value, actual: &Value) {
+        if self.params.ignores(&self.path) {
+            return;
+        }
+        match (desired, actual) {
+            (Value::Object(d), Value::Object(a)) => self.object(d, a),
+            (Value::Array(d), Value::Array(a)) => match (id_index(d), id_index(a)) {
+                (Some(d_ids), Some(a_ids)) => self.keyed_list(d, &d_ids, a, &a_ids),
+                _ => self.list(d, a),
+            },
+            (Value::Number(_), Value::Number(_)) if same_number(desired, actual) => {}
+            _ if desired == actual => {}
+            _ => self.push(Drift::changed(
+                self.path.clone(),
+                desired.clone(),
+                actual.clone(),
+            )),
+        }
+    }
+
+    fn object(&mut self, desired: &Map<String, Value>, actual: &Map<String, Value>) {
+        for (key, d) in desired {
+            self.enter(key, None, |diff| match actual.get(key) {
+                Some(a) => diff.value(d, a),
+                None => diff.added(d),
+            });
+        }
+        for (key, a) in actual {
+            if !desired.contains_key(key) {
+                self.enter(key, None, |diff| diff.removed(a));
+            }
+        }
+    }
+
+    fn list(&mut self, desired: &[Value], actual: &[Value]) {
+        for (i, d) in desired.iter().enumerate() {
+            self.enter(&i.to_string(), None, |diff| match actual.get(i) {
+                Some(a) => diff.value(d, a),
+                None => diff.added(d),
+            });
+        }
+        for (i, a) in actual.iter().enumerate().skip(desired.len()) {
+            self.enter(&i.to_string(), None, |diff| diff.removed(a));
+        }
+    }
+
+    fn keyed_list(
+        &mut self,
+        desired: &[Value],
+        desired_ids: &HashMap<IdKey<'_>, usize>,
+        actual: &[Value],
+        actual_ids: &HashMap<IdKey<'_>, usize>,
+    ) {
+        for (i, d) in desired.iter().enumerate() {
+            let id = id_of(d).expect("id_index checked every element");
+            self.enter(&i.to_string(), Some(id), |diff| match actual_ids.get(&id) {
+                Some(&j) => diff.value(d, &actual[j]),
+                None => diff.added(d),
+            });
+        }
+        for (j, a) in actual.iter().enumerate() {
+            let id = id_of(a).expect("id_index checked every element");
+            if !desired_ids.contains_key(&id) {
+                self.enter(&j.to_string(), Some(id), |diff| diff.removed(a));
+            }
+        }
+    }
+
+    /// Run `f` one level down, at `token` (an element matched by `id` when given).
+    fn enter(&mut self, token: &str, id: Option<IdKey<'_>>, f: impl FnOnce(&mut Self)) {
+        let (path_len, label_len) = (self.path.len(), self.label.len());
+        pointer::push(&mut self.path, token);
+        match id {
+            Some(id) => {
+                self.label.push_str("[id=");
+                self.label.push_str(&id.to_string());
+                self.label.push(']');
+            }
+            None => pointer::push(&mut self.label, token),
+        }
+        f(self);
+        self.path.truncate(path_len);
+        self.label.truncate(label_len);
+    }
+
+    fn added(&mut self, desired: &Value) {
+        if !self.params.ignores(&self.path) {
+            self.push(Drift::added(self.path.clone(), desired.clone()));
+        }
+    }
+
+    fn removed(&mut self, actual: &Value) {
+        if !self.params.ignores(&self.path) {
+            self.push(Drift::removed(self.path.clone(), actual.clone()));
+        }
+    }
+
+    /// Record `drift`, rewriting its message's path into the label when they differ.
+    fn push(&mut self, mut drift: Drift) {
+        // The default messages start with the path verbatim (see `Drift::changed`).
+        if self.label != self.path && drift.message.starts_with(&self.path) {
+            drift.message = format!("{}{}", self.label, &drift.message[self.path.len()..]);
+        }
+        self.drifts.push(drift);
+    }
+}
+
+/// An element's `id`: a string or a number (compared by its JSON text).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum IdKey<'a> {
+    String(&'a str),
+    Number(&'a setpoint_plugin::serde_json::Number),
+}
+
+impl std::fmt::Display for IdKey<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::String(s) => f.write_str(s),
+            Self::Number(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+fn id_of(value: &Value) -> Option<IdKey<'_>> {
+    match value.as_object()?.get("id")? {
+        Value::String(s) => Some(IdKey::String(s)),
+        Value::Number(n) => Some(IdKey::Number(n)),
+        _ => None,
+    }
+}
+
+/// Index of a list whose elements are all objects with a unique `id`; `None` otherwise.
+fn id_index(list: &[Value]) -> Option<HashMap<IdKey<'_>, usize>> {
+    let mut ids = HashMap::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        if ids.insert(id_of(item)?, i).is_some() {
+            return None;
+        }
+    }
+    Some(ids)
+}
+
+/// Numbers are equal when their values are: `8080` equals `8080.0`.
+fn same_number(a: &Value, b: &Value) -> bool {
+    match (a.as_i64(), b.as_i64(), a.as_u64(), b.as_u64()) {
+        (Some(x), Some(y), _, _) => x == y,
+        (_, _, Some(x), Some(y)) => x == y,
+        _ => a.as_f64() == b.as_f64(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use setpoint_plugin::DriftKind;
+    use setpoint_plugin::serde_json::json;
+
+    use super::*;
+
+    fn diff(desired: Value, actual: Value, params: Value) -> Vec<Drift> {
+        FieldDiff::compare(&desired, &actual, &params).expect("compare succeeds")
+    }
+
+    fn summary(drifts: &[Drift]) -> Vec<(String, DriftKind)> {
+        drifts.iter().map(|d| (d.path.clone(), d.kind)).collect()
+    }
+
+    #[test]
+    fn identical_documents_have_no_drift() {
+        let doc = json!({"host": "0.0.0.0", "port": 8080, "sources": [{"id": "a"}], "x": [1, 2]});
+        assert!(diff(doc.clone(), doc, json!({})).is_empty());
+    }
+
+    #[test]
+    fn scalar_change_reports_both_values_and_a_message() {
+        let drifts = diff(json!({"port": 8081}), json!({"port": 8080}), json!({}));
+        assert_eq!(drifts.len(), 1);
+        assert_eq!(drifts[0].path, "/port");
+        assert_eq!(drifts[0].kind, DriftKind::Changed);
+        assert_eq!(drifts[0].desired, Some(json!(8081)));
+        assert_eq!(drifts[0].actual, Some(json!(8080)));
+        assert_eq!(drifts[0].message, "/port: 8080 -> 8081");
+    }
+
+    #[test]
+    fn keys_only_on_one_side_are_added_or_removed() {
+        let drifts = diff(
+            json!({"a": 1, "b": {"c": true}}),
+            json!({"a": 1, "d": null}),
+            json!({}),
+        );
+        assert_eq!(
+            summary(&drifts),
+            [
+                ("/b".into(), DriftKind::Added),
+                ("/d".into(), DriftKind::Removed)
+            ]
+        );
+    }
+
+    #[test]
+    fn type_change_is_one_changed_drift() {
+        let drifts = diff(json!({"a": [1]}), json!({"a": {"0": 1}}), json!({}));
+        assert_eq!(summary(&drifts), [("/a".into(), DriftKind::Changed)]);
+    }
+
+    #[test]
+    fn numbers_compare_by_value() {
+        assert!(diff(json!({"p": 8080}), json!({"p": 8080.0}), json!({})).is_empty());
+        assert_eq!(diff(json!({"p": 1}), json!({"p": "1"}), json!({})).len(), 1);
+    }
+
+    #[test]
+    fn plain_lists_compare_by_index() {
+        let drifts = diff(json!({"l": [1, 2, 3]}), json!({"l": [1, 5]}), json!({}));
+        assert_eq!(
+            summary(&drifts),
+            [
+                ("/l/1".into(), DriftKind::Changed),
+                ("/l/2".into(), DriftKind::Added)
+            ]
+        );
+        let drifts = diff(json!({"l": []}), json!({"l": ["x"]}), json!({}));
+        assert_eq!(summary(&drifts), [("/l/0".into(), DriftKind::Removed)]);
+    }
+
+    #[test]
+    fn id_keyed_lists_ignore_order() {
+        let desired = json!({"queries": [{"id": "a", "q": 1}, {"id": "b", "q": 2}]});
+        let actual = json!({"queries": [{"id": "b", "q": 2}, {"id": "a", "q": 1}]});
+        assert!(diff(desired, actual, json!({})).is_empty());
+    }
+
+    #[test]
+    fn id_keyed_paths_use_desired_index_and_actual_index_for_removed() {
+        let desired = json!({"queries": [{"id": "a", "q": 1}, {"id": "c", "q": 3}]});
+        let actual = json!({"queries": [{"id": "b", "q": 2}, {"id": "a", "q": 9}]});
+        let drifts = diff(desired, actual, json!({}));
+        assert_eq!(
+            summary(&drifts),
+            [
+                ("/queries/0/q".into(), DriftKind::Changed),
+                ("/queries/1".into(), DriftKind::Added),
+                ("/queries/0".into(), DriftKind::Removed),
+            ]
+        );
+        assert_eq!(drifts[0].message, "/queries[id=a]/q: 9 -> 1");
+        assert!(
+            drifts[1]
+                .message
+                .starts_with("/queries[id=c]: (absent) -> ")
+        );
+        assert!(
+            drifts[2]
+                .message
+                .starts_with(r#"/queries[id=b]: {"id":"b","q":2} -> (absent)"#)
+        );
+    }
+
+    #[test]
+    fn lists_with_duplicate_or_missing_ids_compare_by_index() {
+        let desired = json!([{"id": 1}, {"id": 1}]);
+        let actual = json!([{"id": 1}, {"id": 2}]);
+        assert_eq!(
+            summary(&diff(desired, actual, json!({}))),
+            [("/1/id".into(), DriftKind::Changed)]
+        );
+        let desired = json!([{"id": 1}, {"name": "x"}]);
+        let actual = json!([{"name": "x"}, {"id": 1}]);
+        assert_eq!(diff(desired, actual, json!({})).len(), 4);
+    }
+
+    #[test]
+    fn ignore_is_a_token_prefix_match() {
+        let desired = json!({"sources": [{"host": "a"}], "sourcesExtra": 1, "port": 1});
+        let actual = json!({"sources": [{"host": "b"}], "sourcesExtra": 2, "port": 2});
+        let drifts = diff(desired, actual, json!({"ignore": ["/sources", "/port"]}));
+        assert_eq!(
+            summary(&drifts),
+            [("/sourcesExtra".into(), DriftKind::Changed)]
+        );
+    }
+
+    #[test]
+    fn ignore_covers_added_and_removed_values() {
+        let drifts = diff(
+            json!({"a": {"x": 1}}),
+            json!({"b": 2}),
+            json!({"ignore": ["/a", "/b"]}),
+        );
+        assert!(drifts.is_empty());
+    }
+
+    #[test]
+    fn keys_with_slash_and_tilde_are_escaped() {
+        let drifts = diff(
+            json!({"a/b": {"c~d": 1}}),
+            json!({"a/b": {"c~d": 2}}),
+            json!({}),
+        );
+        assert_eq!(drifts[0].path, "/a~1b/c~0d");
+        let ignored = diff(
+            json!({"a/b": {"c~d": 1}}),
+            json!({"a/b": {"c~d": 2}}),
+            json!({"ignore": ["/a~1b"]}),
+        );
+        assert!(ignored.is_empty());
+    }
+
+    #[test]
+    fn invalid_params_name_the_parameter() {
+        for params in [
+            json!({"ignore": "/a"}),
+            json!({"ignore": ["a"]}),
+            json!({"ignroe": []}),
+            json!([]),
+        ] {
+            let Err(PluginError::InvalidParams(message)) =
+                FieldDiff::compare(&json!({}), &json!({}), &params)
+            else {
+                panic!("{params} should be rejected");
+            };
+            assert!(
+                message.contains("ignore") || message.contains("object"),
+                "{message}"
+            );
+        }
+    }
+
+    #[test]
+    fn compare_json_rejects_text_that_is_not_json() {
+        assert!(matches!(
+            compare_json("{", "{}", "{}"),
+            Err(PluginError::InvalidInput(_))
+        ));
+        assert!(matches!(
+            compare_json("{}", "{}", "nope"),
+            Err(PluginError::InvalidParams(_))
+        ));
+        assert_eq!(
+            compare_json(r#"{"a":1}"#, r#"{"a":2}"#, "").unwrap().len(),
+            1
+        );
+    }
+}

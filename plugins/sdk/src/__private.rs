@@ -1,0 +1,169 @@
+//! Glue the export macros expand to: conversions between the SDK's types and the
+//! generated bindings' types. Not a public API.
+
+#[cfg(all(
+    target_arch = "wasm32",
+    any(feature = "comparator", feature = "strategy")
+))]
+pub use wire::*;
+
+#[cfg(all(
+    target_arch = "wasm32",
+    any(feature = "comparator", feature = "strategy")
+))]
+mod wire {
+    use std::sync::Once;
+
+    use crate::__bindings::setpoint::plugin::types as wire;
+    use crate::{Drift, DriftKind, Metadata, PluginError, PluginKind};
+
+    /// Send a panic's message to the host's log before the module aborts: on
+    /// `wasm32-unknown-unknown` there is no stderr, and the host only sees a trap.
+    pub fn install_panic_hook() {
+        static HOOK: Once = Once::new();
+        HOOK.call_once(|| {
+            std::panic::set_hook(Box::new(|info| {
+                crate::log::error(&format!("plugin {info}"));
+            }));
+        });
+    }
+
+    pub fn metadata_to_wire(metadata: Metadata) -> wire::Metadata {
+        install_panic_hook();
+        wire::Metadata {
+            name: metadata.name,
+            version: metadata.version,
+            kind: match metadata.kind {
+                PluginKind::Comparator => wire::PluginKind::Comparator,
+                PluginKind::Strategy => wire::PluginKind::Strategy,
+            },
+            description: metadata.description,
+        }
+    }
+
+    pub fn error_to_wire(error: PluginError) -> wire::PluginError {
+        match error {
+            PluginError::InvalidInput(m) => wire::PluginError::InvalidInput(m),
+            PluginError::InvalidParams(m) => wire::PluginError::InvalidParams(m),
+            PluginError::Other(m) => wire::PluginError::Other(m),
+        }
+    }
+
+    pub fn drift_to_wire(drift: Drift) -> wire::Drift {
+        wire::Drift {
+            path: drift.path,
+            kind: match drift.kind {
+                DriftKind::Added => wire::DriftKind::Added,
+                DriftKind::Removed => wire::DriftKind::Removed,
+                DriftKind::Changed => wire::DriftKind::Changed,
+            },
+            desired: drift.desired.map(|v| v.to_string()),
+            actual: drift.actual.map(|v| v.to_string()),
+            message: drift.message,
+        }
+    }
+
+    #[cfg(feature = "comparator")]
+    pub fn compare_export<C: crate::Comparator>(
+        desired: &str,
+        actual: &str,
+        params: &str,
+    ) -> Result<Vec<wire::Drift>, wire::PluginError> {
+        install_panic_hook();
+        crate::compare_json::<C>(desired, actual, params)
+            .map(|drifts| drifts.into_iter().map(drift_to_wire).collect())
+            .map_err(error_to_wire)
+    }
+
+    #[cfg(all(feature = "strategy", not(feature = "comparator")))]
+    pub use strategy::*;
+
+    #[cfg(all(feature = "strategy", not(feature = "comparator")))]
+    mod strategy {
+        use std::time::Duration;
+
+        use serde_json::Value;
+
+        use super::{install_panic_hook, wire};
+        use crate::{
+            ControlPlane, Drift, DriftKind, HostControlPlane, PluginError, Progress, Rollout,
+        };
+
+        fn parse(what: &str, text: &str) -> Result<Value, PluginError> {
+            serde_json::from_str(text)
+                .map_err(|e| PluginError::InvalidInput(format!("{what} is not JSON: {e}")))
+        }
+
+        fn drift_from_wire(drift: wire::Drift) -> Result<Drift, PluginError> {
+            let value =
+                |side: Option<String>| side.map(|t| parse("a drift's value", &t)).transpose();
+            Ok(Drift {
+                kind: match drift.kind {
+                    wire::DriftKind::Added => DriftKind::Added,
+                    wire::DriftKind::Removed => DriftKind::Removed,
+                    wire::DriftKind::Changed => DriftKind::Changed,
+                },
+                desired: value(drift.desired)?,
+                actual: value(drift.actual)?,
+                path: drift.path,
+                message: drift.message,
+            })
+        }
+
+        fn rollout_from_wire(rollout: wire::Rollout) -> Result<Rollout, PluginError> {
+            let params = parse("the strategy's params", &rollout.params)
+                .map_err(|e| PluginError::InvalidParams(e.to_string()))?;
+            Ok(Rollout {
+                desired: parse("the desired configuration", &rollout.desired)?,
+                actual: rollout
+                    .actual
+                    .map(|t| parse("the actual configuration", &t))
+                    .transpose()?,
+                drifts: rollout
+                    .drifts
+                    .into_iter()
+                    .map(drift_from_wire)
+                    .collect::<Result<_, _>>()?,
+                params,
+                raw_state: rollout.state,
+                step: rollout.step,
+                elapsed: Duration::from_millis(rollout.elapsed_ms),
+                instance_id: rollout.instance_id,
+            })
+        }
+
+        fn progress_to_wire(progress: Progress) -> wire::Progress {
+            match progress {
+                Progress::Done(message) => wire::Progress::Done(message),
+                Progress::Requeue {
+                    after,
+                    state,
+                    message,
+                } => wire::Progress::Requeue(wire::Requeue {
+                    after_ms: u64::try_from(after.as_millis()).unwrap_or(u64::MAX),
+                    state,
+                    message,
+                }),
+                Progress::AwaitApproval { state, message } => {
+                    wire::Progress::AwaitApproval(wire::AwaitApproval { state, message })
+                }
+                Progress::Failed { reason, retryable } => {
+                    wire::Progress::Failed(wire::Failure { reason, retryable })
+                }
+            }
+        }
+
+        /// Run `step` (a strategy's `step` or `abort`) on a wire rollout.
+        pub fn step_export(
+            rollout: wire::Rollout,
+            step: fn(&Rollout, &mut dyn ControlPlane) -> Progress,
+        ) -> wire::Progress {
+            install_panic_hook();
+            let progress = match rollout_from_wire(rollout) {
+                Ok(rollout) => step(&rollout, &mut HostControlPlane),
+                Err(error) => Progress::from(error),
+            };
+            progress_to_wire(progress)
+        }
+    }
+}

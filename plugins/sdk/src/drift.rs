@@ -1,0 +1,160 @@
+//! One difference between a desired and an actual configuration (the contract's `drift`).
+
+use std::fmt;
+
+use serde_json::Value;
+
+/// How a value differs between the desired and the actual configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DriftKind {
+    /// Present in the desired configuration, absent from the actual one.
+    Added,
+    /// Present in the actual configuration, absent from the desired one.
+    Removed,
+    /// Present in both with different values.
+    Changed,
+}
+
+impl fmt::Display for DriftKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Added => "added",
+            Self::Removed => "removed",
+            Self::Changed => "changed",
+        })
+    }
+}
+
+/// One difference between the desired and the actual configuration.
+///
+/// Build one with [`Drift::added`], [`Drift::removed`] or [`Drift::changed`]; they write a
+/// default message `<path>: <actual> -> <desired>` (what the instance runs, then what it
+/// should run; `(absent)` for a missing side, values as compact JSON cut at 64 bytes),
+/// which [`Drift::with_message`] replaces.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Drift {
+    /// JSON pointer (RFC 6901) of the value that differs; `""` is the whole document.
+    /// Build it with the [`pointer`](crate::pointer) helpers so `~` and `/` are escaped.
+    pub path: String,
+    /// Whether the value was added, removed or changed.
+    pub kind: DriftKind,
+    /// The desired value; `None` when `kind` is [`DriftKind::Removed`].
+    pub desired: Option<Value>,
+    /// The actual value; `None` when `kind` is [`DriftKind::Added`].
+    pub actual: Option<Value>,
+    /// A short sentence for people, for example `port: 8080 -> 8081`.
+    pub message: String,
+}
+
+/// What a default message shows for a missing side.
+const ABSENT: &str = "(absent)";
+/// Longest value rendering, in bytes, in a default message.
+const MAX_RENDERED_VALUE_BYTES: usize = 64;
+
+impl Drift {
+    /// `desired` is at `path` in the desired configuration and missing from the actual one.
+    pub fn added(path: impl Into<String>, desired: Value) -> Self {
+        let path = path.into();
+        let message = format!("{}: {ABSENT} -> {}", label(&path), render(&desired));
+        Self {
+            path,
+            kind: DriftKind::Added,
+            desired: Some(desired),
+            actual: None,
+            message,
+        }
+    }
+
+    /// `actual` is at `path` in the actual configuration and missing from the desired one.
+    pub fn removed(path: impl Into<String>, actual: Value) -> Self {
+        let path = path.into();
+        let message = format!("{}: {} -> {ABSENT}", label(&path), render(&actual));
+        Self {
+            path,
+            kind: DriftKind::Removed,
+            desired: None,
+            actual: Some(actual),
+            message,
+        }
+    }
+
+    /// The value at `path` is `desired` in the desired configuration and `actual` in the
+    /// actual one.
+    pub fn changed(path: impl Into<String>, desired: Value, actual: Value) -> Self {
+        let path = path.into();
+        let message = format!(
+            "{}: {} -> {}",
+            label(&path),
+            render(&actual),
+            render(&desired)
+        );
+        Self {
+            path,
+            kind: DriftKind::Changed,
+            desired: Some(desired),
+            actual: Some(actual),
+            message,
+        }
+    }
+
+    /// Replace the default message.
+    #[must_use]
+    pub fn with_message(mut self, message: impl Into<String>) -> Self {
+        self.message = message.into();
+        self
+    }
+}
+
+impl fmt::Display for Drift {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+fn label(path: &str) -> &str {
+    if path.is_empty() { "(document)" } else { path }
+}
+
+/// `value` as compact JSON, cut at [`MAX_RENDERED_VALUE_BYTES`] on a character boundary.
+fn render(value: &Value) -> String {
+    let mut text = value.to_string();
+    if text.len() > MAX_RENDERED_VALUE_BYTES {
+        let mut end = MAX_RENDERED_VALUE_BYTES;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+        text.push('…');
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn builders_fill_sides_and_default_messages() {
+        let changed = Drift::changed("/port", json!(8081), json!(8080));
+        assert_eq!(changed.kind, DriftKind::Changed);
+        assert_eq!(changed.message, "/port: 8080 -> 8081");
+
+        let added = Drift::added("/sources/1", json!({"id": "b"}));
+        assert_eq!(added.actual, None);
+        assert_eq!(added.message, r#"/sources/1: (absent) -> {"id":"b"}"#);
+
+        let removed = Drift::removed("", json!("x"));
+        assert_eq!(removed.desired, None);
+        assert_eq!(removed.message, r#"(document): "x" -> (absent)"#);
+    }
+
+    #[test]
+    fn long_values_are_cut_on_a_char_boundary() {
+        let long = "é".repeat(100);
+        let drift = Drift::added("/a", json!(long));
+        assert!(drift.message.ends_with('…'));
+        assert!(drift.message.len() < 100);
+    }
+}

@@ -1,0 +1,351 @@
+//! The SDK for setpoint plugins: drift comparators and rollout strategies written in Rust
+//! and shipped as WebAssembly components of the `setpoint:plugin` contract (`wit/`).
+//!
+//! Start reading at the two traits, [`Comparator`] and [`Strategy`], and the export macros
+//! [`comparator!`] and [`strategy!`]. A plugin implements one trait on a type of its own
+//! and exports it with the matching macro; the SDK turns the contract's JSON text into
+//! [`serde_json::Value`]s, its records into [`Drift`], [`Rollout`] and [`Progress`], and
+//! the `control-plane` imports into a [`ControlPlane`] trait object.
+//!
+//! # A comparator in twenty lines
+//!
+//! `Cargo.toml`: `crate-type = ["cdylib", "rlib"]` and
+//! `setpoint-plugin = { workspace = true, features = ["comparator"] }`.
+//!
+//! ```
+//! use setpoint_plugin::{Comparator, Drift, Metadata, PluginError, Value};
+//!
+//! /// Reports a changed `port`, and nothing else.
+//! pub struct PortOnly;
+//!
+//! impl Comparator for PortOnly {
+//!     fn metadata() -> Metadata {
+//!         Metadata::comparator("port-only", env!("CARGO_PKG_VERSION"), "Compares the port only")
+//!     }
+//!
+//!     fn compare(desired: &Value, actual: &Value, _params: &Value) -> Result<Vec<Drift>, PluginError> {
+//!         let (want, have) = (&desired["port"], &actual["port"]);
+//!         if want == have {
+//!             return Ok(Vec::new());
+//!         }
+//!         Ok(vec![Drift::changed("/port", want.clone(), have.clone())
+//!             .with_message(format!("port: {have} -> {want}"))])
+//!     }
+//! }
+//!
+//! setpoint_plugin::comparator!(PortOnly);
+//! ```
+//!
+//! Build it with `scripts/build-plugins`, which compiles every crate marked
+//! `[package.metadata.setpoint] plugin = true` for `wasm32-unknown-unknown` and wraps the
+//! core module into a component at `target/plugins/<name>.wasm`.
+//!
+//! # Features: one world per plugin
+//!
+//! Enable exactly one of the cargo features `comparator` and `strategy`. The bindings are
+//! generated for that world only, because wit-component merges every world's type section
+//! that ends up in one module: a comparator that also carried the strategy world would be
+//! asked to export `rollout-strategy` too. The bindings exist on `wasm32` only; native
+//! builds (unit tests, clippy, benchmarks) see the idiomatic types and traits, and the
+//! export macros then only check that the trait is implemented.
+//!
+//! # Testing natively
+//!
+//! Everything a plugin's logic touches runs natively: call [`compare_json`] (exactly what
+//! the Wasm export runs, minus the canonical ABI) or your trait methods directly, drive a
+//! strategy with [`testing::FakeControlPlane`], which answers from a script and records
+//! every call, and read log lines back with [`testing::take_logs`].
+//!
+//! # Without the SDK
+//!
+//! The contract is plain WIT, so the SDK is a convenience, not a requirement. The raw
+//! route is about ten lines (build for `wasm32-unknown-unknown`, then wrap with
+//! `setpoint-componentize`):
+//!
+//! ```ignore
+//! wit_bindgen::generate!({ path: "../../wit", world: "setpoint:plugin/comparator" });
+//!
+//! use exports::setpoint::plugin::drift_comparator::{Guest, PluginMetadata};
+//! use setpoint::plugin::types::{Drift, PluginError, PluginKind};
+//!
+//! struct Raw;
+//! impl Guest for Raw {
+//!     fn metadata() -> PluginMetadata {
+//!         PluginMetadata { name: "raw".into(), version: "0.1.0".into(), kind: PluginKind::Comparator, description: "raw bindings".into() }
+//!     }
+//!     fn compare(_desired: String, _actual: String, _params: String) -> Result<Vec<Drift>, PluginError> { Ok(vec![]) }
+//! }
+//! export!(Raw);
+//! ```
+
+mod control_plane;
+mod drift;
+mod error;
+pub mod log;
+mod metadata;
+pub mod pointer;
+mod rollout;
+pub mod testing;
+
+#[doc(hidden)]
+pub mod __private;
+
+pub use control_plane::{
+    BackendWeight, ControlPlane, ControlPlaneError, Health, InstanceInfo, InstanceMetrics,
+    InstanceStatus, RuntimeStatus,
+};
+pub use drift::{Drift, DriftKind};
+pub use error::PluginError;
+pub use metadata::{Metadata, PluginKind};
+pub use rollout::{Progress, Rollout};
+pub use serde_json::{self, Value};
+
+#[cfg(all(
+    target_arch = "wasm32",
+    feature = "strategy",
+    not(feature = "comparator")
+))]
+pub use control_plane::HostControlPlane;
+
+/// A drift comparator: a pure function from two configurations to the list of drifts.
+///
+/// Export an implementation with [`comparator!`]. The SDK parses the contract's JSON
+/// text first: a desired or actual configuration that is not JSON is reported as
+/// [`PluginError::InvalidInput`], params that are not JSON as
+/// [`PluginError::InvalidParams`], before `compare` is called.
+pub trait Comparator {
+    /// Describe the plugin; use [`Metadata::comparator`].
+    fn metadata() -> Metadata;
+
+    /// List how `actual` differs from `desired` under `params` (a JSON object, `{}` when
+    /// policy sets none). An empty list means no drift.
+    fn compare(desired: &Value, actual: &Value, params: &Value) -> Result<Vec<Drift>, PluginError>;
+}
+
+/// A rollout strategy: converges one instance, one non-blocking step at a time.
+///
+/// Export an implementation with [`strategy!`]. The host calls [`Strategy::step`] until
+/// it returns [`Progress::Done`] or [`Progress::Failed`]; to wait, return
+/// [`Progress::requeue`] with the state the next step needs.
+pub trait Strategy {
+    /// Describe the plugin; use [`Metadata::strategy`].
+    fn metadata() -> Metadata;
+
+    /// Take the next step of `rollout`, acting through `cp`. Never block.
+    fn step(rollout: &Rollout, cp: &mut dyn ControlPlane) -> Progress;
+
+    /// Undo what the rollout has done so far, starting from the state of its last step.
+    fn abort(rollout: &Rollout, cp: &mut dyn ControlPlane) -> Progress;
+}
+
+/// Parse the contract's JSON text and run `C::compare`: exactly what the Wasm export of
+/// a comparator runs, minus the canonical ABI. Plugin crates re-export it natively for
+/// benchmarks and tests.
+pub fn compare_json<C: Comparator>(
+    desired: &str,
+    actual: &str,
+    params: &str,
+) -> Result<Vec<Drift>, PluginError> {
+    let desired: Value = serde_json::from_str(desired).map_err(|e| {
+        PluginError::InvalidInput(format!("the desired configuration is not JSON: {e}"))
+    })?;
+    let actual: Value = serde_json::from_str(actual).map_err(|e| {
+        PluginError::InvalidInput(format!("the actual configuration is not JSON: {e}"))
+    })?;
+    let params: Value = if params.trim().is_empty() {
+        Value::Object(serde_json::Map::new())
+    } else {
+        serde_json::from_str(params)
+            .map_err(|e| PluginError::InvalidParams(format!("params are not JSON: {e}")))?
+    };
+    C::compare(&desired, &actual, &params)
+}
+
+// The generated bindings. Only on wasm32, and only for the world the cargo feature picks.
+#[cfg(all(target_arch = "wasm32", feature = "comparator", feature = "strategy"))]
+compile_error!(
+    "setpoint-plugin: enable only one of the features `comparator` and `strategy` when \
+     building a plugin for wasm32 (one component implements one world)"
+);
+
+/// wit-bindgen's output for the world the cargo feature selects. Not a public API: use
+/// the idiomatic types and the export macros instead.
+#[cfg(target_arch = "wasm32")]
+#[doc(hidden)]
+// Generated code: its canonical-ABI glue is `unsafe` by nature and cannot be written
+// otherwise, and it is not ours to restyle.
+#[allow(unsafe_code, missing_debug_implementations, clippy::all)]
+pub mod __bindings {
+    #[cfg(feature = "comparator")]
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "setpoint:plugin/comparator",
+        pub_export_macro: true,
+        default_bindings_module: "setpoint_plugin::__bindings",
+    });
+
+    #[cfg(all(feature = "strategy", not(feature = "comparator")))]
+    wit_bindgen::generate!({
+        path: "../../wit",
+        world: "setpoint:plugin/strategy",
+        pub_export_macro: true,
+        default_bindings_module: "setpoint_plugin::__bindings",
+    });
+}
+
+/// Export a [`Comparator`] implementation as the component's `drift-comparator`.
+///
+/// ```
+/// # use setpoint_plugin::{Comparator, Drift, Metadata, PluginError, Value};
+/// # pub struct Nothing;
+/// # impl Comparator for Nothing {
+/// #     fn metadata() -> Metadata { Metadata::comparator("nothing", "0.1.0", "No drift") }
+/// #     fn compare(_: &Value, _: &Value, _: &Value) -> Result<Vec<Drift>, PluginError> { Ok(vec![]) }
+/// # }
+/// setpoint_plugin::comparator!(Nothing);
+/// ```
+///
+/// On wasm32 (with the SDK's `comparator` feature) it implements the generated `Guest`
+/// trait by converting types and calls the bindings' `export!`; elsewhere it only checks
+/// that the type implements [`Comparator`].
+#[cfg(all(target_arch = "wasm32", feature = "comparator"))]
+#[macro_export]
+macro_rules! comparator {
+    ($ty:ty) => {
+        // The export glue wit-bindgen generates (`#[export_name]` functions, raw
+        // pointers into linear memory) is `unsafe` by nature; nothing else is here.
+        #[allow(unsafe_code)]
+        const _: () = {
+            struct __SetpointComparatorExport;
+
+            impl $crate::__bindings::exports::setpoint::plugin::drift_comparator::Guest
+                for __SetpointComparatorExport
+            {
+                fn metadata()
+                -> $crate::__bindings::exports::setpoint::plugin::drift_comparator::PluginMetadata
+                {
+                    $crate::__private::metadata_to_wire(<$ty as $crate::Comparator>::metadata())
+                }
+
+                fn compare(
+                    desired: ::std::string::String,
+                    actual: ::std::string::String,
+                    params: ::std::string::String,
+                ) -> ::std::result::Result<
+                    ::std::vec::Vec<$crate::__bindings::setpoint::plugin::types::Drift>,
+                    $crate::__bindings::setpoint::plugin::types::PluginError,
+                > {
+                    $crate::__private::compare_export::<$ty>(&desired, &actual, &params)
+                }
+            }
+
+            $crate::__bindings::export!(__SetpointComparatorExport with_types_in $crate::__bindings);
+        };
+    };
+}
+
+/// Export a [`Comparator`] implementation (native build: checks the trait only).
+#[cfg(not(target_arch = "wasm32"))]
+#[macro_export]
+macro_rules! comparator {
+    ($ty:ty) => {
+        const _: () = {
+            fn __setpoint_assert_comparator<T: $crate::Comparator>() {}
+            let _: fn() = __setpoint_assert_comparator::<$ty>;
+        };
+    };
+}
+
+/// Export a [`Comparator`] implementation (wasm32 without the `comparator` feature).
+#[cfg(all(target_arch = "wasm32", not(feature = "comparator")))]
+#[macro_export]
+macro_rules! comparator {
+    ($ty:ty) => {
+        ::core::compile_error!(
+            "setpoint_plugin::comparator! needs the `comparator` feature of setpoint-plugin"
+        );
+    };
+}
+
+/// Export a [`Strategy`] implementation as the component's `rollout-strategy`.
+///
+/// ```
+/// # use setpoint_plugin::{ControlPlane, Metadata, Progress, Rollout, Strategy};
+/// # pub struct Noop;
+/// # impl Strategy for Noop {
+/// #     fn metadata() -> Metadata { Metadata::strategy("noop", "0.1.0", "Does nothing") }
+/// #     fn step(_: &Rollout, _: &mut dyn ControlPlane) -> Progress { Progress::done("nothing to do") }
+/// #     fn abort(_: &Rollout, _: &mut dyn ControlPlane) -> Progress { Progress::done("nothing to undo") }
+/// # }
+/// setpoint_plugin::strategy!(Noop);
+/// ```
+///
+/// On wasm32 (with the SDK's `strategy` feature) it implements the generated `Guest`
+/// trait, handing the strategy a [`ControlPlane`] over the real imports; elsewhere it only
+/// checks that the type implements [`Strategy`].
+#[cfg(all(
+    target_arch = "wasm32",
+    feature = "strategy",
+    not(feature = "comparator")
+))]
+#[macro_export]
+macro_rules! strategy {
+    ($ty:ty) => {
+        // See `comparator!`: the generated export glue is `unsafe` by nature.
+        #[allow(unsafe_code)]
+        const _: () = {
+            struct __SetpointStrategyExport;
+
+            impl $crate::__bindings::exports::setpoint::plugin::rollout_strategy::Guest
+                for __SetpointStrategyExport
+            {
+                fn metadata()
+                -> $crate::__bindings::exports::setpoint::plugin::rollout_strategy::PluginMetadata
+                {
+                    $crate::__private::metadata_to_wire(<$ty as $crate::Strategy>::metadata())
+                }
+
+                fn step(
+                    rollout: $crate::__bindings::setpoint::plugin::types::Rollout,
+                ) -> $crate::__bindings::setpoint::plugin::types::Progress {
+                    $crate::__private::step_export(rollout, <$ty as $crate::Strategy>::step)
+                }
+
+                fn abort(
+                    rollout: $crate::__bindings::setpoint::plugin::types::Rollout,
+                ) -> $crate::__bindings::setpoint::plugin::types::Progress {
+                    $crate::__private::step_export(rollout, <$ty as $crate::Strategy>::abort)
+                }
+            }
+
+    $crate::__bindings::export!(__SetpointStrategyExport with_types_in $crate::__bindings);
+        };
+    };
+}
+
+/// Export a [`Strategy`] implementation (native build: checks the trait only).
+#[cfg(not(target_arch = "wasm32"))]
+#[macro_export]
+macro_rules! strategy {
+    ($ty:ty) => {
+        const _: () = {
+            fn __setpoint_assert_strategy<T: $crate::Strategy>() {}
+            let _: fn() = __setpoint_assert_strategy::<$ty>;
+        };
+    };
+}
+
+/// Export a [`Strategy`] implementation (wasm32 without the `strategy` feature).
+#[cfg(all(
+    target_arch = "wasm32",
+    any(not(feature = "strategy"), feature = "comparator")
+))]
+#[macro_export]
+macro_rules! strategy {
+    ($ty:ty) => {
+        ::core::compile_error!(
+            "setpoint_plugin::strategy! needs the `strategy` feature of setpoint-plugin \
+             (and not `comparator`)"
+        );
+    };
+}
