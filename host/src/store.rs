@@ -1,0 +1,1423 @@
+//! Durable state in an embedded SQLite database: applied configurations and their backups,
+//! rollout state, status conditions, the audit log and approvals.
+//!
+//! Start reading at [`Store::open`] (pragmas and versioned migrations, [`MIGRATIONS`]), then
+//! the sections below it, one per table.
+//!
+//! Concurrency: a rusqlite `Connection` is `Send` but not `Sync`, so the store keeps one
+//! connection behind a `std::sync::Mutex`. Every operation is a handful of rows, so holding
+//! the lock for its duration costs less than a connection pool or a dedicated thread would
+//! add. The methods are synchronous; async callers that cannot afford a disk write on the
+//! executor wrap them in `tokio::task::spawn_blocking` (the store is cheap to share in an
+//! `Arc`). Other processes (the CLI while the daemon runs) may open the same file: WAL mode
+//! lets readers proceed during a write, and [`BUSY_TIMEOUT`] makes a writer wait its turn.
+//!
+//! Durability: every write runs in one transaction, and `synchronous = FULL` means a write
+//! that returned `Ok` survives a power loss, not just a crash. Times are stored as Unix
+//! milliseconds, so they come back truncated to the millisecond.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// How long a write waits for another connection's write lock (the CLI approving while the
+/// daemon records an audit entry) before failing. Writes are a few rows, so a wait of more
+/// than a few seconds means something is wrong, not busy.
+pub const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How many previous applied configurations are kept per instance unless configured
+/// otherwise: enough to step back over a few bad changes, small enough to stay tiny.
+pub const DEFAULT_BACKUP_RETENTION: usize = 5;
+
+/// Most audit entries one [`Store::audit`] call returns, so a careless `limit` cannot load
+/// the whole log into memory; page with [`AuditFilter::after_id`].
+pub const MAX_AUDIT_PAGE: usize = 1000;
+
+/// The schema, one migration per version: `MIGRATIONS[i]` takes the database from version
+/// `i` to `i + 1`. Append only; never edit a migration that has shipped. The version lives in
+/// SQLite's `user_version` header field, which changes in the same transaction as the
+/// migration, so a failed migration leaves the old version and no half-made tables.
+pub const MIGRATIONS: &[&str] = &[
+    // 1: the initial schema.
+    r#"
+    CREATE TABLE applied_configs (
+        seq          INTEGER PRIMARY KEY AUTOINCREMENT,
+        instance_id  TEXT    NOT NULL,
+        config_json  TEXT    NOT NULL,
+        digest       TEXT    NOT NULL,
+        applied_at   INTEGER NOT NULL
+    );
+    CREATE INDEX applied_configs_by_instance ON applied_configs (instance_id, seq);
+
+    CREATE TABLE rollouts (
+        instance_id     TEXT    PRIMARY KEY,
+        strategy        TEXT    NOT NULL,
+        plugin_version  TEXT    NOT NULL,
+        plugin_digest   TEXT    NOT NULL,
+        state_json      TEXT    NOT NULL,
+        step            INTEGER NOT NULL,
+        phase           TEXT    NOT NULL,
+        started_at      INTEGER NOT NULL,
+        updated_at      INTEGER NOT NULL
+    );
+
+    CREATE TABLE conditions (
+        instance_id      TEXT    NOT NULL,
+        type             TEXT    NOT NULL,
+        status           INTEGER NOT NULL,
+        reason           TEXT    NOT NULL,
+        message          TEXT    NOT NULL,
+        last_transition  INTEGER NOT NULL,
+        PRIMARY KEY (instance_id, type)
+    );
+
+    CREATE TABLE audit (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        at            INTEGER NOT NULL,
+        instance_id   TEXT,
+        kind          TEXT    NOT NULL,
+        message       TEXT    NOT NULL,
+        details_json  TEXT    NOT NULL
+    );
+    CREATE INDEX audit_by_instance ON audit (instance_id, id);
+
+    CREATE TABLE approvals (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        instance_id   TEXT    NOT NULL,
+        message       TEXT    NOT NULL,
+        requested_at  INTEGER NOT NULL,
+        approved_by   TEXT,
+        approved_at   INTEGER,
+        consumed_at   INTEGER
+    );
+    CREATE INDEX approvals_by_instance ON approvals (instance_id, id);
+    "#,
+];
+
+/// Errors from the store.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The database file (or its directory) could not be created or opened.
+    #[error("cannot open state database {path}")]
+    Open {
+        /// The database path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The database was written by a newer setpoint with a schema this one does not know.
+    #[error(
+        "state database {path} has schema version {found}, but this setpoint supports up to version {supported}; upgrade setpoint, or point store.path at another file"
+    )]
+    NewerSchema {
+        /// The database path.
+        path: PathBuf,
+        /// Version found in the file.
+        found: i64,
+        /// Newest version this build knows.
+        supported: i64,
+    },
+    /// A migration failed; the database stays at the version before it.
+    #[error("migrating state database {path} to schema version {version} failed")]
+    Migrate {
+        /// The database path.
+        path: PathBuf,
+        /// The version the failed migration would have produced.
+        version: i64,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A query or write failed.
+    #[error("state database: {operation} failed")]
+    Sqlite {
+        /// What the store was doing, e.g. `record applied configuration`.
+        operation: &'static str,
+        /// SQLite's error.
+        #[source]
+        source: rusqlite::Error,
+    },
+    /// A stored value could not be decoded (edited by hand, or written by a buggy version).
+    #[error("state database: {what} holds an unreadable value: {detail}")]
+    Corrupt {
+        /// Which column of which row.
+        what: String,
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// [`Store::approve`] found no pending approval for the instance.
+    #[error("instance {instance_id} has no pending approval request")]
+    NoPendingApproval {
+        /// The instance.
+        instance_id: String,
+    },
+}
+
+/// Result alias for store operations.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+trait Context<T> {
+    fn during(self, operation: &'static str) -> Result<T>;
+}
+
+impl<T> Context<T> for rusqlite::Result<T> {
+    fn during(self, operation: &'static str) -> Result<T> {
+        self.map_err(|source| Error::Sqlite { operation, source })
+    }
+}
+
+fn to_millis(at: SystemTime) -> i64 {
+    match at.duration_since(UNIX_EPOCH) {
+        Ok(after) => i64::try_from(after.as_millis()).unwrap_or(i64::MAX),
+        Err(before) => -i64::try_from(before.duration().as_millis()).unwrap_or(i64::MAX),
+    }
+}
+
+fn from_millis(millis: i64) -> SystemTime {
+    if millis >= 0 {
+        UNIX_EPOCH + Duration::from_millis(millis as u64)
+    } else {
+        UNIX_EPOCH - Duration::from_millis(millis.unsigned_abs())
+    }
+}
+
+fn parse_json(what: impl FnOnce() -> String, text: &str) -> Result<Value> {
+    serde_json::from_str(text).map_err(|error| Error::Corrupt {
+        what: what(),
+        detail: error.to_string(),
+    })
+}
+
+/// Maps enums to and from their stored text.
+macro_rules! text_enum {
+    ($(#[$meta:meta])* $vis:vis enum $name:ident { $($(#[$vmeta:meta])* $variant:ident => $text:literal,)+ }) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        $vis enum $name { $($(#[$vmeta])* #[serde(rename = $text)] $variant,)+ }
+
+        impl $name {
+            /// The stored and displayed name.
+            pub fn as_str(self) -> &'static str {
+                match self { $($name::$variant => $text,)+ }
+            }
+
+            fn parse(text: &str, what: impl FnOnce() -> String) -> Result<Self> {
+                match text {
+                    $($text => Ok($name::$variant),)+
+                    other => Err(Error::Corrupt { what: what(), detail: format!("unknown value \"{other}\"") }),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+    };
+}
+
+text_enum! {
+    /// Where a persisted rollout stands.
+    pub enum RolloutPhase {
+        /// Steps are being executed.
+        Running => "running",
+        /// The strategy is paused until an operator approves.
+        AwaitingApproval => "awaiting-approval",
+        /// The rollout is being rolled back.
+        Aborting => "aborting",
+    }
+}
+
+text_enum! {
+    /// Kinds of status condition, as in Kubernetes.
+    pub enum ConditionType {
+        /// Actual configuration equals desired.
+        Synced => "Synced",
+        /// A rollout is in progress.
+        Progressing => "Progressing",
+        /// Reconciling fails or the instance is unhealthy.
+        Degraded => "Degraded",
+        /// A rollout waits for an operator's approval.
+        AwaitingApproval => "AwaitingApproval",
+    }
+}
+
+text_enum! {
+    /// What an audit entry records.
+    pub enum AuditKind {
+        /// What was observed (desired vs actual summary, drifts).
+        Observation => "observation",
+        /// What policy decided (rule, plugins, gates).
+        Decision => "decision",
+        /// A control-plane call made by a strategy (or simulated in dry-run).
+        Action => "action",
+        /// A call a plugin was not allowed to make.
+        Denied => "denied",
+        /// How a reconcile or rollout ended.
+        Outcome => "outcome",
+        /// An operator approved a paused rollout.
+        Approval => "approval",
+    }
+}
+
+/// One applied configuration of an instance.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AppliedConfig {
+    /// The instance.
+    pub instance_id: String,
+    /// The configuration as applied.
+    pub config: Value,
+    /// Content digest of the configuration (computed by the caller).
+    pub digest: String,
+    /// When it was recorded.
+    pub applied_at: SystemTime,
+}
+
+/// The persisted state of a rollout in progress, enough to resume it after a restart with
+/// the same plugin version it started with.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutRecord {
+    /// The instance being rolled out.
+    pub instance_id: String,
+    /// Strategy plugin name.
+    pub strategy: String,
+    /// Strategy plugin version the rollout started with.
+    pub plugin_version: String,
+    /// Content digest of that plugin's component.
+    pub plugin_digest: String,
+    /// The opaque state the strategy returned at its last step.
+    pub state: Value,
+    /// Steps taken so far.
+    pub step: u32,
+    /// When the rollout started.
+    pub started_at: SystemTime,
+    /// When it last changed.
+    pub updated_at: SystemTime,
+    /// Where it stands.
+    pub phase: RolloutPhase,
+}
+
+/// A status condition of an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Condition {
+    /// Which condition.
+    pub type_: ConditionType,
+    /// Whether it holds.
+    pub status: bool,
+    /// Machine-readable CamelCase reason, e.g. `DriftDetected`.
+    pub reason: String,
+    /// Human-readable detail.
+    pub message: String,
+    /// When `status` last changed; [`Store::set_condition`] keeps the stored value when the
+    /// status is unchanged.
+    pub last_transition: SystemTime,
+}
+
+/// An audit entry to append.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditEntry {
+    /// The instance concerned, or `None` for host-wide events (a plugin reloaded).
+    pub instance_id: Option<String>,
+    /// What is recorded.
+    pub kind: AuditKind,
+    /// One-line summary.
+    pub message: String,
+    /// Structured detail (drifts, call arguments, …).
+    pub details: Value,
+}
+
+/// An audit entry as stored.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditRecord {
+    /// Increasing id: the log's order and the paging cursor.
+    pub id: i64,
+    /// When it was appended.
+    pub at: SystemTime,
+    /// The entry.
+    #[serde(flatten)]
+    pub entry: AuditEntry,
+}
+
+/// Which audit entries to read: ascending by id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditFilter {
+    /// Only entries about this instance.
+    pub instance_id: Option<String>,
+    /// Only entries with an id greater than this (a paging cursor).
+    pub after_id: Option<i64>,
+    /// At most this many entries (capped at [`MAX_AUDIT_PAGE`]).
+    pub limit: usize,
+}
+
+impl Default for AuditFilter {
+    fn default() -> Self {
+        AuditFilter {
+            instance_id: None,
+            after_id: None,
+            limit: MAX_AUDIT_PAGE,
+        }
+    }
+}
+
+/// An approval request and, once given, the approval.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ApprovalRecord {
+    /// Request id.
+    pub id: i64,
+    /// The instance whose rollout waits.
+    pub instance_id: String,
+    /// What is to be approved.
+    pub message: String,
+    /// When it was requested.
+    pub requested_at: SystemTime,
+    /// Who approved, once approved.
+    pub approved_by: Option<String>,
+    /// When it was approved.
+    pub approved_at: Option<SystemTime>,
+}
+
+impl ApprovalRecord {
+    /// Whether an operator has approved it.
+    pub fn is_approved(&self) -> bool {
+        self.approved_at.is_some()
+    }
+}
+
+/// The durable state of one setpoint host. See the module documentation for concurrency.
+#[derive(Debug)]
+pub struct Store {
+    conn: Mutex<Connection>,
+    path: PathBuf,
+    backup_retention: usize,
+}
+
+impl Store {
+    /// Opens (creating if needed, with its directory) the database at `path`, switches it to
+    /// WAL mode and applies pending [`MIGRATIONS`]. Refuses a database from a newer setpoint.
+    pub fn open(path: impl AsRef<Path>) -> Result<Store> {
+        let path = path.as_ref().to_path_buf();
+        let open_error = |source: Box<dyn std::error::Error + Send + Sync>| Error::Open {
+            path: path.clone(),
+            source,
+        };
+        if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent).map_err(|e| open_error(Box::new(e)))?;
+        }
+        let mut conn = Connection::open(&path).map_err(|e| open_error(Box::new(e)))?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(|e| open_error(Box::new(e)))?;
+        let mode: String = conn
+            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
+            .map_err(|e| open_error(Box::new(e)))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(open_error(
+                format!("SQLite refused WAL journal mode (got \"{mode}\"); is the file on a network filesystem?").into(),
+            ));
+        }
+        conn.pragma_update(None, "synchronous", "FULL")
+            .map_err(|e| open_error(Box::new(e)))?;
+        migrate(&mut conn, &path, MIGRATIONS)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            path,
+            backup_retention: DEFAULT_BACKUP_RETENTION,
+        })
+    }
+
+    /// An in-memory database with the full schema; for unit tests of callers only (nothing
+    /// survives the process).
+    pub fn open_in_memory() -> Result<Store> {
+        let path = PathBuf::from(":memory:");
+        let mut conn = Connection::open_in_memory().map_err(|e| Error::Open {
+            path: path.clone(),
+            source: Box::new(e),
+        })?;
+        migrate(&mut conn, &path, MIGRATIONS)?;
+        Ok(Store {
+            conn: Mutex::new(conn),
+            path,
+            backup_retention: DEFAULT_BACKUP_RETENTION,
+        })
+    }
+
+    /// Keeps `retention` previous configurations per instance (the `store.backup_retention`
+    /// setting); older ones are pruned at the next [`Store::record_applied`].
+    pub fn with_backup_retention(mut self, retention: usize) -> Self {
+        self.backup_retention = retention;
+        self
+    }
+
+    /// The database path (`:memory:` for an in-memory store).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The schema version of the database.
+    pub fn schema_version(&self) -> Result<i64> {
+        self.lock()
+            .pragma_query_value(None, "user_version", |row| row.get(0))
+            .during("read schema version")
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Connection> {
+        // A panic while holding the lock cannot leave a transaction half-committed (SQLite
+        // rolls back an unfinished transaction when it is dropped), so a poisoned lock still
+        // guards a consistent database.
+        self.conn
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn write<T>(
+        &self,
+        operation: &'static str,
+        body: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut conn = self.lock();
+        let tx = conn
+            .transaction_with_behavior(TransactionBehavior::Immediate)
+            .during(operation)?;
+        let value = body(&tx)?;
+        tx.commit().during(operation)?;
+        Ok(value)
+    }
+
+    // ----- applied configurations and backups -----
+
+    /// Records `config` as applied to `instance_id`; the configuration it replaces becomes a
+    /// backup, and backups beyond the retention are pruned. Recording the configuration that
+    /// is already the last applied one (same digest) changes nothing and returns `false`, so
+    /// repeated reconciles do not push real backups out.
+    pub fn record_applied(&self, instance_id: &str, config: &Value, digest: &str) -> Result<bool> {
+        let keep = i64::try_from(self.backup_retention.saturating_add(1)).unwrap_or(i64::MAX);
+        self.write("record applied configuration", |tx| {
+            let current: Option<String> = tx
+                .query_row(
+                    "SELECT digest FROM applied_configs WHERE instance_id = ?1 ORDER BY seq DESC LIMIT 1",
+                    [instance_id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .during("record applied configuration")?;
+            if current.as_deref() == Some(digest) {
+                return Ok(false);
+            }
+            tx.execute(
+                "INSERT INTO applied_configs (instance_id, config_json, digest, applied_at) VALUES (?1, ?2, ?3, ?4)",
+                params![instance_id, config.to_string(), digest, to_millis(SystemTime::now())],
+            )
+            .during("record applied configuration")?;
+            tx.execute(
+                "DELETE FROM applied_configs WHERE instance_id = ?1 AND seq NOT IN \
+                 (SELECT seq FROM applied_configs WHERE instance_id = ?1 ORDER BY seq DESC LIMIT ?2)",
+                params![instance_id, keep],
+            )
+            .during("prune configuration backups")?;
+            Ok(true)
+        })
+    }
+
+    /// The configuration last applied to `instance_id`.
+    pub fn last_applied(&self, instance_id: &str) -> Result<Option<AppliedConfig>> {
+        Ok(self.applied(instance_id, 0, 1)?.pop())
+    }
+
+    /// Previous applied configurations of `instance_id`, newest first.
+    pub fn backups(&self, instance_id: &str) -> Result<Vec<AppliedConfig>> {
+        self.applied(instance_id, 1, -1)
+    }
+
+    fn applied(&self, instance_id: &str, offset: i64, limit: i64) -> Result<Vec<AppliedConfig>> {
+        const OP: &str = "read applied configurations";
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT seq, config_json, digest, applied_at FROM applied_configs \
+                 WHERE instance_id = ?1 ORDER BY seq DESC LIMIT ?2 OFFSET ?3",
+            )
+            .during(OP)?;
+        let rows = statement
+            .query_map(params![instance_id, limit, offset], |row| {
+                Ok((
+                    row.get::<_, i64>(0)?,
+                    row.get::<_, String>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, i64>(3)?,
+                ))
+            })
+            .during(OP)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .during(OP)?;
+        rows.into_iter()
+            .map(|(seq, config, digest, applied_at)| {
+                Ok(AppliedConfig {
+                    instance_id: instance_id.to_owned(),
+                    config: parse_json(
+                        || format!("applied_configs.config_json of row {seq}"),
+                        &config,
+                    )?,
+                    digest,
+                    applied_at: from_millis(applied_at),
+                })
+            })
+            .collect()
+    }
+
+    // ----- rollouts -----
+
+    /// Saves (inserts or replaces) the rollout state of `record.instance_id`.
+    pub fn save_rollout(&self, record: &RolloutRecord) -> Result<()> {
+        self.write("save rollout", |tx| {
+            tx.execute(
+                "INSERT INTO rollouts (instance_id, strategy, plugin_version, plugin_digest, state_json, step, phase, started_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9) \
+                 ON CONFLICT (instance_id) DO UPDATE SET strategy = ?2, plugin_version = ?3, plugin_digest = ?4, \
+                 state_json = ?5, step = ?6, phase = ?7, started_at = ?8, updated_at = ?9",
+                params![
+                    record.instance_id,
+                    record.strategy,
+                    record.plugin_version,
+                    record.plugin_digest,
+                    record.state.to_string(),
+                    record.step,
+                    record.phase.as_str(),
+                    to_millis(record.started_at),
+                    to_millis(record.updated_at),
+                ],
+            )
+            .during("save rollout")?;
+            Ok(())
+        })
+    }
+
+    /// The rollout in progress on `instance_id`, if any.
+    pub fn load_rollout(&self, instance_id: &str) -> Result<Option<RolloutRecord>> {
+        Ok(self.query_rollouts(Some(instance_id))?.pop())
+    }
+
+    /// Forgets the rollout of `instance_id` (finished or aborted); `false` if there was none.
+    pub fn clear_rollout(&self, instance_id: &str) -> Result<bool> {
+        self.write("clear rollout", |tx| {
+            let deleted = tx
+                .execute("DELETE FROM rollouts WHERE instance_id = ?1", [instance_id])
+                .during("clear rollout")?;
+            Ok(deleted > 0)
+        })
+    }
+
+    /// Every rollout in progress, by instance id; what the host resumes after a restart.
+    pub fn rollouts(&self) -> Result<Vec<RolloutRecord>> {
+        self.query_rollouts(None)
+    }
+
+    fn query_rollouts(&self, instance_id: Option<&str>) -> Result<Vec<RolloutRecord>> {
+        const OP: &str = "read rollouts";
+        type RawRollout = (
+            String,
+            String,
+            String,
+            String,
+            String,
+            u32,
+            String,
+            i64,
+            i64,
+        );
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT instance_id, strategy, plugin_version, plugin_digest, state_json, step, phase, started_at, updated_at \
+                 FROM rollouts WHERE ?1 IS NULL OR instance_id = ?1 ORDER BY instance_id",
+            )
+            .during(OP)?;
+        let rows: Vec<RawRollout> = statement
+            .query_map([instance_id], |row| {
+                Ok((
+                    row.get(0)?,
+                    row.get(1)?,
+                    row.get(2)?,
+                    row.get(3)?,
+                    row.get(4)?,
+                    row.get(5)?,
+                    row.get(6)?,
+                    row.get(7)?,
+                    row.get(8)?,
+                ))
+            })
+            .during(OP)?
+            .collect::<rusqlite::Result<_>>()
+            .during(OP)?;
+        rows.into_iter()
+            .map(
+                |(
+                    instance_id,
+                    strategy,
+                    plugin_version,
+                    plugin_digest,
+                    state,
+                    step,
+                    phase,
+                    started_at,
+                    updated_at,
+                )| {
+                    Ok(RolloutRecord {
+                        state: parse_json(
+                            || format!("rollouts.state_json of {instance_id}"),
+                            &state,
+                        )?,
+                        phase: RolloutPhase::parse(&phase, || {
+                            format!("rollouts.phase of {instance_id}")
+                        })?,
+                        instance_id,
+                        strategy,
+                        plugin_version,
+                        plugin_digest,
+                        step,
+                        started_at: from_millis(started_at),
+                        updated_at: from_millis(updated_at),
+                    })
+                },
+            )
+            .collect()
+    }
+
+    // ----- conditions -----
+
+    /// Sets a condition of `instance_id`, replacing the one of the same type. If the status
+    /// did not change, the stored `last_transition` is kept (only reason and message are
+    /// updated). Returns the condition as stored.
+    pub fn set_condition(&self, instance_id: &str, condition: &Condition) -> Result<Condition> {
+        const OP: &str = "set condition";
+        self.write(OP, |tx| {
+            let previous: Option<(bool, i64)> = tx
+                .query_row(
+                    "SELECT status, last_transition FROM conditions WHERE instance_id = ?1 AND type = ?2",
+                    params![instance_id, condition.type_.as_str()],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                )
+                .optional()
+                .during(OP)?;
+            let last_transition = match previous {
+                Some((status, at)) if status == condition.status => at,
+                _ => to_millis(condition.last_transition),
+            };
+            tx.execute(
+                "INSERT INTO conditions (instance_id, type, status, reason, message, last_transition) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+                 ON CONFLICT (instance_id, type) DO UPDATE SET status = ?3, reason = ?4, message = ?5, last_transition = ?6",
+                params![
+                    instance_id,
+                    condition.type_.as_str(),
+                    condition.status,
+                    condition.reason,
+                    condition.message,
+                    last_transition
+                ],
+            )
+            .during(OP)?;
+            Ok(Condition {
+                last_transition: from_millis(last_transition),
+                ..condition.clone()
+            })
+        })
+    }
+
+    /// The conditions of `instance_id`, ordered by type.
+    pub fn conditions(&self, instance_id: &str) -> Result<Vec<Condition>> {
+        const OP: &str = "read conditions";
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT type, status, reason, message, last_transition FROM conditions WHERE instance_id = ?1",
+            )
+            .during(OP)?;
+        let rows = statement
+            .query_map([instance_id], |row| {
+                Ok((
+                    row.get::<_, String>(0)?,
+                    row.get::<_, bool>(1)?,
+                    row.get::<_, String>(2)?,
+                    row.get::<_, String>(3)?,
+                    row.get::<_, i64>(4)?,
+                ))
+            })
+            .during(OP)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .during(OP)?;
+        let mut conditions = rows
+            .into_iter()
+            .map(|(type_, status, reason, message, last_transition)| {
+                Ok(Condition {
+                    type_: ConditionType::parse(&type_, || {
+                        format!("conditions.type of {instance_id}")
+                    })?,
+                    status,
+                    reason,
+                    message,
+                    last_transition: from_millis(last_transition),
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        conditions.sort_by_key(|c| c.type_);
+        Ok(conditions)
+    }
+
+    // ----- audit log -----
+
+    /// Appends an entry to the audit log; returns its id and timestamp.
+    pub fn append_audit(&self, entry: &AuditEntry) -> Result<(i64, SystemTime)> {
+        self.write("append audit entry", |tx| insert_audit(tx, entry))
+    }
+
+    /// Audit entries matching `filter`, oldest first.
+    pub fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
+        const OP: &str = "read audit log";
+        let limit = i64::try_from(filter.limit.min(MAX_AUDIT_PAGE)).unwrap_or(i64::MAX);
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT id, at, instance_id, kind, message, details_json FROM audit \
+                 WHERE (?1 IS NULL OR instance_id = ?1) AND id > ?2 ORDER BY id LIMIT ?3",
+            )
+            .during(OP)?;
+        let rows = statement
+            .query_map(
+                params![filter.instance_id, filter.after_id.unwrap_or(0), limit],
+                |row| {
+                    Ok((
+                        row.get::<_, i64>(0)?,
+                        row.get::<_, i64>(1)?,
+                        row.get::<_, Option<String>>(2)?,
+                        row.get::<_, String>(3)?,
+                        row.get::<_, String>(4)?,
+                        row.get::<_, String>(5)?,
+                    ))
+                },
+            )
+            .during(OP)?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .during(OP)?;
+        rows.into_iter()
+            .map(|(id, at, instance_id, kind, message, details)| {
+                Ok(AuditRecord {
+                    id,
+                    at: from_millis(at),
+                    entry: AuditEntry {
+                        instance_id,
+                        kind: AuditKind::parse(&kind, || format!("audit.kind of entry {id}"))?,
+                        message,
+                        details: parse_json(
+                            || format!("audit.details_json of entry {id}"),
+                            &details,
+                        )?,
+                    },
+                })
+            })
+            .collect()
+    }
+
+    // ----- approvals -----
+
+    /// Asks an operator to approve the paused rollout of `instance_id`; returns the request
+    /// id. Idempotent while a request is pending: the pending request is kept (its message
+    /// updated), so a rollout re-checked on every reconcile asks once.
+    pub fn request_approval(&self, instance_id: &str, message: &str) -> Result<i64> {
+        const OP: &str = "request approval";
+        self.write(OP, |tx| {
+            let pending: Option<i64> = tx
+                .query_row(
+                    "SELECT id FROM approvals WHERE instance_id = ?1 AND approved_at IS NULL ORDER BY id DESC LIMIT 1",
+                    [instance_id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .during(OP)?;
+            if let Some(id) = pending {
+                tx.execute("UPDATE approvals SET message = ?2 WHERE id = ?1", params![id, message])
+                    .during(OP)?;
+                return Ok(id);
+            }
+            tx.execute(
+                "INSERT INTO approvals (instance_id, message, requested_at) VALUES (?1, ?2, ?3)",
+                params![instance_id, message, to_millis(SystemTime::now())],
+            )
+            .during(OP)?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
+    /// Approves the pending request of `instance_id` on behalf of `by`, and records the
+    /// approval in the audit log in the same transaction.
+    pub fn approve(&self, instance_id: &str, by: &str) -> Result<ApprovalRecord> {
+        const OP: &str = "approve";
+        self.write(OP, |tx| {
+            let now = to_millis(SystemTime::now());
+            let id: i64 = tx
+                .query_row(
+                    "UPDATE approvals SET approved_by = ?2, approved_at = ?3 \
+                     WHERE id = (SELECT id FROM approvals WHERE instance_id = ?1 AND approved_at IS NULL ORDER BY id DESC LIMIT 1) \
+                     RETURNING id",
+                    params![instance_id, by, now],
+                    |row| row.get(0),
+                )
+                .optional()
+                .during(OP)?
+                .ok_or_else(|| Error::NoPendingApproval {
+                    instance_id: instance_id.to_owned(),
+                })?;
+            let record = query_approvals(tx, "WHERE id = ?1", [id])?
+                .pop()
+                .expect("the row just updated exists");
+            insert_audit(
+                tx,
+                &AuditEntry {
+                    instance_id: Some(instance_id.to_owned()),
+                    kind: AuditKind::Approval,
+                    message: format!("approved by {by}: {}", record.message),
+                    details: serde_json::json!({ "approval_id": id, "approved_by": by }),
+                },
+            )?;
+            Ok(record)
+        })
+    }
+
+    /// Requests waiting for an operator, oldest first.
+    pub fn pending_approvals(&self) -> Result<Vec<ApprovalRecord>> {
+        query_approvals(&self.lock(), "WHERE approved_at IS NULL", params![])
+    }
+
+    /// The approved request of `instance_id` that no rollout step has used yet, marking it
+    /// used: an approval lets one paused rollout proceed once.
+    pub fn take_approval(&self, instance_id: &str) -> Result<Option<ApprovalRecord>> {
+        const OP: &str = "take approval";
+        self.write(OP, |tx| {
+            let Some(record) = query_approvals(
+                tx,
+                "WHERE instance_id = ?1 AND approved_at IS NOT NULL AND consumed_at IS NULL",
+                [instance_id],
+            )?
+            .pop() else {
+                return Ok(None);
+            };
+            tx.execute(
+                "UPDATE approvals SET consumed_at = ?2 WHERE id = ?1",
+                params![record.id, to_millis(SystemTime::now())],
+            )
+            .during(OP)?;
+            Ok(Some(record))
+        })
+    }
+}
+
+fn insert_audit(tx: &rusqlite::Transaction<'_>, entry: &AuditEntry) -> Result<(i64, SystemTime)> {
+    let at = to_millis(SystemTime::now());
+    tx.execute(
+        "INSERT INTO audit (at, instance_id, kind, message, details_json) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            at,
+            entry.instance_id,
+            entry.kind.as_str(),
+            entry.message,
+            entry.details.to_string()
+        ],
+    )
+    .during("append audit entry")?;
+    Ok((tx.last_insert_rowid(), from_millis(at)))
+}
+
+fn query_approvals(
+    conn: &Connection,
+    condition: &str,
+    params: impl rusqlite::Params,
+) -> Result<Vec<ApprovalRecord>> {
+    const OP: &str = "read approvals";
+    let sql = format!(
+        "SELECT id, instance_id, message, requested_at, approved_by, approved_at FROM approvals {condition} ORDER BY id"
+    );
+    let mut statement = conn.prepare_cached(&sql).during(OP)?;
+    statement
+        .query_map(params, approval_from_row)
+        .during(OP)?
+        .collect::<rusqlite::Result<Vec<_>>>()
+        .during(OP)
+}
+
+fn approval_from_row(row: &Row<'_>) -> rusqlite::Result<ApprovalRecord> {
+    Ok(ApprovalRecord {
+        id: row.get(0)?,
+        instance_id: row.get(1)?,
+        message: row.get(2)?,
+        requested_at: from_millis(row.get(3)?),
+        approved_by: row.get(4)?,
+        approved_at: row.get::<_, Option<i64>>(5)?.map(from_millis),
+    })
+}
+
+/// Applies `migrations[current..]` in one immediate transaction, refusing a database newer
+/// than `migrations.len()`.
+fn migrate(conn: &mut Connection, path: &Path, migrations: &[&str]) -> Result<()> {
+    let supported = migrations.len() as i64;
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .during("begin migration")?;
+    let found: i64 = tx
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .during("read schema version")?;
+    if found < 0 {
+        return Err(Error::Corrupt {
+            what: format!("the schema version of {}", path.display()),
+            detail: format!("negative version {found}"),
+        });
+    }
+    if found > supported {
+        return Err(Error::NewerSchema {
+            path: path.to_path_buf(),
+            found,
+            supported,
+        });
+    }
+    for (index, migration) in migrations.iter().enumerate().skip(found as usize) {
+        let version = index as i64 + 1;
+        let migrate_error = |source| Error::Migrate {
+            path: path.to_path_buf(),
+            version,
+            source,
+        };
+        tx.execute_batch(migration).map_err(migrate_error)?;
+        tx.pragma_update(None, "user_version", version)
+            .map_err(migrate_error)?;
+    }
+    tx.commit().during("commit migration")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn temp_store() -> (tempfile::TempDir, PathBuf, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state").join("setpoint.db");
+        let store = Store::open(&path).unwrap();
+        (dir, path, store)
+    }
+
+    fn ms(millis: u64) -> SystemTime {
+        UNIX_EPOCH + Duration::from_millis(millis)
+    }
+
+    fn rollout(instance_id: &str) -> RolloutRecord {
+        RolloutRecord {
+            instance_id: instance_id.to_owned(),
+            strategy: "canary".to_owned(),
+            plugin_version: "1.2.0".to_owned(),
+            plugin_digest: "sha256:abc".to_owned(),
+            state: json!({"clone": "api-1-canary", "weights": [90, 10]}),
+            step: 2,
+            started_at: ms(1_700_000_000_123),
+            updated_at: ms(1_700_000_060_456),
+            phase: RolloutPhase::Running,
+        }
+    }
+
+    fn audit_entry(instance: Option<&str>, kind: AuditKind, message: &str) -> AuditEntry {
+        AuditEntry {
+            instance_id: instance.map(str::to_owned),
+            kind,
+            message: message.to_owned(),
+            details: json!({"n": message}),
+        }
+    }
+
+    #[test]
+    fn open_creates_the_file_in_wal_mode_at_the_newest_schema() {
+        let (_dir, path, store) = temp_store();
+        assert!(path.exists());
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        let mode: String = store
+            .lock()
+            .pragma_query_value(None, "journal_mode", |row| row.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+    }
+
+    #[test]
+    fn reopening_applies_no_migration_twice_and_keeps_data() {
+        let (_dir, path, store) = temp_store();
+        store
+            .record_applied("i-1", &json!({"port": 8080}), "d1")
+            .unwrap();
+        drop(store);
+        // Reopening runs the migrations again: they must be skipped, not fail on
+        // "table already exists" or wipe data.
+        drop(Store::open(&path).unwrap());
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.schema_version().unwrap(), MIGRATIONS.len() as i64);
+        assert_eq!(
+            store.last_applied("i-1").unwrap().unwrap().config,
+            json!({"port": 8080})
+        );
+    }
+
+    #[test]
+    fn migrations_apply_only_the_versions_a_database_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.db");
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn, &path, &MIGRATIONS[..1]).unwrap();
+        conn.execute(
+            "INSERT INTO audit (at, instance_id, kind, message, details_json) VALUES (1, 'i', 'action', 'kept', '{}')",
+            [],
+        )
+        .unwrap();
+        let next = [MIGRATIONS[0], "ALTER TABLE audit ADD COLUMN actor TEXT;"];
+        migrate(&mut conn, &path, &next).unwrap();
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        let kept: String = conn
+            .query_row("SELECT message FROM audit WHERE actor IS NULL", [], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        assert_eq!(kept, "kept");
+    }
+
+    #[test]
+    fn failed_migration_leaves_the_previous_version_and_no_partial_tables() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("partial.db");
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn, &path, &MIGRATIONS[..1]).unwrap();
+        let broken = [
+            MIGRATIONS[0],
+            "CREATE TABLE half (x INTEGER); THIS IS NOT SQL;",
+        ];
+        let error = migrate(&mut conn, &path, &broken).unwrap_err();
+        assert!(
+            matches!(error, Error::Migrate { version: 2, .. }),
+            "{error:?}"
+        );
+        let version: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 1);
+        let half: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM sqlite_master WHERE name = 'half'",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        assert_eq!(half, 0);
+    }
+
+    #[test]
+    fn database_from_a_newer_setpoint_is_refused_with_a_clear_message() {
+        let (_dir, path, store) = temp_store();
+        store
+            .lock()
+            .pragma_update(None, "user_version", 99)
+            .unwrap();
+        drop(store);
+        let error = Store::open(&path).unwrap_err();
+        assert!(matches!(error, Error::NewerSchema { found: 99, .. }));
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "state database {} has schema version 99, but this setpoint supports up to version {}; upgrade setpoint, or point store.path at another file",
+                path.display(),
+                MIGRATIONS.len()
+            )
+        );
+    }
+
+    #[test]
+    fn unopenable_path_is_reported_with_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("not-a-dir");
+        std::fs::write(&file, "x").unwrap();
+        let error = Store::open(file.join("setpoint.db")).unwrap_err();
+        assert!(matches!(error, Error::Open { .. }));
+        assert!(error.to_string().contains("not-a-dir"), "{error}");
+    }
+
+    #[test]
+    fn recording_a_new_configuration_keeps_the_previous_as_a_backup() {
+        let (_dir, _path, store) = temp_store();
+        assert!(store.record_applied("i-1", &json!({"v": 1}), "d1").unwrap());
+        assert!(store.record_applied("i-1", &json!({"v": 2}), "d2").unwrap());
+        assert!(
+            store
+                .record_applied("i-2", &json!({"other": true}), "x")
+                .unwrap()
+        );
+        let last = store.last_applied("i-1").unwrap().unwrap();
+        assert_eq!((last.config, last.digest.as_str()), (json!({"v": 2}), "d2"));
+        let backups = store.backups("i-1").unwrap();
+        assert_eq!(backups.len(), 1);
+        assert_eq!(backups[0].config, json!({"v": 1}));
+        assert!(store.backups("i-2").unwrap().is_empty());
+        assert!(store.last_applied("unknown").unwrap().is_none());
+    }
+
+    #[test]
+    fn backups_beyond_the_retention_are_pruned_newest_kept() {
+        let (_dir, _path, store) = temp_store();
+        let store = store.with_backup_retention(3);
+        for v in 1..=10 {
+            store
+                .record_applied("i-1", &json!({"v": v}), &format!("d{v}"))
+                .unwrap();
+        }
+        assert_eq!(store.last_applied("i-1").unwrap().unwrap().digest, "d10");
+        let digests: Vec<String> = store
+            .backups("i-1")
+            .unwrap()
+            .into_iter()
+            .map(|b| b.digest)
+            .collect();
+        assert_eq!(digests, ["d9", "d8", "d7"]);
+        let rows: i64 = store
+            .lock()
+            .query_row("SELECT count(*) FROM applied_configs", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 4, "pruned rows are deleted, not hidden");
+    }
+
+    #[test]
+    fn recording_the_same_digest_again_does_not_push_out_a_backup() {
+        let (_dir, _path, store) = temp_store();
+        store.record_applied("i-1", &json!({"v": 1}), "d1").unwrap();
+        store.record_applied("i-1", &json!({"v": 2}), "d2").unwrap();
+        assert!(!store.record_applied("i-1", &json!({"v": 2}), "d2").unwrap());
+        assert_eq!(store.backups("i-1").unwrap().len(), 1);
+    }
+
+    #[test]
+    fn rollout_round_trips_and_survives_reopen() {
+        let (_dir, path, store) = temp_store();
+        let mut record = rollout("i-1");
+        store.save_rollout(&record).unwrap();
+        record.step = 3;
+        record.phase = RolloutPhase::AwaitingApproval;
+        record.state = json!({"weights": [50, 50]});
+        store.save_rollout(&record).unwrap();
+        store.save_rollout(&rollout("i-0")).unwrap();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert_eq!(store.load_rollout("i-1").unwrap(), Some(record.clone()));
+        let all = store.rollouts().unwrap();
+        assert_eq!(
+            all.iter()
+                .map(|r| r.instance_id.as_str())
+                .collect::<Vec<_>>(),
+            ["i-0", "i-1"]
+        );
+        assert!(store.clear_rollout("i-1").unwrap());
+        assert!(!store.clear_rollout("i-1").unwrap());
+        assert_eq!(store.load_rollout("i-1").unwrap(), None);
+    }
+
+    #[test]
+    fn condition_transition_time_changes_only_when_status_changes() {
+        let (_dir, _path, store) = temp_store();
+        let synced = |status: bool, reason: &str, at: u64| Condition {
+            type_: ConditionType::Synced,
+            status,
+            reason: reason.to_owned(),
+            message: format!("{reason} message"),
+            last_transition: ms(at),
+        };
+        let stored = store
+            .set_condition("i-1", &synced(false, "DriftDetected", 1_000))
+            .unwrap();
+        assert_eq!(stored.last_transition, ms(1_000));
+        // Same status, new reason: the transition time stays.
+        let stored = store
+            .set_condition("i-1", &synced(false, "Applying", 2_000))
+            .unwrap();
+        assert_eq!(stored.last_transition, ms(1_000));
+        assert_eq!(stored.reason, "Applying");
+        // Status flips: the transition time moves.
+        let stored = store
+            .set_condition("i-1", &synced(true, "InSync", 3_000))
+            .unwrap();
+        assert_eq!(stored.last_transition, ms(3_000));
+        store
+            .set_condition(
+                "i-1",
+                &Condition {
+                    type_: ConditionType::Degraded,
+                    ..synced(false, "Healthy", 4_000)
+                },
+            )
+            .unwrap();
+        let conditions = store.conditions("i-1").unwrap();
+        assert_eq!(conditions.len(), 2);
+        assert_eq!(conditions[0], synced(true, "InSync", 3_000));
+        assert_eq!(conditions[1].type_, ConditionType::Degraded);
+        assert!(store.conditions("i-2").unwrap().is_empty());
+    }
+
+    #[test]
+    fn audit_is_ordered_and_filtered_by_instance_cursor_and_limit() {
+        let (_dir, _path, store) = temp_store();
+        let before = SystemTime::now() - Duration::from_secs(1);
+        let mut ids = Vec::new();
+        for (instance, message) in [
+            (Some("a"), "a1"),
+            (Some("b"), "b1"),
+            (None, "host"),
+            (Some("a"), "a2"),
+            (Some("a"), "a3"),
+        ] {
+            let (id, at) = store
+                .append_audit(&audit_entry(instance, AuditKind::Action, message))
+                .unwrap();
+            assert!(at >= before);
+            ids.push(id);
+        }
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+        let messages = |filter: AuditFilter| -> Vec<String> {
+            store
+                .audit(&filter)
+                .unwrap()
+                .into_iter()
+                .map(|r| r.entry.message)
+                .collect()
+        };
+        assert_eq!(
+            messages(AuditFilter::default()),
+            ["a1", "b1", "host", "a2", "a3"]
+        );
+        assert_eq!(
+            messages(AuditFilter {
+                instance_id: Some("a".into()),
+                ..AuditFilter::default()
+            }),
+            ["a1", "a2", "a3"]
+        );
+        assert_eq!(
+            messages(AuditFilter {
+                instance_id: Some("a".into()),
+                after_id: Some(ids[0]),
+                limit: 1,
+            }),
+            ["a2"]
+        );
+        let first = &store.audit(&AuditFilter::default()).unwrap()[0];
+        assert_eq!(first.entry, audit_entry(Some("a"), AuditKind::Action, "a1"));
+    }
+
+    #[test]
+    fn approval_request_is_idempotent_and_approval_is_audited() {
+        let (_dir, _path, store) = temp_store();
+        let id = store
+            .request_approval("i-1", "promote canary to 100%")
+            .unwrap();
+        assert_eq!(
+            store
+                .request_approval("i-1", "promote canary (retry)")
+                .unwrap(),
+            id
+        );
+        store.request_approval("i-2", "apply").unwrap();
+        let pending = store.pending_approvals().unwrap();
+        assert_eq!(
+            pending
+                .iter()
+                .map(|a| a.instance_id.as_str())
+                .collect::<Vec<_>>(),
+            ["i-1", "i-2"]
+        );
+        assert_eq!(pending[0].message, "promote canary (retry)");
+        assert!(
+            store.take_approval("i-1").unwrap().is_none(),
+            "not approved yet"
+        );
+
+        let approved = store.approve("i-1", "alice").unwrap();
+        assert_eq!(approved.approved_by.as_deref(), Some("alice"));
+        assert!(approved.is_approved());
+        assert_eq!(store.pending_approvals().unwrap().len(), 1);
+        let audit = store
+            .audit(&AuditFilter {
+                instance_id: Some("i-1".into()),
+                ..AuditFilter::default()
+            })
+            .unwrap();
+        assert_eq!(audit.len(), 1);
+        assert_eq!(audit[0].entry.kind, AuditKind::Approval);
+        assert_eq!(
+            audit[0].entry.message,
+            "approved by alice: promote canary (retry)"
+        );
+
+        assert_eq!(store.take_approval("i-1").unwrap().map(|a| a.id), Some(id));
+        assert!(
+            store.take_approval("i-1").unwrap().is_none(),
+            "an approval is used once"
+        );
+    }
+
+    #[test]
+    fn approving_without_a_pending_request_fails_and_audits_nothing() {
+        let (_dir, _path, store) = temp_store();
+        let error = store.approve("i-9", "bob").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "instance i-9 has no pending approval request"
+        );
+        assert!(store.audit(&AuditFilter::default()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn corrupt_stored_values_are_reported_not_panicked_on() {
+        let store = Store::open_in_memory().unwrap();
+        store.save_rollout(&rollout("i-1")).unwrap();
+        store
+            .lock()
+            .execute("UPDATE rollouts SET phase = 'paused'", [])
+            .unwrap();
+        let error = store.load_rollout("i-1").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "state database: rollouts.phase of i-1 holds an unreadable value: unknown value \"paused\""
+        );
+    }
+
+    #[test]
+    fn store_is_shareable_across_threads() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<Store>();
+        let store = std::sync::Arc::new(Store::open_in_memory().unwrap());
+        let handles: Vec<_> = (0..4)
+            .map(|t| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    for n in 0..25 {
+                        store
+                            .append_audit(&audit_entry(
+                                None,
+                                AuditKind::Outcome,
+                                &format!("{t}-{n}"),
+                            ))
+                            .unwrap();
+                    }
+                })
+            })
+            .collect();
+        for handle in handles {
+            handle.join().unwrap();
+        }
+        assert_eq!(store.audit(&AuditFilter::default()).unwrap().len(), 100);
+    }
+}
