@@ -1,0 +1,557 @@
+//! The HTTP API: the DRaaS routes (`/api/server`, `/api/configuration`, `/api/status`)
+//! and this control plane's extensions (`/api/extensions/...`), mapped onto
+//! [`ControlPlane`] methods.
+//!
+//! Start at [`router`]. Bodies are parsed here so that a malformed body or a wrong type
+//! is a 400 naming the field; every error is JSON `{"error": "..."}` (see [`ApiError`]).
+//! In `enum_as_int` mode the enum fields of every model object are written as integers.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post, put};
+use chrono::{DateTime, NaiveDateTime, Utc};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+
+use crate::model::{InstanceStatus, Labels, encode_enums};
+use crate::platform::process::probe_host;
+use crate::service::{
+    CloneInstance, ControlPlane, CreateInstance, EndpointSpec, Error, StatusUpdate, error_chain,
+};
+
+/// The longest long poll (`wait=`) a client may ask for.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+/// The seed's default window for `recent-changes` without `since=`.
+const DEFAULT_SINCE_WINDOW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+/// Response header naming the backend instance a proxied request went to.
+pub const BACKEND_HEADER: &str = "x-setpoint-backend";
+
+#[derive(Debug, Clone)]
+struct Api {
+    cp: ControlPlane,
+    enum_as_int: bool,
+}
+
+/// The router for every route, with `cp` as state.
+pub fn router(cp: ControlPlane, enum_as_int: bool) -> Router {
+    let api = Api { cp, enum_as_int };
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        // DRaaS: instances and their lifecycle.
+        .route("/api/server/instances", get(list_instances).post(create_instance))
+        .route(
+            "/api/server/instances/{id}",
+            get(get_instance).delete(delete_instance),
+        )
+        .route("/api/server/instances/{id}/start", post(start_instance))
+        .route("/api/server/instances/{id}/stop", post(stop_instance))
+        .route("/api/server/instances/{id}/restart", post(restart_instance))
+        .route(
+            "/api/server/instances/{id}/metadata",
+            get(get_metadata).put(put_metadata),
+        )
+        // DRaaS: desired configuration.
+        .route(
+            "/api/configuration/instances/{id}",
+            get(get_configuration)
+                .patch(patch_configuration)
+                .put(put_configuration),
+        )
+        // DRaaS: status and the change feed.
+        .route("/api/status/updates", post(post_status_update))
+        .route("/api/status/recent-changes", get(recent_changes))
+        .route("/api/status/{id}/status", get(get_status))
+        // Extensions.
+        .route("/api/extensions/info", get(info))
+        .route("/api/extensions/instances/{id}/clone", post(clone_instance))
+        .route("/api/extensions/instances/{id}/health", get(instance_health))
+        .route("/api/extensions/instances/{id}/metrics", get(instance_metrics))
+        .route(
+            "/api/extensions/instances/{id}/running-configuration",
+            get(running_configuration),
+        )
+        .route("/api/extensions/endpoints", get(list_endpoints))
+        .route(
+            "/api/extensions/endpoints/{name}",
+            put(put_endpoint).get(get_endpoint).delete(delete_endpoint),
+        )
+        .route("/api/extensions/endpoints/{name}/proxy", any(proxy_root))
+        .route("/api/extensions/endpoints/{name}/proxy/{*path}", any(proxy))
+        .fallback(|method: Method, uri: Uri| async move {
+            ApiError(Error::BadRequest(String::new())).with_status(
+                StatusCode::NOT_FOUND,
+                format!("no route for {method} {}", uri.path()),
+            )
+        })
+        .with_state(api)
+}
+
+// ----- errors ------------------------------------------------------------------------
+
+/// An [`Error`] as an HTTP answer: the status its variant maps to and a JSON body
+/// `{"error": "<message and causes>"}`; a patch failure adds `operation`, `op`, `path`.
+#[derive(Debug)]
+pub struct ApiError(pub Error);
+
+impl From<Error> for ApiError {
+    fn from(error: Error) -> Self {
+        Self(error)
+    }
+}
+
+impl ApiError {
+    fn status(&self) -> StatusCode {
+        match &self.0 {
+            Error::InstanceNotFound(_) | Error::EndpointNotFound(_) => StatusCode::NOT_FOUND,
+            Error::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Error::Patch(failure) if failure.malformed => StatusCode::BAD_REQUEST,
+            Error::Patch(_) | Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Error::Conflict(_) => StatusCode::CONFLICT,
+            Error::NoFreePort(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Error::Upstream(_) => StatusCode::BAD_GATEWAY,
+            Error::StartFailed { .. } | Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn with_status(self, status: StatusCode, message: String) -> Response {
+        (status, axum::Json(json!({ "error": message }))).into_response()
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let mut body = json!({ "error": error_chain(&self.0) });
+        if let Error::Patch(failure) = &self.0 {
+            body["operation"] = json!(failure.index);
+            body["op"] = json!(failure.op);
+            body["path"] = json!(failure.path);
+        }
+        if status.is_server_error() {
+            tracing::warn!(error = %body["error"], %status, "request failed");
+        }
+        (status, axum::Json(body)).into_response()
+    }
+}
+
+type ApiResult<T = Response> = Result<T, ApiError>;
+
+/// Parses a JSON body; a syntax error or a wrong type is a 400 naming the field.
+fn parse_body<T: DeserializeOwned>(body: &Bytes, what: &str) -> Result<T, Error> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(Error::BadRequest(format!(
+            "a JSON request body is required ({what})"
+        )));
+    }
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            Error::BadRequest(format!("malformed JSON in the request body: {inner}"))
+        } else if path == "." {
+            Error::BadRequest(format!("invalid {what}: {inner}"))
+        } else {
+            Error::BadRequest(format!("invalid field `{path}` in the {what}: {inner}"))
+        }
+    })?;
+    de.end()
+        .map_err(|e| Error::BadRequest(format!("malformed JSON in the request body: {e}")))?;
+    Ok(value)
+}
+
+impl Api {
+    /// One model object (instance, runtime info, status change) as JSON.
+    fn model<T: Serialize>(&self, value: &T) -> Value {
+        let mut value = serde_json::to_value(value).unwrap_or(Value::Null);
+        if self.enum_as_int {
+            encode_enums(&mut value);
+        }
+        value
+    }
+
+    fn models<T: Serialize>(&self, values: &[T]) -> Value {
+        Value::Array(values.iter().map(|v| self.model(v)).collect())
+    }
+
+    fn ok(&self, status: StatusCode, value: Value) -> Response {
+        (status, axum::Json(value)).into_response()
+    }
+}
+
+// ----- instances ---------------------------------------------------------------------
+
+async fn list_instances(State(api): State<Api>) -> Response {
+    let instances = api.cp.list();
+    if api.enum_as_int {
+        api.ok(StatusCode::OK, api.models(&instances))
+    } else {
+        // Serialise straight from the structs: 10k instances stay well under a second.
+        axum::Json(instances).into_response()
+    }
+}
+
+async fn create_instance(State(api): State<Api>, body: Bytes) -> ApiResult {
+    let request: CreateInstance = parse_body(&body, "create request")?;
+    let instance = api.cp.create(request)?;
+    let location = format!("/api/server/instances/{}", instance.id);
+    let mut response = api.ok(StatusCode::CREATED, api.model(&instance));
+    if let Ok(value) = HeaderValue::from_str(&location) {
+        response.headers_mut().insert(header::LOCATION, value);
+    }
+    Ok(response)
+}
+
+async fn get_instance(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
+    Ok(api.ok(StatusCode::OK, api.model(&api.cp.get(&id)?)))
+}
+
+async fn delete_instance(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
+    api.cp.delete(&id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn start_instance(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    let configuration: Option<Value> = if body.iter().all(u8::is_ascii_whitespace) {
+        None
+    } else {
+        Some(parse_body(&body, "configuration")?)
+    };
+    let instance = api.cp.start(&id, configuration).await?;
+    Ok(api.ok(StatusCode::OK, api.model(&instance)))
+}
+
+async fn stop_instance(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
+    Ok(api.ok(StatusCode::OK, api.model(&api.cp.stop(&id).await?)))
+}
+
+async fn restart_instance(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
+    Ok(api.ok(StatusCode::OK, api.model(&api.cp.restart(&id).await?)))
+}
+
+async fn get_metadata(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
+    Ok(api.ok(StatusCode::OK, json!(api.cp.get(&id)?.metadata)))
+}
+
+async fn put_metadata(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    let labels: Labels = parse_body(&body, "metadata (an object of string values)")?;
+    Ok(api.ok(StatusCode::OK, api.model(&api.cp.set_metadata(&id, labels)?)))
+}
+
+// ----- configuration -----------------------------------------------------------------
+
+async fn get_configuration(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
+    Ok(api.ok(StatusCode::OK, api.cp.configuration(&id)?))
+}
+
+async fn patch_configuration(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    // Look the instance up first, so an unknown instance is a 404 whatever the body.
+    api.cp.get(&id)?;
+    let document: Value = parse_body(&body, "JSON Patch document")?;
+    Ok(api.ok(
+        StatusCode::OK,
+        api.cp.patch_configuration(&id, &document)?,
+    ))
+}
+
+async fn put_configuration(
+    State(api): State<Api>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    api.cp.get(&id)?;
+    let configuration: Value = parse_body(&body, "configuration")?;
+    Ok(api.ok(
+        StatusCode::OK,
+        api.cp.put_configuration(&id, configuration)?,
+    ))
+}
+
+// ----- status ------------------------------------------------------------------------
+
+async fn post_status_update(State(api): State<Api>, body: Bytes) -> ApiResult {
+    let update: StatusUpdate = parse_body(&body, "status update")?;
+    let change = api.cp.publish_status(update)?;
+    Ok(api.ok(
+        StatusCode::ACCEPTED,
+        json!({ "accepted": true, "sequence": change.map(|c| c.sequence) }),
+    ))
+}
+
+async fn get_status(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
+    Ok(api.ok(StatusCode::OK, api.model(&api.cp.runtime_info(&id)?)))
+}
+
+fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Some(t.with_timezone(&Utc));
+    }
+    // .NET clients often send a timestamp without an offset: read it as UTC.
+    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S%.f"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
+        .map(|t| t.and_utc())
+}
+
+/// `GET /api/status/recent-changes`: `since=` (timestamp, default 5 minutes ago) answers
+/// the seed's plain array; `after=SEQ` answers a [`crate::feed::FeedPage`]. Both take
+/// `statusFilter=` and `wait=SECONDS` (long poll until a matching change arrives).
+async fn recent_changes(
+    State(api): State<Api>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let filter = match params.get("statusFilter").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(text) => Some(InstanceStatus::parse(text).ok_or_else(|| {
+            Error::BadRequest(format!(
+                "statusFilter: unknown status `{text}`, expected one of Created, Running, Stopped, Error, ConfigurationChanged (or 0-4)"
+            ))
+        })?),
+    };
+    let wait = match params.get("wait") {
+        None => Duration::ZERO,
+        Some(text) => {
+            let seconds: f64 = text.parse().ok().filter(|s: &f64| s.is_finite() && *s >= 0.0).ok_or_else(|| {
+                Error::BadRequest(format!("wait: expected a number of seconds, not `{text}`"))
+            })?;
+            Duration::from_secs_f64(seconds).min(MAX_WAIT)
+        }
+    };
+    let after = match params.get("after") {
+        None => None,
+        Some(text) => Some(text.parse::<u64>().map_err(|_| {
+            Error::BadRequest(format!("after: expected a sequence number, not `{text}`"))
+        })?),
+    };
+    let since = match params.get("since").filter(|s| !s.is_empty()) {
+        None => Utc::now() - DEFAULT_SINCE_WINDOW,
+        Some(text) => parse_time(text).ok_or_else(|| {
+            Error::BadRequest(format!(
+                "since: expected an ISO 8601 timestamp such as 2025-01-31T12:00:00Z, not `{text}`"
+            ))
+        })?,
+    };
+
+    let feed = api.cp.feed();
+    let mut changed = feed.subscribe();
+    let mut shutting_down = api.cp.shutting_down();
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        changed.borrow_and_update();
+        let last_chance = tokio::time::Instant::now() >= deadline || *shutting_down.borrow();
+        let answer = match after {
+            Some(after) => {
+                let page = feed.after(after, filter);
+                (last_chance || page.truncated || !page.changes.is_empty()).then(|| {
+                    let changes = api.models(&page.changes);
+                    let mut value = serde_json::to_value(&page).unwrap_or(Value::Null);
+                    value["changes"] = changes;
+                    value
+                })
+            }
+            None => {
+                let changes = feed.since(since, filter);
+                (last_chance || !changes.is_empty()).then(|| api.models(&changes))
+            }
+        };
+        if let Some(answer) = answer {
+            return Ok(api.ok(StatusCode::OK, answer));
+        }
+        tokio::select! {
+            result = changed.changed() => if result.is_err() { continue },
+            () = tokio::time::sleep_until(deadline) => {}
+            _ = shutting_down.changed() => {}
+        }
+    }
+}
+
+// ----- extensions --------------------------------------------------------------------
+
+async fn info(State(api): State<Api>) -> Response {
+    api.ok(
+        StatusCode::OK,
+        json!({
+            "name": "setpoint-controlplane",
+            "version": env!("CARGO_PKG_VERSION"),
+            "enumAsInt": api.enum_as_int,
+            "feedCapacity": api.cp.feed().capacity(),
+            "latestSequence": api.cp.feed().latest_sequence(),
+            "platforms": ["Process", "Simulated"],
+            "extensions": ["sequenceFeed", "longPoll", "metadata", "clone", "health",
+                           "metrics", "runningConfiguration", "endpoints"],
+        }),
+    )
+}
+
+async fn clone_instance(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -> ApiResult {
+    api.cp.get(&id)?;
+    let request: CloneInstance = if body.iter().all(u8::is_ascii_whitespace) {
+        CloneInstance::default()
+    } else {
+        parse_body(&body, "clone request")?
+    };
+    let instance = api.cp.clone_instance(&id, request)?;
+    Ok(api.ok(StatusCode::CREATED, api.model(&instance)))
+}
+
+async fn instance_health(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
+    Ok(api.ok(StatusCode::OK, json!(api.cp.health(&id).await?)))
+}
+
+async fn instance_metrics(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
+    Ok(api.ok(StatusCode::OK, api.cp.metrics(&id).await?))
+}
+
+async fn running_configuration(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
+    let configuration = api.cp.running_configuration(&id)?;
+    Ok(api.ok(
+        StatusCode::OK,
+        json!({ "running": configuration.is_some(), "configuration": configuration }),
+    ))
+}
+
+async fn list_endpoints(State(api): State<Api>) -> Response {
+    api.ok(StatusCode::OK, json!(api.cp.endpoints()))
+}
+
+async fn put_endpoint(State(api): State<Api>, Path(name): Path<String>, body: Bytes) -> ApiResult {
+    let spec: EndpointSpec = parse_body(&body, "endpoint")?;
+    Ok(api.ok(StatusCode::OK, json!(api.cp.put_endpoint(&name, spec)?)))
+}
+
+async fn get_endpoint(State(api): State<Api>, Path(name): Path<String>) -> ApiResult {
+    Ok(api.ok(StatusCode::OK, json!(api.cp.endpoint(&name)?)))
+}
+
+async fn delete_endpoint(State(api): State<Api>, Path(name): Path<String>) -> ApiResult {
+    api.cp.delete_endpoint(&name)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn proxy_root(
+    State(api): State<Api>,
+    Path(name): Path<String>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    forward(api, name, String::new(), method, uri, headers, body).await
+}
+
+async fn proxy(
+    State(api): State<Api>,
+    Path((name, path)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    forward(api, name, path, method, uri, headers, body).await
+}
+
+/// Headers that describe one hop and are not forwarded.
+const HOP_HEADERS: [&str; 8] = [
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "te",
+    "content-length",
+];
+
+/// Forwards one request to the backend [`ControlPlane::pick_backend`] chooses.
+async fn forward(
+    api: Api,
+    name: String,
+    path: String,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let target = api.cp.pick_backend(&name)?;
+    let query = uri.query().map(|q| format!("?{q}")).unwrap_or_default();
+    let url = format!(
+        "http://{}:{}/{path}{query}",
+        probe_host(&target.host),
+        target.port
+    );
+    let mut request = api
+        .cp
+        .process_platform()
+        .http()
+        .request(method, &url)
+        .body(body);
+    for (key, value) in &headers {
+        if !HOP_HEADERS.contains(&key.as_str()) {
+            request = request.header(key, value);
+        }
+    }
+    let response = request.send().await.map_err(|e| {
+        Error::Upstream(format!(
+            "backend instance '{}' at {url}: {}",
+            target.instance_id,
+            error_chain(&e)
+        ))
+    })?;
+    let status = response.status();
+    let mut out_headers = HeaderMap::new();
+    for (key, value) in response.headers() {
+        if !HOP_HEADERS.contains(&key.as_str()) {
+            out_headers.insert(key.clone(), value.clone());
+        }
+    }
+    let bytes = response.bytes().await.map_err(|e| {
+        Error::Upstream(format!(
+            "backend instance '{}': reading the answer: {}",
+            target.instance_id,
+            error_chain(&e)
+        ))
+    })?;
+    if let Ok(value) = HeaderValue::from_str(&target.instance_id) {
+        out_headers.insert(HeaderName::from_static(BACKEND_HEADER), value);
+    }
+    Ok((status, out_headers, bytes).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_without_an_offset_are_read_as_utc() {
+        let a = parse_time("2025-01-31T12:00:00Z").unwrap();
+        let b = parse_time("2025-01-31T12:00:00").unwrap();
+        let c = parse_time("2025-01-31T12:00:00.5").unwrap();
+        assert_eq!(a, b);
+        assert!(c > b);
+        assert!(parse_time("yesterday").is_none());
+    }
+
+    #[test]
+    fn a_wrong_type_is_reported_with_the_field_path() {
+        let body = Bytes::from_static(br#"{"name": 5}"#);
+        let err = parse_body::<CreateInstance>(&body, "create request").unwrap_err();
+        assert!(err.to_string().contains("`name`"), "{err}");
+        let body = Bytes::from_static(br#"{"name": "a", "platformType": "Docker"}"#);
+        let err = parse_body::<CreateInstance>(&body, "create request").unwrap_err();
+        assert!(err.to_string().contains("`platformType`"), "{err}");
+        let body = Bytes::from_static(br#"{"name": "#);
+        let err = parse_body::<CreateInstance>(&body, "create request").unwrap_err();
+        assert!(err.to_string().contains("malformed JSON"), "{err}");
+    }
+}

@@ -1,0 +1,1149 @@
+//! The control plane itself: every DRaaS operation (create, start, stop, patch the
+//! configuration, publish a status, …) as a method of [`ControlPlane`], independent of
+//! HTTP.
+//!
+//! State lives in memory (one [`State`] behind a mutex) and is written through to the
+//! [`Store`] before the in-memory copy changes, so a failed write changes nothing. Every
+//! status transition goes through [`ControlPlane::commit`], which stores the instance
+//! and its feed entry in one transaction and then publishes the entry on the [`Feed`].
+//! Lifecycle operations on one instance are serialised by a per-instance async lock;
+//! process exits are handled under the same lock ([`ControlPlane::handle_exit`]).
+
+use std::collections::{BTreeMap, HashMap};
+use std::ops::RangeInclusive;
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use tokio::sync::watch;
+
+use crate::feed::Feed;
+use crate::model::{
+    Instance, InstanceStatus, Labels, PlatformType, RuntimeInfo, StatusChange,
+    configuration_port, default_configuration, fill_missing, normalize_configuration,
+};
+use crate::patch::{Patch, PatchFailure};
+use crate::platform::{ExitEvent, PlatformError, ProcessPlatform, simulated};
+use crate::store::{InstanceRecord, Runtime, Store, StoreError, Write};
+
+/// The label a clone carries, naming the instance it was cloned from.
+pub const CLONE_OF_LABEL: &str = "setpoint.io/clone-of";
+/// The port a Simulated instance gets when its configuration names none (the seed's
+/// default). Simulated instances do not take ports from the range.
+const SIMULATED_DEFAULT_PORT: u16 = 8080;
+/// `source` of the changes the control plane records itself.
+const SOURCE_CONTROL_PLANE: &str = "controlplane";
+/// `source` of the changes recorded by the process monitor.
+const SOURCE_MONITOR: &str = "process-monitor";
+
+/// A failed control-plane operation. Each variant maps to one HTTP status.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No such instance (404).
+    #[error("instance '{0}' not found")]
+    InstanceNotFound(String),
+    /// No such endpoint (404).
+    #[error("endpoint '{0}' not found")]
+    EndpointNotFound(String),
+    /// The request is malformed or has a wrong type (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// A JSON Patch was malformed (400) or could not be applied (422).
+    #[error(transparent)]
+    Patch(#[from] PatchFailure),
+    /// The request is well-formed but cannot be applied (422).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// The request conflicts with the current state (409).
+    #[error("{0}")]
+    Conflict(String),
+    /// Every port of the range is allocated or in use (503).
+    #[error("no free port in {}-{}: delete instances or widen --port-range", .0.start(), .0.end())]
+    NoFreePort(RangeInclusive<u16>),
+    /// Starting the instance failed; it is now in `Error` (500).
+    #[error("instance '{id}' failed to start")]
+    StartFailed {
+        /// The instance.
+        id: String,
+        /// Why.
+        #[source]
+        source: PlatformError,
+    },
+    /// An instance did not answer a probe or a proxied request (502).
+    #[error("{0}")]
+    Upstream(String),
+    /// Nothing can serve the request right now (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The database failed (500).
+    #[error("storing the change failed")]
+    Store(#[from] StoreError),
+}
+
+/// `Result` with [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Settings the control plane needs at run time.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Ports handed to Process instances.
+    pub port_range: RangeInclusive<u16>,
+}
+
+/// `POST /api/server/instances`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CreateInstance {
+    /// Required, non-empty.
+    pub name: String,
+    /// Optional free text.
+    #[serde(default)]
+    pub description: Option<String>,
+    /// Initial configuration (the seed's `{host, port, logLevel}`; sources, queries and
+    /// reactions are accepted too). Missing keys get defaults; a missing port is allocated.
+    #[serde(default)]
+    pub server_configuration: Option<Value>,
+    /// `Process` (default) or `Simulated`.
+    #[serde(default)]
+    pub platform_type: Option<PlatformType>,
+    /// Labels.
+    #[serde(default)]
+    pub metadata: Option<Labels>,
+}
+
+/// `POST /api/status/updates`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusUpdate {
+    /// The instance.
+    pub instance_id: String,
+    /// Its new status (string or integer).
+    pub status: InstanceStatus,
+    /// Who reports it; required.
+    pub source: String,
+    /// Details, merged into the runtime metadata.
+    #[serde(default)]
+    pub metadata: Option<Labels>,
+}
+
+/// `POST /api/extensions/instances/{id}/clone`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CloneInstance {
+    /// Name of the clone (default `{name}-clone-{n}`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Its configuration (default: the source's desired configuration); missing keys are
+    /// filled from the source's. On the Process platform the port is always a new one.
+    #[serde(default)]
+    pub configuration: Option<Value>,
+    /// Extra labels.
+    #[serde(default)]
+    pub metadata: Option<Labels>,
+}
+
+/// `GET /api/extensions/instances/{id}/health`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Health {
+    /// Whether the instance answered its health check.
+    pub healthy: bool,
+    /// What it said, or why it could not be asked.
+    pub detail: String,
+}
+
+/// One backend of an endpoint.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Backend {
+    /// The instance serving it.
+    pub instance_id: String,
+    /// Its share of requests relative to the others (0 = none).
+    pub weight: u32,
+}
+
+/// `PUT /api/extensions/endpoints/{name}`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct EndpointSpec {
+    /// The backends and their weights.
+    pub backends: Vec<Backend>,
+}
+
+/// An endpoint as the API returns it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Endpoint {
+    /// Its name.
+    pub name: String,
+    /// The backends and their weights.
+    pub backends: Vec<Backend>,
+    /// The proxy route that splits requests across the backends.
+    pub proxy_path: String,
+}
+
+/// Where a proxied request goes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProxyTarget {
+    /// The chosen instance.
+    pub instance_id: String,
+    /// Where it listens.
+    pub host: String,
+    /// Where it listens.
+    pub port: u16,
+}
+
+#[derive(Debug, Default)]
+struct EndpointState {
+    spec: EndpointSpec,
+    /// Smooth weighted round robin (nginx's): each pick adds every live backend's weight
+    /// to its counter, takes the largest and subtracts the total from it. Over any run of
+    /// `total` picks every backend gets exactly its share, interleaved.
+    current: HashMap<String, i64>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    instances: HashMap<String, InstanceRecord>,
+    ports: BTreeMap<u16, String>,
+    next_order: u64,
+    endpoints: BTreeMap<String, EndpointState>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    settings: Settings,
+    state: Mutex<State>,
+    store: Mutex<Store>,
+    feed: Feed,
+    process: ProcessPlatform,
+    op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    shutting_down: watch::Sender<bool>,
+}
+
+/// A status transition to record with [`ControlPlane::commit`].
+struct Transition {
+    status: InstanceStatus,
+    source: String,
+    metadata: Labels,
+    /// Set as the error message (and cleared by any non-`Error` transition).
+    error: Option<String>,
+}
+
+impl Transition {
+    fn new(status: InstanceStatus, source: &str) -> Self {
+        Self {
+            status,
+            source: source.to_owned(),
+            metadata: Labels::new(),
+            error: None,
+        }
+    }
+
+    fn with(mut self, metadata: Labels) -> Self {
+        self.metadata.extend(metadata);
+        self
+    }
+}
+
+/// The reference DRaaS control plane. Cheap to clone (an `Arc`).
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    inner: Arc<Inner>,
+}
+
+impl ControlPlane {
+    /// Loads the state from `store` and makes a control plane around it. Call
+    /// [`ControlPlane::recover`] next.
+    pub fn new(
+        settings: Settings,
+        store: Store,
+        feed_capacity: usize,
+        process: ProcessPlatform,
+    ) -> Result<Self> {
+        let loaded = store.load()?;
+        let mut state = State {
+            next_order: loaded.instances.last().map_or(0, |r| r.order) + 1,
+            ports: loaded.ports,
+            ..State::default()
+        };
+        for record in loaded.instances {
+            state.instances.insert(record.instance.id.clone(), record);
+        }
+        for (name, endpoint) in loaded.endpoints {
+            if let Ok(spec) = serde_json::from_value(endpoint) {
+                state.endpoints.insert(
+                    name,
+                    EndpointState {
+                        spec,
+                        current: HashMap::new(),
+                    },
+                );
+            }
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                settings,
+                state: Mutex::new(state),
+                store: Mutex::new(store),
+                feed: Feed::new(feed_capacity, loaded.feed, loaded.latest_sequence),
+                process,
+                op_locks: Mutex::default(),
+                shutting_down: watch::channel(false).0,
+            }),
+        })
+    }
+
+    /// The change feed.
+    pub fn feed(&self) -> &Feed {
+        &self.inner.feed
+    }
+
+    /// The Process platform.
+    pub fn process_platform(&self) -> &ProcessPlatform {
+        &self.inner.process
+    }
+
+    /// Becomes `true` when the control plane shuts down (long polls end early).
+    pub fn shutting_down(&self) -> watch::Receiver<bool> {
+        self.inner.shutting_down.subscribe()
+    }
+
+    // ----- instances -------------------------------------------------------------------
+
+    /// Creates an instance: allocates a port (Process), stores the initial configuration
+    /// and records `Created`.
+    pub fn create(&self, request: CreateInstance) -> Result<Instance> {
+        if request.name.trim().is_empty() {
+            return Err(Error::BadRequest("`name` must not be empty".into()));
+        }
+        let platform = request.platform_type.unwrap_or_default();
+        let mut config = match request.server_configuration {
+            None | Some(Value::Null) => json!({}),
+            Some(config) => normalize_configuration(config)
+                .map_err(|e| Error::BadRequest(format!("serverConfiguration: {e}")))?,
+        };
+        let labels = request.metadata.unwrap_or_default();
+        self.insert_new(
+            request.name,
+            request.description.unwrap_or_default(),
+            platform,
+            &mut config,
+            labels,
+        )
+    }
+
+    fn insert_new(
+        &self,
+        name: String,
+        description: String,
+        platform: PlatformType,
+        config: &mut Value,
+        labels: Labels,
+    ) -> Result<Instance> {
+        let id = uuid::Uuid::new_v4().to_string();
+        let mut state = self.state();
+        let explicit_port = configuration_port(config);
+        let claimed = match platform {
+            PlatformType::Process => {
+                let port = match explicit_port {
+                    Some(port) => {
+                        if let Some(owner) = state.ports.get(&port) {
+                            return Err(Error::Conflict(format!(
+                                "port {port} is already allocated to instance '{owner}'"
+                            )));
+                        }
+                        port
+                    }
+                    None => self.free_port(&state)?,
+                };
+                Some(port)
+            }
+            PlatformType::Simulated => None,
+        };
+        let port = claimed
+            .or(explicit_port)
+            .unwrap_or(SIMULATED_DEFAULT_PORT);
+        if let Some(map) = config.as_object_mut() {
+            map.insert("port".into(), json!(port));
+        }
+        fill_missing(config, &default_configuration(port));
+        let now = Utc::now();
+        let record = InstanceRecord {
+            order: state.next_order,
+            instance: Instance {
+                id: id.clone(),
+                name,
+                description,
+                platform_type: platform,
+                created_at: now,
+                last_modified_at: None,
+                status: InstanceStatus::Created,
+                metadata: labels,
+            },
+            desired: config.clone(),
+            runtime: Runtime::default(),
+        };
+        let mut writes = Vec::new();
+        if let Some(port) = claimed {
+            writes.push(Write::ClaimPort(port, &id));
+        }
+        let (record, _) = self.commit_locked(
+            &mut state,
+            record,
+            Some(Transition::new(InstanceStatus::Created, SOURCE_CONTROL_PLANE)),
+            writes,
+        )?;
+        state.next_order += 1;
+        if let Some(port) = claimed {
+            state.ports.insert(port, id);
+        }
+        Ok(record.instance)
+    }
+
+    /// The lowest port of the range that no instance holds and nothing listens on.
+    fn free_port(&self, state: &State) -> Result<u16> {
+        let range = self.inner.settings.port_range.clone();
+        range
+            .clone()
+            .filter(|port| !state.ports.contains_key(port))
+            .find(|port| std::net::TcpListener::bind(("0.0.0.0", *port)).is_ok())
+            .ok_or(Error::NoFreePort(range))
+    }
+
+    /// Every instance, in creation order.
+    pub fn list(&self) -> Vec<Instance> {
+        let state = self.state();
+        let mut records: Vec<&InstanceRecord> = state.instances.values().collect();
+        records.sort_unstable_by_key(|r| r.order);
+        records.into_iter().map(|r| r.instance.clone()).collect()
+    }
+
+    /// One instance.
+    pub fn get(&self, id: &str) -> Result<Instance> {
+        Ok(self.record(id)?.instance)
+    }
+
+    /// Deletes an instance, stopping its process first, and releases its port. The feed
+    /// gets a `Stopped` change with metadata `deleted=true`.
+    pub async fn delete(&self, id: &str) -> Result<()> {
+        let lock = self.op_lock(id);
+        let _guard = lock.lock().await;
+        let record = self.record(id)?;
+        let exit = self.inner.process.stop(id).await;
+        let mut state = self.state();
+        let Some(current) = state.instances.get(id).cloned() else {
+            return Err(Error::InstanceNotFound(id.to_owned()));
+        };
+        let mut metadata = Labels::from([("deleted".to_owned(), "true".to_owned())]);
+        if let Some(exit) = exit {
+            metadata.extend(exit.metadata());
+        }
+        let change = self.new_change(
+            &current,
+            &Transition::new(InstanceStatus::Stopped, SOURCE_CONTROL_PLANE).with(metadata),
+        );
+        self.store()
+            .apply(&[Write::Delete(id), Write::Change(&change, self.retain())])?;
+        state.instances.remove(id);
+        state.ports.retain(|_, owner| owner != id);
+        drop(state);
+        self.inner.feed.push(change);
+        if record.instance.platform_type == PlatformType::Process {
+            self.inner.process.remove_files(id);
+        }
+        self.inner
+            .op_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+        Ok(())
+    }
+
+    /// Replaces an instance's labels.
+    pub fn set_metadata(&self, id: &str, labels: Labels) -> Result<Instance> {
+        let mut state = self.state();
+        let mut record = Self::lookup(&state, id)?;
+        record.instance.metadata = labels;
+        record.instance.last_modified_at = Some(Utc::now());
+        let (record, _) = self.commit_locked(&mut state, record, None, Vec::new())?;
+        Ok(record.instance)
+    }
+
+    // ----- lifecycle -------------------------------------------------------------------
+
+    /// Starts an instance with `configuration` (normalised; missing keys filled from the
+    /// desired configuration) or, without one, its desired configuration. A running
+    /// instance is stopped first. On failure the instance is `Error` and the error says why.
+    pub async fn start(&self, id: &str, configuration: Option<Value>) -> Result<Instance> {
+        let lock = self.op_lock(id);
+        let _guard = lock.lock().await;
+        self.start_locked(id, configuration).await
+    }
+
+    async fn start_locked(&self, id: &str, configuration: Option<Value>) -> Result<Instance> {
+        let record = self.record(id)?;
+        let config = match configuration {
+            None | Some(Value::Null) => record.desired.clone(),
+            Some(config) => {
+                let mut config = normalize_configuration(config)
+                    .map_err(|e| Error::BadRequest(format!("configuration: {e}")))?;
+                fill_missing(&mut config, &record.desired);
+                config
+            }
+        };
+        match record.instance.platform_type {
+            PlatformType::Simulated => {
+                let mut record = record;
+                record.runtime.running_configuration = Some(config);
+                record.runtime.generation += 1;
+                let transition = Transition::new(InstanceStatus::Running, SOURCE_CONTROL_PLANE)
+                    .with(Labels::from([("platformType".into(), "Simulated".into())]));
+                Ok(self.commit(record, Some(transition))?.0.instance)
+            }
+            PlatformType::Process => {
+                if self.inner.process.is_tracked(id) {
+                    self.stop_locked(id).await?;
+                }
+                let record = self.record(id)?;
+                let generation = record.runtime.generation + 1;
+                match self.inner.process.start(id, generation, &config).await {
+                    Ok(launched) => {
+                        let mut record = self.record(id)?;
+                        record.runtime.running_configuration = Some(config);
+                        record.runtime.generation = generation;
+                        record.runtime.pid = Some(launched.pid);
+                        record.runtime.host = Some(launched.host.clone());
+                        record.runtime.port = Some(launched.port);
+                        let metadata = Labels::from([
+                            ("platformType".into(), "Process".into()),
+                            ("pid".into(), launched.pid.to_string()),
+                            ("host".into(), launched.host),
+                            ("port".into(), launched.port.to_string()),
+                            (
+                                "configFilePath".into(),
+                                launched.config_path.display().to_string(),
+                            ),
+                            (
+                                "logFilePath".into(),
+                                launched.log_path.display().to_string(),
+                            ),
+                        ]);
+                        let transition =
+                            Transition::new(InstanceStatus::Running, SOURCE_CONTROL_PLANE)
+                                .with(metadata);
+                        Ok(self.commit(record, Some(transition))?.0.instance)
+                    }
+                    Err(error) => {
+                        let mut record = self.record(id)?;
+                        record.runtime.generation = generation;
+                        record.runtime.pid = None;
+                        record.runtime.running_configuration = None;
+                        let mut transition =
+                            Transition::new(InstanceStatus::Error, SOURCE_CONTROL_PLANE).with(
+                                Labels::from([("reason".into(), "start failed".into())]),
+                            );
+                        transition.error = Some(error_chain(&error));
+                        self.commit(record, Some(transition))?;
+                        Err(Error::StartFailed {
+                            id: id.to_owned(),
+                            source: error,
+                        })
+                    }
+                }
+            }
+        }
+    }
+
+    /// Stops an instance (SIGTERM, then SIGKILL after the stop timeout) and records
+    /// `Stopped`. Stopping a stopped instance changes nothing.
+    pub async fn stop(&self, id: &str) -> Result<Instance> {
+        let lock = self.op_lock(id);
+        let _guard = lock.lock().await;
+        self.stop_locked(id).await
+    }
+
+    async fn stop_locked(&self, id: &str) -> Result<Instance> {
+        self.record(id)?;
+        let exit = self.inner.process.stop(id).await;
+        let mut record = self.record(id)?;
+        let was_running = exit.is_some() || record.runtime.running_configuration.is_some();
+        if !was_running && record.instance.status == InstanceStatus::Stopped {
+            return Ok(record.instance);
+        }
+        record.runtime.pid = None;
+        record.runtime.running_configuration = None;
+        let transition = Transition::new(InstanceStatus::Stopped, SOURCE_CONTROL_PLANE)
+            .with(exit.map(|e| e.metadata()).unwrap_or_default());
+        Ok(self.commit(record, Some(transition))?.0.instance)
+    }
+
+    /// Stops (if running) and starts with the desired configuration.
+    pub async fn restart(&self, id: &str) -> Result<Instance> {
+        let lock = self.op_lock(id);
+        let _guard = lock.lock().await;
+        let record = self.record(id)?;
+        if record.runtime.running_configuration.is_some() || self.inner.process.is_tracked(id) {
+            self.stop_locked(id).await?;
+        }
+        self.start_locked(id, None).await
+    }
+
+    // ----- configuration ---------------------------------------------------------------
+
+    /// The desired configuration.
+    pub fn configuration(&self, id: &str) -> Result<Value> {
+        Ok(self.record(id)?.desired)
+    }
+
+    /// Applies an RFC 6902 patch to the desired configuration atomically and records
+    /// `ConfigurationChanged`. Returns the new configuration.
+    pub fn patch_configuration(&self, id: &str, document: &Value) -> Result<Value> {
+        let patch = Patch::parse(document)?;
+        let mut state = self.state();
+        let record = Self::lookup(&state, id)?;
+        let patched = patch.apply(&record.desired)?;
+        let patched = normalize_configuration(patched).map_err(|e| {
+            Error::Unprocessable(format!("the patched configuration is invalid: {e}"))
+        })?;
+        let metadata = Labels::from([("patchOperations".into(), patch.len().to_string())]);
+        self.replace_desired(&mut state, record, patched, metadata)
+    }
+
+    /// Replaces the desired configuration and records `ConfigurationChanged`.
+    pub fn put_configuration(&self, id: &str, configuration: Value) -> Result<Value> {
+        let configuration = normalize_configuration(configuration)
+            .map_err(|e| Error::BadRequest(format!("configuration: {e}")))?;
+        let mut state = self.state();
+        let record = Self::lookup(&state, id)?;
+        self.replace_desired(&mut state, record, configuration, Labels::new())
+    }
+
+    fn replace_desired(
+        &self,
+        state: &mut State,
+        mut record: InstanceRecord,
+        configuration: Value,
+        metadata: Labels,
+    ) -> Result<Value> {
+        record.desired = configuration;
+        let transition =
+            Transition::new(InstanceStatus::ConfigurationChanged, SOURCE_CONTROL_PLANE)
+                .with(metadata);
+        let (record, _) = self.commit_locked(state, record, Some(transition), Vec::new())?;
+        Ok(record.desired)
+    }
+
+    // ----- status ----------------------------------------------------------------------
+
+    /// Records a status pushed by a daemon. As in the seed, a status equal to the current
+    /// one adds no feed entry (its metadata is still merged). Returns the entry, if any.
+    pub fn publish_status(&self, update: StatusUpdate) -> Result<Option<StatusChange>> {
+        if update.instance_id.trim().is_empty() || update.source.trim().is_empty() {
+            return Err(Error::BadRequest(
+                "`instanceId` and `source` are required".into(),
+            ));
+        }
+        let mut state = self.state();
+        let mut record = Self::lookup(&state, &update.instance_id)?;
+        let metadata = update.metadata.unwrap_or_default();
+        if record.instance.status == update.status {
+            let mut info = runtime_info(&record);
+            info.runtime_metadata.extend(metadata);
+            record.runtime.info = Some(info);
+            self.commit_locked(&mut state, record, None, Vec::new())?;
+            return Ok(None);
+        }
+        let transition = Transition::new(update.status, &update.source).with(metadata);
+        let (_, change) = self.commit_locked(&mut state, record, Some(transition), Vec::new())?;
+        Ok(change)
+    }
+
+    /// Last known runtime information.
+    pub fn runtime_info(&self, id: &str) -> Result<RuntimeInfo> {
+        Ok(runtime_info(&self.record(id)?))
+    }
+
+    /// The configuration the instance was last started with, while it runs.
+    pub fn running_configuration(&self, id: &str) -> Result<Option<Value>> {
+        Ok(self.record(id)?.runtime.running_configuration)
+    }
+
+    // ----- extensions ------------------------------------------------------------------
+
+    /// Creates a sibling of `id` on the same platform with a new port, labelled
+    /// [`CLONE_OF_LABEL`].
+    pub fn clone_instance(&self, id: &str, request: CloneInstance) -> Result<Instance> {
+        let source = self.record(id)?;
+        let mut config = match request.configuration {
+            None | Some(Value::Null) => source.desired.clone(),
+            Some(config) => {
+                let mut config = normalize_configuration(config)
+                    .map_err(|e| Error::BadRequest(format!("configuration: {e}")))?;
+                fill_missing(&mut config, &source.desired);
+                config
+            }
+        };
+        if source.instance.platform_type == PlatformType::Process
+            && let Some(map) = config.as_object_mut()
+        {
+            map.remove("port");
+        }
+        let mut labels = request.metadata.unwrap_or_default();
+        labels.insert(CLONE_OF_LABEL.into(), id.to_owned());
+        let name = request.name.unwrap_or_else(|| {
+            format!(
+                "{}-clone-{}",
+                source.instance.name,
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            )
+        });
+        self.insert_new(
+            name,
+            format!("clone of {id}"),
+            source.instance.platform_type,
+            &mut config,
+            labels,
+        )
+    }
+
+    /// Probes the instance: `GET /health` on its process, or its recorded status
+    /// (Simulated).
+    pub async fn health(&self, id: &str) -> Result<Health> {
+        let record = self.record(id)?;
+        if record.instance.platform_type == PlatformType::Simulated {
+            let (healthy, detail) = simulated::health(record.instance.status);
+            return Ok(Health { healthy, detail });
+        }
+        let (Some(host), Some(port), Some(_)) = (
+            record.runtime.host.as_deref(),
+            record.runtime.port,
+            record.runtime.pid,
+        ) else {
+            return Ok(Health {
+                healthy: false,
+                detail: format!("instance is not running (status {})", record.instance.status),
+            });
+        };
+        Ok(match self.inner.process.probe(host, port, "/health").await {
+            Ok((status, body)) => Health {
+                healthy: status == 200,
+                detail: format!("GET /health answered {status}: {body}"),
+            },
+            Err(error) => Health {
+                healthy: false,
+                detail: error,
+            },
+        })
+    }
+
+    /// The instance's request and error counters (`{requests, errors}`), read from its
+    /// process. Simulated instances serve no traffic and report zeros.
+    pub async fn metrics(&self, id: &str) -> Result<Value> {
+        let record = self.record(id)?;
+        if record.instance.platform_type == PlatformType::Simulated {
+            return Ok(json!({"requests": 0, "errors": 0}));
+        }
+        let (Some(host), Some(port), Some(_)) = (
+            record.runtime.host.as_deref(),
+            record.runtime.port,
+            record.runtime.pid,
+        ) else {
+            return Err(Error::Conflict(format!(
+                "instance '{id}' is not running (status {}), so it has no metrics",
+                record.instance.status
+            )));
+        };
+        match self.inner.process.probe(host, port, "/metrics").await {
+            Ok((200, body)) => Ok(json!({
+                "requests": body.get("requests").cloned().unwrap_or(json!(0)),
+                "errors": body.get("errors").cloned().unwrap_or(json!(0)),
+            })),
+            Ok((status, body)) => Err(Error::Upstream(format!(
+                "instance '{id}' answered GET /metrics with {status}: {body}"
+            ))),
+            Err(error) => Err(Error::Upstream(error)),
+        }
+    }
+
+    /// Creates or replaces an endpoint. Every backend must name an existing instance.
+    pub fn put_endpoint(&self, name: &str, spec: EndpointSpec) -> Result<Endpoint> {
+        let mut state = self.state();
+        for (i, backend) in spec.backends.iter().enumerate() {
+            if !state.instances.contains_key(&backend.instance_id) {
+                return Err(Error::Unprocessable(format!(
+                    "backends[{i}].instanceId: instance '{}' not found",
+                    backend.instance_id
+                )));
+            }
+        }
+        let value = serde_json::to_value(&spec).map_err(StoreError::from)?;
+        self.store().apply(&[Write::Endpoint(name, Some(&value))])?;
+        let entry = state.endpoints.entry(name.to_owned()).or_default();
+        entry.spec = spec;
+        entry.current.clear();
+        Ok(endpoint_view(name, &entry.spec))
+    }
+
+    /// One endpoint.
+    pub fn endpoint(&self, name: &str) -> Result<Endpoint> {
+        let state = self.state();
+        let entry = state
+            .endpoints
+            .get(name)
+            .ok_or_else(|| Error::EndpointNotFound(name.to_owned()))?;
+        Ok(endpoint_view(name, &entry.spec))
+    }
+
+    /// Every endpoint.
+    pub fn endpoints(&self) -> Vec<Endpoint> {
+        let state = self.state();
+        state
+            .endpoints
+            .iter()
+            .map(|(name, e)| endpoint_view(name, &e.spec))
+            .collect()
+    }
+
+    /// Deletes an endpoint.
+    pub fn delete_endpoint(&self, name: &str) -> Result<()> {
+        let mut state = self.state();
+        if !state.endpoints.contains_key(name) {
+            return Err(Error::EndpointNotFound(name.to_owned()));
+        }
+        self.store().apply(&[Write::Endpoint(name, None)])?;
+        state.endpoints.remove(name);
+        Ok(())
+    }
+
+    /// Picks the backend for the next request by weight among the backends whose
+    /// instance runs a process (smooth weighted round robin: exact shares, interleaved).
+    pub fn pick_backend(&self, name: &str) -> Result<ProxyTarget> {
+        let mut guard = self.state();
+        let state = &mut *guard;
+        let endpoint = state
+            .endpoints
+            .get_mut(name)
+            .ok_or_else(|| Error::EndpointNotFound(name.to_owned()))?;
+        let live: Vec<(&Backend, String, u16)> = endpoint
+            .spec
+            .backends
+            .iter()
+            .filter(|b| b.weight > 0)
+            .filter_map(|b| {
+                let runtime = &state.instances.get(&b.instance_id)?.runtime;
+                runtime.pid?;
+                Some((b, runtime.host.clone()?, runtime.port?))
+            })
+            .collect();
+        let total: i64 = live.iter().map(|(b, _, _)| i64::from(b.weight)).sum();
+        let mut best: Option<(i64, usize)> = None;
+        for (i, (backend, _, _)) in live.iter().enumerate() {
+            let counter = endpoint
+                .current
+                .entry(backend.instance_id.clone())
+                .or_insert(0);
+            *counter += i64::from(backend.weight);
+            if best.is_none_or(|(value, _)| *counter > value) {
+                best = Some((*counter, i));
+            }
+        }
+        let Some((_, chosen)) = best else {
+            return Err(Error::Unavailable(format!(
+                "endpoint '{name}' has no running backend with a weight above 0"
+            )));
+        };
+        let (backend, host, port) = &live[chosen];
+        if let Some(counter) = endpoint.current.get_mut(&backend.instance_id) {
+            *counter -= total;
+        }
+        Ok(ProxyTarget {
+            instance_id: backend.instance_id.clone(),
+            host: host.clone(),
+            port: *port,
+        })
+    }
+
+    // ----- start-up, monitoring, shutdown ----------------------------------------------
+
+    /// After a restart: re-attaches processes that are still alive (pid alive and the
+    /// process on the recorded port reports this instance's id) and records `Error` for
+    /// those that are gone.
+    pub async fn recover(&self) -> Result<()> {
+        let candidates: Vec<InstanceRecord> = {
+            let state = self.state();
+            state
+                .instances
+                .values()
+                .filter(|r| r.instance.platform_type == PlatformType::Process)
+                .filter(|r| r.runtime.pid.is_some())
+                .cloned()
+                .collect()
+        };
+        for record in candidates {
+            let id = record.instance.id.clone();
+            let (Some(pid), Some(host), Some(port)) = (
+                record.runtime.pid,
+                record.runtime.host.clone(),
+                record.runtime.port,
+            ) else {
+                continue;
+            };
+            let answers_as_itself = crate::platform::process::pid_alive(pid)
+                && matches!(
+                    self.inner.process.probe(&host, port, "/config").await,
+                    Ok((200, body)) if body.get("id").and_then(Value::as_str) == Some(id.as_str())
+                );
+            if answers_as_itself {
+                tracing::info!(instance.id = %id, pid, "re-attached a running process");
+                self.inner
+                    .process
+                    .adopt(&id, record.runtime.generation, pid);
+                let mut record = record;
+                let mut info = runtime_info(&record);
+                info.runtime_metadata
+                    .insert("reattached".into(), "true".into());
+                record.runtime.info = Some(info);
+                self.commit(record, None)?;
+            } else {
+                tracing::warn!(instance.id = %id, pid, "process is gone after restart");
+                let mut record = record;
+                record.runtime.pid = None;
+                record.runtime.running_configuration = None;
+                let mut transition = Transition::new(InstanceStatus::Error, SOURCE_MONITOR).with(
+                    Labels::from([
+                        (
+                            "reason".into(),
+                            "process not found after control-plane restart".into(),
+                        ),
+                        ("pid".into(), pid.to_string()),
+                        ("exitCode".into(), "unknown".into()),
+                    ]),
+                );
+                transition.error = Some(format!(
+                    "process {pid} was gone when the control plane restarted"
+                ));
+                self.commit(record, Some(transition))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Records `Error` for a process that exited by itself (with its exit code in the
+    /// metadata), unless the instance has moved on to another run meanwhile.
+    pub async fn handle_exit(&self, event: ExitEvent) {
+        let lock = self.op_lock(&event.instance_id);
+        let _guard = lock.lock().await;
+        let Ok(mut record) = self.record(&event.instance_id) else {
+            return;
+        };
+        if record.runtime.generation != event.generation || record.runtime.pid != Some(event.pid)
+        {
+            return;
+        }
+        tracing::warn!(instance.id = %event.instance_id, pid = event.pid,
+                       exit = %event.exit.describe(), "process exited unexpectedly");
+        record.runtime.pid = None;
+        record.runtime.running_configuration = None;
+        let mut metadata = event.exit.metadata();
+        metadata.insert("reason".into(), "process exited unexpectedly".into());
+        metadata.insert("pid".into(), event.pid.to_string());
+        let mut transition = Transition::new(InstanceStatus::Error, SOURCE_MONITOR).with(metadata);
+        transition.error = Some(format!(
+            "process {} exited unexpectedly: {}",
+            event.pid,
+            event.exit.describe()
+        ));
+        if let Err(error) = self.commit(record, Some(transition)) {
+            tracing::error!(%error, instance.id = %event.instance_id, "recording an exit failed");
+        }
+    }
+
+    /// Stops every process (recording `Stopped`, source `controlplane-shutdown`) and ends
+    /// long polls.
+    pub async fn shutdown(&self) {
+        self.inner.shutting_down.send_replace(true);
+        let mut tasks = tokio::task::JoinSet::new();
+        for id in self.inner.process.tracked_ids() {
+            let cp = self.clone();
+            tasks.spawn(async move {
+                let lock = cp.op_lock(&id);
+                let _guard = lock.lock().await;
+                let exit = cp.inner.process.stop(&id).await;
+                if let Ok(mut record) = cp.record(&id) {
+                    record.runtime.pid = None;
+                    record.runtime.running_configuration = None;
+                    let transition =
+                        Transition::new(InstanceStatus::Stopped, "controlplane-shutdown")
+                            .with(exit.map(|e| e.metadata()).unwrap_or_default());
+                    if let Err(error) = cp.commit(record, Some(transition)) {
+                        tracing::error!(%error, instance.id = %id, "recording a stop failed");
+                    }
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+
+    /// Kills every process immediately (used when dropped without a shutdown).
+    pub fn kill_all_now(&self) {
+        self.inner.shutting_down.send_replace(true);
+        self.inner.process.kill_all_now();
+    }
+
+    // ----- internals -------------------------------------------------------------------
+
+    fn state(&self) -> std::sync::MutexGuard<'_, State> {
+        self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn store(&self) -> std::sync::MutexGuard<'_, Store> {
+        self.inner.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn retain(&self) -> u64 {
+        self.inner.feed.capacity() as u64
+    }
+
+    fn op_lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.inner
+            .op_locks
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn lookup(state: &State, id: &str) -> Result<InstanceRecord> {
+        state
+            .instances
+            .get(id)
+            .cloned()
+            .ok_or_else(|| Error::InstanceNotFound(id.to_owned()))
+    }
+
+    fn record(&self, id: &str) -> Result<InstanceRecord> {
+        Self::lookup(&self.state(), id)
+    }
+
+    fn commit(
+        &self,
+        record: InstanceRecord,
+        transition: Option<Transition>,
+    ) -> Result<(InstanceRecord, Option<StatusChange>)> {
+        let mut state = self.state();
+        if !state.instances.contains_key(&record.instance.id) {
+            return Err(Error::InstanceNotFound(record.instance.id));
+        }
+        self.commit_locked(&mut state, record, transition, Vec::new())
+    }
+
+    /// Applies `transition` to `record`, stores it (with `extra` writes and the feed
+    /// entry) in one transaction, then updates memory and publishes the entry.
+    fn commit_locked(
+        &self,
+        state: &mut State,
+        mut record: InstanceRecord,
+        transition: Option<Transition>,
+        extra: Vec<Write<'_>>,
+    ) -> Result<(InstanceRecord, Option<StatusChange>)> {
+        let now = Utc::now();
+        let change = transition.map(|t| {
+            let change = self.new_change(&record, &t);
+            let mut info = runtime_info(&record);
+            info.status = t.status;
+            info.runtime_metadata.extend(t.metadata.clone());
+            match t.status {
+                InstanceStatus::Running => {
+                    info.started_at = Some(now);
+                    info.stopped_at = None;
+                    info.error_message = None;
+                    info.process_id = record.runtime.pid.map(|p| p.to_string());
+                    for stale in ["exitCode", "signal", "exitStatus", "reason", "deleted"] {
+                        if !t.metadata.contains_key(stale) {
+                            info.runtime_metadata.remove(stale);
+                        }
+                    }
+                }
+                InstanceStatus::Stopped | InstanceStatus::Error => {
+                    if info.stopped_at.is_none() || info.started_at >= info.stopped_at {
+                        info.stopped_at = Some(now);
+                    }
+                    info.process_id = None;
+                    info.error_message = t.error.clone();
+                }
+                InstanceStatus::Created | InstanceStatus::ConfigurationChanged => {}
+            }
+            record.runtime.info = Some(info);
+            record.instance.status = t.status;
+            record.instance.last_modified_at = Some(now);
+            change
+        });
+        let mut writes: Vec<Write<'_>> = Vec::with_capacity(extra.len() + 2);
+        writes.extend(extra);
+        writes.push(Write::Upsert(&record));
+        if let Some(change) = &change {
+            writes.push(Write::Change(change, self.retain()));
+        }
+        self.store().apply(&writes)?;
+        drop(writes);
+        state
+            .instances
+            .insert(record.instance.id.clone(), record.clone());
+        if let Some(change) = &change {
+            self.inner.feed.push(change.clone());
+        }
+        Ok((record, change))
+    }
+
+    fn new_change(&self, record: &InstanceRecord, t: &Transition) -> StatusChange {
+        StatusChange {
+            sequence: self.inner.feed.next_sequence(),
+            instance_id: record.instance.id.clone(),
+            status: t.status,
+            previous_status: (t.status != InstanceStatus::Created)
+                .then_some(record.instance.status),
+            source: t.source.clone(),
+            timestamp: Utc::now(),
+            metadata: t.metadata.clone(),
+        }
+    }
+}
+
+fn runtime_info(record: &InstanceRecord) -> RuntimeInfo {
+    let mut info = record.runtime.info.clone().unwrap_or_else(|| RuntimeInfo {
+        instance_id: record.instance.id.clone(),
+        status: record.instance.status,
+        started_at: None,
+        stopped_at: None,
+        process_id: None,
+        runtime_metadata: Labels::from([(
+            "platformType".into(),
+            record.instance.platform_type.to_string(),
+        )]),
+        error_message: None,
+    });
+    info.status = record.instance.status;
+    info
+}
+
+fn endpoint_view(name: &str, spec: &EndpointSpec) -> Endpoint {
+    Endpoint {
+        name: name.to_owned(),
+        backends: spec.backends.clone(),
+        proxy_path: format!("/api/extensions/endpoints/{name}/proxy/"),
+    }
+}
+
+/// `error: cause: cause…` on one line.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
