@@ -2,9 +2,28 @@
 //!
 //! Start reading at [`runtime`] (how plugins are loaded and called under limits).
 
+pub mod admin;
 pub mod cli;
+pub mod client;
+pub mod metrics;
+pub mod registry;
 pub mod config;
+pub mod controller;
+pub mod daemon;
 pub mod policy;
 pub mod queue;
 pub mod runtime;
 pub mod store;
+
+/// An error and its causes on one line, `outer: cause: root cause`, for log fields and
+/// one-line messages.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

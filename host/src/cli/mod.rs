@@ -1,12 +1,22 @@
 //! The `setpoint` command line: argument definitions and what each command does.
 //!
 //! Start at [`Cli`] and [`run`]. `main` only parses, calls [`run`] and prints errors.
+//! `run` and `demo` run the daemon in this process; `status`, `explain`, `diff`,
+//! `reconcile`, `approve`, `abort` and `audit` talk to a running daemon's admin API;
+//! `plugins` inspects files with the same runtime the daemon uses.
 
+mod admin_client;
+mod daemon;
+mod demo;
 mod plugins;
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+
+pub use admin_client::AdminArgs;
+pub use daemon::RunArgs;
+pub use demo::DemoArgs;
 
 /// setpoint: desired-state reconciliation with WebAssembly plugins.
 #[derive(Debug, Parser)]
@@ -20,6 +30,65 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run the daemon in the foreground until SIGTERM or Ctrl-C.
+    Run(RunArgs),
+    /// Start the reference control plane and the daemon, create three instances, change
+    /// one and show it converge.
+    Demo(DemoArgs),
+    /// Instances with their conditions (or one instance in detail).
+    Status {
+        /// One instance.
+        id: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Which policy rule applies to an instance, and why the earlier ones did not.
+    Explain {
+        /// The instance.
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Dry-run plan for one instance: its drifts and the calls the strategy would make.
+    Diff {
+        /// The instance.
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Reconcile an instance now.
+    Reconcile {
+        /// The instance.
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Approve an instance's paused rollout.
+    Approve {
+        /// The instance.
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Abort (roll back) an instance's rollout.
+    Abort {
+        /// The instance.
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// The audit log, of one instance or all.
+    Audit {
+        /// One instance.
+        id: Option<String>,
+        /// Most entries to show.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Every setting: key, environment variable, default, meaning.
+    Config,
     /// Inspect plugin components.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
@@ -31,15 +100,59 @@ pub type CliError = Box<dyn std::error::Error + Send + Sync + 'static>;
 /// Run a parsed command line; `Ok` carries the exit code (a verdict can fail without an
 /// error, as `plugins check` on a bad file does).
 pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
-    init_tracing();
+    init_tracing(matches!(cli.command, Command::Run(_)));
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+    };
     match cli.command {
         Command::Plugins(cmd) => plugins::run(cmd),
+        Command::Config => {
+            print!("{}", crate::config::reference_markdown());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Run(args) => {
+            runtime()?.block_on(daemon::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => {
+            runtime()?.block_on(demo::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        command => {
+            runtime()?.block_on(admin_command(command))?;
+            Ok(ExitCode::SUCCESS)
+        }
     }
 }
 
-fn init_tracing() {
+async fn admin_command(command: Command) -> Result<(), CliError> {
+    use admin_client::Admin;
+    match command {
+        Command::Status { id, admin } => admin_client::status(&Admin::new(admin), id).await,
+        Command::Explain { id, admin } => admin_client::explain(&Admin::new(admin), &id).await,
+        Command::Diff { id, admin } => admin_client::diff(&Admin::new(admin), &id).await,
+        Command::Reconcile { id, admin } => {
+            admin_client::mutate(&Admin::new(admin), &id, "reconcile").await
+        }
+        Command::Approve { id, admin } => {
+            admin_client::mutate(&Admin::new(admin), &id, "approve").await
+        }
+        Command::Abort { id, admin } => admin_client::mutate(&Admin::new(admin), &id, "abort").await,
+        Command::Audit { id, limit, admin } => {
+            admin_client::audit(&Admin::new(admin), id.as_deref(), limit).await
+        }
+        Command::Run(_) | Command::Demo(_) | Command::Config | Command::Plugins(_) => {
+            unreachable!("handled in run")
+        }
+    }
+}
+
+fn init_tracing(daemon: bool) {
+    let default = if daemon { "info" } else { "warn" };
     let filter = tracing_subscriber::EnvFilter::try_from_env("SETPOINT_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

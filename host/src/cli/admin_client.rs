@@ -1,0 +1,237 @@
+//! The operator commands that talk to a running daemon's admin API: `status`,
+//! `explain`, `diff`, `reconcile`, `approve`, `abort`, `audit`.
+
+use clap::Args;
+use serde_json::Value;
+
+use super::CliError;
+
+/// Where the daemon's admin API is, and the token for mutating commands.
+#[derive(Debug, Args, Clone)]
+pub struct AdminArgs {
+    /// Base URL of the daemon's admin API.
+    #[arg(long, env = "SETPOINT_ENDPOINT", default_value = "http://127.0.0.1:9187", global = true)]
+    pub endpoint: String,
+    /// Bearer token for mutating commands (the daemon's `admin.token`).
+    #[arg(long, env = "SETPOINT_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    pub token: Option<String>,
+    /// Print the raw JSON answer.
+    #[arg(long, global = true)]
+    pub json: bool,
+}
+
+/// An admin API client.
+#[derive(Debug)]
+pub(super) struct Admin {
+    args: AdminArgs,
+    http: reqwest::Client,
+}
+
+impl Admin {
+    pub(super) fn new(args: AdminArgs) -> Self {
+        Admin {
+            args,
+            http: reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(30))
+                .build()
+                .expect("building an HTTP client"),
+        }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.args.endpoint.trim_end_matches('/'))
+    }
+
+    pub(super) async fn get(&self, path: &str) -> Result<Value, CliError> {
+        let response = self
+            .http
+            .get(self.url(path))
+            .send()
+            .await
+            .map_err(|e| self.unreachable(e))?;
+        answer(path, response).await
+    }
+
+    pub(super) async fn post(&self, path: &str) -> Result<Value, CliError> {
+        let mut request = self.http.post(self.url(path));
+        if let Some(token) = &self.args.token {
+            request = request.bearer_auth(token);
+        }
+        let response = request.send().await.map_err(|e| self.unreachable(e))?;
+        answer(path, response).await
+    }
+
+    fn unreachable(&self, e: reqwest::Error) -> CliError {
+        format!(
+            "cannot reach the setpoint admin API at {} ({e}); is `setpoint run` running? set --endpoint or SETPOINT_ENDPOINT",
+            self.args.endpoint
+        )
+        .into()
+    }
+
+    pub(super) fn json(&self) -> bool {
+        self.args.json
+    }
+}
+
+async fn answer(path: &str, response: reqwest::Response) -> Result<Value, CliError> {
+    let status = response.status();
+    let body: Value = response.json().await.unwrap_or(Value::Null);
+    if status.is_success() {
+        Ok(body)
+    } else {
+        let message = body["error"].as_str().unwrap_or("no details");
+        Err(format!("{path}: {status}: {message}").into())
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
+pub(super) async fn status(admin: &Admin, id: Option<String>) -> Result<(), CliError> {
+    let Some(id) = id else {
+        let rows = admin.get("/v1/instances").await?;
+        if admin.json() {
+            print_json(&rows);
+            return Ok(());
+        }
+        println!("{:<38} {:<20} {:<22} {:<8} CONDITION", "ID", "NAME", "STATUS", "SYNCED");
+        for row in rows.as_array().into_iter().flatten() {
+            let conditions = row["conditions"].as_array().cloned().unwrap_or_default();
+            let synced = conditions.iter().find(|c| c["type_"] == "Synced");
+            let worst = conditions
+                .iter()
+                .find(|c| c["type_"] != "Synced" && c["status"] == true)
+                .or(synced);
+            println!(
+                "{:<38} {:<20} {:<22} {:<8} {}",
+                row["id"].as_str().unwrap_or(""),
+                row["name"].as_str().unwrap_or(""),
+                row["status"].as_str().unwrap_or(""),
+                synced.map(|c| if c["status"] == true { "yes" } else { "no" }).unwrap_or("-"),
+                worst
+                    .map(|c| format!("{}: {}", c["reason"].as_str().unwrap_or(""), c["message"].as_str().unwrap_or("")))
+                    .unwrap_or_default()
+            );
+        }
+        return Ok(());
+    };
+    let v = admin.get(&format!("/v1/instances/{id}")).await?;
+    if admin.json() {
+        print_json(&v);
+        return Ok(());
+    }
+    let i = &v["instance"];
+    println!("instance {} ({})", id, i["name"].as_str().unwrap_or(""));
+    println!("  status:   {}", i["status"].as_str().unwrap_or(""));
+    println!("  platform: {}", i["platformType"].as_str().unwrap_or(""));
+    for c in v["conditions"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<17} {:<5} {}: {}",
+            c["type_"].as_str().unwrap_or(""),
+            c["status"],
+            c["reason"].as_str().unwrap_or(""),
+            c["message"].as_str().unwrap_or("")
+        );
+    }
+    if !v["rollout"].is_null() {
+        let r = &v["rollout"];
+        println!(
+            "  rollout:  {}@{} step {} ({})",
+            r["strategy"].as_str().unwrap_or(""),
+            r["plugin_version"].as_str().unwrap_or(""),
+            r["step"],
+            r["phase"].as_str().unwrap_or("")
+        );
+    }
+    println!("  backups:  {}", v["backups"]);
+    Ok(())
+}
+
+pub(super) async fn explain(admin: &Admin, id: &str) -> Result<(), CliError> {
+    let v = admin.get(&format!("/v1/instances/{id}/explain")).await?;
+    if admin.json() {
+        print_json(&v);
+    } else {
+        println!("{}", v["text"].as_str().unwrap_or(""));
+    }
+    Ok(())
+}
+
+pub(super) async fn diff(admin: &Admin, id: &str) -> Result<(), CliError> {
+    let v = admin.get(&format!("/v1/instances/{id}/diff")).await?;
+    if admin.json() {
+        print_json(&v);
+        return Ok(());
+    }
+    println!(
+        "instance {id}: {} (rule `{}`, comparator {}, strategy {})",
+        v["classification"].as_str().unwrap_or(""),
+        v["rule"].as_str().unwrap_or(""),
+        v["comparator"].as_str().unwrap_or(""),
+        v["strategy"].as_str().unwrap_or("")
+    );
+    let drifts = v["drifts"].as_array().cloned().unwrap_or_default();
+    if drifts.is_empty() {
+        println!("drifts: none");
+    } else {
+        println!("drifts:");
+        for d in drifts {
+            println!("  {:<8} {:<30} {}", d["kind"].as_str().unwrap_or(""), d["path"].as_str().unwrap_or(""), d["message"].as_str().unwrap_or(""));
+        }
+    }
+    let calls = v["calls"].as_array().cloned().unwrap_or_default();
+    if calls.is_empty() {
+        println!("plan: no control-plane calls");
+    } else {
+        println!("plan (dry-run, nothing sent):");
+        for (n, c) in calls.iter().enumerate() {
+            println!(
+                "  {}. {} {}{}",
+                n + 1,
+                c["call"].as_str().unwrap_or(""),
+                c["target"].as_str().unwrap_or(""),
+                if c["mutating"] == true { "" } else { "   (read)" }
+            );
+        }
+    }
+    println!("outcome: {}", v["outcome"].as_str().unwrap_or(""));
+    Ok(())
+}
+
+pub(super) async fn mutate(admin: &Admin, id: &str, verb: &str) -> Result<(), CliError> {
+    let v = admin.post(&format!("/v1/instances/{id}/{verb}")).await?;
+    if admin.json() {
+        print_json(&v);
+    } else {
+        match verb {
+            "reconcile" => println!("reconcile of {id} queued"),
+            "approve" => println!("approved {id}; its rollout continues"),
+            _ => println!("abort of {id}'s rollout requested; the strategy's abort runs next"),
+        }
+    }
+    Ok(())
+}
+
+pub(super) async fn audit(admin: &Admin, id: Option<&str>, limit: usize) -> Result<(), CliError> {
+    let path = match id {
+        Some(id) => format!("/v1/audit?instance={id}&limit={limit}"),
+        None => format!("/v1/audit?limit={limit}"),
+    };
+    let v = admin.get(&path).await?;
+    if admin.json() {
+        print_json(&v);
+        return Ok(());
+    }
+    for e in v.as_array().into_iter().flatten() {
+        println!(
+            "#{:<6} {:<12} {:<38} {}",
+            e["id"],
+            e["kind"].as_str().unwrap_or(""),
+            e["instance_id"].as_str().unwrap_or("-"),
+            e["message"].as_str().unwrap_or("")
+        );
+    }
+    Ok(())
+}

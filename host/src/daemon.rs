@@ -1,0 +1,391 @@
+//! The daemon: wires settings, the store, the plugin runtime and registry, the
+//! control-plane client, the controller and its work queue, the triggers (periodic
+//! resync, the control plane's change feed) and the admin API; shuts them down
+//! gracefully.
+//!
+//! Start at [`Daemon::start`]; [`Daemon::shutdown`] stops taking work, lets in-flight
+//! reconciles finish or checkpoint within `controller.shutdown_grace`, then returns.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::{AdminState, router};
+use crate::client::{self, ClientConfig, ControlPlane, DraasClient};
+use crate::config::Settings;
+use crate::controller::{Controller, ControllerSettings};
+use crate::metrics::{Metrics, PluginStateLabels};
+use crate::queue::{Action, Failure, ReconcileError, WorkQueue, requeue_with_backoff};
+use crate::registry::{EntryState, PluginRegistry};
+use crate::runtime::{PluginRuntime, RuntimeConfig};
+use crate::store::Store;
+
+/// How long one long-poll of the change feed waits for a change before asking again.
+/// Shorter than common proxy idle timeouts; each answer costs one small request.
+pub const FEED_LONG_POLL: Duration = Duration::from_secs(25);
+
+/// How often the daemon polls the original `since=` route when the control plane has
+/// no sequence feed: often enough that a change is seen within a second.
+pub const FEED_POLL_FALLBACK: Duration = Duration::from_secs(1);
+
+/// Longest wait between attempts to reach an unreachable change feed.
+const FEED_RETRY_CAP: Duration = Duration::from_secs(10);
+
+/// Why the daemon could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The state database could not be opened.
+    #[error("cannot open the state database")]
+    Store(#[source] crate::store::Error),
+    /// The plugin runtime could not be set up.
+    #[error("cannot start the plugin runtime")]
+    Runtime(#[source] crate::runtime::Error),
+    /// The control-plane client could not be built.
+    #[error("cannot set up the control-plane client")]
+    Client(#[source] client::Error),
+    /// The settings' policy is invalid.
+    #[error("invalid settings")]
+    Settings(#[source] crate::config::Error),
+    /// The work queue settings are invalid.
+    #[error("invalid controller settings")]
+    Queue(#[source] crate::queue::Error),
+    /// The admin address could not be bound.
+    #[error("cannot listen on the admin address {addr}; is another setpoint running? set admin.listen (--admin) to a free address")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// A running daemon.
+#[derive(Debug)]
+pub struct Daemon {
+    admin_addr: SocketAddr,
+    controller: Arc<Controller>,
+    queue: WorkQueue,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+    runner: JoinHandle<crate::queue::Result<()>>,
+    admin: JoinHandle<()>,
+}
+
+impl Daemon {
+    /// Start everything from `settings`, with the control plane given by its URL.
+    pub async fn start(settings: Settings) -> Result<Daemon, Error> {
+        let mut config = ClientConfig::new(settings.control_plane.url.clone());
+        config.base_path = settings.control_plane.base_path.clone();
+        config.request_timeout = settings.control_plane.request_timeout;
+        let cp = DraasClient::new(config).map_err(Error::Client)?;
+        Self::start_with(settings, Arc::new(cp)).await
+    }
+
+    /// Start everything with an embedder's control plane.
+    pub async fn start_with(
+        settings: Settings,
+        cp: Arc<dyn ControlPlane>,
+    ) -> Result<Daemon, Error> {
+        let store_path = settings.store.path.clone();
+        let retention = settings.store.backup_retention;
+        let store = tokio::task::spawn_blocking(move || Store::open(&store_path))
+            .await
+            .expect("store open does not panic")
+            .map_err(Error::Store)?
+            .with_backup_retention(retention);
+        let store = Arc::new(store);
+
+        let runtime_config = RuntimeConfig {
+            call_deadline: settings.plugins.call_deadline,
+            max_memory_bytes: usize::try_from(settings.plugins.max_memory_bytes).unwrap_or(usize::MAX),
+            cache_dir: Some(settings.plugin_cache_dir()),
+            ..RuntimeConfig::default()
+        };
+        let plugin_dir = settings.plugins.dir.clone();
+        let (runtime, registry) = tokio::task::spawn_blocking(move || {
+            let runtime = PluginRuntime::new(runtime_config)?;
+            let registry = PluginRegistry::load_dir(&runtime, &plugin_dir);
+            Ok::<_, crate::runtime::Error>((runtime, registry))
+        })
+        .await
+        .expect("plugin loading does not panic")
+        .map_err(Error::Runtime)?;
+        let metrics = Arc::new(Metrics::new());
+        count_plugins(&metrics, &registry);
+
+        let policy = Arc::new(settings.policy().map_err(Error::Settings)?);
+        let controller = Arc::new(Controller::new(
+            cp.clone(),
+            Arc::new(runtime),
+            Arc::new(registry),
+            store.clone(),
+            policy,
+            ControllerSettings {
+                reconcile_error_instances: settings.controller.reconcile_error_instances,
+                reconcile_stopped_instances: settings.controller.reconcile_stopped_instances,
+                dry_run: settings.dry_run,
+            },
+            metrics.clone(),
+        ));
+
+        let queue = WorkQueue::new(settings.controller.queue_settings()).map_err(Error::Queue)?;
+        let runner = {
+            let queue = queue.clone();
+            let controller = controller.clone();
+            tokio::spawn(async move {
+                queue
+                    .run(
+                        move |key| {
+                            let controller = controller.clone();
+                            async move { controller.reconcile(key).await }
+                        },
+                        error_policy,
+                    )
+                    .await
+            })
+        };
+
+        let (stop, stop_rx) = watch::channel(false);
+        let ready = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(resync_loop(
+            cp.clone(),
+            store.clone(),
+            queue.clone(),
+            settings.controller.resync_interval,
+            ready.clone(),
+            stop_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(feed_loop(cp.clone(), queue.clone(), stop_rx.clone())));
+        {
+            let queue = queue.clone();
+            let metrics = metrics.clone();
+            let mut depth = queue.depth();
+            let mut stop_rx = stop_rx.clone();
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop_rx.wait_for(|s| *s) => break,
+                        changed = depth.changed() => {
+                            if changed.is_err() { break; }
+                            metrics.queue_depth.set(*depth.borrow() as i64);
+                        }
+                    }
+                }
+            }));
+        }
+
+        let listener = tokio::net::TcpListener::bind(settings.admin.listen)
+            .await
+            .map_err(|source| Error::Bind {
+                addr: settings.admin.listen,
+                source,
+            })?;
+        let admin_addr = listener.local_addr().map_err(|source| Error::Bind {
+            addr: settings.admin.listen,
+            source,
+        })?;
+        let app = router(AdminState {
+            controller: controller.clone(),
+            queue: queue.clone(),
+            token: settings.admin.token.clone(),
+            ready,
+        });
+        let mut admin_stop = stop_rx.clone();
+        let admin = tokio::spawn(async move {
+            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                let _ = admin_stop.wait_for(|s| *s).await;
+            });
+            if let Err(error) = serve.await {
+                tracing::error!(%error, "admin API stopped");
+            }
+        });
+        tracing::info!(admin = %admin_addr, control_plane = %settings.control_plane.url, "setpoint daemon started");
+
+        Ok(Daemon {
+            admin_addr,
+            controller,
+            queue,
+            stop,
+            tasks,
+            runner,
+            admin,
+        })
+    }
+
+    /// Where the admin API listens.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin_addr
+    }
+
+    /// The controller (for embedders and tests).
+    pub fn controller(&self) -> &Arc<Controller> {
+        &self.controller
+    }
+
+    /// The work queue (for embedders and tests).
+    pub fn queue(&self) -> &WorkQueue {
+        &self.queue
+    }
+
+    /// Stop taking work, let in-flight reconciles finish (within the grace period), stop
+    /// the admin API.
+    pub async fn shutdown(self) -> crate::queue::Result<()> {
+        tracing::info!("shutting down: no new work is taken");
+        let _ = self.stop.send(true);
+        self.queue.shutdown();
+        let result = self.runner.await.unwrap_or(Ok(()));
+        for task in self.tasks {
+            task.abort();
+        }
+        let _ = self.admin.await;
+        tracing::info!("shut down");
+        result
+    }
+}
+
+fn count_plugins(metrics: &Metrics, registry: &PluginRegistry) {
+    for state in ["active", "rejected"] {
+        let n = registry
+            .entries()
+            .iter()
+            .filter(|e| match &e.state {
+                EntryState::Active => state == "active",
+                EntryState::Rejected(_) => state == "rejected",
+            })
+            .count();
+        metrics
+            .plugins
+            .get_or_create(&PluginStateLabels {
+                state: state.into(),
+            })
+            .set(n as i64);
+    }
+}
+
+fn error_policy(
+    key: &str,
+    error: &ReconcileError<crate::controller::Error>,
+    failure: &Failure,
+) -> Action {
+    tracing::debug!(instance.id = key, error = %crate::error_chain(error), retry_in = ?failure.backoff, "reconcile will be retried");
+    requeue_with_backoff(key, error, failure)
+}
+
+/// Every `interval`: list the instances and queue every one, plus those this host has a
+/// rollout for (so orphans are noticed).
+async fn resync_loop(
+    cp: Arc<dyn ControlPlane>,
+    store: Arc<Store>,
+    queue: WorkQueue,
+    interval: Duration,
+    ready: Arc<AtomicBool>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return,
+            _ = ticker.tick() => {}
+        }
+        match cp.list_instances().await {
+            Ok(instances) => {
+                let n = instances.len();
+                for instance in instances {
+                    queue.enqueue(instance.id);
+                }
+                if let Ok(rollouts) = store.rollouts() {
+                    for r in rollouts {
+                        queue.enqueue(r.instance_id);
+                    }
+                }
+                tracing::debug!(instances = n, "resync queued");
+                ready.store(true, Ordering::SeqCst);
+            }
+            Err(error) => {
+                tracing::warn!(error = %crate::error_chain(&error), "resync could not list instances; retrying at the next resync");
+                // Retry sooner than a full interval while the control plane is away.
+                ticker.reset_after(interval.min(Duration::from_secs(2)));
+            }
+        }
+    }
+}
+
+/// Follow the control plane's change feed and queue every instance that changed. Uses
+/// the sequence cursor with long-poll; resyncs everything when told the cursor fell
+/// behind; falls back to polling the original `since=` route when there is no cursor.
+async fn feed_loop(cp: Arc<dyn ControlPlane>, queue: WorkQueue, mut stop: watch::Receiver<bool>) {
+    let mut cursor: Option<u64> = None;
+    let mut since = chrono::Utc::now();
+    let mut use_fallback = false;
+    let mut failures = 0u32;
+    loop {
+        if *stop.borrow() {
+            return;
+        }
+        let result = if use_fallback {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                r = cp.changes_since(since) => r.map(|changes| (changes, None, false)),
+            }
+        } else {
+            let wait = if cursor.is_none() { Duration::ZERO } else { FEED_LONG_POLL };
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                r = cp.changes_after(cursor, wait) => r.map(|b| (b.changes, b.latest_sequence, b.truncated)),
+            }
+        };
+        match result {
+            Ok((changes, latest, truncated)) => {
+                failures = 0;
+                let first = cursor.is_none() && !use_fallback;
+                if truncated && !first {
+                    tracing::warn!(cursor = ?cursor, "change feed cursor fell behind the control plane's buffer; resyncing every instance");
+                    if let Ok(instances) = cp.list_instances().await {
+                        for i in instances {
+                            queue.enqueue(i.id);
+                        }
+                    }
+                }
+                if !first {
+                    for change in &changes {
+                        tracing::debug!(instance.id = %change.instance_id, status = %change.status.as_str(), "change feed event");
+                        queue.enqueue(change.instance_id.clone());
+                    }
+                }
+                if let Some(newest) = changes.iter().map(|c| c.timestamp).max() {
+                    since = since.max(newest);
+                }
+                if let Some(latest) = latest {
+                    cursor = Some(latest);
+                }
+                if use_fallback {
+                    tokio::select! {
+                        _ = stop.wait_for(|s| *s) => return,
+                        _ = tokio::time::sleep(FEED_POLL_FALLBACK) => {}
+                    }
+                }
+            }
+            Err(client::Error::FeedUnsupported { .. }) if !use_fallback => {
+                tracing::info!("control plane has no sequence feed; polling the `since=` route instead");
+                use_fallback = true;
+            }
+            Err(error) => {
+                failures += 1;
+                let delay = Duration::from_millis(250 * 2u64.saturating_pow(failures.min(6)))
+                    .min(FEED_RETRY_CAP);
+                tracing::warn!(error = %crate::error_chain(&error), retry_in = ?delay, "change feed unavailable");
+                tokio::select! {
+                    _ = stop.wait_for(|s| *s) => return,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+        }
+    }
+}
