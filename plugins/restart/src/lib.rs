@@ -46,15 +46,14 @@ struct Params {
 
 impl Params {
     fn parse(rollout: &Rollout) -> Result<Self, PluginError> {
-        if let Value::Object(map) = &rollout.params {
-            if let Some(unknown) = map
+        if let Value::Object(map) = &rollout.params
+            && let Some(unknown) = map
                 .keys()
                 .find(|k| !matches!(k.as_str(), "health_poll_ms" | "health_deadline_ms"))
-            {
-                return Err(PluginError::invalid_params(format!(
-                    "unknown parameter `{unknown}`; restart accepts `health_poll_ms` and `health_deadline_ms`"
-                )));
-            }
+        {
+            return Err(PluginError::invalid_params(format!(
+                "unknown parameter `{unknown}`; restart accepts `health_poll_ms` and `health_deadline_ms`"
+            )));
         }
         let params = Self {
             health_poll_ms: rollout.param_or("health_poll_ms", DEFAULT_HEALTH_POLL_MS)?,
