@@ -45,7 +45,10 @@ pub fn router(cp: ControlPlane, enum_as_int: bool) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         // DRaaS: instances and their lifecycle.
-        .route("/api/server/instances", get(list_instances).post(create_instance))
+        .route(
+            "/api/server/instances",
+            get(list_instances).post(create_instance),
+        )
         .route(
             "/api/server/instances/{id}",
             get(get_instance).delete(delete_instance),
@@ -71,8 +74,14 @@ pub fn router(cp: ControlPlane, enum_as_int: bool) -> Router {
         // Extensions.
         .route("/api/extensions/info", get(info))
         .route("/api/extensions/instances/{id}/clone", post(clone_instance))
-        .route("/api/extensions/instances/{id}/health", get(instance_health))
-        .route("/api/extensions/instances/{id}/metrics", get(instance_metrics))
+        .route(
+            "/api/extensions/instances/{id}/health",
+            get(instance_health),
+        )
+        .route(
+            "/api/extensions/instances/{id}/metrics",
+            get(instance_metrics),
+        )
         .route(
             "/api/extensions/instances/{id}/running-configuration",
             get(running_configuration),
@@ -83,6 +92,7 @@ pub fn router(cp: ControlPlane, enum_as_int: bool) -> Router {
             put(put_endpoint).get(get_endpoint).delete(delete_endpoint),
         )
         .route("/api/extensions/endpoints/{name}/proxy", any(proxy_root))
+        .route("/api/extensions/endpoints/{name}/proxy/", any(proxy_root))
         .route("/api/extensions/endpoints/{name}/proxy/{*path}", any(proxy))
         .fallback(|method: Method, uri: Uri| async move {
             ApiError(Error::BadRequest(String::new())).with_status(
@@ -242,7 +252,10 @@ async fn get_metadata(State(api): State<Api>, Path(id): Path<String>) -> ApiResu
 
 async fn put_metadata(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -> ApiResult {
     let labels: Labels = parse_body(&body, "metadata (an object of string values)")?;
-    Ok(api.ok(StatusCode::OK, api.model(&api.cp.set_metadata(&id, labels)?)))
+    Ok(api.ok(
+        StatusCode::OK,
+        api.model(&api.cp.set_metadata(&id, labels)?),
+    ))
 }
 
 // ----- configuration -----------------------------------------------------------------
@@ -259,10 +272,7 @@ async fn patch_configuration(
     // Look the instance up first, so an unknown instance is a 404 whatever the body.
     api.cp.get(&id)?;
     let document: Value = parse_body(&body, "JSON Patch document")?;
-    Ok(api.ok(
-        StatusCode::OK,
-        api.cp.patch_configuration(&id, &document)?,
-    ))
+    Ok(api.ok(StatusCode::OK, api.cp.patch_configuration(&id, &document)?))
 }
 
 async fn put_configuration(
@@ -298,10 +308,14 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
         return Some(t.with_timezone(&Utc));
     }
     // .NET clients often send a timestamp without an offset: read it as UTC.
-    ["%Y-%m-%dT%H:%M:%S%.f", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M:%S%.f"]
-        .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
-        .map(|t| t.and_utc())
+    [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M:%S",
+        "%Y-%m-%d %H:%M:%S%.f",
+    ]
+    .iter()
+    .find_map(|f| NaiveDateTime::parse_from_str(text, f).ok())
+    .map(|t| t.and_utc())
 }
 
 /// `GET /api/status/recent-changes`: `since=` (timestamp, default 5 minutes ago) answers
@@ -322,9 +336,13 @@ async fn recent_changes(
     let wait = match params.get("wait") {
         None => Duration::ZERO,
         Some(text) => {
-            let seconds: f64 = text.parse().ok().filter(|s: &f64| s.is_finite() && *s >= 0.0).ok_or_else(|| {
-                Error::BadRequest(format!("wait: expected a number of seconds, not `{text}`"))
-            })?;
+            let seconds: f64 = text
+                .parse()
+                .ok()
+                .filter(|s: &f64| s.is_finite() && *s >= 0.0)
+                .ok_or_else(|| {
+                    Error::BadRequest(format!("wait: expected a number of seconds, not `{text}`"))
+                })?;
             Duration::from_secs_f64(seconds).min(MAX_WAIT)
         }
     };

@@ -201,6 +201,10 @@ mod tests {
         feed.push(change(&feed, InstanceStatus::Error));
         assert_eq!(seqs(&feed.after(0, Some(InstanceStatus::Error))), vec![2]);
         assert_eq!(feed.since(start, Some(InstanceStatus::Running)).len(), 1);
-        assert_eq!(feed.since(Utc::now() + chrono::Duration::seconds(5), None).len(), 0);
+        assert_eq!(
+            feed.since(Utc::now() + chrono::Duration::seconds(5), None)
+                .len(),
+            0
+        );
     }
 }

@@ -156,7 +156,11 @@ pub async fn serve(config: ControlPlaneConfig) -> Result<RunningControlPlane, Se
         path: config.runtime_dir.clone(),
         source,
     })?;
-    if let Some(parent) = config.db_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+    if let Some(parent) = config
+        .db_path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+    {
         std::fs::create_dir_all(parent).map_err(|source| ServeError::RuntimeDir {
             path: parent.to_owned(),
             source,

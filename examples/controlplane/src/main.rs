@@ -58,8 +58,9 @@ struct Args {
 }
 
 fn seconds(flag: &str, value: f64) -> anyhow::Result<Duration> {
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| anyhow::anyhow!("--{flag} must be a non-negative number of seconds, not {value}"))
+    Duration::try_from_secs_f64(value).map_err(|_| {
+        anyhow::anyhow!("--{flag} must be a non-negative number of seconds, not {value}")
+    })
 }
 
 #[tokio::main]

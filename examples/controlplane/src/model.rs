@@ -68,7 +68,9 @@ impl InstanceStatus {
 
     /// The status with integer form `n`.
     pub fn from_int(n: i64) -> Option<Self> {
-        usize::try_from(n).ok().and_then(|i| Self::ALL.get(i).copied())
+        usize::try_from(n)
+            .ok()
+            .and_then(|i| Self::ALL.get(i).copied())
     }
 }
 
@@ -360,7 +362,10 @@ pub fn normalize_configuration(mut config: Value) -> Result<Value, String> {
             None => {}
             Some(Value::Array(items)) => {
                 if let Some((i, item)) = items.iter().enumerate().find(|(_, v)| !v.is_object()) {
-                    return Err(format!("`{key}[{i}]` must be an object, not {}", kind(item)));
+                    return Err(format!(
+                        "`{key}[{i}]` must be an object, not {}",
+                        kind(item)
+                    ));
                 }
             }
             Some(other) => return Err(format!("`{key}` must be an array, not {}", kind(other))),
@@ -443,7 +448,10 @@ mod tests {
         assert_eq!(s, InstanceStatus::Running);
         let s: InstanceStatus = serde_json::from_value(json!("configurationchanged")).unwrap();
         assert_eq!(s, InstanceStatus::ConfigurationChanged);
-        assert_eq!(serde_json::to_value(s).unwrap(), json!("ConfigurationChanged"));
+        assert_eq!(
+            serde_json::to_value(s).unwrap(),
+            json!("ConfigurationChanged")
+        );
         assert!(serde_json::from_value::<InstanceStatus>(json!(9)).is_err());
         assert!(serde_json::from_value::<InstanceStatus>(json!("Paused")).is_err());
         for (i, s) in InstanceStatus::ALL.iter().enumerate() {

@@ -56,15 +56,14 @@ impl Patch {
         };
         let mut ops = Vec::with_capacity(items.len());
         for (index, item) in items.iter().enumerate() {
-            let op = <json_patch::PatchOperation as serde::Deserialize>::deserialize(item).map_err(|e| {
-                PatchFailure {
+            let op = <json_patch::PatchOperation as serde::Deserialize>::deserialize(item)
+                .map_err(|e| PatchFailure {
                     index: Some(index),
                     op: item.get("op").and_then(Value::as_str).map(str::to_owned),
                     path: None,
                     reason: e.to_string(),
                     malformed: true,
-                }
-            })?;
+                })?;
             ops.push(op);
         }
         Ok(Self {
@@ -152,6 +151,11 @@ mod tests {
         assert_eq!(err.index, Some(1));
         assert!(err.malformed);
         assert!(err.to_string().contains("operation 1"), "{err}");
-        assert!(Patch::parse(&json!({"op": "add"})).unwrap_err().index.is_none());
+        assert!(
+            Patch::parse(&json!({"op": "add"}))
+                .unwrap_err()
+                .index
+                .is_none()
+        );
     }
 }

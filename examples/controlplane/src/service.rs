@@ -20,8 +20,8 @@ use tokio::sync::watch;
 
 use crate::feed::Feed;
 use crate::model::{
-    Instance, InstanceStatus, Labels, PlatformType, RuntimeInfo, StatusChange,
-    configuration_port, default_configuration, fill_missing, normalize_configuration,
+    Instance, InstanceStatus, Labels, PlatformType, RuntimeInfo, StatusChange, configuration_port,
+    default_configuration, fill_missing, normalize_configuration,
 };
 use crate::patch::{Patch, PatchFailure};
 use crate::platform::{ExitEvent, PlatformError, ProcessPlatform, simulated};
@@ -361,9 +361,7 @@ impl ControlPlane {
             }
             PlatformType::Simulated => None,
         };
-        let port = claimed
-            .or(explicit_port)
-            .unwrap_or(SIMULATED_DEFAULT_PORT);
+        let port = claimed.or(explicit_port).unwrap_or(SIMULATED_DEFAULT_PORT);
         if let Some(map) = config.as_object_mut() {
             map.insert("port".into(), json!(port));
         }
@@ -391,7 +389,10 @@ impl ControlPlane {
         let (record, _) = self.commit_locked(
             &mut state,
             record,
-            Some(Transition::new(InstanceStatus::Created, SOURCE_CONTROL_PLANE)),
+            Some(Transition::new(
+                InstanceStatus::Created,
+                SOURCE_CONTROL_PLANE,
+            )),
             writes,
         )?;
         state.next_order += 1;
@@ -540,9 +541,8 @@ impl ControlPlane {
                         record.runtime.pid = None;
                         record.runtime.running_configuration = None;
                         let mut transition =
-                            Transition::new(InstanceStatus::Error, SOURCE_CONTROL_PLANE).with(
-                                Labels::from([("reason".into(), "start failed".into())]),
-                            );
+                            Transition::new(InstanceStatus::Error, SOURCE_CONTROL_PLANE)
+                                .with(Labels::from([("reason".into(), "start failed".into())]));
                         transition.error = Some(error_chain(&error));
                         self.commit(record, Some(transition))?;
                         Err(Error::StartFailed {
@@ -722,19 +722,24 @@ impl ControlPlane {
         ) else {
             return Ok(Health {
                 healthy: false,
-                detail: format!("instance is not running (status {})", record.instance.status),
+                detail: format!(
+                    "instance is not running (status {})",
+                    record.instance.status
+                ),
             });
         };
-        Ok(match self.inner.process.probe(host, port, "/health").await {
-            Ok((status, body)) => Health {
-                healthy: status == 200,
-                detail: format!("GET /health answered {status}: {body}"),
+        Ok(
+            match self.inner.process.probe(host, port, "/health").await {
+                Ok((status, body)) => Health {
+                    healthy: status == 200,
+                    detail: format!("GET /health answered {status}: {body}"),
+                },
+                Err(error) => Health {
+                    healthy: false,
+                    detail: error,
+                },
             },
-            Err(error) => Health {
-                healthy: false,
-                detail: error,
-            },
-        })
+        )
     }
 
     /// The instance's request and error counters (`{requests, errors}`), read from its
@@ -910,16 +915,15 @@ impl ControlPlane {
                 let mut record = record;
                 record.runtime.pid = None;
                 record.runtime.running_configuration = None;
-                let mut transition = Transition::new(InstanceStatus::Error, SOURCE_MONITOR).with(
-                    Labels::from([
+                let mut transition =
+                    Transition::new(InstanceStatus::Error, SOURCE_MONITOR).with(Labels::from([
                         (
                             "reason".into(),
                             "process not found after control-plane restart".into(),
                         ),
                         ("pid".into(), pid.to_string()),
                         ("exitCode".into(), "unknown".into()),
-                    ]),
-                );
+                    ]));
                 transition.error = Some(format!(
                     "process {pid} was gone when the control plane restarted"
                 ));
@@ -937,8 +941,7 @@ impl ControlPlane {
         let Ok(mut record) = self.record(&event.instance_id) else {
             return;
         };
-        if record.runtime.generation != event.generation || record.runtime.pid != Some(event.pid)
-        {
+        if record.runtime.generation != event.generation || record.runtime.pid != Some(event.pid) {
             return;
         }
         tracing::warn!(instance.id = %event.instance_id, pid = event.pid,

@@ -199,9 +199,13 @@ impl Store {
             .optional()?
             .unwrap_or(0) as u64;
         let mut stmt = self.conn.prepare("SELECT name, endpoint FROM endpoints")?;
-        for row in stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))? {
+        for row in stmt.query_map([], |row| {
+            Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?))
+        })? {
             let (name, endpoint) = row?;
-            loaded.endpoints.insert(name, serde_json::from_str(&endpoint)?);
+            loaded
+                .endpoints
+                .insert(name, serde_json::from_str(&endpoint)?);
         }
         Ok(loaded)
     }

@@ -30,7 +30,9 @@ async fn a_killed_process_becomes_error_in_the_feed_within_two_seconds() {
         .to_owned();
     cp.start(&id).await;
     let pid = cp.pid(&id).await;
-    let cursor = cp.changes_after(0).await["latestSequence"].as_u64().unwrap();
+    let cursor = cp.changes_after(0).await["latestSequence"]
+        .as_u64()
+        .unwrap();
 
     kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
     let change = eventually(Duration::from_secs(2), "Error in the feed", || {
@@ -46,7 +48,10 @@ async fn a_killed_process_becomes_error_in_the_feed_within_two_seconds() {
     assert_eq!(info["status"], "Error");
     assert_eq!(info["runtimeMetadata"]["exitCode"], "137");
     assert!(info["errorMessage"].as_str().unwrap().contains("SIGKILL"));
-    assert_eq!(cp.get(&format!("/api/server/instances/{id}")).await.1["status"], "Error");
+    assert_eq!(
+        cp.get(&format!("/api/server/instances/{id}")).await.1["status"],
+        "Error"
+    );
 
     // It can be started again afterwards.
     cp.start(&id).await;
@@ -82,7 +87,8 @@ async fn a_stop_is_not_reported_as_a_crash() {
         .unwrap()
         .to_owned();
     cp.start(&id).await;
-    cp.post(&format!("/api/server/instances/{id}/stop"), None).await;
+    cp.post(&format!("/api/server/instances/{id}/stop"), None)
+        .await;
     // Give a wrongly reported exit every chance to arrive: the monitor reports within
     // milliseconds, so a later status update is ordered after it in the feed.
     let (_, accepted) = cp

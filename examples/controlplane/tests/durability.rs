@@ -115,12 +115,17 @@ async fn state_survives_a_control_plane_crash_and_processes_are_reattached_or_re
     let (pa, pb) = (cp.pid(&a).await, cp.pid(&b).await);
     first.cleanup.extend([pa, pb]);
     let port_b = cp.configuration(&b).await["port"].clone();
-    let latest_before = cp.changes_after(0).await["latestSequence"].as_u64().unwrap();
+    let latest_before = cp.changes_after(0).await["latestSequence"]
+        .as_u64()
+        .unwrap();
 
     // The control plane crashes; its processes live on. One of them dies meanwhile.
     first.signal(Signal::SIGKILL);
     first.wait().await;
-    assert!(alive(pa) && alive(pb), "instance processes outlive a crashed control plane");
+    assert!(
+        alive(pa) && alive(pb),
+        "instance processes outlive a crashed control plane"
+    );
     kill(Pid::from_raw(pb as i32), Signal::SIGKILL).unwrap();
     eventually(Duration::from_secs(5), "b's process to die", || async {
         (!alive(pb)).then_some(())
@@ -147,8 +152,13 @@ async fn state_survives_a_control_plane_crash_and_processes_are_reattached_or_re
     // a is alive: re-attached with its status, pid and health.
     assert_eq!(instance_a["status"], "ConfigurationChanged");
     assert_eq!(cp.pid(&a).await, pa);
-    assert_eq!(cp.runtime(&a).await["runtimeMetadata"]["reattached"], "true");
-    let (_, health) = cp.get(&format!("/api/extensions/instances/{a}/health")).await;
+    assert_eq!(
+        cp.runtime(&a).await["runtimeMetadata"]["reattached"],
+        "true"
+    );
+    let (_, health) = cp
+        .get(&format!("/api/extensions/instances/{a}/health"))
+        .await;
     assert_eq!(health["healthy"], true, "{health}");
 
     // b is gone: Error, recorded in the feed after everything from the first life.
@@ -164,7 +174,10 @@ async fn state_survives_a_control_plane_crash_and_processes_are_reattached_or_re
     assert!(changes.iter().all(|c| c["instanceId"] != a.as_str()));
     assert_eq!(cp.runtime(&b).await["status"], "Error");
     let (_, all) = cp.get("/api/status/recent-changes?after=0").await;
-    assert_eq!(all["changes"][0]["sequence"], 1, "entries of the first life are kept");
+    assert_eq!(
+        all["changes"][0]["sequence"], 1,
+        "entries of the first life are kept"
+    );
 
     // The simulated instance is still running; b's port stays allocated to b.
     assert_eq!(cp.runtime(&s).await["status"], "Running");
@@ -182,7 +195,10 @@ async fn state_survives_a_control_plane_crash_and_processes_are_reattached_or_re
 
     // ---- third life: the clean stop was recorded ------------------------------------
     let third = CpProcess::spawn(dir.path(), &range).await;
-    let (_, instance_a) = third.client.get(&format!("/api/server/instances/{a}")).await;
+    let (_, instance_a) = third
+        .client
+        .get(&format!("/api/server/instances/{a}"))
+        .await;
     assert_eq!(instance_a["status"], "Stopped");
     let page = third.client.changes_after(0).await;
     let last = page["changes"].as_array().unwrap().last().unwrap().clone();
@@ -205,7 +221,9 @@ async fn a_reattached_process_that_dies_becomes_error() {
     let mut second = CpProcess::spawn(dir.path(), &range).await;
     second.cleanup.push(pa);
     let cp = second.client.clone();
-    let latest = cp.changes_after(0).await["latestSequence"].as_u64().unwrap();
+    let latest = cp.changes_after(0).await["latestSequence"]
+        .as_u64()
+        .unwrap();
     assert_eq!(cp.runtime(&a).await["status"], "Running");
     kill(Pid::from_raw(pa as i32), Signal::SIGKILL).unwrap();
     let change = eventually(Duration::from_secs(2), "Error in the feed", || async {

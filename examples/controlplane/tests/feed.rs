@@ -36,7 +36,8 @@ async fn changes_are_numbered_in_order_and_the_cursor_returns_the_rest() {
         &json!([{"op": "replace", "path": "/logLevel", "value": "debug"}]),
     )
     .await;
-    cp.post(&format!("/api/server/instances/{id}/stop"), None).await;
+    cp.post(&format!("/api/server/instances/{id}/stop"), None)
+        .await;
 
     let page = cp.changes_after(0).await;
     assert_eq!(sequences(&page), vec![1, 2, 3, 4]);
@@ -78,7 +79,8 @@ async fn a_cursor_older_than_the_buffer_is_answered_truncated() {
     let id = simulated(&cp, "a").await;
     for _ in 0..4 {
         cp.start(&id).await;
-        cp.post(&format!("/api/server/instances/{id}/stop"), None).await;
+        cp.post(&format!("/api/server/instances/{id}/stop"), None)
+            .await;
     }
     // 1 Created + 8 lifecycle changes = 9; only 5..=9 are retained.
     let page = cp.changes_after(0).await;
@@ -137,7 +139,10 @@ async fn bad_feed_parameters_are_400_naming_the_parameter() {
     ] {
         let (status, body) = cp.get(&format!("/api/status/recent-changes?{query}")).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{query}");
-        assert!(body["error"].as_str().unwrap().starts_with(name), "{query}: {body}");
+        assert!(
+            body["error"].as_str().unwrap().starts_with(name),
+            "{query}: {body}"
+        );
     }
     cp.shutdown().await;
 }
@@ -146,19 +151,26 @@ async fn bad_feed_parameters_are_400_naming_the_parameter() {
 async fn a_long_poll_answers_as_soon_as_a_change_arrives() {
     let cp = TestCp::start().await;
     let id = simulated(&cp, "a").await;
-    let latest = cp.changes_after(0).await["latestSequence"].as_u64().unwrap();
+    let latest = cp.changes_after(0).await["latestSequence"]
+        .as_u64()
+        .unwrap();
 
     let client = cp.client.clone();
     let waiting = tokio::spawn(async move {
         let started = Instant::now();
         let (status, page) = client
-            .get(&format!("/api/status/recent-changes?after={latest}&wait=20"))
+            .get(&format!(
+                "/api/status/recent-changes?after={latest}&wait=20"
+            ))
             .await;
         (status, page, started.elapsed())
     });
     // The poll is parked until a change arrives: it has not answered yet.
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!waiting.is_finished(), "the long poll answered without a change");
+    assert!(
+        !waiting.is_finished(),
+        "the long poll answered without a change"
+    );
     cp.start(&id).await;
     let (status, page, elapsed) = waiting.await.unwrap();
     assert_eq!(status, StatusCode::OK);
@@ -168,7 +180,10 @@ async fn a_long_poll_answers_as_soon_as_a_change_arrives() {
 
     // Without a change it answers empty when the wait is over.
     let (status, page) = cp
-        .get(&format!("/api/status/recent-changes?after={}&wait=0.2", latest + 1))
+        .get(&format!(
+            "/api/status/recent-changes?after={}&wait=0.2",
+            latest + 1
+        ))
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(sequences(&page), Vec::<u64>::new());
@@ -186,7 +201,8 @@ async fn a_long_poll_with_a_filter_ignores_other_changes() {
             .await
     });
     cp.start(&id).await;
-    cp.post(&format!("/api/server/instances/{id}/stop"), None).await;
+    cp.post(&format!("/api/server/instances/{id}/stop"), None)
+        .await;
     let (_, page) = waiting.await.unwrap();
     let statuses: Vec<&Value> = page["changes"]
         .as_array()

@@ -85,7 +85,9 @@ async fn create_start_stop_restart_delete_runs_a_real_process() {
     assert_eq!(running["queries"][0]["queryText"], "MATCH (n) RETURN n");
     assert_eq!(cp.configuration(&id).await["logLevel"], "info");
     let (_, rc) = cp
-        .get(&format!("/api/extensions/instances/{id}/running-configuration"))
+        .get(&format!(
+            "/api/extensions/instances/{id}/running-configuration"
+        ))
         .await;
     assert_eq!(rc["running"], true);
     assert_eq!(rc["configuration"]["logLevel"], "debug");
@@ -173,10 +175,19 @@ async fn malformed_json_and_wrong_types_are_400_naming_the_field() {
     let cases = [
         (r#"{"name": "#, "malformed JSON"),
         (r#"{"name": 5}"#, "`name`"),
-        (r#"{"name": "a", "platformType": "Docker"}"#, "`platformType`"),
+        (
+            r#"{"name": "a", "platformType": "Docker"}"#,
+            "`platformType`",
+        ),
         (r#"{"name": "a", "metadata": {"k": 1}}"#, "`metadata.k`"),
-        (r#"{"name": "a", "serverConfiguration": {"port": "x"}}"#, "`port`"),
-        (r#"{"name": "a", "serverConfiguration": {"sources": {}}}"#, "`sources`"),
+        (
+            r#"{"name": "a", "serverConfiguration": {"port": "x"}}"#,
+            "`port`",
+        ),
+        (
+            r#"{"name": "a", "serverConfiguration": {"sources": {}}}"#,
+            "`sources`",
+        ),
         (r#"{"description": "no name"}"#, "name"),
         (r#"{"name": ""}"#, "`name`"),
         ("", "body is required"),
@@ -189,7 +200,9 @@ async fn malformed_json_and_wrong_types_are_400_naming_the_field() {
         let error = answer["error"].as_str().unwrap_or_default();
         assert!(error.contains(field), "{body}: expected {field} in {error}");
     }
-    let id = cp.create(json!({"name": "x", "platformType": "Simulated"})).await["id"]
+    let id = cp
+        .create(json!({"name": "x", "platformType": "Simulated"}))
+        .await["id"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -201,7 +214,10 @@ async fn malformed_json_and_wrong_types_are_400_naming_the_field() {
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
-    assert!(answer["error"].as_str().unwrap().contains("`status`"), "{answer}");
+    assert!(
+        answer["error"].as_str().unwrap().contains("`status`"),
+        "{answer}"
+    );
     let (status, answer) = cp
         .raw(
             reqwest::Method::PUT,
@@ -302,7 +318,9 @@ async fn simulated_instances_record_their_running_configuration() {
     )
     .await;
     let (_, rc) = cp
-        .get(&format!("/api/extensions/instances/{id}/running-configuration"))
+        .get(&format!(
+            "/api/extensions/instances/{id}/running-configuration"
+        ))
         .await;
     assert_eq!(rc["configuration"]["logLevel"], "debug");
     let (_, health) = cp
@@ -314,7 +332,9 @@ async fn simulated_instances_record_their_running_configuration() {
         .await;
     assert_eq!(stopped["status"], "Stopped");
     let (_, rc) = cp
-        .get(&format!("/api/extensions/instances/{id}/running-configuration"))
+        .get(&format!(
+            "/api/extensions/instances/{id}/running-configuration"
+        ))
         .await;
     assert_eq!(rc["running"], false);
     cp.shutdown().await;

@@ -82,22 +82,20 @@ fn main() {
 
 fn config_path() -> Result<String> {
     let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match arg.as_str() {
-            "--config" => return args.next().context("--config needs a path"),
-            "-h" | "--help" => {
-                println!("usage: drasi-stub --config PATH   (a DRaaS drasi-server YAML file)");
-                std::process::exit(0);
-            }
-            other => {
-                if let Some(path) = other.strip_prefix("--config=") {
-                    return Ok(path.to_owned());
-                }
-                bail!("unknown argument `{other}` (usage: drasi-stub --config PATH)");
-            }
+    let arg = args
+        .next()
+        .context("missing --config PATH (usage: drasi-stub --config PATH)")?;
+    match arg.as_str() {
+        "--config" => args.next().context("--config needs a path"),
+        "-h" | "--help" => {
+            println!("usage: drasi-stub --config PATH   (a DRaaS drasi-server YAML file)");
+            std::process::exit(0);
         }
+        other => match other.strip_prefix("--config=") {
+            Some(path) => Ok(path.to_owned()),
+            None => bail!("unknown argument `{other}` (usage: drasi-stub --config PATH)"),
+        },
     }
-    bail!("missing --config PATH")
 }
 
 /// Reads the YAML file and returns it as JSON, with each query's text under `queryText`
@@ -145,7 +143,10 @@ async fn run() -> Result<i32> {
         .await
         .with_context(|| format!("cannot listen on {host}:{port}"))?;
     let addr: SocketAddr = listener.local_addr()?;
-    eprintln!("drasi-stub {id}: listening on {addr} (pid {})", std::process::id());
+    eprintln!(
+        "drasi-stub {id}: listening on {addr} (pid {})",
+        std::process::id()
+    );
 
     let stub = Arc::new(Stub {
         id,

@@ -76,7 +76,9 @@ pub enum PlatformError {
         log_tail: String,
     },
     /// The process did not answer in time and was killed.
-    #[error("the process did not answer on {address} within {timeout:?} and was killed; last log lines: {log_tail}")]
+    #[error(
+        "the process did not answer on {address} within {timeout:?} and was killed; last log lines: {log_tail}"
+    )]
     NotReady {
         /// Where it was probed.
         address: String,
@@ -116,7 +118,9 @@ impl ExitInfo {
     pub fn describe(&self) -> String {
         match (self.code, self.signal, self.known) {
             (Some(code), _, _) => format!("exit code {code}"),
-            (None, Some(signal), _) => format!("killed by signal {signal} ({})", signal_name(signal)),
+            (None, Some(signal), _) => {
+                format!("killed by signal {signal} ({})", signal_name(signal))
+            }
             (None, None, false) => "exit status unknown (process was re-attached)".to_owned(),
             (None, None, true) => "exit status unknown".to_owned(),
         }

@@ -120,7 +120,12 @@ impl Client {
         (status, value)
     }
 
-    pub async fn raw(&self, method: reqwest::Method, path: &str, body: &str) -> (StatusCode, Value) {
+    pub async fn raw(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &str,
+    ) -> (StatusCode, Value) {
         let response = self
             .http
             .request(method, format!("{}{path}", self.base))
@@ -188,7 +193,9 @@ impl Client {
 
     /// The instance's desired configuration.
     pub async fn configuration(&self, id: &str) -> Value {
-        let (status, config) = self.get(&format!("/api/configuration/instances/{id}")).await;
+        let (status, config) = self
+            .get(&format!("/api/configuration/instances/{id}"))
+            .await;
         assert_eq!(status, StatusCode::OK, "{config}");
         config
     }

@@ -1,0 +1,166 @@
+//! The extensions progressive delivery needs: clone, health, metrics and endpoints whose
+//! weighted backends really split requests between real processes.
+
+mod common;
+
+use std::collections::HashMap;
+
+use common::TestCp;
+use reqwest::StatusCode;
+use serde_json::json;
+
+#[tokio::test]
+async fn endpoints_split_traffic_by_weight_and_instances_count_it() {
+    let cp = TestCp::start().await;
+    let a = cp.create(json!({"name": "stable"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cp.start(&a).await;
+
+    // Clone with a configuration that fails half the traffic (a bad canary).
+    let (status, clone) = cp
+        .post(
+            &format!("/api/extensions/instances/{a}/clone"),
+            Some(&json!({"name": "canary", "configuration": {"stub": {"failRate": 0.5}}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{clone}");
+    let b = clone["id"].as_str().unwrap().to_owned();
+    assert_eq!(clone["name"], "canary");
+    assert_eq!(clone["platformType"], "Process");
+    assert_eq!(clone["status"], "Created");
+    assert_eq!(clone["metadata"]["setpoint.io/clone-of"], a.as_str());
+    let (port_a, port_b) = (
+        cp.configuration(&a).await["port"].clone(),
+        cp.configuration(&b).await["port"].clone(),
+    );
+    assert_ne!(port_a, port_b);
+    assert_eq!(cp.configuration(&b).await["stub"]["failRate"], 0.5);
+    cp.start(&b).await;
+
+    let (status, endpoint) = cp
+        .put(
+            "/api/extensions/endpoints/web",
+            &json!({"backends": [{"instanceId": a, "weight": 3}, {"instanceId": b, "weight": 1}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{endpoint}");
+    let (_, got) = cp.get("/api/extensions/endpoints/web").await;
+    assert_eq!(got["backends"][1]["weight"], 1);
+
+    let mut by_backend: HashMap<String, usize> = HashMap::new();
+    let mut server_errors = 0;
+    for _ in 0..40 {
+        let response = cp
+            .client
+            .http
+            .get(format!(
+                "{}/api/extensions/endpoints/web/proxy/query?x=1",
+                cp.base
+            ))
+            .send()
+            .await
+            .unwrap();
+        if response.status() == StatusCode::INTERNAL_SERVER_ERROR {
+            server_errors += 1;
+        }
+        let backend = response.headers()["x-setpoint-backend"]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        *by_backend.entry(backend).or_default() += 1;
+    }
+    assert_eq!(by_backend[&a], 30, "{by_backend:?}");
+    assert_eq!(by_backend[&b], 10, "{by_backend:?}");
+    assert_eq!(server_errors, 5);
+
+    let (_, metrics_a) = cp
+        .get(&format!("/api/extensions/instances/{a}/metrics"))
+        .await;
+    assert_eq!(metrics_a, json!({"requests": 30, "errors": 0}));
+    let (_, metrics_b) = cp
+        .get(&format!("/api/extensions/instances/{b}/metrics"))
+        .await;
+    assert_eq!(metrics_b, json!({"requests": 10, "errors": 5}));
+
+    // Shift everything to a; a stopped backend is skipped.
+    cp.put(
+        "/api/extensions/endpoints/web",
+        &json!({"backends": [{"instanceId": a, "weight": 0}, {"instanceId": b, "weight": 1}]}),
+    )
+    .await;
+    cp.post(&format!("/api/server/instances/{b}/stop"), None)
+        .await;
+    let (status, body) = cp.get("/api/extensions/endpoints/web/proxy/").await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+    let (status, body) = cp
+        .get(&format!("/api/extensions/instances/{b}/metrics"))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+
+    let (status, body) = cp
+        .put(
+            "/api/extensions/endpoints/web",
+            &json!({"backends": [{"instanceId": "nope", "weight": 1}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(body["error"].as_str().unwrap().contains("backends[0]"));
+    let (status, _) = cp.get("/api/extensions/endpoints/none").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = cp.delete("/api/extensions/endpoints/web").await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, list) = cp.get("/api/extensions/endpoints").await;
+    assert_eq!(list, json!([]));
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn health_reports_an_unhealthy_stub() {
+    let cp = TestCp::start().await;
+    let id = cp
+        .create(json!({"name": "sick", "serverConfiguration": {"stub": {"unhealthy": true}}}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (_, health) = cp
+        .get(&format!("/api/extensions/instances/{id}/health"))
+        .await;
+    assert_eq!(health["healthy"], false);
+    assert!(health["detail"].as_str().unwrap().contains("not running"));
+    cp.start(&id).await;
+    let (status, health) = cp
+        .get(&format!("/api/extensions/instances/{id}/health"))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(health["healthy"], false, "{health}");
+    assert!(
+        health["detail"].as_str().unwrap().contains("503"),
+        "{health}"
+    );
+    cp.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_clone_of_a_simulated_instance_stays_simulated() {
+    let cp = TestCp::start().await;
+    let id = cp
+        .create(json!({"name": "sim", "platformType": "Simulated"}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, clone) = cp
+        .post(&format!("/api/extensions/instances/{id}/clone"), None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{clone}");
+    assert_eq!(clone["platformType"], "Simulated");
+    assert!(clone["name"].as_str().unwrap().starts_with("sim-clone-"));
+    let (status, _) = cp
+        .post("/api/extensions/instances/nope/clone", Some(&json!({})))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    cp.shutdown().await;
+}
