@@ -394,6 +394,19 @@ impl WorkQueue {
         self.shared.schedule(&key.into(), Instant::now() + after);
     }
 
+    /// Drops everything the queue holds for `key` (a pending or delayed run, a dirty mark,
+    /// its failure count), for an instance that no longer exists. A run in progress is not
+    /// interrupted, and the [`Action`] it returns still applies.
+    pub fn forget(&self, key: &str) {
+        let mut state = self.shared.lock();
+        if let Some((deadline, seq)) = state.deadlines.remove(key) {
+            state.waiting.remove(&(deadline, seq, key.to_owned()));
+        }
+        state.dirty.remove(key);
+        state.failures.remove(key);
+        self.shared.publish_depth(&state);
+    }
+
     /// Number of keys waiting (ready or delayed, including keys marked dirty while running).
     pub fn len(&self) -> usize {
         self.shared.lock().len()
@@ -1066,6 +1079,34 @@ mod tests {
         tokio::time::sleep(Duration::from_secs(10)).await;
         assert_eq!(*depth.borrow(), 0);
         stop(&queue, runner).await.unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn forgotten_key_is_not_run_and_its_backoff_is_reset() {
+        let queue = WorkQueue::new(settings()).unwrap();
+        let calls = Calls::default();
+        let start = Instant::now();
+        queue.enqueue_after("deleted", Duration::from_secs(5));
+        queue.enqueue_after("kept", Duration::from_secs(5));
+        queue.forget("deleted");
+        assert_eq!(queue.len(), 1);
+        queue.shared.lock().failures.insert("kept".into(), 3);
+        queue.forget("kept");
+        queue.enqueue_after("kept", Duration::from_secs(5));
+        assert!(queue.shared.lock().failures.is_empty());
+        let runner = spawn_run(&queue, {
+            let calls = calls.clone();
+            move |key| {
+                let calls = calls.clone();
+                async move {
+                    calls.record(&key, start);
+                    Ok(Action::await_change())
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_secs(60)).await;
+        stop(&queue, runner).await.unwrap();
+        assert_eq!(calls.all(), [("kept".to_owned(), Duration::from_secs(5))]);
     }
 
     #[tokio::test(start_paused = true)]
