@@ -462,6 +462,15 @@ pub struct Window {
     pub start: TimeOfDay,
     /// Closing time (UTC, exclusive).
     pub end: TimeOfDay,
+    /// Times are UTC. Written out (`utc = true`) for readers of the file; `false` (local
+    /// time) is rejected, since a local-time window would open at different instants on
+    /// replicas in different zones and shift with daylight saving.
+    #[serde(default = "utc_default")]
+    pub utc: bool,
+}
+
+fn utc_default() -> bool {
+    true
 }
 
 impl Window {
@@ -852,6 +861,12 @@ impl Policy {
                     return Err(Error::BadWindow {
                         rule: rule.name,
                         reason: "start and end are equal, so the window is never open; remove `window` to allow changes at any time",
+                    });
+                }
+                if !window.utc {
+                    return Err(Error::BadWindow {
+                        rule: rule.name,
+                        reason: "only UTC windows are supported (utc = true); convert the times to UTC",
                     });
                 }
                 if window.start.0 == MINUTES_PER_DAY {
@@ -1265,6 +1280,7 @@ selected rule \"default\":
             days: days.to_vec(),
             start: start.to_owned().try_into().unwrap(),
             end: end.to_owned().try_into().unwrap(),
+            utc: true,
         }
     }
 
@@ -1344,6 +1360,25 @@ selected rule \"default\":
             error
                 .to_string()
                 .starts_with("rule \"never\": window: start and end are equal")
+        );
+    }
+
+    #[test]
+    fn window_must_be_utc() {
+        let utc: Window =
+            toml::from_str("days = [\"sun\"]\nstart = \"02:00\"\nend = \"04:00\"\nutc = true")
+                .unwrap();
+        assert_eq!(utc, window(&[Weekday::Sun], "02:00", "04:00"));
+        let local = Window { utc: false, ..utc };
+        let error = Policy::from_rules(vec![Rule {
+            name: "local".into(),
+            window: Some(local),
+            ..Rule::default()
+        }])
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "rule \"local\": window: only UTC windows are supported (utc = true); convert the times to UTC"
         );
     }
 
