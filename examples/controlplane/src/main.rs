@@ -45,7 +45,8 @@ struct Args {
     feed_capacity: u64,
 
     /// Write enums (status, platformType) as integers like the .NET original.
-    #[arg(long, env = "SETPOINT_CP_ENUM_AS_INT", default_value_t = false)]
+    #[arg(long, env = "SETPOINT_CP_ENUM_AS_INT", default_value_t = false,
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     enum_as_int: bool,
 
     /// Seconds a start waits for the instance process to answer.

@@ -261,7 +261,8 @@ async fn help_documents_every_flag_with_its_default() {
         "[default: 18000-18999]",
         "--feed-capacity",
         "[default: 1000]",
-        "--enum-as-int",
+        "--enum-as-int [<ENUM_AS_INT>]",
+        "[default: false]",
         "--start-timeout",
         "--stop-timeout",
     ] {
