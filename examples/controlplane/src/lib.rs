@@ -55,6 +55,9 @@ pub const DEFAULT_FEED_CAPACITY: usize = 1000;
 pub const DEFAULT_START_TIMEOUT: Duration = Duration::from_secs(10);
 /// The default time a stop waits after SIGTERM before SIGKILL.
 pub const DEFAULT_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a shutdown lets requests in flight finish (a start can take up to the start
+/// timeout) before it stops the processes anyway.
+pub const SHUTDOWN_DRAIN_TIMEOUT: Duration = Duration::from_secs(15);
 /// The stub binary's name.
 pub const STUB_BIN_NAME: &str = "drasi-stub";
 
@@ -247,16 +250,22 @@ impl RunningControlPlane {
         &self.control_plane
     }
 
-    /// Stops serving (ending long polls), then stops every instance process (recording
+    /// Stops serving (ending long polls and letting requests in flight finish, for at
+    /// most [`SHUTDOWN_DRAIN_TIMEOUT`]), then stops every instance process (recording
     /// them `Stopped`).
     pub async fn shutdown(mut self) {
-        self.control_plane.shutdown().await;
+        self.control_plane.begin_shutdown();
         if let Some(stop) = self.stop_server.take() {
             let _ = stop.send(());
         }
-        if let Some(server) = self.server.take() {
-            let _ = server.await;
+        if let Some(mut server) = self.server.take()
+            && tokio::time::timeout(SHUTDOWN_DRAIN_TIMEOUT, &mut server)
+                .await
+                .is_err()
+        {
+            server.abort();
         }
+        self.control_plane.shutdown().await;
         if let Some(monitor) = self.monitor.take() {
             monitor.abort();
         }

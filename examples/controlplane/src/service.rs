@@ -962,10 +962,15 @@ impl ControlPlane {
         }
     }
 
+    /// Ends long polls; the API should stop taking requests next.
+    pub fn begin_shutdown(&self) {
+        self.inner.shutting_down.send_replace(true);
+    }
+
     /// Stops every process (recording `Stopped`, source `controlplane-shutdown`) and ends
     /// long polls.
     pub async fn shutdown(&self) {
-        self.inner.shutting_down.send_replace(true);
+        self.begin_shutdown();
         let mut tasks = tokio::task::JoinSet::new();
         for id in self.inner.process.tracked_ids() {
             let cp = self.clone();

@@ -22,9 +22,18 @@ pub fn stub_bin() -> PathBuf {
         if let Some(path) = std::env::var_os("DRASI_STUB_BIN") {
             return PathBuf::from(path);
         }
-        let output = std::process::Command::new(env!("CARGO"))
+        let mut cargo = std::process::Command::new(env!("CARGO"));
+        cargo
             .args(["build", "-p", "drasi-stub", "--message-format=json"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../.."));
+        // Build into the target directory this test was built in (`<target>/<profile>/deps/
+        // <test>`), however it was chosen (CARGO_TARGET_DIR, --target-dir, relative or not).
+        let exe = std::env::current_exe().expect("the test executable's path");
+        let deps = exe.parent().filter(|d| d.ends_with("deps"));
+        if let Some(target) = deps.and_then(|d| d.parent()).and_then(|p| p.parent()) {
+            cargo.arg("--target-dir").arg(target);
+        }
+        let output = cargo
             .stderr(std::process::Stdio::inherit())
             .output()
             .expect("running cargo to build drasi-stub");
