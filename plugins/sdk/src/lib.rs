@@ -193,21 +193,7 @@ pub mod __bindings {
     });
 }
 
-/// Export a [`Comparator`] implementation as the component's `drift-comparator`.
-///
-/// ```
-/// # use setpoint_plugin::{Comparator, Drift, Metadata, PluginError, Value};
-/// # pub struct Nothing;
-/// # impl Comparator for Nothing {
-/// #     fn metadata() -> Metadata { Metadata::comparator("nothing", "0.1.0", "No drift") }
-/// #     fn compare(_: &Value, _: &Value, _: &Value) -> Result<Vec<Drift>, PluginError> { Ok(vec![]) }
-/// # }
-/// setpoint_plugin::comparator!(Nothing);
-/// ```
-///
-/// On wasm32 (with the SDK's `comparator` feature) it implements the generated `Guest`
-/// trait by converting types and calls the bindings' `export!`; elsewhere it only checks
-/// that the type implements [`Comparator`].
+/// The wasm32 expansion of this macro; see its native documentation.
 #[cfg(all(target_arch = "wasm32", feature = "comparator"))]
 #[macro_export]
 macro_rules! comparator {
@@ -244,7 +230,21 @@ macro_rules! comparator {
     };
 }
 
-/// Export a [`Comparator`] implementation (native build: checks the trait only).
+/// Export a [`Comparator`] implementation as the component's `drift-comparator`.
+///
+/// ```
+/// # use setpoint_plugin::{Comparator, Drift, Metadata, PluginError, Value};
+/// # pub struct Nothing;
+/// # impl Comparator for Nothing {
+/// #     fn metadata() -> Metadata { Metadata::comparator("nothing", "0.1.0", "No drift") }
+/// #     fn compare(_: &Value, _: &Value, _: &Value) -> Result<Vec<Drift>, PluginError> { Ok(vec![]) }
+/// # }
+/// setpoint_plugin::comparator!(Nothing);
+/// ```
+///
+/// On wasm32 (with the SDK's `comparator` feature) it implements the generated `Guest`
+/// trait by converting types and calls the bindings' `export!`; elsewhere it only checks
+/// that the type implements [`Comparator`].
 #[cfg(not(target_arch = "wasm32"))]
 #[macro_export]
 macro_rules! comparator {
@@ -267,22 +267,7 @@ macro_rules! comparator {
     };
 }
 
-/// Export a [`Strategy`] implementation as the component's `rollout-strategy`.
-///
-/// ```
-/// # use setpoint_plugin::{ControlPlane, Metadata, Progress, Rollout, Strategy};
-/// # pub struct Noop;
-/// # impl Strategy for Noop {
-/// #     fn metadata() -> Metadata { Metadata::strategy("noop", "0.1.0", "Does nothing") }
-/// #     fn step(_: &Rollout, _: &mut dyn ControlPlane) -> Progress { Progress::done("nothing to do") }
-/// #     fn abort(_: &Rollout, _: &mut dyn ControlPlane) -> Progress { Progress::done("nothing to undo") }
-/// # }
-/// setpoint_plugin::strategy!(Noop);
-/// ```
-///
-/// On wasm32 (with the SDK's `strategy` feature) it implements the generated `Guest`
-/// trait, handing the strategy a [`ControlPlane`] over the real imports; elsewhere it only
-/// checks that the type implements [`Strategy`].
+/// The wasm32 expansion of this macro; see its native documentation.
 #[cfg(all(
     target_arch = "wasm32",
     feature = "strategy",
@@ -323,7 +308,22 @@ macro_rules! strategy {
     };
 }
 
-/// Export a [`Strategy`] implementation (native build: checks the trait only).
+/// Export a [`Strategy`] implementation as the component's `rollout-strategy`.
+///
+/// ```
+/// # use setpoint_plugin::{ControlPlane, Metadata, Progress, Rollout, Strategy};
+/// # pub struct Noop;
+/// # impl Strategy for Noop {
+/// #     fn metadata() -> Metadata { Metadata::strategy("noop", "0.1.0", "Does nothing") }
+/// #     fn step(_: &Rollout, _: &mut dyn ControlPlane) -> Progress { Progress::done("nothing to do") }
+/// #     fn abort(_: &Rollout, _: &mut dyn ControlPlane) -> Progress { Progress::done("nothing to undo") }
+/// # }
+/// setpoint_plugin::strategy!(Noop);
+/// ```
+///
+/// On wasm32 (with the SDK's `strategy` feature) it implements the generated `Guest`
+/// trait, handing the strategy a [`ControlPlane`] over the real imports; elsewhere it only
+/// checks that the type implements [`Strategy`].
 #[cfg(not(target_arch = "wasm32"))]
 #[macro_export]
 macro_rules! strategy {
