@@ -854,7 +854,7 @@ mod tests {
             InstanceStatus::Running
         );
         // The default layout is not served here.
-        let default = client(&format!("{}", cp.config().base_url));
+        let default = client(&cp.config().base_url);
         assert!(
             default
                 .get_instance("abc")
