@@ -304,6 +304,15 @@ async fn get_status(State(api): State<Api>, Path(id): Path<String>) -> ApiResult
 }
 
 fn parse_time(text: &str) -> Option<DateTime<Utc>> {
+    // An unencoded `+00:00` offset arrives as ` 00:00` (a `+` in a query string is a space).
+    let repaired;
+    let text = match text.rsplit_once(' ') {
+        Some((date, offset)) if date.contains('T') && offset.contains(':') => {
+            repaired = format!("{date}+{offset}");
+            repaired.as_str()
+        }
+        _ => text,
+    };
     if let Ok(t) = DateTime::parse_from_rfc3339(text) {
         return Some(t.with_timezone(&Utc));
     }
@@ -558,6 +567,8 @@ mod tests {
         assert_eq!(a, b);
         assert!(c > b);
         assert!(parse_time("yesterday").is_none());
+        assert_eq!(parse_time("2025-01-31T12:00:00 00:00").unwrap(), a);
+        assert_eq!(parse_time("2025-01-31T13:00:00+01:00").unwrap(), a);
     }
 
     #[test]
