@@ -353,7 +353,9 @@ async fn feed_loop(cp: Arc<dyn ControlPlane>, queue: WorkQueue, mut stop: watch:
                         }
                     }
                 }
-                if !first {
+                // The first batch is enqueued too: a change made between the initial
+                // resync's listing and this first request is only here.
+                {
                     for change in &changes {
                         tracing::debug!(instance.id = %change.instance_id, status = %change.status.as_str(), "change feed event");
                         queue.enqueue(change.instance_id.clone());

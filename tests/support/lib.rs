@@ -85,3 +85,58 @@ pub fn drasi_config() -> serde_json::Value {
         ]
     })
 }
+
+/// The `drasi-stub` executable the reference control plane starts. `DRASI_STUB_BIN`
+/// wins; otherwise it is built with the same cargo (honouring `CARGO_TARGET_DIR`) and
+/// located from cargo's own report, so the tests work on a fresh clone.
+pub fn stub_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var_os("DRASI_STUB_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| build_bin("drasi-stub", "drasi-stub"))
+    })
+    .clone()
+}
+
+/// The `setpoint-controlplane` executable, built like [`stub_bin`], for tests that must
+/// kill the control plane as a whole process.
+pub fn controlplane_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| build_bin("setpoint-controlplane", "setpoint-controlplane"))
+        .clone()
+}
+
+fn build_bin(package: &str, name: &str) -> PathBuf {
+    let output = std::process::Command::new(env!("CARGO"))
+        .args(["build", "-p", package, "--message-format=json"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .expect("running cargo to build a test binary");
+    assert!(output.status.success(), "cargo build -p {package} failed");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
+        .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+        .unwrap_or_else(|| panic!("cargo reported no {name} executable"))
+}
+
+/// A range of ports for one test's instances that no other test in this run uses.
+pub fn port_range() -> std::ops::RangeInclusive<u16> {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst) % 40;
+    let base = 31000 + (std::process::id() % 8) as u16 * 1000 + n * 25;
+    base..=base + 24
+}
+
+/// A free loopback port (bound and released: for a server that must come back on the
+/// same address).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
+}

@@ -473,6 +473,7 @@ impl Controller {
             let plan = self
                 .simulate(&instance.id, &strategy, &selection, &desired, &applied, &drifts)
                 .await?;
+            self.audit_calls(id, &strategy, &plan.0)?;
             self.audit(
                 id,
                 AuditKind::Decision,

@@ -1,0 +1,277 @@
+//! Daemon benchmarks against the reference control plane (its own process, Simulated
+//! platform), printed with their targets:
+//!
+//! 1. resync of 1,000 and 10,000 converged instances: wall time from daemon start until
+//!    every instance has been reconciled once, reconciles per second, peak RSS of the
+//!    daemon (this process; the control plane runs in another);
+//! 2. event → first strategy control-plane call latency (p50, p99) while configuration
+//!    changes arrive at a sustained 200 per second.
+//!
+//! Run: `./scripts/build-plugins && cargo bench -p setpoint-tests --bench daemon`.
+//! `SETPOINT_BENCH_SIZES=1000` limits the resync sizes.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::{Value, json};
+use setpoint::config::{Overrides, Settings};
+use setpoint::controller::config_digest;
+use setpoint::daemon::Daemon;
+use setpoint::store::{AuditFilter, AuditKind, Store};
+use setpoint_tests::plugin;
+
+const RESYNC_TARGET: Duration = Duration::from_secs(2);
+const P99_TARGET: Duration = Duration::from_millis(20);
+const EVENT_RATE: u32 = 200;
+const EVENT_SECONDS: u32 = 10;
+
+struct ControlPlane {
+    child: Child,
+    url: String,
+}
+
+impl Drop for ControlPlane {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = self.child.wait();
+    }
+}
+
+fn control_plane_bin() -> std::path::PathBuf {
+    let output = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", "setpoint-controlplane", "--message-format=json"])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("cargo build");
+    assert!(output.status.success());
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "setpoint-controlplane")
+        .find_map(|m| m["executable"].as_str().map(Into::into))
+        .expect("setpoint-controlplane executable")
+}
+
+fn start_control_plane(dir: &std::path::Path) -> ControlPlane {
+    let mut child = Command::new(control_plane_bin())
+        .args(["--listen", "127.0.0.1:0", "--feed-capacity", "100000"])
+        .arg("--db")
+        .arg(dir.join("cp.db"))
+        .arg("--runtime-dir")
+        .arg(dir.join("runtime"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start setpoint-controlplane");
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let url = loop {
+        let line = lines.next().expect("control plane output").unwrap();
+        if let Some(url) = line.trim().strip_prefix("listening on ") {
+            break url.to_owned();
+        }
+    };
+    std::thread::spawn(move || for _ in lines {});
+    ControlPlane { child, url }
+}
+
+fn peak_rss_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .map(|kib| kib / 1024.0)
+        .unwrap_or(f64::NAN)
+}
+
+/// Create `n` Simulated instances, start them through the control plane, and record
+/// their configuration as applied in the daemon's store: a converged fleet.
+async fn converged_fleet(http: &reqwest::Client, url: &str, store: &Store, n: usize) -> Vec<String> {
+    let mut ids = Vec::with_capacity(n);
+    for chunk in 0..n.div_ceil(64) {
+        let mut batch = Vec::new();
+        for i in chunk * 64..((chunk + 1) * 64).min(n) {
+            let http = http.clone();
+            let url = url.to_owned();
+            batch.push(tokio::spawn(async move {
+                let created: Value = http
+                    .post(format!("{url}/api/server/instances"))
+                    .json(&json!({
+                        "name": format!("sim-{i}"),
+                        "platformType": "Simulated",
+                        "serverConfiguration": { "host": "127.0.0.1", "logLevel": "info",
+                            "sources": [], "queries": [], "reactions": [] }
+                    }))
+                    .send().await.unwrap().error_for_status().unwrap().json().await.unwrap();
+                let id = created["id"].as_str().unwrap().to_owned();
+                http.post(format!("{url}/api/server/instances/{id}/start"))
+                    .send().await.unwrap().error_for_status().unwrap();
+                let desired: Value = http
+                    .get(format!("{url}/api/configuration/instances/{id}"))
+                    .send().await.unwrap().json().await.unwrap();
+                (id, desired)
+            }));
+        }
+        for task in batch {
+            let (id, desired) = task.await.unwrap();
+            store.record_applied(&id, &desired, &config_digest(&desired)).unwrap();
+            ids.push(id);
+        }
+    }
+    ids
+}
+
+fn settings(url: &str, dir: &std::path::Path, plugins: &std::path::Path, resync: &str) -> Settings {
+    Settings::load(
+        None,
+        Vec::<(String, String)>::new(),
+        &Overrides::new()
+            .set("control_plane.url", url)
+            .set("plugins.dir", plugins.display().to_string())
+            .set("store.path", dir.join("setpoint.db").display().to_string())
+            .set("admin.listen", "127.0.0.1:0")
+            .set("controller.resync_interval", resync),
+    )
+    .expect("settings")
+}
+
+fn synced(daemon: &Daemon) -> u64 {
+    daemon
+        .controller()
+        .metrics()
+        .encode()
+        .lines()
+        .find(|l| l.starts_with("setpoint_reconciles_total{outcome=\"synced\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or(0.0) as u64
+}
+
+async fn resync(n: usize) {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    for name in ["field-diff", "restart"] {
+        std::fs::copy(plugin(name), plugins.join(format!("{name}.wasm"))).unwrap();
+    }
+    let cp = start_control_plane(dir.path());
+    let http = reqwest::Client::new();
+    let store = Store::open(dir.path().join("setpoint.db")).unwrap();
+    let ids = converged_fleet(&http, &cp.url, &store, n).await;
+    drop(store);
+
+    let started = Instant::now();
+    let daemon = Daemon::start(settings(&cp.url, dir.path(), &plugins, "1h")).await.unwrap();
+    while synced(&daemon) < ids.len() as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let took = started.elapsed();
+    let rate = n as f64 / took.as_secs_f64();
+    let ratio = took.as_secs_f64() / RESYNC_TARGET.as_secs_f64();
+    println!(
+        "resync of {n:>6} converged instances: {:>7.3} s, {rate:>8.0} reconciles/s, peak RSS {:.0} MiB{}",
+        took.as_secs_f64(),
+        peak_rss_mib(),
+        if n == 10_000 {
+            format!(
+                "  (target <= {:?}: {:.2}x of target, {})",
+                RESYNC_TARGET,
+                ratio,
+                if took <= RESYNC_TARGET { "met" } else { "MISSED" }
+            )
+        } else {
+            String::new()
+        }
+    );
+    daemon.shutdown().await.unwrap();
+}
+
+async fn event_latency() {
+    let dir = tempfile::tempdir().unwrap();
+    let plugins = dir.path().join("plugins");
+    std::fs::create_dir_all(&plugins).unwrap();
+    for name in ["field-diff", "restart"] {
+        std::fs::copy(plugin(name), plugins.join(format!("{name}.wasm"))).unwrap();
+    }
+    let cp = start_control_plane(dir.path());
+    let http = reqwest::Client::new();
+    let n = (EVENT_RATE * EVENT_SECONDS) as usize;
+    let store = Store::open(dir.path().join("setpoint.db")).unwrap();
+    let ids = Arc::new(converged_fleet(&http, &cp.url, &store, n).await);
+    drop(store);
+    let daemon = Daemon::start(settings(&cp.url, dir.path(), &plugins, "1h")).await.unwrap();
+    while synced(&daemon) < n as u64 {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // One change per instance, at EVENT_RATE per second.
+    let mut sent = Vec::with_capacity(n);
+    let mut ticker = tokio::time::interval(Duration::from_secs(1) / EVENT_RATE);
+    let mut tasks = Vec::with_capacity(n);
+    for id in ids.iter() {
+        ticker.tick().await;
+        let (http, url, id) = (http.clone(), cp.url.clone(), id.clone());
+        tasks.push(tokio::spawn(async move {
+            let at = SystemTime::now();
+            http.patch(format!("{url}/api/configuration/instances/{id}"))
+                .json(&json!([{ "op": "replace", "path": "/logLevel", "value": "debug" }]))
+                .send().await.unwrap().error_for_status().unwrap();
+            (id, at)
+        }));
+    }
+    for t in tasks {
+        sent.push(t.await.unwrap());
+    }
+    // Wait for every first call to be recorded.
+    let store = daemon.controller().store().clone();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut first_call = std::collections::HashMap::new();
+    let mut after = None;
+    while first_call.len() < n && Instant::now() < deadline {
+        let page = store.audit(&AuditFilter { after_id: after, ..AuditFilter::default() }).unwrap();
+        if page.is_empty() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            continue;
+        }
+        for r in page {
+            after = Some(r.id);
+            if r.entry.kind == AuditKind::Action
+                && let Some(id) = r.entry.instance_id.clone()
+            {
+                first_call.entry(id).or_insert(r.at);
+            }
+        }
+    }
+    let mut latencies: Vec<Duration> = sent
+        .iter()
+        .filter_map(|(id, at)| first_call.get(id)?.duration_since(*at).ok())
+        .collect();
+    latencies.sort();
+    let pct = |p: f64| latencies[((latencies.len() as f64 * p) as usize).min(latencies.len() - 1)];
+    let (p50, p99) = (pct(0.50), pct(0.99));
+    println!(
+        "event -> first strategy call at {EVENT_RATE}/s for {EVENT_SECONDS} s ({} of {n} observed): p50 {:.1} ms, p99 {:.1} ms  (target p99 <= {:?}: {:.2}x of target, {})",
+        latencies.len(),
+        p50.as_secs_f64() * 1e3,
+        p99.as_secs_f64() * 1e3,
+        P99_TARGET,
+        p99.as_secs_f64() / P99_TARGET.as_secs_f64(),
+        if p99 <= P99_TARGET && latencies.len() == n { "met" } else { "MISSED" }
+    );
+    daemon.shutdown().await.unwrap();
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let sizes: Vec<usize> = std::env::var("SETPOINT_BENCH_SIZES")
+        .ok()
+        .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())
+        .unwrap_or_else(|| vec![1_000, 10_000]);
+    runtime.block_on(async {
+        for n in sizes {
+            resync(n).await;
+        }
+        event_latency().await;
+    });
+}
