@@ -79,7 +79,10 @@ impl World {
             &Overrides::new()
                 .set("control_plane.url", self.cp_url())
                 .set("plugins.dir", self.plugin_dir().display().to_string())
-                .set("store.path", self.dir.path().join("setpoint.db").display().to_string())
+                .set(
+                    "store.path",
+                    self.dir.path().join("setpoint.db").display().to_string(),
+                )
                 .set("admin.listen", "127.0.0.1:0")
                 .set("admin.token", "test-token")
                 .set("controller.resync_interval", resync)
@@ -132,7 +135,10 @@ impl World {
 
     async fn patch(&self, id: &str, ops: Value) {
         self.http
-            .patch(format!("{}/api/configuration/instances/{id}", self.cp_url()))
+            .patch(format!(
+                "{}/api/configuration/instances/{id}",
+                self.cp_url()
+            ))
             .json(&ops)
             .send()
             .await
@@ -144,7 +150,12 @@ impl World {
     /// GET a control-plane route; `Value::Null` when it cannot be reached (a test may
     /// poll through an outage).
     async fn get(&self, path: &str) -> Value {
-        match self.http.get(format!("{}{path}", self.cp_url())).send().await {
+        match self
+            .http
+            .get(format!("{}{path}", self.cp_url()))
+            .send()
+            .await
+        {
             Ok(response) => response.json().await.unwrap_or(Value::Null),
             Err(_) => Value::Null,
         }
@@ -158,7 +169,8 @@ impl World {
     }
 
     async fn port(&self, id: &str) -> u64 {
-        self.get(&format!("/api/configuration/instances/{id}")).await["port"]
+        self.get(&format!("/api/configuration/instances/{id}"))
+            .await["port"]
             .as_u64()
             .expect("configuration has a port")
     }
@@ -222,16 +234,21 @@ impl World {
 async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
     let until = Instant::now() + limit;
     while !check().await {
-        assert!(Instant::now() < until, "timed out after {limit:?} waiting for {what}");
+        assert!(
+            Instant::now() < until,
+            "timed out after {limit:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 async fn converged(world: &World, ids: &[&str]) {
     for id in ids {
-        eventually(Duration::from_secs(30), &format!("{id} to converge"), async || {
-            world.synced(id) && world.status(id).await == "Running"
-        })
+        eventually(
+            Duration::from_secs(30),
+            &format!("{id} to converge"),
+            async || world.synced(id) && world.status(id).await == "Running",
+        )
         .await;
     }
 }
@@ -246,21 +263,30 @@ async fn a_patch_is_reconciled_within_a_second_through_the_change_feed() {
 
     let patched = Instant::now();
     world
-        .patch(&id, json!([{ "op": "replace", "path": "/logLevel", "value": "debug" }]))
+        .patch(
+            &id,
+            json!([{ "op": "replace", "path": "/logLevel", "value": "debug" }]),
+        )
         .await;
-    eventually(Duration::from_secs(1), "the stub to serve the new configuration", async || {
-        world
-            .stub_config(&id)
-            .await
-            .is_some_and(|c| c["logLevel"] == "debug")
-    })
+    eventually(
+        Duration::from_secs(1),
+        "the stub to serve the new configuration",
+        async || {
+            world
+                .stub_config(&id)
+                .await
+                .is_some_and(|c| c["logLevel"] == "debug")
+        },
+    )
     .await;
     let took = patched.elapsed();
     assert!(took < Duration::from_secs(1), "took {took:?}");
     converged(&world, &[&id]).await;
     let audit = world.audit(&id);
     assert!(
-        audit.iter().any(|(k, m)| *k == AuditKind::Observation && m.contains("drifted") && m.contains("logLevel")),
+        audit.iter().any(|(k, m)| *k == AuditKind::Observation
+            && m.contains("drifted")
+            && m.contains("logLevel")),
         "{audit:#?}"
     );
     world.stop_daemon().await;
@@ -277,18 +303,28 @@ async fn a_stub_killed_with_sigkill_is_brought_back() {
         .expect("a running instance has a process id")
         .to_owned();
 
-    let killed = std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap();
     assert!(killed.success());
 
-    eventually(Duration::from_secs(20), "a new stub process serving", async || {
-        let now = world.get(&format!("/api/status/{id}/status")).await;
-        now["processId"].as_str().is_some_and(|p| p != pid)
-            && world.status(&id).await == "Running"
-            && world.stub_config(&id).await.is_some()
-    })
+    eventually(
+        Duration::from_secs(20),
+        "a new stub process serving",
+        async || {
+            let now = world.get(&format!("/api/status/{id}/status")).await;
+            now["processId"].as_str().is_some_and(|p| p != pid)
+                && world.status(&id).await == "Running"
+                && world.stub_config(&id).await.is_some()
+        },
+    )
     .await;
     let audit = world.audit(&id);
-    assert!(audit.iter().any(|(_, m)| m.contains("missing")), "{audit:#?}");
+    assert!(
+        audit.iter().any(|(_, m)| m.contains("missing")),
+        "{audit:#?}"
+    );
     world.stop_daemon().await;
 }
 
@@ -306,7 +342,12 @@ async fn restarting_the_daemon_takes_no_action_on_converged_instances() {
     // Several resyncs pass over both instances.
     let metrics_url = format!("http://{}/metrics", world.daemon().admin_addr());
     eventually(Duration::from_secs(10), "three resyncs", async || {
-        let text = reqwest::get(&metrics_url).await.unwrap().text().await.unwrap();
+        let text = reqwest::get(&metrics_url)
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         text.lines()
             .find(|l| l.starts_with("setpoint_reconciles_total{outcome=\"synced\"}"))
             .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
@@ -314,7 +355,11 @@ async fn restarting_the_daemon_takes_no_action_on_converged_instances() {
     })
     .await;
 
-    assert_eq!(world.latest_sequence().await, sequence, "the control plane saw a change");
+    assert_eq!(
+        world.latest_sequence().await,
+        sequence,
+        "the control plane saw a change"
+    );
     for id in [&a, &b] {
         let actions = world
             .audit(id)
@@ -342,12 +387,16 @@ dry_run = true
         .await;
     let id = world.create("planned", json!({ "mode": "plan" })).await;
 
-    eventually(Duration::from_secs(10), "the dry-run decision", async || {
-        world
-            .audit(&id)
-            .iter()
-            .any(|(k, m)| *k == AuditKind::Decision && m.starts_with("dry-run"))
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the dry-run decision",
+        async || {
+            world
+                .audit(&id)
+                .iter()
+                .any(|(k, m)| *k == AuditKind::Decision && m.starts_with("dry-run"))
+        },
+    )
     .await;
     let audit = world.audit(&id);
     let plan: Vec<&String> = audit
@@ -357,7 +406,11 @@ dry_run = true
         .collect();
     assert!(plan.iter().all(|m| m.ends_with("simulated")), "{plan:?}");
     assert!(plan.iter().any(|m| m.contains("called start")), "{plan:?}");
-    assert_eq!(world.status(&id).await, "Created", "dry-run must not start it");
+    assert_eq!(
+        world.status(&id).await,
+        "Created",
+        "dry-run must not start it"
+    );
     let (status, reason, _) = world.condition(&id, ConditionType::Synced).unwrap();
     assert!(!status);
     assert_eq!(reason, "DryRun");
@@ -382,15 +435,22 @@ protected = true
     let plain = world.create("plain", json!({})).await;
 
     converged(&world, &[&plain]).await;
-    eventually(Duration::from_secs(10), "the protected report", async || {
-        world
-            .condition(&gold, ConditionType::Synced)
-            .is_some_and(|(s, r, _)| !s && r == "Protected")
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the protected report",
+        async || {
+            world
+                .condition(&gold, ConditionType::Synced)
+                .is_some_and(|(s, r, _)| !s && r == "Protected")
+        },
+    )
     .await;
     assert_eq!(world.status(&gold).await, "Created");
     assert!(
-        !world.audit(&gold).iter().any(|(k, _)| *k == AuditKind::Action),
+        !world
+            .audit(&gold)
+            .iter()
+            .any(|(k, _)| *k == AuditKind::Action),
         "a protected instance must see no action"
     );
     world.stop_daemon().await;
@@ -441,9 +501,15 @@ async fn the_daemon_rides_out_a_ten_second_control_plane_outage() {
     let mut world = World::new(&[]).await;
     world.stop_control_plane().await; // this test runs the control plane as a process
     let mut cp = ControlPlaneProcess::start(&world);
-    eventually(Duration::from_secs(10), "the control plane to listen", async || {
-        reqwest::get(format!("{}/api/server/instances", world.cp_url())).await.is_ok()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the control plane to listen",
+        async || {
+            reqwest::get(format!("{}/api/server/instances", world.cp_url()))
+                .await
+                .is_ok()
+        },
+    )
     .await;
     world.start_daemon("1s", "").await;
     let id = world.create("steady", json!({})).await;
@@ -456,24 +522,34 @@ async fn the_daemon_rides_out_a_ten_second_control_plane_outage() {
 
     // The control plane dies; while it is away the instance's process dies too.
     cp.kill();
-    let killed = std::process::Command::new("kill").args(["-KILL", &pid]).status().unwrap();
+    let killed = std::process::Command::new("kill")
+        .args(["-KILL", &pid])
+        .status()
+        .unwrap();
     assert!(killed.success());
     let outage = Instant::now();
     while outage.elapsed() < Duration::from_secs(10) {
         let ok = reqwest::get(&health).await.map(|r| r.status().is_success());
-        assert!(matches!(ok, Ok(true)), "daemon must stay up during the outage");
+        assert!(
+            matches!(ok, Ok(true)),
+            "daemon must stay up during the outage"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let _cp = ControlPlaneProcess::start(&world);
 
     // The control plane finds the process gone (Error); the daemon brings it back.
-    eventually(Duration::from_secs(30), "convergence after the outage", async || {
-        let now = world.get(&format!("/api/status/{id}/status")).await;
-        now["processId"].as_str().is_some_and(|p| p != pid)
-            && world.status(&id).await == "Running"
-            && world.stub_config(&id).await.is_some()
-            && world.synced(&id)
-    })
+    eventually(
+        Duration::from_secs(30),
+        "convergence after the outage",
+        async || {
+            let now = world.get(&format!("/api/status/{id}/status")).await;
+            now["processId"].as_str().is_some_and(|p| p != pid)
+                && world.status(&id).await == "Running"
+                && world.stub_config(&id).await.is_some()
+                && world.synced(&id)
+        },
+    )
     .await;
     world.stop_daemon().await;
 }
@@ -500,9 +576,17 @@ comparator = "fixture-trap"
     world.patch(&bad, change.clone()).await;
     world.patch(&good, change).await;
 
-    eventually(Duration::from_secs(10), "good to converge on the change", async || {
-        world.stub_config(&good).await.is_some_and(|c| c["logLevel"] == "warn") && world.synced(&good)
-    })
+    eventually(
+        Duration::from_secs(10),
+        "good to converge on the change",
+        async || {
+            world
+                .stub_config(&good)
+                .await
+                .is_some_and(|c| c["logLevel"] == "warn")
+                && world.synced(&good)
+        },
+    )
     .await;
     eventually(Duration::from_secs(10), "bad to be Degraded", async || {
         world
@@ -511,7 +595,10 @@ comparator = "fixture-trap"
     })
     .await;
     let (_, _, message) = world.condition(&bad, ConditionType::Degraded).unwrap();
-    assert!(message.contains("fixture-trap@") && message.contains("compare trapped"), "{message}");
+    assert!(
+        message.contains("fixture-trap@") && message.contains("compare trapped"),
+        "{message}"
+    );
     assert_eq!(world.stub_config(&bad).await.unwrap()["logLevel"], "info");
     world.stop_daemon().await;
 }
@@ -537,9 +624,11 @@ strategy_params = {{ target = "{victim}" }}
     converged(&world, &[&victim]).await;
     let escapee = world.create("escapee", json!({ "role": "escapee" })).await;
 
-    eventually(Duration::from_secs(15), "the escapee's rollout to finish", async || {
-        world.synced(&escapee)
-    })
+    eventually(
+        Duration::from_secs(15),
+        "the escapee's rollout to finish",
+        async || world.synced(&escapee),
+    )
     .await;
     let audit = world.audit(&escapee);
     let denied: Vec<&String> = audit
@@ -548,14 +637,24 @@ strategy_params = {{ target = "{victim}" }}
         .map(|(_, m)| m)
         .collect();
     assert_eq!(denied.len(), 1, "{audit:#?}");
-    assert!(denied[0].contains("stop") && denied[0].contains(&victim), "{denied:?}");
-    assert_eq!(world.status(&victim).await, "Running", "the victim must not be stopped");
+    assert!(
+        denied[0].contains("stop") && denied[0].contains(&victim),
+        "{denied:?}"
+    );
+    assert_eq!(
+        world.status(&victim).await,
+        "Running",
+        "the victim must not be stopped"
+    );
     let metrics = reqwest::get(format!("http://{}/metrics", world.daemon().admin_addr()))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    assert!(metrics.contains("setpoint_denied_control_plane_calls_total 1"), "{metrics}");
+    assert!(
+        metrics.contains("setpoint_denied_control_plane_calls_total 1"),
+        "{metrics}"
+    );
     world.stop_daemon().await;
 }

@@ -22,10 +22,22 @@ fn runtime() -> PluginRuntime {
     .expect("runtime starts")
 }
 
-fn compare(rt: &PluginRuntime, name: &str, desired: &Value, actual: &Value, params: &Value) -> Vec<setpoint::runtime::Drift> {
+fn compare(
+    rt: &PluginRuntime,
+    name: &str,
+    desired: &Value,
+    actual: &Value,
+    params: &Value,
+) -> Vec<setpoint::runtime::Drift> {
     let p = rt.load_file(&plugin(name)).expect("plugin loads");
-    rt.compare(&p, "inst-1", &desired.to_string(), &actual.to_string(), &params.to_string())
-        .expect("compare succeeds")
+    rt.compare(
+        &p,
+        "inst-1",
+        &desired.to_string(),
+        &actual.to_string(),
+        &params.to_string(),
+    )
+    .expect("compare succeeds")
 }
 
 #[test]
@@ -41,7 +53,10 @@ fn field_diff_reports_an_added_source_and_a_changed_port() {
     let drifts = compare(&rt, "field-diff", &desired, &actual, &json!({}));
 
     assert_eq!(drifts.len(), 2, "{drifts:#?}");
-    let port = drifts.iter().find(|d| d.path == "/port").expect("port drift");
+    let port = drifts
+        .iter()
+        .find(|d| d.path == "/port")
+        .expect("port drift");
     assert_eq!(port.kind, DriftKind::Changed);
     assert_eq!(port.desired.as_deref(), Some("8081"));
     assert_eq!(port.actual.as_deref(), Some("8080"));
@@ -98,30 +113,59 @@ fn drasi_summary_reports_port_and_counts() {
     let drifts = compare(&rt, "drasi-summary", &desired, &actual, &json!({}));
 
     let messages: Vec<&str> = drifts.iter().map(|d| d.message.as_str()).collect();
-    assert!(messages.iter().any(|m| m.contains("8080") && m.contains("8081")), "{messages:?}");
-    assert!(messages.iter().any(|m| m.contains("reactions")), "{messages:?}");
+    assert!(
+        messages
+            .iter()
+            .any(|m| m.contains("8080") && m.contains("8081")),
+        "{messages:?}"
+    );
+    assert!(
+        messages.iter().any(|m| m.contains("reactions")),
+        "{messages:?}"
+    );
     assert_eq!(drifts.len(), 2, "{messages:?}");
 }
 
 #[test]
 fn a_guest_that_loops_forever_is_stopped_within_its_budget_and_the_host_carries_on() {
     let rt = runtime();
-    let looping = rt.load_file(&fixture("loop-forever")).expect("fixture loads");
+    let looping = rt
+        .load_file(&fixture("loop-forever"))
+        .expect("fixture loads");
 
     let started = Instant::now();
-    let err = rt.compare(&looping, "inst-loop", "{}", "{}", "{}").unwrap_err();
+    let err = rt
+        .compare(&looping, "inst-loop", "{}", "{}", "{}")
+        .unwrap_err();
     let took = started.elapsed();
 
     assert!(matches!(err.failure, CallFailure::Timeout { .. }), "{err}");
-    assert!(took >= Duration::from_millis(450), "stopped too early: {took:?}");
-    assert!(took < Duration::from_secs(2), "not stopped within budget: {took:?}");
+    assert!(
+        took >= Duration::from_millis(450),
+        "stopped too early: {took:?}"
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "not stopped within budget: {took:?}"
+    );
     assert!(err.to_string().contains("time budget"), "{err}");
 
     // The host serves the next calls normally, on another plugin and on the same one.
-    let drifts = compare(&rt, "field-diff", &json!({"a": 1}), &json!({"a": 2}), &json!({}));
+    let drifts = compare(
+        &rt,
+        "field-diff",
+        &json!({"a": 1}),
+        &json!({"a": 2}),
+        &json!({}),
+    );
     assert_eq!(drifts.len(), 1);
-    let again = rt.compare(&looping, "inst-loop", "{}", "{}", "{}").unwrap_err();
-    assert!(matches!(again.failure, CallFailure::Timeout { .. }), "{again}");
+    let again = rt
+        .compare(&looping, "inst-loop", "{}", "{}", "{}")
+        .unwrap_err();
+    assert!(
+        matches!(again.failure, CallFailure::Timeout { .. }),
+        "{again}"
+    );
 }
 
 #[test]
@@ -129,7 +173,9 @@ fn a_guest_allocating_a_gibibyte_fails_cleanly_at_the_memory_cap() {
     let rt = runtime();
     let bomb = rt.load_file(&fixture("alloc-bomb")).expect("fixture loads");
 
-    let err = rt.compare(&bomb, "inst-bomb", "{}", "{}", "{}").unwrap_err();
+    let err = rt
+        .compare(&bomb, "inst-bomb", "{}", "{}", "{}")
+        .unwrap_err();
 
     match err.failure {
         CallFailure::OutOfMemory { limit, requested } => {
@@ -157,7 +203,9 @@ fn a_trap_is_reported_naming_plugin_version_instance_and_phase() {
     assert_eq!(err.phase, Phase::Compare);
     let text = err.to_string();
     assert!(
-        text.starts_with(&format!("comparator {label} on instance abc-123: compare trapped")),
+        text.starts_with(&format!(
+            "comparator {label} on instance abc-123: compare trapped"
+        )),
         "{text}"
     );
 }
@@ -178,7 +226,11 @@ fn files_that_are_not_plugins_get_distinct_clear_errors() {
     std::fs::write(&core, b"\0asm\x01\0\0\0").unwrap();
     let err = rt.load_file(&core).unwrap_err();
     assert!(matches!(err, Error::CoreModule { .. }), "{err}");
-    assert!(err.to_string().contains("core WebAssembly module, not a component"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("core WebAssembly module, not a component"),
+        "{err}"
+    );
 
     let err = rt.load_file(&fixture("wrong-world")).unwrap_err();
     assert!(matches!(err, Error::NotAPlugin { .. }), "{err}");
@@ -187,7 +239,10 @@ fn files_that_are_not_plugins_get_distinct_clear_errors() {
     let err = rt.load_file(&fixture("future-version")).unwrap_err();
     assert!(matches!(err, Error::IncompatibleVersion { .. }), "{err}");
     assert!(err.to_string().contains("setpoint:plugin@9.0.0"), "{err}");
-    assert!(err.to_string().contains("supports setpoint:plugin@0.1.x"), "{err}");
+    assert!(
+        err.to_string().contains("supports setpoint:plugin@0.1.x"),
+        "{err}"
+    );
 
     std::fs::remove_dir_all(&dir).ok();
 }
@@ -195,18 +250,28 @@ fn files_that_are_not_plugins_get_distinct_clear_errors() {
 #[test]
 fn a_wasi_component_loads_and_runs_with_no_capabilities() {
     let rt = runtime();
-    let wasi = rt.load_file(&fixture("wasi-comparator")).expect("WASI component loads");
+    let wasi = rt
+        .load_file(&fixture("wasi-comparator"))
+        .expect("WASI component loads");
     assert!(wasi.shape().uses_wasi, "{:?}", wasi.shape().imports);
     assert_eq!(wasi.shape().world, World::Comparator);
 
-    let drifts = rt.compare(&wasi, "inst-wasi", "{}", "{}", "{}").expect("runs");
+    let drifts = rt
+        .compare(&wasi, "inst-wasi", "{}", "{}", "{}")
+        .expect("runs");
 
     // The fixture reports what it saw when it tried the filesystem and the environment.
     let report: Vec<&str> = drifts.iter().map(|d| d.message.as_str()).collect();
     let joined = report.join(" | ");
     assert!(!joined.is_empty());
-    assert!(!joined.contains("read ok"), "filesystem must be denied: {joined}");
-    assert!(!joined.contains("HOME="), "environment must be empty: {joined}");
+    assert!(
+        !joined.contains("read ok"),
+        "filesystem must be denied: {joined}"
+    );
+    assert!(
+        !joined.contains("HOME="),
+        "environment must be empty: {joined}"
+    );
 }
 
 /// A control plane in memory, used only by these tests: records calls, and says
@@ -313,11 +378,21 @@ fn restart_strategy_stops_starts_waits_for_health_then_is_done() {
     let scope = RolloutScope::new("inst-r");
     let params = json!({ "health_poll_ms": 100, "health_deadline_ms": 10_000 });
 
-    let first = rt.step(&restart, &rollout(0, 0, None, params.clone()), cp.clone(), scope, false);
+    let first = rt.step(
+        &restart,
+        &rollout(0, 0, None, params.clone()),
+        cp.clone(),
+        scope,
+        false,
+    );
     let progress = first.progress.expect("step 0 runs");
     assert!(matches!(progress, Progress::Requeue(_)), "{progress:?}");
     assert_eq!(cp.calls(), vec!["stop inst-r", "start inst-r port=8081"]);
-    assert!(first.calls.iter().all(|c| c.outcome == CallOutcome::Ok), "{:?}", first.calls);
+    assert!(
+        first.calls.iter().all(|c| c.outcome == CallOutcome::Ok),
+        "{:?}",
+        first.calls
+    );
 
     // Not healthy yet: waits.
     let mut state = state_of(&progress);
@@ -325,7 +400,13 @@ fn restart_strategy_stops_starts_waits_for_health_then_is_done() {
     let mut step = 1;
     let mut done = None;
     for elapsed in [100u64, 200, 300, 400] {
-        let out = rt.step(&restart, &rollout(step, elapsed, state.clone(), params.clone()), cp.clone(), scope, false);
+        let out = rt.step(
+            &restart,
+            &rollout(step, elapsed, state.clone(), params.clone()),
+            cp.clone(),
+            scope,
+            false,
+        );
         scope = out.scope;
         match out.progress.expect("step runs") {
             Progress::Requeue(r) => {
@@ -341,8 +422,17 @@ fn restart_strategy_stops_starts_waits_for_health_then_is_done() {
         }
     }
     assert!(done.is_some(), "restart never finished: {:?}", cp.calls());
-    let probes = cp.calls().iter().filter(|c| c.starts_with("probe-health")).count();
-    assert_eq!(probes, 2, "one unhealthy probe, then a healthy one: {:?}", cp.calls());
+    let probes = cp
+        .calls()
+        .iter()
+        .filter(|c| c.starts_with("probe-health"))
+        .count();
+    assert_eq!(
+        probes,
+        2,
+        "one unhealthy probe, then a healthy one: {:?}",
+        cp.calls()
+    );
 }
 
 #[test]
@@ -352,11 +442,33 @@ fn restart_strategy_fails_once_the_health_deadline_passes() {
     let cp = TestControlPlane::new(u32::MAX);
     let params = json!({ "health_poll_ms": 100, "health_deadline_ms": 1_000 });
 
-    let first = rt.step(&restart, &rollout(0, 0, None, params.clone()), cp.clone(), RolloutScope::new("inst-r"), false);
+    let first = rt.step(
+        &restart,
+        &rollout(0, 0, None, params.clone()),
+        cp.clone(),
+        RolloutScope::new("inst-r"),
+        false,
+    );
     let state = state_of(&first.progress.expect("step 0"));
-    let waiting = rt.step(&restart, &rollout(1, 500, state.clone(), params.clone()), cp.clone(), first.scope.clone(), false);
-    assert!(matches!(waiting.progress, Ok(Progress::Requeue(_))), "{:?}", waiting.progress);
-    let late = rt.step(&restart, &rollout(2, 1_500, state, params), cp.clone(), first.scope, false);
+    let waiting = rt.step(
+        &restart,
+        &rollout(1, 500, state.clone(), params.clone()),
+        cp.clone(),
+        first.scope.clone(),
+        false,
+    );
+    assert!(
+        matches!(waiting.progress, Ok(Progress::Requeue(_))),
+        "{:?}",
+        waiting.progress
+    );
+    let late = rt.step(
+        &restart,
+        &rollout(2, 1_500, state, params),
+        cp.clone(),
+        first.scope,
+        false,
+    );
 
     match late.progress.expect("step runs") {
         Progress::Failed(failure) => {
@@ -373,12 +485,28 @@ fn restart_strategy_in_dry_run_records_its_plan_and_sends_nothing() {
     let restart = rt.load_file(&plugin("restart")).expect("restart loads");
     let cp = TestControlPlane::new(0);
 
-    let out = rt.step(&restart, &rollout(0, 0, None, json!({})), cp.clone(), RolloutScope::new("inst-r"), true);
+    let out = rt.step(
+        &restart,
+        &rollout(0, 0, None, json!({})),
+        cp.clone(),
+        RolloutScope::new("inst-r"),
+        true,
+    );
 
     assert!(out.progress.is_ok(), "{:?}", out.progress);
     assert!(cp.calls().is_empty(), "dry-run sent {:?}", cp.calls());
-    let plan: Vec<(&str, &CallOutcome)> = out.calls.iter().map(|c| (c.call.as_str(), &c.outcome)).collect();
-    assert_eq!(plan, vec![("stop", &CallOutcome::Simulated), ("start", &CallOutcome::Simulated)]);
+    let plan: Vec<(&str, &CallOutcome)> = out
+        .calls
+        .iter()
+        .map(|c| (c.call.as_str(), &c.outcome))
+        .collect();
+    assert_eq!(
+        plan,
+        vec![
+            ("stop", &CallOutcome::Simulated),
+            ("start", &CallOutcome::Simulated)
+        ]
+    );
 }
 
 #[test]
@@ -386,12 +514,35 @@ fn restart_strategy_abort_restarts_with_the_previous_configuration() {
     let rt = runtime();
     let restart = rt.load_file(&plugin("restart")).expect("restart loads");
     let cp = TestControlPlane::new(0);
-    let first = rt.step(&restart, &rollout(0, 0, None, json!({})), cp.clone(), RolloutScope::new("inst-r"), false);
+    let first = rt.step(
+        &restart,
+        &rollout(0, 0, None, json!({})),
+        cp.clone(),
+        RolloutScope::new("inst-r"),
+        false,
+    );
     let state = state_of(&first.progress.expect("step 0"));
 
-    let out = rt.abort(&restart, &rollout(1, 10, state, json!({})), cp.clone(), first.scope, false);
+    let out = rt.abort(
+        &restart,
+        &rollout(1, 10, state, json!({})),
+        cp.clone(),
+        first.scope,
+        false,
+    );
 
-    assert!(matches!(out.progress, Ok(Progress::Done(_)) | Ok(Progress::Requeue(_))), "{:?}", out.progress);
+    assert!(
+        matches!(
+            out.progress,
+            Ok(Progress::Done(_)) | Ok(Progress::Requeue(_))
+        ),
+        "{:?}",
+        out.progress
+    );
     let calls = cp.calls();
-    assert_eq!(calls.last().map(String::as_str), Some("start inst-r port=8080"), "{calls:?}");
+    assert_eq!(
+        calls.last().map(String::as_str),
+        Some("start inst-r port=8080"),
+        "{calls:?}"
+    );
 }

@@ -22,7 +22,10 @@ fn main() {
     let plugin_file = plugin_path("field-diff");
     let bytes = std::fs::read(&plugin_file).expect("read field-diff.wasm");
     let (desired, actual) = configs();
-    assert!(desired.len() > 1500 && actual.len() > 1500, "inputs should be ~2 KB");
+    assert!(
+        desired.len() > 1500 && actual.len() > 1500,
+        "inputs should be ~2 KB"
+    );
     println!(
         "inputs: desired {} bytes, actual {} bytes; {} batches per figure; plugin {} ({} bytes)\n",
         desired.len(),
@@ -36,8 +39,14 @@ fn main() {
     let pooled = PluginRuntime::new(RuntimeConfig::default()).expect("runtime");
     let plugin = pooled.load("field-diff.wasm", &bytes).expect("load");
     let native_drifts = field_diff::compare_json(&desired, &actual, "{}").expect("native");
-    let wasm_drifts = pooled.compare(&plugin, "bench", &desired, &actual, "{}").expect("wasm");
-    assert_eq!(native_drifts.len(), wasm_drifts.len(), "native and Wasm must agree");
+    let wasm_drifts = pooled
+        .compare(&plugin, "bench", &desired, &actual, "{}")
+        .expect("wasm");
+    assert_eq!(
+        native_drifts.len(),
+        wasm_drifts.len(),
+        "native and Wasm must agree"
+    );
     assert!(!wasm_drifts.is_empty(), "the inputs should differ");
     pair(
         "field-diff compare: native vs Wasm (fresh instance per call)",
@@ -48,7 +57,11 @@ fn main() {
             black_box(field_diff::compare_json(&desired, &actual, "{}").unwrap());
         },
         || {
-            black_box(pooled.compare(&plugin, "bench", &desired, &actual, "{}").unwrap());
+            black_box(
+                pooled
+                    .compare(&plugin, "bench", &desired, &actual, "{}")
+                    .unwrap(),
+            );
         },
         1.5,
     );
@@ -66,22 +79,35 @@ fn main() {
         "on-demand",
         200,
         || {
-            black_box(pooled.compare(&plugin, "bench", &desired, &actual, "{}").unwrap());
+            black_box(
+                pooled
+                    .compare(&plugin, "bench", &desired, &actual, "{}")
+                    .unwrap(),
+            );
         },
         || {
-            black_box(on_demand.compare(&plugin_od, "bench", &desired, &actual, "{}").unwrap());
+            black_box(
+                on_demand
+                    .compare(&plugin_od, "bench", &desired, &actual, "{}")
+                    .unwrap(),
+            );
         },
         f64::INFINITY,
     );
 
     // 3. First load (compile) vs load from the on-disk cache.
-    let cache_dir = std::env::temp_dir().join(format!("setpoint-bench-cache-{}", std::process::id()));
+    let cache_dir =
+        std::env::temp_dir().join(format!("setpoint-bench-cache-{}", std::process::id()));
     let cached = PluginRuntime::new(RuntimeConfig {
         cache_dir: Some(cache_dir.clone()),
         ..RuntimeConfig::default()
     })
     .expect("runtime");
-    drop(cached.load("field-diff.wasm", &bytes).expect("warm the cache"));
+    drop(
+        cached
+            .load("field-diff.wasm", &bytes)
+            .expect("warm the cache"),
+    );
     pair(
         "load field-diff (validate + compile or fetch + metadata call): cache vs compile",
         "from cache",
@@ -92,7 +118,12 @@ fn main() {
             black_box(cached.load("field-diff.wasm", &bytes).unwrap());
         },
         || {
-            black_box(pooled.load("field-diff.wasm", &bytes).map(|p| p.digest().len()).unwrap());
+            black_box(
+                pooled
+                    .load("field-diff.wasm", &bytes)
+                    .map(|p| p.digest().len())
+                    .unwrap(),
+            );
         },
         f64::INFINITY,
     );
@@ -152,7 +183,11 @@ fn plugin_path(name: &str) -> PathBuf {
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/plugins"));
     let path = dir.join(format!("{name}.wasm"));
-    assert!(path.is_file(), "{} missing: run ./scripts/build-plugins first", path.display());
+    assert!(
+        path.is_file(),
+        "{} missing: run ./scripts/build-plugins first",
+        path.display()
+    );
     path
 }
 

@@ -108,7 +108,10 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
         .and_then(|v| v.strip_prefix("Bearer "));
     match given {
         Some(given) if constant_time_eq(given.as_bytes(), token.as_bytes()) => Ok(()),
-        Some(_) => Err(ApiError(StatusCode::UNAUTHORIZED, "wrong admin token".into())),
+        Some(_) => Err(ApiError(
+            StatusCode::UNAUTHORIZED,
+            "wrong admin token".into(),
+        )),
         None => Err(ApiError(
             StatusCode::UNAUTHORIZED,
             "this route needs `Authorization: Bearer <admin token>`".into(),
@@ -131,7 +134,11 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     if state.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting: first resync not done\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "starting: first resync not done\n",
+        )
+            .into_response()
     }
 }
 
@@ -272,7 +279,11 @@ async fn approve(
         .approve(&id, &by)
         .map_err(|e| ApiError(StatusCode::CONFLICT, crate::error_chain(&e)))?;
     state.queue.enqueue(id);
-    Ok((StatusCode::OK, Json(serde_json::to_value(record).map_err(internal)?)).into_response())
+    Ok((
+        StatusCode::OK,
+        Json(serde_json::to_value(record).map_err(internal)?),
+    )
+        .into_response())
 }
 
 async fn abort(
@@ -281,7 +292,10 @@ async fn abort(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    let found = state.controller.request_abort(&id).map_err(from_controller)?;
+    let found = state
+        .controller
+        .request_abort(&id)
+        .map_err(from_controller)?;
     if !found {
         return Err(ApiError(
             StatusCode::CONFLICT,
@@ -317,7 +331,9 @@ async fn audit(
 
 async fn plugins(State(state): State<AdminState>) -> Result<Json<Value>, ApiError> {
     let registry = state.controller.plugins();
-    Ok(Json(serde_json::to_value(registry.entries()).map_err(internal)?))
+    Ok(Json(
+        serde_json::to_value(registry.entries()).map_err(internal)?,
+    ))
 }
 
 #[cfg(test)]

@@ -54,7 +54,9 @@ pub enum Error {
     #[error("invalid controller settings")]
     Queue(#[source] crate::queue::Error),
     /// The admin address could not be bound.
-    #[error("cannot listen on the admin address {addr}; is another setpoint running? set admin.listen (--admin) to a free address")]
+    #[error(
+        "cannot listen on the admin address {addr}; is another setpoint running? set admin.listen (--admin) to a free address"
+    )]
     Bind {
         /// The address.
         addr: SocketAddr,
@@ -102,7 +104,8 @@ impl Daemon {
 
         let runtime_config = RuntimeConfig {
             call_deadline: settings.plugins.call_deadline,
-            max_memory_bytes: usize::try_from(settings.plugins.max_memory_bytes).unwrap_or(usize::MAX),
+            max_memory_bytes: usize::try_from(settings.plugins.max_memory_bytes)
+                .unwrap_or(usize::MAX),
             cache_dir: Some(settings.plugin_cache_dir()),
             ..RuntimeConfig::default()
         };
@@ -161,7 +164,11 @@ impl Daemon {
             ready.clone(),
             stop_rx.clone(),
         )));
-        tasks.push(tokio::spawn(feed_loop(cp.clone(), queue.clone(), stop_rx.clone())));
+        tasks.push(tokio::spawn(feed_loop(
+            cp.clone(),
+            queue.clone(),
+            stop_rx.clone(),
+        )));
         {
             let queue = queue.clone();
             let metrics = metrics.clone();
@@ -335,7 +342,11 @@ async fn feed_loop(cp: Arc<dyn ControlPlane>, queue: WorkQueue, mut stop: watch:
                 r = cp.changes_since(since) => r.map(|changes| (changes, None, false)),
             }
         } else {
-            let wait = if cursor.is_none() { Duration::ZERO } else { FEED_LONG_POLL };
+            let wait = if cursor.is_none() {
+                Duration::ZERO
+            } else {
+                FEED_LONG_POLL
+            };
             tokio::select! {
                 _ = stop.wait_for(|s| *s) => return,
                 r = cp.changes_after(cursor, wait) => r.map(|b| (b.changes, b.latest_sequence, b.truncated)),
@@ -375,7 +386,9 @@ async fn feed_loop(cp: Arc<dyn ControlPlane>, queue: WorkQueue, mut stop: watch:
                 }
             }
             Err(client::Error::FeedUnsupported { .. }) if !use_fallback => {
-                tracing::info!("control plane has no sequence feed; polling the `since=` route instead");
+                tracing::info!(
+                    "control plane has no sequence feed; polling the `since=` route instead"
+                );
                 use_fallback = true;
             }
             Err(error) => {

@@ -5,13 +5,13 @@
 pub mod admin;
 pub mod cli;
 pub mod client;
-pub mod metrics;
-pub mod registry;
 pub mod config;
 pub mod controller;
 pub mod daemon;
+pub mod metrics;
 pub mod policy;
 pub mod queue;
+pub mod registry;
 pub mod runtime;
 pub mod store;
 

@@ -4,7 +4,6 @@
 //! Start at [`Metrics`]; [`Metrics::encode`] renders the text format `/metrics` serves.
 //! Names follow Prometheus conventions and are listed in the README.
 
-
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -87,7 +86,11 @@ impl Metrics {
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("setpoint");
         let reconciles = Family::<OutcomeLabels, Counter>::default();
-        registry.register("reconciles", "Reconciles finished, by outcome", reconciles.clone());
+        registry.register(
+            "reconciles",
+            "Reconciles finished, by outcome",
+            reconciles.clone(),
+        );
         // 1 ms .. ~65 s: a converged reconcile takes milliseconds, a rollout step seconds.
         let reconcile_duration = Histogram::new(exponential_buckets(0.001, 2.0, 17));
         registry.register(
@@ -96,7 +99,11 @@ impl Metrics {
             reconcile_duration.clone(),
         );
         let queue_depth = Gauge::default();
-        registry.register("queue_depth", "Instances waiting in the work queue", queue_depth.clone());
+        registry.register(
+            "queue_depth",
+            "Instances waiting in the work queue",
+            queue_depth.clone(),
+        );
         let drift_detected = Family::<DriftLabels, Counter>::default();
         registry.register(
             "drift_detected",

@@ -46,7 +46,9 @@ pub enum EntryState {
 #[derive(Debug, thiserror::Error)]
 pub enum ResolveError {
     /// No valid plugin of that name and kind.
-    #[error("no {kind} plugin named `{name}` is loaded (loaded {kind}s: {available}); put its .wasm in the plugin directory or fix the policy")]
+    #[error(
+        "no {kind} plugin named `{name}` is loaded (loaded {kind}s: {available}); put its .wasm in the plugin directory or fix the policy"
+    )]
     Unknown {
         /// The name asked for.
         name: String,

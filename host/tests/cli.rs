@@ -12,7 +12,11 @@ fn plugin_dir() -> PathBuf {
 
 fn built(rel: &str) -> PathBuf {
     let path = plugin_dir().join(rel);
-    assert!(path.is_file(), "{} missing: run ./scripts/build-plugins first", path.display());
+    assert!(
+        path.is_file(),
+        "{} missing: run ./scripts/build-plugins first",
+        path.display()
+    );
     path
 }
 
@@ -37,7 +41,10 @@ fn plugins_check_json_describes_a_valid_plugin() {
     assert_eq!(v["name"], "field-diff");
     assert_eq!(v["kind"], "comparator");
     assert_eq!(v["world"], "setpoint:plugin/comparator");
-    assert!(semver::Version::parse(v["version"].as_str().unwrap()).is_ok(), "{v}");
+    assert!(
+        semver::Version::parse(v["version"].as_str().unwrap()).is_ok(),
+        "{v}"
+    );
 }
 
 #[test]
@@ -65,7 +72,13 @@ fn plugins_check_fails_on_a_bad_file_and_says_why() {
     let (ok, stdout, _) = setpoint(&["plugins", "check", "--json", wrong.to_str().unwrap()]);
     assert!(!ok);
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
-    assert!(v["error"].as_str().unwrap().contains("not a setpoint plugin"), "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a setpoint plugin"),
+        "{v}"
+    );
 }
 
 #[test]
@@ -83,9 +96,17 @@ fn plugins_list_shows_valid_and_rejected_files() {
     assert_eq!(by_file("field-diff.wasm")["state"], "valid");
     assert_eq!(by_file("restart.wasm")["kind"], "strategy");
     assert_eq!(by_file("broken.wasm")["state"], "rejected");
-    assert!(by_file("broken.wasm")["reason"].as_str().unwrap().contains("core WebAssembly module"));
+    assert!(
+        by_file("broken.wasm")["reason"]
+            .as_str()
+            .unwrap()
+            .contains("core WebAssembly module")
+    );
 
     let (ok, table, _) = setpoint(&["plugins", "list", dir.path().to_str().unwrap()]);
     assert!(ok);
-    assert!(table.contains("field-diff") && table.contains("rejected"), "{table}");
+    assert!(
+        table.contains("field-diff") && table.contains("rejected"),
+        "{table}"
+    );
 }

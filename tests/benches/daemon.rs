@@ -34,14 +34,22 @@ struct ControlPlane {
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
         let _ = self.child.wait();
     }
 }
 
 fn control_plane_bin() -> std::path::PathBuf {
     let output = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "setpoint-controlplane", "--message-format=json"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "setpoint-controlplane",
+            "--message-format=json",
+        ])
         .stderr(Stdio::inherit())
         .output()
         .expect("cargo build");
@@ -49,7 +57,9 @@ fn control_plane_bin() -> std::path::PathBuf {
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == "setpoint-controlplane")
+        .filter(|m| {
+            m["reason"] == "compiler-artifact" && m["target"]["name"] == "setpoint-controlplane"
+        })
         .find_map(|m| m["executable"].as_str().map(Into::into))
         .expect("setpoint-controlplane executable")
 }
@@ -88,7 +98,12 @@ fn peak_rss_mib() -> f64 {
 
 /// Create `n` Simulated instances, start them through the control plane, and record
 /// their configuration as applied in the daemon's store: a converged fleet.
-async fn converged_fleet(http: &reqwest::Client, url: &str, store: &Store, n: usize) -> Vec<String> {
+async fn converged_fleet(
+    http: &reqwest::Client,
+    url: &str,
+    store: &Store,
+    n: usize,
+) -> Vec<String> {
     let mut ids = Vec::with_capacity(n);
     for chunk in 0..n.div_ceil(64) {
         let mut batch = Vec::new();
@@ -104,19 +119,37 @@ async fn converged_fleet(http: &reqwest::Client, url: &str, store: &Store, n: us
                         "serverConfiguration": { "host": "127.0.0.1", "logLevel": "info",
                             "sources": [], "queries": [], "reactions": [] }
                     }))
-                    .send().await.unwrap().error_for_status().unwrap().json().await.unwrap();
+                    .send()
+                    .await
+                    .unwrap()
+                    .error_for_status()
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
                 let id = created["id"].as_str().unwrap().to_owned();
                 http.post(format!("{url}/api/server/instances/{id}/start"))
-                    .send().await.unwrap().error_for_status().unwrap();
+                    .send()
+                    .await
+                    .unwrap()
+                    .error_for_status()
+                    .unwrap();
                 let desired: Value = http
                     .get(format!("{url}/api/configuration/instances/{id}"))
-                    .send().await.unwrap().json().await.unwrap();
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
                 (id, desired)
             }));
         }
         for task in batch {
             let (id, desired) = task.await.unwrap();
-            store.record_applied(&id, &desired, &config_digest(&desired)).unwrap();
+            store
+                .record_applied(&id, &desired, &config_digest(&desired))
+                .unwrap();
             ids.push(id);
         }
     }
@@ -162,7 +195,9 @@ async fn resync(n: usize) {
     drop(store);
 
     let started = Instant::now();
-    let daemon = Daemon::start(settings(&cp.url, dir.path(), &plugins, "1h")).await.unwrap();
+    let daemon = Daemon::start(settings(&cp.url, dir.path(), &plugins, "1h"))
+        .await
+        .unwrap();
     while synced(&daemon) < ids.len() as u64 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -178,7 +213,11 @@ async fn resync(n: usize) {
                 "  (target <= {:?}: {:.2}x of target, {})",
                 RESYNC_TARGET,
                 ratio,
-                if took <= RESYNC_TARGET { "met" } else { "MISSED" }
+                if took <= RESYNC_TARGET {
+                    "met"
+                } else {
+                    "MISSED"
+                }
             )
         } else {
             String::new()
@@ -200,7 +239,9 @@ async fn event_latency() {
     let store = Store::open(dir.path().join("setpoint.db")).unwrap();
     let ids = Arc::new(converged_fleet(&http, &cp.url, &store, n).await);
     drop(store);
-    let daemon = Daemon::start(settings(&cp.url, dir.path(), &plugins, "1h")).await.unwrap();
+    let daemon = Daemon::start(settings(&cp.url, dir.path(), &plugins, "1h"))
+        .await
+        .unwrap();
     while synced(&daemon) < n as u64 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
@@ -216,7 +257,11 @@ async fn event_latency() {
             let at = SystemTime::now();
             http.patch(format!("{url}/api/configuration/instances/{id}"))
                 .json(&json!([{ "op": "replace", "path": "/logLevel", "value": "debug" }]))
-                .send().await.unwrap().error_for_status().unwrap();
+                .send()
+                .await
+                .unwrap()
+                .error_for_status()
+                .unwrap();
             (id, at)
         }));
     }
@@ -229,7 +274,12 @@ async fn event_latency() {
     let mut first_call = std::collections::HashMap::new();
     let mut after = None;
     while first_call.len() < n && Instant::now() < deadline {
-        let page = store.audit(&AuditFilter { after_id: after, ..AuditFilter::default() }).unwrap();
+        let page = store
+            .audit(&AuditFilter {
+                after_id: after,
+                ..AuditFilter::default()
+            })
+            .unwrap();
         if page.is_empty() {
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
@@ -257,13 +307,20 @@ async fn event_latency() {
         p99.as_secs_f64() * 1e3,
         P99_TARGET,
         p99.as_secs_f64() / P99_TARGET.as_secs_f64(),
-        if p99 <= P99_TARGET && latencies.len() == n { "met" } else { "MISSED" }
+        if p99 <= P99_TARGET && latencies.len() == n {
+            "met"
+        } else {
+            "MISSED"
+        }
     );
     daemon.shutdown().await.unwrap();
 }
 
 fn main() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let sizes: Vec<usize> = std::env::var("SETPOINT_BENCH_SIZES")
         .ok()
         .map(|s| s.split(',').filter_map(|n| n.trim().parse().ok()).collect())

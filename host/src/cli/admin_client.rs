@@ -10,10 +10,20 @@ use super::CliError;
 #[derive(Debug, Args, Clone)]
 pub struct AdminArgs {
     /// Base URL of the daemon's admin API.
-    #[arg(long, env = "SETPOINT_ENDPOINT", default_value = "http://127.0.0.1:9187", global = true)]
+    #[arg(
+        long,
+        env = "SETPOINT_ENDPOINT",
+        default_value = "http://127.0.0.1:9187",
+        global = true
+    )]
     pub endpoint: String,
     /// Bearer token for mutating commands (the daemon's `admin.token`).
-    #[arg(long, env = "SETPOINT_ADMIN_TOKEN", hide_env_values = true, global = true)]
+    #[arg(
+        long,
+        env = "SETPOINT_ADMIN_TOKEN",
+        hide_env_values = true,
+        global = true
+    )]
     pub token: Option<String>,
     /// Print the raw JSON answer.
     #[arg(long, global = true)]
@@ -96,7 +106,10 @@ pub(super) async fn status(admin: &Admin, id: Option<String>) -> Result<(), CliE
             print_json(&rows);
             return Ok(());
         }
-        println!("{:<38} {:<20} {:<22} {:<8} CONDITION", "ID", "NAME", "STATUS", "SYNCED");
+        println!(
+            "{:<38} {:<20} {:<22} {:<8} CONDITION",
+            "ID", "NAME", "STATUS", "SYNCED"
+        );
         for row in rows.as_array().into_iter().flatten() {
             let conditions = row["conditions"].as_array().cloned().unwrap_or_default();
             let synced = conditions.iter().find(|c| c["type_"] == "Synced");
@@ -109,9 +122,15 @@ pub(super) async fn status(admin: &Admin, id: Option<String>) -> Result<(), CliE
                 row["id"].as_str().unwrap_or(""),
                 row["name"].as_str().unwrap_or(""),
                 row["status"].as_str().unwrap_or(""),
-                synced.map(|c| if c["status"] == true { "yes" } else { "no" }).unwrap_or("-"),
+                synced
+                    .map(|c| if c["status"] == true { "yes" } else { "no" })
+                    .unwrap_or("-"),
                 worst
-                    .map(|c| format!("{}: {}", c["reason"].as_str().unwrap_or(""), c["message"].as_str().unwrap_or("")))
+                    .map(|c| format!(
+                        "{}: {}",
+                        c["reason"].as_str().unwrap_or(""),
+                        c["message"].as_str().unwrap_or("")
+                    ))
                     .unwrap_or_default()
             );
         }
@@ -178,7 +197,12 @@ pub(super) async fn diff(admin: &Admin, id: &str) -> Result<(), CliError> {
     } else {
         println!("drifts:");
         for d in drifts {
-            println!("  {:<8} {:<30} {}", d["kind"].as_str().unwrap_or(""), d["path"].as_str().unwrap_or(""), d["message"].as_str().unwrap_or(""));
+            println!(
+                "  {:<8} {:<30} {}",
+                d["kind"].as_str().unwrap_or(""),
+                d["path"].as_str().unwrap_or(""),
+                d["message"].as_str().unwrap_or("")
+            );
         }
     }
     let calls = v["calls"].as_array().cloned().unwrap_or_default();
@@ -192,7 +216,11 @@ pub(super) async fn diff(admin: &Admin, id: &str) -> Result<(), CliError> {
                 n + 1,
                 c["call"].as_str().unwrap_or(""),
                 c["target"].as_str().unwrap_or(""),
-                if c["mutating"] == true { "" } else { "   (read)" }
+                if c["mutating"] == true {
+                    ""
+                } else {
+                    "   (read)"
+                }
             );
         }
     }

@@ -51,7 +51,11 @@ impl RunArgs {
         if self.dry_run {
             o = o.set_flag("--dry-run", "dry_run", "true");
         }
-        Ok(Settings::load(self.config.as_deref(), std::env::vars(), &o)?)
+        Ok(Settings::load(
+            self.config.as_deref(),
+            std::env::vars(),
+            &o,
+        )?)
     }
 }
 

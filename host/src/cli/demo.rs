@@ -177,7 +177,9 @@ pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
         }
     };
     if result.is_ok() && !args.exit_when_done {
-        say("the demo keeps running: try `setpoint status` against the admin API above; Ctrl-C to stop");
+        say(
+            "the demo keeps running: try `setpoint status` against the admin API above; Ctrl-C to stop",
+        );
         super::daemon::shutdown_signal().await;
     }
     say("stopping the daemon and the control plane");
@@ -215,8 +217,13 @@ async fn script(url: &str, store: &Store, timeout: Duration) -> Result<(), CliEr
             .error_for_status()?
             .json()
             .await?;
-        let id = created["id"].as_str().ok_or("create answered without an id")?.to_owned();
-        say(&format!("created instance {name} ({id}), status Created: setpoint sees it as missing and brings it up"));
+        let id = created["id"]
+            .as_str()
+            .ok_or("create answered without an id")?
+            .to_owned();
+        say(&format!(
+            "created instance {name} ({id}), status Created: setpoint sees it as missing and brings it up"
+        ));
         ids.push(id);
     }
 
@@ -239,7 +246,13 @@ async fn script(url: &str, store: &Store, timeout: Duration) -> Result<(), CliEr
         .send()
         .await?
         .error_for_status()?;
-    wait_converged(store, std::slice::from_ref(&target), timeout, &mut last_audit).await?;
+    wait_converged(
+        store,
+        std::slice::from_ref(&target),
+        timeout,
+        &mut last_audit,
+    )
+    .await?;
 
     let desired: Value = http
         .get(format!("{url}/api/configuration/instances/{target}"))
@@ -247,7 +260,9 @@ async fn script(url: &str, store: &Store, timeout: Duration) -> Result<(), CliEr
         .await?
         .json()
         .await?;
-    let port = desired["port"].as_u64().ok_or("desired configuration has no port")?;
+    let port = desired["port"]
+        .as_u64()
+        .ok_or("desired configuration has no port")?;
     let running: Value = http
         .get(format!("http://127.0.0.1:{port}/config"))
         .send()

@@ -139,7 +139,9 @@ async fn admin_command(command: Command) -> Result<(), CliError> {
         Command::Approve { id, admin } => {
             admin_client::mutate(&Admin::new(admin), &id, "approve").await
         }
-        Command::Abort { id, admin } => admin_client::mutate(&Admin::new(admin), &id, "abort").await,
+        Command::Abort { id, admin } => {
+            admin_client::mutate(&Admin::new(admin), &id, "abort").await
+        }
         Command::Audit { id, limit, admin } => {
             admin_client::audit(&Admin::new(admin), id.as_deref(), limit).await
         }

@@ -111,7 +111,10 @@ fn list(runtime: &PluginRuntime, dir: &Path, json: bool) -> Result<ExitCode, Cli
     files.sort();
     let mut rows = Vec::new();
     for file in &files {
-        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         match runtime.load_file(file) {
             Ok(plugin) => {
                 let meta = plugin.metadata();
@@ -140,7 +143,10 @@ fn list(runtime: &PluginRuntime, dir: &Path, json: bool) -> Result<ExitCode, Cli
         println!("no .wasm files in {}", dir.display());
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{:<28} {:<10} {:<11} {:<14} FILE", "NAME", "VERSION", "KIND", "DIGEST");
+    println!(
+        "{:<28} {:<10} {:<11} {:<14} FILE",
+        "NAME", "VERSION", "KIND", "DIGEST"
+    );
     for row in &rows {
         let s = |k: &str| row[k].as_str().unwrap_or("").to_owned();
         if s("state") == "valid" {
@@ -153,7 +159,14 @@ fn list(runtime: &PluginRuntime, dir: &Path, json: bool) -> Result<ExitCode, Cli
                 s("file")
             );
         } else {
-            println!("{:<28} {:<10} {:<11} {:<14} {}", "-", "-", "rejected", "-", s("file"));
+            println!(
+                "{:<28} {:<10} {:<11} {:<14} {}",
+                "-",
+                "-",
+                "rejected",
+                "-",
+                s("file")
+            );
             println!("    {}", s("reason"));
         }
     }

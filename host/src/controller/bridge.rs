@@ -120,7 +120,11 @@ impl StrategyHost for Bridge {
         self.block(self.cp.delete_instance(id))
     }
 
-    fn set_traffic_weights(&self, endpoint: &str, weights: &[BackendWeight]) -> Result<(), CpError> {
+    fn set_traffic_weights(
+        &self,
+        endpoint: &str,
+        weights: &[BackendWeight],
+    ) -> Result<(), CpError> {
         let backends: Vec<client::BackendWeight> = weights
             .iter()
             .map(|w| client::BackendWeight {

@@ -70,7 +70,9 @@ pub enum Error {
         reason: String,
     },
     /// The rollout's pinned plugin version is no longer loaded.
-    #[error("rollout of instance {instance} started with {plugin} (digest {digest}), which is no longer loaded")]
+    #[error(
+        "rollout of instance {instance} started with {plugin} (digest {digest}), which is no longer loaded"
+    )]
     PinnedPluginGone {
         /// The instance.
         instance: String,
@@ -417,7 +419,12 @@ impl Controller {
             self.conditions(
                 id,
                 &[
-                    (ConditionType::Synced, true, "InSync", "runs its desired configuration"),
+                    (
+                        ConditionType::Synced,
+                        true,
+                        "InSync",
+                        "runs its desired configuration",
+                    ),
                     (ConditionType::Progressing, false, "InSync", ""),
                     (ConditionType::Degraded, false, "InSync", ""),
                 ],
@@ -471,7 +478,14 @@ impl Controller {
         let dry_run = selection.gates.dry_run || self.settings.dry_run;
         if dry_run {
             let plan = self
-                .simulate(&instance.id, &strategy, &selection, &desired, &applied, &drifts)
+                .simulate(
+                    &instance.id,
+                    &strategy,
+                    &selection,
+                    &desired,
+                    &applied,
+                    &drifts,
+                )
                 .await?;
             self.audit_calls(id, &strategy, &plan.0)?;
             self.audit(
@@ -530,8 +544,15 @@ impl Controller {
             phase: RolloutPhase::Running,
         };
         self.store.save_rollout(&record)?;
-        self.step(&instance, &selection, record, envelope, &desired, applied.map(|a| a.config))
-            .await
+        self.step(
+            &instance,
+            &selection,
+            record,
+            envelope,
+            &desired,
+            applied.map(|a| a.config),
+        )
+        .await
     }
 
     /// Resume a rollout recorded in the store.
@@ -544,23 +565,31 @@ impl Controller {
         desired_digest: &str,
     ) -> Result<(Action, &'static str)> {
         let id = instance.id.as_str();
-        let mut envelope: Envelope = serde_json::from_value(record.state.clone()).unwrap_or_else(|_| Envelope {
-            plugin_state: None,
-            scope: RolloutScope::new(id),
-            desired_digest: String::new(),
-            drifts: Vec::new(),
-            not_before_ms: None,
-        });
+        let mut envelope: Envelope =
+            serde_json::from_value(record.state.clone()).unwrap_or_else(|_| Envelope {
+                plugin_state: None,
+                scope: RolloutScope::new(id),
+                desired_digest: String::new(),
+                drifts: Vec::new(),
+                not_before_ms: None,
+            });
         let applied = self.store.last_applied(id)?.map(|a| a.config);
         match record.phase {
             RolloutPhase::Aborting => {
-                return self.abort_step(instance, record, envelope, desired, applied).await;
+                return self
+                    .abort_step(instance, record, envelope, desired, applied)
+                    .await;
             }
             RolloutPhase::AwaitingApproval => {
                 if self.store.take_approval(id)?.is_none() {
                     return Ok((Action::await_change(), "awaiting_approval"));
                 }
-                self.audit(id, AuditKind::Approval, "approval received; rollout continues".into(), Value::Null)?;
+                self.audit(
+                    id,
+                    AuditKind::Approval,
+                    "approval received; rollout continues".into(),
+                    Value::Null,
+                )?;
             }
             RolloutPhase::Running => {
                 let now = unix_ms(SystemTime::now());
@@ -580,14 +609,16 @@ impl Controller {
             self.audit(
                 id,
                 AuditKind::Observation,
-                "desired configuration changed during the rollout; continuing with the new one".into(),
+                "desired configuration changed during the rollout; continuing with the new one"
+                    .into(),
                 serde_json::json!({ "from": envelope.desired_digest, "to": desired_digest }),
             )?;
             envelope.desired_digest = desired_digest.to_owned();
         }
         let mut record = record;
         record.phase = RolloutPhase::Running;
-        self.step(instance, selection, record, envelope, desired, applied).await
+        self.step(instance, selection, record, envelope, desired, applied)
+            .await
     }
 
     /// Take one strategy step and act on its progress.
@@ -604,7 +635,13 @@ impl Controller {
         let strategy = self.pinned(&record)?;
         let rollout = self.rollout_input(&record, &envelope, selection, desired, applied.as_ref());
         let outcome = self
-            .run_strategy(strategy.clone(), rollout, envelope.scope.clone(), false, false)
+            .run_strategy(
+                strategy.clone(),
+                rollout,
+                envelope.scope.clone(),
+                false,
+                false,
+            )
             .await?;
         self.audit_calls(id, &strategy, &outcome.calls)?;
         envelope.scope = outcome.scope;
@@ -659,8 +696,18 @@ impl Controller {
                 self.conditions(
                     id,
                     &[
-                        (ConditionType::Synced, false, "RolloutInProgress", &requeue.message),
-                        (ConditionType::Progressing, true, "RolloutInProgress", &requeue.message),
+                        (
+                            ConditionType::Synced,
+                            false,
+                            "RolloutInProgress",
+                            &requeue.message,
+                        ),
+                        (
+                            ConditionType::Progressing,
+                            true,
+                            "RolloutInProgress",
+                            &requeue.message,
+                        ),
                     ],
                 )?;
                 Ok((
@@ -674,10 +721,20 @@ impl Controller {
                 record.phase = RolloutPhase::AwaitingApproval;
                 self.save_envelope(&mut record, &envelope)?;
                 self.store.request_approval(id, &wait.message)?;
-                self.audit(id, AuditKind::Decision, format!("awaiting approval: {}", wait.message), Value::Null)?;
+                self.audit(
+                    id,
+                    AuditKind::Decision,
+                    format!("awaiting approval: {}", wait.message),
+                    Value::Null,
+                )?;
                 self.conditions(
                     id,
-                    &[(ConditionType::AwaitingApproval, true, "ApprovalRequested", &wait.message)],
+                    &[(
+                        ConditionType::AwaitingApproval,
+                        true,
+                        "ApprovalRequested",
+                        &wait.message,
+                    )],
                 )?;
                 Ok((Action::await_change(), "awaiting_approval"))
             }
@@ -692,9 +749,19 @@ impl Controller {
                 self.conditions(
                     id,
                     &[
-                        (ConditionType::Synced, false, "RolloutFailed", &failure.reason),
+                        (
+                            ConditionType::Synced,
+                            false,
+                            "RolloutFailed",
+                            &failure.reason,
+                        ),
                         (ConditionType::Progressing, false, "RolloutFailed", ""),
-                        (ConditionType::Degraded, true, "RolloutFailed", &failure.reason),
+                        (
+                            ConditionType::Degraded,
+                            true,
+                            "RolloutFailed",
+                            &failure.reason,
+                        ),
                     ],
                 )?;
                 if failure.retryable {
@@ -725,7 +792,13 @@ impl Controller {
         let selection = self.policy.select(&Self::facts(instance));
         let rollout = self.rollout_input(&record, &envelope, &selection, desired, applied.as_ref());
         let outcome = self
-            .run_strategy(strategy.clone(), rollout, envelope.scope.clone(), false, true)
+            .run_strategy(
+                strategy.clone(),
+                rollout,
+                envelope.scope.clone(),
+                false,
+                true,
+            )
             .await?;
         self.audit_calls(id, &strategy, &outcome.calls)?;
         envelope.scope = outcome.scope;
@@ -738,7 +811,10 @@ impl Controller {
                 envelope.plugin_state = Some(requeue.state);
                 record.step += 1;
                 self.save_envelope(&mut record, &envelope)?;
-                Ok((Action::requeue(Duration::from_millis(requeue.after_ms)), "progressing"))
+                Ok((
+                    Action::requeue(Duration::from_millis(requeue.after_ms)),
+                    "progressing",
+                ))
             }
             Ok(other) => {
                 let message = match other {
@@ -749,7 +825,12 @@ impl Controller {
                 };
                 self.store.clear_rollout(id)?;
                 self.give_up(id, &envelope.desired_digest);
-                self.audit(id, AuditKind::Outcome, format!("rollout aborted: {message}"), Value::Null)?;
+                self.audit(
+                    id,
+                    AuditKind::Outcome,
+                    format!("rollout aborted: {message}"),
+                    Value::Null,
+                )?;
                 self.conditions(
                     id,
                     &[
@@ -771,7 +852,12 @@ impl Controller {
         record.phase = RolloutPhase::Aborting;
         record.updated_at = SystemTime::now();
         self.store.save_rollout(&record)?;
-        self.audit(id, AuditKind::Decision, "abort requested by an operator".into(), Value::Null)?;
+        self.audit(
+            id,
+            AuditKind::Decision,
+            "abort requested by an operator".into(),
+            Value::Null,
+        )?;
         Ok(true)
     }
 
@@ -795,7 +881,9 @@ impl Controller {
             }
             (None, _) => (Classification::Unmanaged, Vec::new()),
             (Some(applied), _) => {
-                let drifts = self.compare(&selection, id, &desired, &applied.config).await?;
+                let drifts = self
+                    .compare(&selection, id, &desired, &applied.config)
+                    .await?;
                 if drifts.is_empty() {
                     (Classification::InSync, drifts)
                 } else {
@@ -865,7 +953,10 @@ impl Controller {
                 }
             }
         }
-        Ok((calls, format!("still in progress after {MAX_PLAN_STEPS} simulated steps")))
+        Ok((
+            calls,
+            format!("still in progress after {MAX_PLAN_STEPS} simulated steps"),
+        ))
     }
 
     fn rollout_input(
@@ -922,7 +1013,10 @@ impl Controller {
         abort: bool,
     ) -> Result<crate::runtime::StepOutcome> {
         let runtime = self.runtime.clone();
-        let host = Arc::new(Bridge::new(self.cp.clone(), tokio::runtime::Handle::current()));
+        let host = Arc::new(Bridge::new(
+            self.cp.clone(),
+            tokio::runtime::Handle::current(),
+        ));
         let label = strategy.label();
         let started = Instant::now();
         let outcome = tokio::task::spawn_blocking(move || {
@@ -1041,7 +1135,10 @@ impl Controller {
                 selection.rule_name
             );
             self.audit(id, AuditKind::Decision, message.clone(), Value::Null)?;
-            self.conditions(id, &[(ConditionType::Synced, false, "DestructiveSkipped", &message)])?;
+            self.conditions(
+                id,
+                &[(ConditionType::Synced, false, "DestructiveSkipped", &message)],
+            )?;
             return Ok(Some((Action::await_change(), "reported")));
         }
         if let Some(window) = &gates.window {
@@ -1049,7 +1146,10 @@ impl Controller {
             if !window.is_open(now) {
                 let wait = window.until_open(now);
                 let message = format!("outside the maintenance window; next opens in {wait:?}");
-                self.conditions(id, &[(ConditionType::Progressing, false, "OutsideWindow", &message)])?;
+                self.conditions(
+                    id,
+                    &[(ConditionType::Progressing, false, "OutsideWindow", &message)],
+                )?;
                 return Ok(Some((Action::requeue(wait), "skipped")));
             }
         }
@@ -1066,7 +1166,12 @@ impl Controller {
             }
             self.conditions(
                 id,
-                &[(ConditionType::AwaitingApproval, true, "ApprovalRequested", &message)],
+                &[(
+                    ConditionType::AwaitingApproval,
+                    true,
+                    "ApprovalRequested",
+                    &message,
+                )],
             )?;
             return Ok(Some((Action::await_change(), "awaiting_approval")));
         }
@@ -1085,7 +1190,12 @@ impl Controller {
             })
             .inc();
         let message = "the control plane no longer knows this instance; the host's record is kept for an operator";
-        self.audit(id, AuditKind::Observation, format!("instance is orphaned: {message}"), Value::Null)?;
+        self.audit(
+            id,
+            AuditKind::Observation,
+            format!("instance is orphaned: {message}"),
+            Value::Null,
+        )?;
         self.conditions(id, &[(ConditionType::Synced, false, "Orphaned", message)])?;
         Ok((Action::await_change(), "reported"))
     }
@@ -1120,7 +1230,12 @@ impl Controller {
             self.audit(
                 id,
                 kind,
-                format!("{} called {} on {}: {verb}", strategy.label(), call.call, call.target),
+                format!(
+                    "{} called {} on {}: {verb}",
+                    strategy.label(),
+                    call.call,
+                    call.target
+                ),
                 serde_json::to_value(call).expect("call serialises"),
             )?;
         }
@@ -1143,7 +1258,10 @@ impl Controller {
         let current = self.store.conditions(id)?;
         for (type_, status, reason, message) in updates {
             let same = current.iter().any(|c| {
-                c.type_ == *type_ && c.status == *status && c.reason == *reason && c.message == *message
+                c.type_ == *type_
+                    && c.status == *status
+                    && c.reason == *reason
+                    && c.message == *message
             });
             if same {
                 continue;

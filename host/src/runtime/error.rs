@@ -32,7 +32,9 @@ pub enum Error {
     },
 
     /// The bytes are not WebAssembly at all.
-    #[error("{origin} is not a WebAssembly file: {detail}; a plugin is a `.wasm` component built with `scripts/build-plugins` or cargo-component")]
+    #[error(
+        "{origin} is not a WebAssembly file: {detail}; a plugin is a `.wasm` component built with `scripts/build-plugins` or cargo-component"
+    )]
     NotWasm {
         /// The file or name the bytes came from.
         origin: String,
@@ -41,7 +43,9 @@ pub enum Error {
     },
 
     /// A core module was given where a component is needed.
-    #[error("{origin} is a core WebAssembly module, not a component; wrap it with `wasm-tools component new` (or build it with `scripts/build-plugins`, which does)")]
+    #[error(
+        "{origin} is a core WebAssembly module, not a component; wrap it with `wasm-tools component new` (or build it with `scripts/build-plugins`, which does)"
+    )]
     CoreModule {
         /// The file or name the bytes came from.
         origin: String,
@@ -66,7 +70,9 @@ pub enum Error {
     },
 
     /// The component was built against a contract version this host does not run.
-    #[error("{origin} was built against {found}, but this host supports {supported}; rebuild the plugin with the matching setpoint-plugin SDK, or run a setpoint version that supports {found}")]
+    #[error(
+        "{origin} was built against {found}, but this host supports {supported}; rebuild the plugin with the matching setpoint-plugin SDK, or run a setpoint version that supports {found}"
+    )]
     IncompatibleVersion {
         /// The file or name the bytes came from.
         origin: String,
@@ -87,7 +93,9 @@ pub enum Error {
     },
 
     /// The component needs imports the host does not provide.
-    #[error("cannot link {origin} as a {world} plugin; it imports [{imports}], the host provides setpoint:plugin/logging, setpoint:plugin/control-plane (strategies) and WASI 0.2 without capabilities")]
+    #[error(
+        "cannot link {origin} as a {world} plugin; it imports [{imports}], the host provides setpoint:plugin/logging, setpoint:plugin/control-plane (strategies) and WASI 0.2 without capabilities"
+    )]
     Link {
         /// The file or name the bytes came from.
         origin: String,
@@ -208,7 +216,9 @@ impl CallError {
     pub fn is_trap(&self) -> bool {
         matches!(
             self.failure,
-            CallFailure::Timeout { .. } | CallFailure::OutOfMemory { .. } | CallFailure::Trap { .. }
+            CallFailure::Timeout { .. }
+                | CallFailure::OutOfMemory { .. }
+                | CallFailure::Trap { .. }
         )
     }
 }

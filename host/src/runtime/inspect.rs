@@ -191,7 +191,9 @@ pub fn classify(origin: &str, bytes: &[u8]) -> Result<ComponentShape, Error> {
         });
     };
     if world == World::Comparator
-        && let Some(cp) = imports.iter().find(|i| i.starts_with("setpoint:plugin/control-plane"))
+        && let Some(cp) = imports
+            .iter()
+            .find(|i| i.starts_with("setpoint:plugin/control-plane"))
     {
         return Err(Error::NotAPlugin {
             origin: origin.to_owned(),
@@ -215,7 +217,10 @@ fn describe_prefix(bytes: &[u8]) -> String {
         return "the file is empty".into();
     }
     let head = &bytes[..bytes.len().min(4)];
-    if head.iter().all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace()) {
+    if head
+        .iter()
+        .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+    {
         format!(
             "it starts with the text {:?}, not the Wasm magic bytes `\\0asm`",
             String::from_utf8_lossy(head)

@@ -30,8 +30,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 use bindings::comparator::ComparatorPre;
 use bindings::strategy::StrategyPre;
 pub use bindings::types::{
-    AwaitApproval, Drift, DriftKind, Failure, Metadata, PluginError, PluginKind, Progress,
-    Requeue, Rollout,
+    AwaitApproval, Drift, DriftKind, Failure, Metadata, PluginError, PluginKind, Progress, Requeue,
+    Rollout,
 };
 pub use error::{BoxError, CallError, CallFailure, Error, Phase, Result};
 use gate::Gate;
@@ -270,7 +270,10 @@ impl PluginRuntime {
             imports: shape.imports.join(", "),
             source: e.into_boxed_dyn_error(),
         };
-        let instance_pre = self.linker.instantiate_pre(&component).map_err(link_error)?;
+        let instance_pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(link_error)?;
         let pre = match shape.world {
             World::Comparator => {
                 PluginPre::Comparator(ComparatorPre::new(instance_pre).map_err(link_error)?)
@@ -282,8 +285,13 @@ impl PluginRuntime {
 
         let label = format!("{} (loading)", short_origin(origin));
         let raw = self
-            .call(shape.world, &label, "-", Phase::Metadata, None, |store| {
-                match &pre {
+            .call(
+                shape.world,
+                &label,
+                "-",
+                Phase::Metadata,
+                None,
+                |store| match &pre {
                     PluginPre::Comparator(pre) => {
                         let plugin = pre.instantiate(&mut *store)?;
                         plugin
@@ -296,8 +304,8 @@ impl PluginRuntime {
                             .setpoint_plugin_rollout_strategy()
                             .call_metadata(&mut *store)
                     }
-                }
-            })
+                },
+            )
             .0
             .map_err(Error::Call)?;
         let metadata = validate_metadata(origin, shape.world, raw)?;
@@ -348,12 +356,22 @@ impl PluginRuntime {
             check_size(what, text).map_err(fail)?;
         }
         let result = self
-            .call(World::Comparator, &label, instance, Phase::Compare, None, |store| {
-                let plugin = pre.instantiate(&mut *store)?;
-                plugin
-                    .setpoint_plugin_drift_comparator()
-                    .call_compare(&mut *store, desired, actual, params)
-            })
+            .call(
+                World::Comparator,
+                &label,
+                instance,
+                Phase::Compare,
+                None,
+                |store| {
+                    let plugin = pre.instantiate(&mut *store)?;
+                    plugin.setpoint_plugin_drift_comparator().call_compare(
+                        &mut *store,
+                        desired,
+                        actual,
+                        params,
+                    )
+                },
+            )
             .0?;
         result.map_err(|e| fail(CallFailure::Plugin(describe_plugin_error(&e))))
     }
@@ -425,15 +443,21 @@ impl PluginRuntime {
             };
         }
         let cp = ScopedControlPlane::new(host, scope, dry_run);
-        let (progress, cp) =
-            self.call(World::Strategy, &label, &instance, phase, Some(cp), |store| {
+        let (progress, cp) = self.call(
+            World::Strategy,
+            &label,
+            &instance,
+            phase,
+            Some(cp),
+            |store| {
                 let plugin = pre.instantiate(&mut *store)?;
                 let api = plugin.setpoint_plugin_rollout_strategy();
                 match phase {
                     Phase::Abort => api.call_abort(&mut *store, rollout),
                     _ => api.call_step(&mut *store, rollout),
                 }
-            });
+            },
+        );
         let cp = cp.expect("strategy calls carry a control plane");
         StepOutcome {
             progress,
@@ -508,7 +532,10 @@ fn build_engine(config: &RuntimeConfig) -> Result<Engine> {
     }
     if let Some(dir) = &config.cache_dir {
         std::fs::create_dir_all(dir).map_err(|e| Error::Engine {
-            detail: format!("cannot create the plugin cache directory {}: {e}", dir.display()),
+            detail: format!(
+                "cannot create the plugin cache directory {}: {e}",
+                dir.display()
+            ),
         })?;
         let mut cache = wasmtime::CacheConfig::new();
         cache.with_directory(dir);
@@ -674,23 +701,41 @@ mod tests {
             kind,
             description: String::new(),
         };
-        let ok = validate_metadata("x", World::Comparator, meta("field-diff", "0.1.0", PluginKind::Comparator));
+        let ok = validate_metadata(
+            "x",
+            World::Comparator,
+            meta("field-diff", "0.1.0", PluginKind::Comparator),
+        );
         assert_eq!(ok.unwrap().label(), "field-diff@0.1.0");
-        let err = validate_metadata("x", World::Comparator, meta("Field Diff", "0.1.0", PluginKind::Comparator))
-            .unwrap_err();
+        let err = validate_metadata(
+            "x",
+            World::Comparator,
+            meta("Field Diff", "0.1.0", PluginKind::Comparator),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("lowercase"), "{err}");
-        let err = validate_metadata("x", World::Comparator, meta("fd", "one", PluginKind::Comparator))
-            .unwrap_err();
+        let err = validate_metadata(
+            "x",
+            World::Comparator,
+            meta("fd", "one", PluginKind::Comparator),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("semantic version"), "{err}");
-        let err = validate_metadata("x", World::Comparator, meta("fd", "1.0.0", PluginKind::Strategy))
-            .unwrap_err();
+        let err = validate_metadata(
+            "x",
+            World::Comparator,
+            meta("fd", "1.0.0", PluginKind::Strategy),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("says it is a strategy"), "{err}");
     }
 
     #[test]
     fn runtime_refuses_garbage_with_a_clear_error() {
         let runtime = PluginRuntime::new(RuntimeConfig::default()).unwrap();
-        let err = runtime.load("junk.wasm", b"#!/bin/sh\necho hi").unwrap_err();
+        let err = runtime
+            .load("junk.wasm", b"#!/bin/sh\necho hi")
+            .unwrap_err();
         assert!(matches!(err, Error::NotWasm { .. }), "{err}");
     }
 }

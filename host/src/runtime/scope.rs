@@ -11,11 +11,11 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
+use super::bindings::control_plane;
 pub use super::bindings::control_plane::{
     BackendWeight, Error as CpError, Health, InstanceInfo, InstanceMetrics, InstanceStatus,
     RuntimeStatus,
 };
-use super::bindings::control_plane;
 use super::host::HostState;
 
 /// The control plane as a strategy sees it, implemented by the embedder.
@@ -54,7 +54,11 @@ pub trait StrategyHost: Send + Sync {
         ))
     }
     /// Split an endpoint's requests across instances by weight.
-    fn set_traffic_weights(&self, endpoint: &str, weights: &[BackendWeight]) -> Result<(), CpError> {
+    fn set_traffic_weights(
+        &self,
+        endpoint: &str,
+        weights: &[BackendWeight],
+    ) -> Result<(), CpError> {
         let _ = (endpoint, weights);
         Err(CpError::Unavailable(
             "this control plane does not support traffic endpoints".into(),
@@ -272,7 +276,13 @@ impl control_plane::Host for HostState {
         let new_id = cp.mutate(
             "clone-instance",
             &id,
-            |cp| format!("dry-run-clone-{}-{}", cp.scope.instance_id, cp.scope.clones.len() + 1),
+            |cp| {
+                format!(
+                    "dry-run-clone-{}-{}",
+                    cp.scope.instance_id,
+                    cp.scope.clones.len() + 1
+                )
+            },
             |h| h.clone_instance(&id, &configuration),
         )?;
         cp.scope.clones.insert(new_id.clone());
