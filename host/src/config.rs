@@ -171,7 +171,7 @@ impl Default for ControlPlaneSettings {
         ControlPlaneSettings {
             // The reference control plane's default listen address, so `setpoint run` works
             // next to it out of the box.
-            url: "http://127.0.0.1:8080".to_owned(),
+            url: "http://127.0.0.1:5080".to_owned(),
             // DRaaS serves its routes under /api.
             base_path: "/api".to_owned(),
             // Control-plane calls are small JSON requests; 5 s is far above a healthy
@@ -993,7 +993,7 @@ mod tests {
     fn defaults_are_the_documented_values() {
         let s = Settings::load(None, env(&[]), &Overrides::new()).unwrap();
         assert_eq!(s, Settings::default());
-        assert_eq!(s.control_plane.url, "http://127.0.0.1:8080");
+        assert_eq!(s.control_plane.url, "http://127.0.0.1:5080");
         assert_eq!(s.control_plane.base_path, "/api");
         assert_eq!(s.control_plane.request_timeout, Duration::from_secs(5));
         assert_eq!(s.controller.resync_interval, Duration::from_secs(30));
