@@ -177,9 +177,10 @@ pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
         }
     };
     if result.is_ok() && !args.exit_when_done {
-        say(
-            "the demo keeps running: try `setpoint status` against the admin API above; Ctrl-C to stop",
-        );
+        say(&format!(
+            "the demo keeps running: in another terminal try `setpoint status --endpoint http://{}` (or explain, diff, audit with an instance id); Ctrl-C to stop",
+            daemon.admin_addr()
+        ));
         super::daemon::shutdown_signal().await;
     }
     say("stopping the daemon and the control plane");
