@@ -1,7 +1,7 @@
 //! The daemon: wires settings, the store, the plugin runtime and registry, the
 //! control-plane client, the controller and its work queue, the triggers (periodic
-//! resync, the control plane's change feed) and the admin API; shuts them down
-//! gracefully.
+//! resync, the control plane's change feed), the plugin-directory watcher and the admin
+//! API; shuts them down gracefully.
 //!
 //! Start at [`Daemon::start`]; [`Daemon::shutdown`] stops taking work, lets in-flight
 //! reconciles finish or checkpoint within `controller.shutdown_grace`, then returns.
@@ -18,9 +18,9 @@ use crate::admin::{AdminState, router};
 use crate::client::{self, ClientConfig, ControlPlane, DraasClient};
 use crate::config::Settings;
 use crate::controller::{Controller, ControllerSettings};
-use crate::metrics::{Metrics, PluginStateLabels};
+use crate::metrics::Metrics;
 use crate::queue::{Action, Failure, ReconcileError, WorkQueue, requeue_with_backoff};
-use crate::registry::{EntryState, PluginRegistry};
+use crate::registry::{PluginDir, PluginRegistry, watch as plugin_watch};
 use crate::runtime::{PluginRuntime, RuntimeConfig};
 use crate::store::Store;
 
@@ -110,21 +110,24 @@ impl Daemon {
             ..RuntimeConfig::default()
         };
         let plugin_dir = settings.plugins.dir.clone();
-        let (runtime, registry) = tokio::task::spawn_blocking(move || {
+        let (runtime, plugin_dir) = tokio::task::spawn_blocking(move || {
             let runtime = PluginRuntime::new(runtime_config)?;
-            let registry = PluginRegistry::load_dir(&runtime, &plugin_dir);
-            Ok::<_, crate::runtime::Error>((runtime, registry))
+            let mut dir = PluginDir::new(&plugin_dir);
+            dir.load(&runtime);
+            Ok::<_, crate::runtime::Error>((Arc::new(runtime), dir))
         })
         .await
         .expect("plugin loading does not panic")
         .map_err(Error::Runtime)?;
+        let registry = plugin_dir.registry();
+        plugin_watch::log_changes(&PluginRegistry::default(), &registry);
         let metrics = Arc::new(Metrics::new());
-        count_plugins(&metrics, &registry);
+        plugin_watch::count(&metrics, &registry);
 
         let policy = Arc::new(settings.policy().map_err(Error::Settings)?);
         let controller = Arc::new(Controller::new(
             cp.clone(),
-            Arc::new(runtime),
+            runtime.clone(),
             Arc::new(registry),
             store.clone(),
             policy,
@@ -167,6 +170,13 @@ impl Daemon {
         tasks.push(tokio::spawn(feed_loop(
             cp.clone(),
             queue.clone(),
+            stop_rx.clone(),
+        )));
+        tasks.push(tokio::spawn(plugin_watch::run(
+            plugin_dir,
+            runtime,
+            controller.clone(),
+            metrics.clone(),
             stop_rx.clone(),
         )));
         {
@@ -253,25 +263,6 @@ impl Daemon {
         let _ = self.admin.await;
         tracing::info!("shut down");
         result
-    }
-}
-
-fn count_plugins(metrics: &Metrics, registry: &PluginRegistry) {
-    for state in ["active", "rejected"] {
-        let n = registry
-            .entries()
-            .iter()
-            .filter(|e| match &e.state {
-                EntryState::Active => state == "active",
-                EntryState::Rejected(_) => state == "rejected",
-            })
-            .count();
-        metrics
-            .plugins
-            .get_or_create(&PluginStateLabels {
-                state: state.into(),
-            })
-            .set(n as i64);
     }
 }
 

@@ -156,6 +156,16 @@ impl Metrics {
         self.reconcile_duration.observe(seconds);
     }
 
+    /// Set how many plugin entries are in `state` (`active`, `superseded`, `retiring`,
+    /// `rejected`).
+    pub fn set_plugins(&self, state: &str, n: usize) {
+        self.plugins
+            .get_or_create(&PluginStateLabels {
+                state: state.to_owned(),
+            })
+            .set(i64::try_from(n).unwrap_or(i64::MAX));
+    }
+
     /// Record one plugin call.
     pub fn plugin_call(&self, plugin: &str, phase: &str, seconds: f64, failure: Option<&str>) {
         self.plugin_call_duration

@@ -6,6 +6,8 @@
 
 use std::path::PathBuf;
 
+pub mod world;
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -107,7 +109,9 @@ pub fn controlplane_bin() -> PathBuf {
         .clone()
 }
 
-fn build_bin(package: &str, name: &str) -> PathBuf {
+/// Build a binary of this workspace with the same cargo (honouring `CARGO_TARGET_DIR`)
+/// and return its path, from cargo's own report.
+pub fn build_bin(package: &str, name: &str) -> PathBuf {
     let output = std::process::Command::new(env!("CARGO"))
         .args(["build", "-p", package, "--message-format=json"])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -139,4 +143,47 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+/// `component` with a custom section appended: the same plugin (name, version,
+/// behaviour) with other bytes, so another digest, as a rebuild of the same version is.
+pub fn with_custom_section(component: &[u8], payload: &[u8]) -> Vec<u8> {
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    let name = b"setpoint-test-build";
+    let mut body = Vec::new();
+    leb128(name.len(), &mut body);
+    body.extend_from_slice(name);
+    body.extend_from_slice(payload);
+    let mut out = component.to_vec();
+    out.push(0); // custom section
+    leb128(body.len(), &mut out);
+    out.extend_from_slice(&body);
+    out
+}
+
+/// Write `bytes` to `path` as an operator should: to a temporary name beside it, then
+/// rename into place.
+pub fn install_atomically(path: &std::path::Path, bytes: &[u8]) {
+    let temp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name().unwrap().to_string_lossy()
+    ));
+    std::fs::write(&temp, bytes).unwrap();
+    std::fs::rename(&temp, path).unwrap();
+}
+
+/// SHA-256 of `bytes`, hex: a plugin's digest.
+pub fn digest(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    hex::encode(sha2::Sha256::digest(bytes))
 }

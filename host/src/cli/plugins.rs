@@ -1,18 +1,25 @@
-//! `setpoint plugins check|list`: what a plugin file or directory holds, validated by the
-//! same runtime the daemon uses.
+//! `setpoint plugins check|list|install`: what a plugin file or directory holds,
+//! validated by the same runtime and rules the daemon uses, what a running daemon
+//! serves, and installing a file into a plugin directory atomically.
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::Subcommand;
 
 use super::CliError;
+use super::admin_client::{Admin, AdminArgs};
+use crate::config::{Overrides, Settings};
+use crate::registry::{EntryState, PluginEntry, PluginRegistry};
 use crate::runtime::{Plugin, PluginRuntime, RuntimeConfig};
 
 /// `setpoint plugins …`
 #[derive(Debug, Subcommand)]
 pub enum PluginsCommand {
-    /// Validate one plugin file and print a verdict; exits non-zero on any problem.
+    /// Validate one plugin file as the daemon would (component, world, contract version,
+    /// exports, metadata, compile, smoke call) and print a verdict; exits non-zero on any
+    /// problem.
     Check {
         /// The `.wasm` file.
         file: PathBuf,
@@ -20,26 +27,75 @@ pub enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// List the plugins a directory holds, valid or not.
+    /// List plugins with their states (active, superseded, retiring, rejected): those a
+    /// running daemon serves, or, given a directory, what the daemon would make of it.
     List {
-        /// The plugin directory.
-        dir: PathBuf,
-        /// Print a JSON array instead of a table.
-        #[arg(long)]
-        json: bool,
+        /// A plugin directory to validate here instead of asking the daemon.
+        dir: Option<PathBuf>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Validate a plugin file, then place it in the plugin directory atomically (a
+    /// temporary name in that directory, fsync, rename), as `NAME-VERSION.wasm`.
+    Install {
+        /// The `.wasm` file.
+        file: PathBuf,
+        /// The plugin directory; default: the daemon's `plugins.dir` from `--config`, the
+        /// environment and the defaults.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// The daemon's TOML configuration file, to find `plugins.dir`.
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
     },
 }
 
 pub(super) fn run(cmd: PluginsCommand) -> Result<ExitCode, CliError> {
-    let runtime = PluginRuntime::new(RuntimeConfig::default())?;
     match cmd {
-        PluginsCommand::Check { file, json } => Ok(check(&runtime, &file, json)),
-        PluginsCommand::List { dir, json } => list(&runtime, &dir, json),
+        PluginsCommand::Check { file, json } => {
+            let runtime = PluginRuntime::new(RuntimeConfig::default())?;
+            Ok(check(&runtime, &file, json))
+        }
+        PluginsCommand::List {
+            dir: Some(dir),
+            admin,
+        } => {
+            let runtime = PluginRuntime::new(RuntimeConfig::default())?;
+            list_dir(&runtime, &dir, admin.json)
+        }
+        PluginsCommand::List { dir: None, admin } => {
+            let json = admin.json;
+            let rows = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?
+                .block_on(async move { Admin::new(admin).get("/v1/plugins").await })?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&rows)?);
+            } else {
+                let entries: Vec<PluginEntry> = serde_json::from_value(rows).map_err(|e| {
+                    format!("the daemon's /v1/plugins answer is not a plugin list: {e}")
+                })?;
+                print_table(&entries, "the daemon serves no plugins");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        PluginsCommand::Install { file, dir, config } => {
+            let dir = match dir {
+                Some(dir) => dir,
+                None => {
+                    Settings::load(config.as_deref(), std::env::vars(), &Overrides::new())?
+                        .plugins
+                        .dir
+                }
+            };
+            let runtime = PluginRuntime::new(RuntimeConfig::default())?;
+            install(&runtime, &file, &dir)
+        }
     }
 }
 
 fn check(runtime: &PluginRuntime, file: &Path, json: bool) -> ExitCode {
-    match runtime.load_file(file) {
+    match runtime.validate_file(file) {
         Ok(plugin) => {
             if json {
                 println!("{}", summary_json(&plugin));
@@ -101,74 +157,127 @@ fn print_verdict(file: &Path, plugin: &Plugin) {
     println!("  digest:      sha256:{}", plugin.digest());
 }
 
-fn list(runtime: &PluginRuntime, dir: &Path, json: bool) -> Result<ExitCode, CliError> {
-    let entries = std::fs::read_dir(dir)
-        .map_err(|e| format!("cannot read plugin directory {}: {e}", dir.display()))?;
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "wasm"))
-        .collect();
-    files.sort();
-    let mut rows = Vec::new();
-    for file in &files {
-        let name = file
+fn list_dir(runtime: &PluginRuntime, dir: &Path, json: bool) -> Result<ExitCode, CliError> {
+    if !dir.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()).into());
+    }
+    let registry = PluginRegistry::load_dir(runtime, dir);
+    if json {
+        println!("{}", serde_json::to_string_pretty(registry.entries())?);
+    } else {
+        print_table(
+            registry.entries(),
+            &format!("no .wasm files in {}", dir.display()),
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_table(entries: &[PluginEntry], empty: &str) {
+    if entries.is_empty() {
+        println!("{empty}");
+        return;
+    }
+    println!(
+        "{:<28} {:<10} {:<11} {:<11} {:<13} FILE",
+        "NAME", "VERSION", "KIND", "STATE", "DIGEST"
+    );
+    for e in entries {
+        let file = e
+            .file
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        match runtime.load_file(file) {
-            Ok(plugin) => {
-                let meta = plugin.metadata();
-                rows.push(serde_json::json!({
-                    "file": name,
-                    "state": "valid",
-                    "name": meta.name,
-                    "version": meta.version.to_string(),
-                    "kind": meta.kind,
-                    "digest": plugin.digest(),
-                    "description": meta.description,
-                }));
-            }
-            Err(error) => rows.push(serde_json::json!({
-                "file": name,
-                "state": "rejected",
-                "reason": error.to_string(),
-            })),
+        println!(
+            "{:<28} {:<10} {:<11} {:<11} {:<13} {}",
+            e.name.as_deref().unwrap_or("-"),
+            e.version.as_deref().unwrap_or("-"),
+            e.kind.map(|k| k.to_string()).unwrap_or_else(|| "-".into()),
+            e.state.as_str(),
+            e.digest.get(..12).unwrap_or("-"),
+            file
+        );
+        if let EntryState::Rejected(reason) = &e.state {
+            println!("    {reason}");
         }
     }
-    if json {
-        println!("{}", serde_json::Value::Array(rows));
+}
+
+/// Validate `file`, refuse a second file claiming the same name and version with other
+/// content, then write it into `dir` under a temporary name, fsync and rename it into
+/// place, so the daemon never sees it half-written.
+fn install(runtime: &PluginRuntime, file: &Path, dir: &Path) -> Result<ExitCode, CliError> {
+    let plugin = match runtime.validate_file(file) {
+        Ok(plugin) => plugin,
+        Err(error) => {
+            println!("{}: rejected, not installed", file.display());
+            println!("  error: {}", crate::error_chain(&error));
+            return Ok(ExitCode::FAILURE);
+        }
+    };
+    if !dir.is_dir() {
+        return Err(format!(
+            "plugin directory {} does not exist; create it, or pass --dir (or --config) to name the daemon's plugins.dir",
+            dir.display()
+        )
+        .into());
+    }
+    let meta = plugin.metadata();
+    let dest = dir.join(format!("{}-{}.wasm", meta.name, meta.version));
+    let installed = PluginRegistry::load_dir(runtime, dir);
+    let exact = semver::VersionReq::parse(&format!("={}", meta.version))?;
+    if let Some(e) = installed
+        .entries()
+        .iter()
+        .find(|e| e.digest == plugin.digest() && !matches!(e.state, EntryState::Rejected(_)))
+    {
+        println!(
+            "{} {} is already installed as {}; nothing to do",
+            meta.kind,
+            meta.label(),
+            e.file.display()
+        );
         return Ok(ExitCode::SUCCESS);
     }
-    if rows.is_empty() {
-        println!("no .wasm files in {}", dir.display());
-        return Ok(ExitCode::SUCCESS);
+    if let Ok(existing) = installed.resolve(meta.kind, &meta.name, Some(&exact))
+        && Path::new(existing.origin()) != dest
+    {
+        return Err(format!(
+            "{} already provides {} {} with different content than {}; the daemon would reject one of them as a duplicate. Give the new build another version, or remove {} first",
+            existing.origin(),
+            meta.kind,
+            meta.label(),
+            file.display(),
+            existing.origin()
+        )
+        .into());
+    }
+    let bytes = std::fs::read(file)?;
+    let temp = dir.join(format!(
+        ".{}-{}.wasm.tmp-{}",
+        meta.name,
+        meta.version,
+        std::process::id()
+    ));
+    let written = (|| -> std::io::Result<()> {
+        let mut out = std::fs::File::create(&temp)?;
+        out.write_all(&bytes)?;
+        out.sync_all()?;
+        drop(out);
+        std::fs::rename(&temp, &dest)?;
+        // The rename itself is durable once the directory is synced.
+        std::fs::File::open(dir)?.sync_all()
+    })();
+    if let Err(error) = written {
+        let _ = std::fs::remove_file(&temp);
+        return Err(format!("cannot install into {}: {error}", dest.display()).into());
     }
     println!(
-        "{:<28} {:<10} {:<11} {:<14} FILE",
-        "NAME", "VERSION", "KIND", "DIGEST"
+        "installed {} {} as {} (digest {}); a running daemon validates and serves it within about two seconds",
+        meta.kind,
+        meta.label(),
+        dest.display(),
+        &plugin.digest()[..12]
     );
-    for row in &rows {
-        let s = |k: &str| row[k].as_str().unwrap_or("").to_owned();
-        if s("state") == "valid" {
-            println!(
-                "{:<28} {:<10} {:<11} {:<14} {}",
-                s("name"),
-                s("version"),
-                s("kind"),
-                &s("digest")[..12],
-                s("file")
-            );
-        } else {
-            println!(
-                "{:<28} {:<10} {:<11} {:<14} {}",
-                "-",
-                "-",
-                "rejected",
-                "-",
-                s("file")
-            );
-            println!("    {}", s("reason"));
-        }
-    }
     Ok(ExitCode::SUCCESS)
 }

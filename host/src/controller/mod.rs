@@ -11,7 +11,7 @@
 
 mod bridge;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -240,6 +240,9 @@ pub struct Controller {
     /// Desired digests whose rollout failed for good or was aborted, per instance: not
     /// retried until the desired configuration changes.
     given_up: Mutex<HashMap<String, String>>,
+    /// Held while a rollout record is first saved and while a new registry is swapped
+    /// in, so a swap sees every rollout that started on a plugin it is about to drop.
+    pins: Mutex<()>,
 }
 
 impl std::fmt::Debug for Controller {
@@ -276,6 +279,7 @@ impl Controller {
             settings,
             metrics,
             given_up: Mutex::new(HashMap::new()),
+            pins: Mutex::new(()),
         }
     }
 
@@ -307,9 +311,28 @@ impl Controller {
             .clone()
     }
 
-    /// Replace the plugin registry (hot reload). Rollouts in flight keep their digest.
-    pub fn set_plugins(&self, plugins: Arc<PluginRegistry>) {
-        *self.plugins.write().unwrap_or_else(|e| e.into_inner()) = plugins;
+    /// The plugin runtime.
+    pub fn runtime(&self) -> &Arc<PluginRuntime> {
+        &self.runtime
+    }
+
+    /// Offer a new set of plugins to policy (hot reload) and return it. Rollouts in
+    /// flight keep their digest: a plugin of the current set that the new one lacks stays
+    /// reachable, as `retiring`, while a rollout record references it; retiring plugins
+    /// no rollout references any more are dropped. Fails (and changes nothing) when the
+    /// store cannot say which rollouts are in flight.
+    pub fn set_plugins(&self, mut plugins: PluginRegistry) -> Result<Arc<PluginRegistry>> {
+        let _pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        let in_use: HashSet<String> = self
+            .store
+            .rollouts()?
+            .into_iter()
+            .map(|r| r.plugin_digest)
+            .collect();
+        plugins.retain_in_use(&self.plugins(), &in_use);
+        let plugins = Arc::new(plugins);
+        *self.plugins.write().unwrap_or_else(|e| e.into_inner()) = plugins.clone();
+        Ok(plugins)
     }
 
     /// Policy facts of an instance.
@@ -514,6 +537,15 @@ impl Controller {
             return Ok((Action::await_change(), "reported"));
         }
 
+        // The record is saved under the pin lock, and only while the registry still
+        // offers the strategy: a registry swap then either sees this rollout (and keeps
+        // its plugin) or happened before, and the strategy is chosen again.
+        let pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.plugins().offers(strategy.digest()) {
+            drop(pins);
+            tracing::info!(instance.id = id, strategy = %strategy.label(), "strategy was replaced or removed while this reconcile ran; choosing again");
+            return Ok((Action::requeue(Duration::from_millis(50)), "skipped"));
+        }
         self.audit(
             id,
             AuditKind::Decision,
@@ -544,6 +576,7 @@ impl Controller {
             phase: RolloutPhase::Running,
         };
         self.store.save_rollout(&record)?;
+        drop(pins);
         self.step(
             &instance,
             &selection,

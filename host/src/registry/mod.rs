@@ -1,21 +1,30 @@
-//! The plugin registry: every plugin file in the plugin directory, validated and loaded,
-//! indexed by name and version so policy can pick one.
+//! The plugin registry: the plugins policy may choose from, indexed by name and version,
+//! and every file of the plugin directory with its state.
 //!
-//! Start at [`PluginRegistry::load_dir`] and [`PluginRegistry::resolve`]. A file that
-//! fails validation is kept as a [`PluginEntry`] in state `rejected` with the reason, so
-//! operators see it in `plugins list` and `/v1/plugins`; it never takes the place of a
-//! valid plugin.
+//! Start at [`PluginRegistry::resolve`] (what policy gets) and [`EntryState`] (what
+//! operators see in `plugins list` and `/v1/plugins`). A registry is an immutable
+//! snapshot: [`PluginDir`] watches the directory, validates new and changed files and
+//! builds the next snapshot; [`watch`] is the daemon's task that swaps it in
+//! (`Controller::set_plugins`). A file that fails validation is listed as `rejected`
+//! with the reason and never takes the place of a valid plugin; a plugin whose file was
+//! removed or replaced stays reachable by digest, as `retiring`, while a rollout in
+//! flight still uses it ([`PluginRegistry::retain_in_use`]).
 
-use std::collections::BTreeMap;
+mod dir;
+pub mod watch;
+
+use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::runtime::{Plugin, PluginRuntime, World};
 
-/// One file of the plugin directory and what became of it.
-#[derive(Debug, Clone, Serialize)]
+pub use dir::{PluginDir, SETTLE_DELAY};
+
+/// One file of the plugin directory (or one retained version) and what became of it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PluginEntry {
     /// The file.
     pub file: PathBuf,
@@ -27,19 +36,54 @@ pub struct PluginEntry {
     pub version: Option<String>,
     /// Its kind, when it loaded.
     pub kind: Option<World>,
-    /// `active`, or `rejected` with the reason.
+    /// `active`, `superseded`, `retiring`, or `rejected` with the reason.
     #[serde(flatten)]
     pub state: EntryState,
 }
 
-/// Whether a file serves.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+impl PluginEntry {
+    /// `name@version`, or the file name when it did not load.
+    pub fn label(&self) -> String {
+        match (&self.name, &self.version) {
+            (Some(name), Some(version)) => format!("{name}@{version}"),
+            _ => self
+                .file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+        }
+    }
+}
+
+/// Whether a plugin serves.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(tag = "state", content = "reason", rename_all = "lowercase")]
 pub enum EntryState {
-    /// Valid and offered to policy.
+    /// Valid, and the newest version of its name: policy without a pin gets it.
     Active,
-    /// Failed validation; the reason says why.
+    /// Valid, but a newer version of its name is active: only a policy that pins this
+    /// version (`name@=1.2.0`, or a requirement the newer one does not meet) gets it.
+    Superseded,
+    /// Its file was removed or replaced, and a rollout in flight still uses it: it
+    /// serves that rollout to the end and no new selection.
+    Retiring,
+    /// Failed validation; the reason says why. It never replaces a valid version.
     Rejected(String),
+}
+
+impl EntryState {
+    /// Every state's name, as `/metrics` labels them.
+    pub const NAMES: [&'static str; 4] = ["active", "superseded", "retiring", "rejected"];
+
+    /// The state's name.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            EntryState::Active => "active",
+            EntryState::Superseded => "superseded",
+            EntryState::Retiring => "retiring",
+            EntryState::Rejected(_) => "rejected",
+        }
+    }
 }
 
 /// Why a plugin reference could not be resolved.
@@ -71,99 +115,143 @@ pub enum ResolveError {
     },
 }
 
-/// The loaded plugins.
-#[derive(Debug, Default)]
+/// A snapshot of the plugins: those offered to policy, those retained for rollouts in
+/// flight, and every file with its state.
+#[derive(Debug, Default, Clone)]
 pub struct PluginRegistry {
     entries: Vec<PluginEntry>,
-    /// (kind, name) → version → plugin.
+    /// (kind, name) → version → plugin: what policy may select.
     index: BTreeMap<(World, String), BTreeMap<semver::Version, Arc<Plugin>>>,
+    /// digest → plugin: removed or replaced, kept for the rollouts that use them.
+    retiring: BTreeMap<String, Arc<Plugin>>,
 }
 
 impl PluginRegistry {
-    /// Load every `*.wasm` file directly in `dir`. A missing directory is an empty
+    /// Validate every `*.wasm` file directly in `dir` (see [`PluginDir`]), waiting for
+    /// files that are still being written to settle. A missing directory is an empty
     /// registry (with a warning), so the daemon starts and reports it.
     pub fn load_dir(runtime: &PluginRuntime, dir: &Path) -> Self {
-        let mut registry = PluginRegistry::default();
-        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.is_file() && p.extension().is_some_and(|x| x == "wasm"))
-                .collect(),
-            Err(error) => {
-                tracing::warn!(dir = %dir.display(), %error, "cannot read the plugin directory; no plugins loaded");
-                Vec::new()
-            }
-        };
-        files.sort();
-        for file in files {
-            registry.add_file(runtime, &file);
-        }
-        registry
+        let mut plugins = PluginDir::new(dir);
+        plugins.load(runtime);
+        plugins.registry()
     }
 
-    /// Load one file into the registry.
+    /// Validate one file and add it: offered to policy when it passes, listed as
+    /// rejected when not.
     pub fn add_file(&mut self, runtime: &PluginRuntime, file: &Path) {
-        match runtime.load_file(file) {
+        match runtime.validate_file(file) {
             Ok(plugin) => self.add(file, plugin),
             Err(error) => {
-                tracing::warn!(file = %file.display(), %error, "plugin rejected");
-                self.entries.push(PluginEntry {
-                    file: file.to_path_buf(),
-                    digest: String::new(),
-                    name: None,
-                    version: None,
-                    kind: None,
-                    state: EntryState::Rejected(error.to_string()),
-                });
+                let digest = std::fs::read(file)
+                    .map(|bytes| dir::digest(&bytes))
+                    .unwrap_or_default();
+                self.reject(file, digest, crate::error_chain(&error));
             }
         }
     }
 
-    /// Add a loaded plugin (the embedder's way to register plugins it built in).
+    /// Add a loaded plugin (the embedder's way to register plugins it built in). A
+    /// second plugin with the same kind, name and version but other content is listed as
+    /// rejected, naming both files; the first keeps serving.
     pub fn add(&mut self, file: &Path, plugin: Arc<Plugin>) {
         let meta = plugin.metadata().clone();
-        let key = (meta.kind, meta.name.clone());
-        let versions = self.index.entry(key).or_default();
-        if let Some(existing) = versions.get(&meta.version)
-            && existing.digest() != plugin.digest()
-        {
-            let reason = format!(
-                "{} duplicates {} {} from {} with different content; give one of them another version",
-                file.display(),
-                meta.kind,
-                meta.label(),
-                existing.origin()
-            );
-            tracing::warn!(%reason, "plugin rejected");
-            self.entries.push(PluginEntry {
-                file: file.to_path_buf(),
-                digest: plugin.digest().to_owned(),
-                name: Some(meta.name),
-                version: Some(meta.version.to_string()),
-                kind: Some(meta.kind),
-                state: EntryState::Rejected(reason),
-            });
-            return;
-        }
-        tracing::info!(plugin = %meta.label(), kind = %meta.kind, file = %file.display(), "plugin loaded");
-        versions.insert(meta.version.clone(), plugin.clone());
+        let versions = self
+            .index
+            .entry((meta.kind, meta.name.clone()))
+            .or_default();
+        let state = match versions.get(&meta.version) {
+            Some(existing) if existing.digest() != plugin.digest() => {
+                EntryState::Rejected(format!(
+                    "{} duplicates {} {} from {} with different content; give one of them another version or remove one",
+                    file.display(),
+                    meta.kind,
+                    meta.label(),
+                    existing.origin()
+                ))
+            }
+            Some(_) => EntryState::Active,
+            None => {
+                versions.insert(meta.version.clone(), plugin.clone());
+                EntryState::Active
+            }
+        };
         self.entries.push(PluginEntry {
             file: file.to_path_buf(),
             digest: plugin.digest().to_owned(),
             name: Some(meta.name),
             version: Some(meta.version.to_string()),
             kind: Some(meta.kind),
-            state: EntryState::Active,
+            state,
+        });
+        self.refresh_states();
+    }
+
+    /// List a file that failed validation.
+    pub fn reject(&mut self, file: &Path, digest: String, reason: String) {
+        self.entries.push(PluginEntry {
+            file: file.to_path_buf(),
+            digest,
+            name: None,
+            version: None,
+            kind: None,
+            state: EntryState::Rejected(reason),
         });
     }
 
-    /// Every file seen, loaded or not.
+    /// Keep reachable by digest, as `retiring`, every plugin of `previous` (offered or
+    /// retiring there) that this registry no longer offers and whose digest is in
+    /// `in_use` (the digests of the rollouts in flight). What is not kept here is freed
+    /// when its last holder (a call in progress) lets go.
+    pub fn retain_in_use(&mut self, previous: &PluginRegistry, in_use: &HashSet<String>) {
+        let candidates = previous
+            .index
+            .values()
+            .flat_map(|versions| versions.values())
+            .chain(previous.retiring.values());
+        for plugin in candidates {
+            let digest = plugin.digest();
+            if !in_use.contains(digest) || self.offers(digest) || self.retiring.contains_key(digest)
+            {
+                continue;
+            }
+            let meta = plugin.metadata();
+            self.retiring.insert(digest.to_owned(), plugin.clone());
+            self.entries.push(PluginEntry {
+                file: PathBuf::from(plugin.origin()),
+                digest: digest.to_owned(),
+                name: Some(meta.name.clone()),
+                version: Some(meta.version.to_string()),
+                kind: Some(meta.kind),
+                state: EntryState::Retiring,
+            });
+        }
+    }
+
+    /// Every file seen, loaded or not, and every retiring version.
     pub fn entries(&self) -> &[PluginEntry] {
         &self.entries
     }
 
+    /// How many entries are in each state, in [`EntryState::NAMES`] order.
+    pub fn counts(&self) -> [(&'static str, usize); 4] {
+        EntryState::NAMES.map(|name| {
+            (
+                name,
+                self.entries
+                    .iter()
+                    .filter(|e| e.state.as_str() == name)
+                    .count(),
+            )
+        })
+    }
+
+    /// Whether any plugin is kept only for rollouts in flight.
+    pub fn has_retiring(&self) -> bool {
+        !self.retiring.is_empty()
+    }
+
     /// The newest valid `kind` plugin called `name` whose version matches `requirement`
-    /// (any version when `None`).
+    /// (any version when `None`). Retiring plugins are never selected.
     pub fn resolve(
         &self,
         kind: World,
@@ -206,13 +294,48 @@ impl PluginRegistry {
         }
     }
 
-    /// A plugin by its exact digest (a rollout in flight keeps the digest it started
-    /// with).
+    /// Whether policy may select the plugin with this digest (it is active or
+    /// superseded, not retiring).
+    pub fn offers(&self, digest: &str) -> bool {
+        self.index
+            .values()
+            .flat_map(|versions| versions.values())
+            .any(|p| p.digest() == digest)
+    }
+
+    /// A plugin by its exact digest, offered or retiring (a rollout in flight keeps the
+    /// digest it started with).
     pub fn by_digest(&self, digest: &str) -> Option<Arc<Plugin>> {
         self.index
             .values()
             .flat_map(|versions| versions.values())
             .find(|p| p.digest() == digest)
+            .or_else(|| self.retiring.get(digest))
             .cloned()
+    }
+
+    /// Mark each offered entry active when it is the newest version of its name,
+    /// superseded otherwise.
+    fn refresh_states(&mut self) {
+        for entry in &mut self.entries {
+            if !matches!(entry.state, EntryState::Active | EntryState::Superseded) {
+                continue;
+            }
+            let (Some(kind), Some(name), Some(version)) =
+                (entry.kind, entry.name.as_ref(), entry.version.as_ref())
+            else {
+                continue;
+            };
+            let newest = self
+                .index
+                .get(&(kind, name.clone()))
+                .and_then(|versions| versions.keys().next_back())
+                .map(|v| v.to_string());
+            entry.state = if newest.as_deref() == Some(version.as_str()) {
+                EntryState::Active
+            } else {
+                EntryState::Superseded
+            };
+        }
     }
 }

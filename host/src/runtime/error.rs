@@ -125,6 +125,21 @@ pub enum Error {
         detail: String,
     },
 
+    /// The load-time smoke call failed: a comparator comparing `{}` with `{}` trapped,
+    /// ran out of memory or overran its budget.
+    #[error(
+        "{origin} failed its smoke call (a comparator must compare `{{}}` with `{{}}` within {budget:?}); fix the plugin, the previous version keeps serving"
+    )]
+    SmokeCall {
+        /// The file or name the bytes came from.
+        origin: String,
+        /// The smoke call's time budget.
+        budget: Duration,
+        /// The failed call.
+        #[source]
+        source: Box<CallError>,
+    },
+
     /// A call into a plugin failed.
     #[error(transparent)]
     Call(#[from] Box<CallError>),

@@ -19,7 +19,9 @@ pub const COMPARATOR_EXPORT: &str = "setpoint:plugin/drift-comparator";
 pub const STRATEGY_EXPORT: &str = "setpoint:plugin/rollout-strategy";
 
 /// The plugin world a component implements.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum World {
     /// `setpoint:plugin/comparator`: exports `drift-comparator`.

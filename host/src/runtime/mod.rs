@@ -49,6 +49,12 @@ pub const MAX_PLUGIN_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 /// still bounds a stuck plugin well inside a reconcile timeout.
 pub const PLUGIN_CALL_DEADLINE: Duration = Duration::from_secs(5);
 
+/// Time budget of the smoke call a comparator must pass before it is offered to policy
+/// (`compare` of `{}` with `{}`). A healthy comparator answers in microseconds; a
+/// quarter of a second still allows a cold instance on a loaded machine, and keeps a
+/// plugin that loops from holding up the directory scan for the full call budget.
+pub const SMOKE_CALL_DEADLINE: Duration = Duration::from_millis(250);
+
 /// How often the engine's epoch advances. The time budget is enforced in these steps,
 /// so a call overruns its budget by at most one tick; 10 ms keeps the ticker thread's
 /// cost negligible.
@@ -286,6 +292,7 @@ impl PluginRuntime {
         let label = format!("{} (loading)", short_origin(origin));
         let raw = self
             .call(
+                self.config.call_deadline,
                 shape.world,
                 &label,
                 "-",
@@ -323,6 +330,54 @@ impl PluginRuntime {
         Ok(plugin)
     }
 
+    /// Read, validate, load and smoke-test a plugin file: what the plugin directory
+    /// requires before it offers a file to policy.
+    pub fn validate_file(&self, path: &Path) -> Result<Arc<Plugin>> {
+        let plugin = self.load_file(path)?;
+        self.smoke(&plugin)?;
+        Ok(plugin)
+    }
+
+    /// The smoke call a plugin must pass before it is offered to policy: a comparator
+    /// compares `{}` with `{}` within [`SMOKE_CALL_DEADLINE`] (or the call budget, when
+    /// shorter) without trapping, running out of memory or overrunning; a domain error
+    /// is an answer and passes (a comparator may require parameters). A strategy's smoke
+    /// call is its metadata call, already made by [`load`](Self::load).
+    pub fn smoke(&self, plugin: &Plugin) -> Result<()> {
+        let PluginPre::Comparator(pre) = &plugin.pre else {
+            return Ok(());
+        };
+        let budget = SMOKE_CALL_DEADLINE.min(self.config.call_deadline);
+        let label = plugin.label();
+        let result = self
+            .call(
+                budget,
+                World::Comparator,
+                &label,
+                "-",
+                Phase::Compare,
+                None,
+                |store| {
+                    let instance = pre.instantiate(&mut *store)?;
+                    instance.setpoint_plugin_drift_comparator().call_compare(
+                        &mut *store,
+                        "{}",
+                        "{}",
+                        "{}",
+                    )
+                },
+            )
+            .0;
+        match result {
+            Ok(_) => Ok(()),
+            Err(source) => Err(Error::SmokeCall {
+                origin: plugin.origin().to_owned(),
+                budget,
+                source,
+            }),
+        }
+    }
+
     fn cached(&self, digest: &str) -> Option<Arc<Plugin>> {
         let loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
         loaded.get(digest).and_then(Weak::upgrade)
@@ -357,6 +412,7 @@ impl PluginRuntime {
         }
         let result = self
             .call(
+                self.config.call_deadline,
                 World::Comparator,
                 &label,
                 instance,
@@ -444,6 +500,7 @@ impl PluginRuntime {
         }
         let cp = ScopedControlPlane::new(host, scope, dry_run);
         let (progress, cp) = self.call(
+            self.config.call_deadline,
             World::Strategy,
             &label,
             &instance,
@@ -467,8 +524,10 @@ impl PluginRuntime {
     }
 
     /// One call in a fresh store, under the gate, the time budget and the memory cap.
+    #[allow(clippy::too_many_arguments)]
     fn call<R>(
         &self,
+        budget: Duration,
         world: World,
         label: &str,
         instance: &str,
@@ -484,7 +543,7 @@ impl PluginRuntime {
         state.control_plane = control_plane;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
-        store.set_epoch_deadline(deadline_ticks(self.config.call_deadline));
+        store.set_epoch_deadline(deadline_ticks(budget));
         store.epoch_deadline_trap();
 
         let result = f(&mut store);
@@ -496,9 +555,7 @@ impl PluginRuntime {
                     requested,
                 }
             } else if error.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
-                CallFailure::Timeout {
-                    budget: self.config.call_deadline,
-                }
+                CallFailure::Timeout { budget }
             } else {
                 CallFailure::Trap {
                     message: describe_trap(&error, state.last_error_log.as_deref()),

@@ -35,6 +35,7 @@ use setpoint_plugin::{Comparator, Drift, Metadata, PluginError, pointer};
 #[derive(Debug)]
 pub struct FieldDiff;
 
+#[cfg(feature = "export")]
 setpoint_plugin::comparator!(FieldDiff);
 
 impl Comparator for FieldDiff {

@@ -1,0 +1,272 @@
+//! A test's world: the real reference control plane on loopback with real stub processes,
+//! a plugin directory with the real components, a real SQLite file, and the daemon, as
+//! an operator runs them. Shared by the daemon's end-to-end tests.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use setpoint::config::{Overrides, Settings};
+use setpoint::daemon::Daemon;
+use setpoint::store::{AuditFilter, AuditKind, ConditionType};
+use setpoint_controlplane::{ControlPlaneConfig, RunningControlPlane, serve};
+
+use crate::{fixture, free_port, plugin, port_range, stub_bin};
+
+/// One test's world: a control plane, a daemon, their files.
+pub struct World {
+    /// The test's files: `plugins/`, `setpoint.db`, `setpoint.toml`, `cp/`.
+    pub dir: tempfile::TempDir,
+    /// The in-process control plane, when running.
+    pub cp: Option<RunningControlPlane>,
+    /// Where the control plane listens.
+    pub cp_addr: std::net::SocketAddr,
+    /// The daemon, when running.
+    pub daemon: Option<Daemon>,
+    /// An HTTP client.
+    pub http: reqwest::Client,
+    /// The ports this test's instances may use.
+    pub ports: std::ops::RangeInclusive<u16>,
+}
+
+impl std::fmt::Debug for World {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("World")
+            .field("dir", &self.dir.path())
+            .field("cp_addr", &self.cp_addr)
+            .field("daemon", &self.daemon)
+            .finish_non_exhaustive()
+    }
+}
+
+impl World {
+    /// A control plane, a plugin directory with the shipped plugins (plus the named
+    /// fixtures), and no daemon yet.
+    pub async fn new(fixtures: &[&str]) -> World {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        for name in ["field-diff", "drasi-summary", "restart"] {
+            std::fs::copy(plugin(name), plugins.join(format!("{name}.wasm"))).unwrap();
+        }
+        for name in fixtures {
+            std::fs::copy(fixture(name), plugins.join(format!("fixture-{name}.wasm"))).unwrap();
+        }
+        let ports = port_range();
+        let cp_addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let mut world = World {
+            dir,
+            cp: None,
+            cp_addr,
+            daemon: None,
+            http: reqwest::Client::new(),
+            ports,
+        };
+        world.start_control_plane().await;
+        world
+    }
+
+    pub async fn start_control_plane(&mut self) {
+        let config = ControlPlaneConfig {
+            listen: self.cp_addr,
+            stub_bin: Some(stub_bin()),
+            port_range: self.ports.clone(),
+            ..ControlPlaneConfig::in_dir(&self.dir.path().join("cp"))
+        };
+        self.cp = Some(serve(config).await.expect("control plane starts"));
+    }
+
+    pub async fn stop_control_plane(&mut self) {
+        if let Some(cp) = self.cp.take() {
+            cp.shutdown().await;
+        }
+    }
+
+    pub fn cp_url(&self) -> String {
+        format!("http://{}", self.cp_addr)
+    }
+
+    /// Start the daemon with `config` (TOML) appended to the test's settings.
+    pub async fn start_daemon(&mut self, resync: &str, config: &str) {
+        let file = self.dir.path().join("setpoint.toml");
+        std::fs::write(&file, config).unwrap();
+        let settings = Settings::load(
+            Some(&file),
+            Vec::<(String, String)>::new(),
+            &Overrides::new()
+                .set("control_plane.url", self.cp_url())
+                .set("plugins.dir", self.plugin_dir().display().to_string())
+                .set(
+                    "store.path",
+                    self.dir.path().join("setpoint.db").display().to_string(),
+                )
+                .set("admin.listen", "127.0.0.1:0")
+                .set("admin.token", "test-token")
+                .set("controller.resync_interval", resync)
+                .set("controller.backoff_base", "100ms")
+                .set("controller.backoff_cap", "1s"),
+        )
+        .expect("settings load");
+        self.daemon = Some(Daemon::start(settings).await.expect("daemon starts"));
+    }
+
+    pub async fn stop_daemon(&mut self) {
+        if let Some(daemon) = self.daemon.take() {
+            daemon.shutdown().await.expect("clean shutdown");
+        }
+    }
+
+    pub fn plugin_dir(&self) -> PathBuf {
+        self.dir.path().join("plugins")
+    }
+
+    pub fn daemon(&self) -> &Daemon {
+        self.daemon.as_ref().expect("daemon running")
+    }
+
+    pub async fn create(&self, name: &str, labels: Value) -> String {
+        let body = json!({
+            "name": name,
+            "serverConfiguration": {
+                "host": "127.0.0.1", "logLevel": "info",
+                "sources": [{ "kind": "mock", "id": "s1", "autoStart": true, "dataType": "sensor", "intervalMs": 5000 }],
+                "queries": [{ "id": "q1", "queryText": "MATCH (n) RETURN n", "sources": [{ "sourceId": "s1" }] }],
+                "reactions": [{ "kind": "log", "id": "r1", "queries": ["q1"] }]
+            },
+            "metadata": labels,
+        });
+        let created: Value = self
+            .http
+            .post(format!("{}/api/server/instances", self.cp_url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        created["id"].as_str().unwrap().to_owned()
+    }
+
+    pub async fn patch(&self, id: &str, ops: Value) {
+        self.http
+            .patch(format!(
+                "{}/api/configuration/instances/{id}",
+                self.cp_url()
+            ))
+            .json(&ops)
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap();
+    }
+
+    /// GET a control-plane route; `Value::Null` when it cannot be reached (a test may
+    /// poll through an outage).
+    pub async fn get(&self, path: &str) -> Value {
+        match self
+            .http
+            .get(format!("{}{path}", self.cp_url()))
+            .send()
+            .await
+        {
+            Ok(response) => response.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        }
+    }
+
+    pub async fn status(&self, id: &str) -> String {
+        self.get(&format!("/api/server/instances/{id}")).await["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    }
+
+    pub async fn port(&self, id: &str) -> u64 {
+        self.get(&format!("/api/configuration/instances/{id}"))
+            .await["port"]
+            .as_u64()
+            .expect("configuration has a port")
+    }
+
+    /// What the instance's stub process serves as its running configuration.
+    pub async fn stub_config(&self, id: &str) -> Option<Value> {
+        let port = self.port(id).await;
+        let response = self
+            .http
+            .get(format!("http://127.0.0.1:{port}/config"))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .ok()?;
+        response.json().await.ok()
+    }
+
+    pub fn synced(&self, id: &str) -> bool {
+        let store = self.daemon().controller().store();
+        store.load_rollout(id).unwrap().is_none()
+            && store
+                .conditions(id)
+                .unwrap()
+                .iter()
+                .any(|c| c.type_ == ConditionType::Synced && c.status)
+    }
+
+    pub fn condition(&self, id: &str, type_: ConditionType) -> Option<(bool, String, String)> {
+        self.daemon()
+            .controller()
+            .store()
+            .conditions(id)
+            .unwrap()
+            .into_iter()
+            .find(|c| c.type_ == type_)
+            .map(|c| (c.status, c.reason, c.message))
+    }
+
+    pub fn audit(&self, id: &str) -> Vec<(AuditKind, String)> {
+        self.daemon()
+            .controller()
+            .store()
+            .audit(&AuditFilter {
+                instance_id: Some(id.to_owned()),
+                ..AuditFilter::default()
+            })
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.entry.kind, r.entry.message))
+            .collect()
+    }
+
+    pub async fn latest_sequence(&self) -> u64 {
+        self.get("/api/status/recent-changes?after=0").await["latestSequence"]
+            .as_u64()
+            .unwrap_or(0)
+    }
+}
+
+/// Poll `check` every 20 ms until it holds or `limit` passes.
+pub async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let until = Instant::now() + limit;
+    while !check().await {
+        assert!(
+            Instant::now() < until,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wait (up to 30 s) until every instance is synced and running.
+pub async fn converged(world: &World, ids: &[&str]) {
+    for id in ids {
+        eventually(
+            Duration::from_secs(30),
+            &format!("{id} to converge"),
+            async || world.synced(id) && world.status(id).await == "Running",
+        )
+        .await;
+    }
+}
