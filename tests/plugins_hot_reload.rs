@@ -12,7 +12,7 @@ use setpoint::registry::{EntryState, PluginDir, PluginRegistry, SETTLE_DELAY};
 use setpoint::runtime::{PluginRuntime, RuntimeConfig, World as Kind};
 use setpoint::store::{AuditFilter, AuditKind, ConditionType};
 use setpoint_tests::world::{World, converged, eventually};
-use setpoint_tests::{fixture, install_atomically, plugin, with_custom_section};
+use setpoint_tests::{fixture, install_atomically, plugin, setpoint_bin, with_custom_section};
 
 fn runtime() -> PluginRuntime {
     PluginRuntime::new(RuntimeConfig::default()).expect("runtime")
@@ -574,5 +574,108 @@ async fn removing_a_strategy_stops_new_selections_without_disturbing_a_rollout_i
         text.contains("setpoint_plugins{state=\"retiring\"} 0"),
         "{text}"
     );
+    world.stop_daemon().await;
+}
+
+/// Run the `setpoint` binary; its exit code and standard output.
+fn setpoint(args: &[&str]) -> (i32, String) {
+    let output = std::process::Command::new(setpoint_bin())
+        .args(args)
+        .env_remove("SETPOINT_ENDPOINT")
+        .output()
+        .expect("run setpoint");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    (
+        output.status.code().unwrap_or(-1),
+        format!("{stdout}{stderr}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn plugins_install_validates_then_places_the_file_for_the_running_daemon() {
+    let mut world = World::new(&[]).await;
+    world.start_daemon("30s", "").await;
+    let dir = world.plugin_dir();
+    let dir_arg = dir.display().to_string();
+    let endpoint = format!("http://{}", world.daemon().admin_addr());
+
+    let v2 = fixture("field-diff-v2").display().to_string();
+    let (code, out) = setpoint(&["plugins", "install", &v2, "--dir", &dir_arg]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("installed comparator field-diff@0.2.0"),
+        "{out}"
+    );
+    let installed = dir.join("field-diff-0.2.0.wasm");
+    assert_eq!(digest_of(&installed), digest_of(Path::new(&v2)));
+    let v2_digest = digest_of(&installed);
+    eventually(
+        Duration::from_secs(2),
+        "the daemon to serve it",
+        async || {
+            digest_serving(&world, Kind::Comparator, "field-diff").as_deref()
+                == Some(v2_digest.as_str())
+        },
+    )
+    .await;
+
+    // A comparator that traps is refused and nothing is written.
+    let trap = fixture("trap").display().to_string();
+    let (code, out) = setpoint(&["plugins", "install", &trap, "--dir", &dir_arg]);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("rejected, not installed") && out.contains("smoke call"),
+        "{out}"
+    );
+    // So is another build of a name and version the directory already has.
+    let rebuilt = world.dir.path().join("field-diff-rebuilt.wasm");
+    std::fs::write(
+        &rebuilt,
+        with_custom_section(&std::fs::read(plugin("field-diff")).unwrap(), b"x"),
+    )
+    .unwrap();
+    let (code, out) = setpoint(&[
+        "plugins",
+        "install",
+        &rebuilt.display().to_string(),
+        "--dir",
+        &dir_arg,
+    ]);
+    assert_ne!(code, 0, "{out}");
+    assert!(
+        out.contains("field-diff.wasm already provides comparator field-diff@0.1.0"),
+        "{out}"
+    );
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        [
+            "drasi-summary.wasm",
+            "field-diff-0.2.0.wasm",
+            "field-diff.wasm",
+            "restart.wasm"
+        ]
+    );
+
+    // `plugins list` asks the daemon.
+    let (code, out) = setpoint(&["plugins", "list", "--endpoint", &endpoint]);
+    assert_eq!(code, 0, "{out}");
+    let line = |version: &str| {
+        out.lines()
+            .find(|l| l.starts_with("field-diff") && l.contains(version))
+            .unwrap_or_else(|| panic!("no field-diff {version} in {out}"))
+            .to_owned()
+    };
+    assert!(line("0.2.0").contains("active"), "{out}");
+    assert!(line("0.1.0").contains("superseded"), "{out}");
+    let (code, out) = setpoint(&["plugins", "list", "--json", "--endpoint", &endpoint]);
+    assert_eq!(code, 0, "{out}");
+    let listed: Vec<Value> = serde_json::from_str(&out).expect("JSON");
+    assert_eq!(listed.len(), 4, "{listed:#?}");
     world.stop_daemon().await;
 }

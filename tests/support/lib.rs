@@ -101,6 +101,13 @@ pub fn stub_bin() -> PathBuf {
     .clone()
 }
 
+/// The `setpoint` executable, built like [`stub_bin`], for tests of its command line.
+pub fn setpoint_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| build_bin("setpoint", "setpoint"))
+        .clone()
+}
+
 /// The `setpoint-controlplane` executable, built like [`stub_bin`], for tests that must
 /// kill the control plane as a whole process.
 pub fn controlplane_bin() -> PathBuf {

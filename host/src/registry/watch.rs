@@ -41,6 +41,8 @@ pub async fn run(
     let mut watcher: Option<notify::RecommendedWatcher> = None;
     let mut watch_error: Option<String> = None;
     let mut pending = false;
+    // A change the controller has not taken yet (the store could not be read).
+    let mut unpublished = false;
     loop {
         if watcher.is_none() {
             match start_watcher(&dir, wake.clone()) {
@@ -89,23 +91,26 @@ pub async fn run(
             }
         };
         pending = report.pending;
-        if report.changed || controller.plugins().has_retiring() {
-            publish(&dir, &controller, &metrics);
+        unpublished |= report.changed;
+        if unpublished || controller.plugins().has_retiring() {
+            unpublished = !publish(&dir, &controller, &metrics);
         }
     }
 }
 
 /// Offer the directory's registry to the controller, then log what changed and count
-/// the states.
-pub fn publish(dir: &PluginDir, controller: &Controller, metrics: &Metrics) {
+/// the states. `false` when the controller kept its current plugins (try again later).
+pub fn publish(dir: &PluginDir, controller: &Controller, metrics: &Metrics) -> bool {
     let before = controller.plugins();
     match controller.set_plugins(dir.registry()) {
         Ok(after) => {
             log_changes(&before, &after);
             count(metrics, &after);
+            true
         }
         Err(error) => {
             tracing::warn!(error = %crate::error_chain(&error), "cannot tell which plugins rollouts still use; keeping the current plugins until the next scan");
+            false
         }
     }
 }
