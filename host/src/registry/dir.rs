@@ -95,7 +95,7 @@ impl PluginDir {
     }
 
     /// Scan until every file has settled and been validated, or for at most
-    /// [`STARTUP_SETTLE_ROUNDS`] settle delays (start-up, and `plugins list DIR`).
+    /// ten settle delays (start-up, and `plugins list DIR`).
     pub fn load(&mut self, runtime: &PluginRuntime) {
         for _ in 0..STARTUP_SETTLE_ROUNDS {
             if !self.scan(runtime).pending {
