@@ -161,6 +161,7 @@ impl Daemon {
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(resync_loop(
             cp.clone(),
+            controller.clone(),
             store.clone(),
             queue.clone(),
             settings.controller.resync_interval,
@@ -169,6 +170,7 @@ impl Daemon {
         )));
         tasks.push(tokio::spawn(feed_loop(
             cp.clone(),
+            controller.clone(),
             queue.clone(),
             stop_rx.clone(),
         )));
@@ -279,6 +281,7 @@ fn error_policy(
 /// rollout for (so orphans are noticed).
 async fn resync_loop(
     cp: Arc<dyn ControlPlane>,
+    controller: Arc<Controller>,
     store: Arc<Store>,
     queue: WorkQueue,
     interval: Duration,
@@ -295,8 +298,8 @@ async fn resync_loop(
         match cp.list_instances().await {
             Ok(instances) => {
                 let n = instances.len();
-                for instance in instances {
-                    queue.enqueue(instance.id);
+                for id in controller.prime(instances) {
+                    queue.enqueue(id);
                 }
                 if let Ok(rollouts) = store.rollouts() {
                     for r in rollouts {
@@ -318,7 +321,12 @@ async fn resync_loop(
 /// Follow the control plane's change feed and queue every instance that changed. Uses
 /// the sequence cursor with long-poll; resyncs everything when told the cursor fell
 /// behind; falls back to polling the original `since=` route when there is no cursor.
-async fn feed_loop(cp: Arc<dyn ControlPlane>, queue: WorkQueue, mut stop: watch::Receiver<bool>) {
+async fn feed_loop(
+    cp: Arc<dyn ControlPlane>,
+    controller: Arc<Controller>,
+    queue: WorkQueue,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut cursor: Option<u64> = None;
     let mut since = chrono::Utc::now();
     let mut use_fallback = false;
@@ -350,8 +358,8 @@ async fn feed_loop(cp: Arc<dyn ControlPlane>, queue: WorkQueue, mut stop: watch:
                 if truncated && !first {
                     tracing::warn!(cursor = ?cursor, "change feed cursor fell behind the control plane's buffer; resyncing every instance");
                     if let Ok(instances) = cp.list_instances().await {
-                        for i in instances {
-                            queue.enqueue(i.id);
+                        for id in controller.prime(instances) {
+                            queue.enqueue(id);
                         }
                     }
                 }
@@ -360,6 +368,7 @@ async fn feed_loop(cp: Arc<dyn ControlPlane>, queue: WorkQueue, mut stop: watch:
                 {
                     for change in &changes {
                         tracing::debug!(instance.id = %change.instance_id, status = %change.status.as_str(), "change feed event");
+                        controller.note_change(&change.instance_id, change.timestamp);
                         queue.enqueue(change.instance_id.clone());
                     }
                 }

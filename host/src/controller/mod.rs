@@ -243,6 +243,22 @@ pub struct Controller {
     /// Held while a rollout record is first saved and while a new registry is swapped
     /// in, so a swap sees every rollout that started on a plugin it is about to drop.
     pins: Mutex<()>,
+    /// Instances as the last full listing saw them, each used once by the next
+    /// reconcile of that instance instead of a `GET` (a resync of N instances then costs
+    /// one list and N configuration reads, not 2N reads).
+    snapshots: Mutex<Snapshots>,
+}
+
+/// Listing snapshots and the newest change seen per instance (see
+/// [`Controller::prime`]).
+#[derive(Debug, Default)]
+struct Snapshots {
+    instances: HashMap<String, client::Instance>,
+    changed_at: HashMap<String, client::Timestamp>,
+}
+
+fn modified_at(instance: &client::Instance) -> client::Timestamp {
+    instance.last_modified_at.unwrap_or(instance.created_at)
 }
 
 impl std::fmt::Debug for Controller {
@@ -280,6 +296,7 @@ impl Controller {
             metrics,
             given_up: Mutex::new(HashMap::new()),
             pins: Mutex::new(()),
+            snapshots: Mutex::new(Snapshots::default()),
         }
     }
 
@@ -345,6 +362,50 @@ impl Controller {
         }
     }
 
+    /// Keep a full listing's instances for their next reconcile and return their ids.
+    /// An instance the change feed has reported a newer change for than the listing
+    /// shows is not kept: its reconcile reads it afresh.
+    pub fn prime(&self, instances: Vec<client::Instance>) -> Vec<String> {
+        let mut snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        let mut ids = Vec::with_capacity(instances.len());
+        for instance in instances {
+            ids.push(instance.id.clone());
+            let stale = snapshots
+                .changed_at
+                .get(&instance.id)
+                .is_some_and(|at| *at > modified_at(&instance));
+            if !stale {
+                snapshots.instances.insert(instance.id.clone(), instance);
+            }
+        }
+        ids
+    }
+
+    /// The change feed reported a change of `id` at `at`: a listing snapshot older than
+    /// that is dropped.
+    pub fn note_change(&self, id: &str, at: client::Timestamp) {
+        let mut snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        let newest = snapshots.changed_at.entry(id.to_owned()).or_insert(at);
+        if *newest < at {
+            *newest = at;
+        }
+        if snapshots
+            .instances
+            .get(id)
+            .is_some_and(|i| modified_at(i) < at)
+        {
+            snapshots.instances.remove(id);
+        }
+    }
+
+    fn take_snapshot(&self, id: &str) -> Option<client::Instance> {
+        self.snapshots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .instances
+            .remove(id)
+    }
+
     /// Reconcile one instance and say when to look at it again.
     pub async fn reconcile(&self, id: String) -> Result<Action> {
         let started = Instant::now();
@@ -362,10 +423,13 @@ impl Controller {
     }
 
     async fn reconcile_inner(&self, id: &str) -> Result<(Action, &'static str)> {
-        let instance = match self.cp.get_instance(id).await {
-            Ok(instance) => instance,
-            Err(e) if e.is_not_found() => return self.orphaned(id),
-            Err(e) => return Err(e.into()),
+        let instance = match self.take_snapshot(id) {
+            Some(instance) => instance,
+            None => match self.cp.get_instance(id).await {
+                Ok(instance) => instance,
+                Err(e) if e.is_not_found() => return self.orphaned(id),
+                Err(e) => return Err(e.into()),
+            },
         };
         let facts = Self::facts(&instance);
         let selection = self.policy.select(&facts);
