@@ -20,7 +20,9 @@ pub const MAX_LOG_LINES_PER_CALL: u32 = 1_000;
 
 /// The data of one plugin call's `Store`.
 pub struct HostState {
-    wasi: WasiCtx,
+    /// Built on first use: most plugins import no WASI, and building a context costs
+    /// allocations and random seeding on every call.
+    wasi: Option<WasiCtx>,
     table: ResourceTable,
     pub(super) limits: MemoryLimiter,
     pub(super) label: String,
@@ -45,7 +47,7 @@ impl HostState {
     /// A fresh state for one call by `label` (`name@version`) on `instance`.
     pub(super) fn new(label: &str, instance: &str, max_memory_bytes: usize) -> Self {
         HostState {
-            wasi: deny_all_wasi(),
+            wasi: None,
             table: ResourceTable::new(),
             limits: MemoryLimiter {
                 max_memory_bytes,
@@ -99,7 +101,7 @@ impl wasmtime_wasi::HostMonotonicClock for FrozenClock {
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
-            ctx: &mut self.wasi,
+            ctx: self.wasi.get_or_insert_with(deny_all_wasi),
             table: &mut self.table,
         }
     }
