@@ -7,22 +7,11 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use setpoint_controlplane::{ControlPlaneConfig, serve};
+use setpoint_tests::world::eventually;
 use setpoint_tests::{build_bin, free_port, plugin_dir, port_range, stub_bin};
 
 fn setpoint_bin() -> std::path::PathBuf {
     build_bin("setpoint", "setpoint")
-}
-
-/// Poll `check` every 50 ms until it holds or `limit` passes.
-async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let until = Instant::now() + limit;
-    while !check().await {
-        assert!(
-            Instant::now() < until,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 struct Daemon(Child);
