@@ -7,6 +7,7 @@
 //! 3. loading a plugin by compiling it vs from the on-disk compiled cache.
 //!
 //! Run: `./scripts/build-plugins && cargo bench -p setpoint --bench plugins`.
+//! `SETPOINT_BENCH_PAIRS=1,2` runs only the listed pairs (for profiling one of them).
 //! Batches of A and B alternate so that machine noise falls on both; each figure is the
 //! median over batches of the mean time per iteration in a batch.
 
@@ -48,82 +49,88 @@ fn main() {
         "native and Wasm must agree"
     );
     assert!(!wasm_drifts.is_empty(), "the inputs should differ");
-    pair(
-        "field-diff compare: native vs Wasm (fresh instance per call)",
-        "native",
-        "wasm",
-        200,
-        || {
-            black_box(field_diff::compare_json(&desired, &actual, "{}").unwrap());
-        },
-        || {
-            black_box(
-                pooled
-                    .compare(&plugin, "bench", &desired, &actual, "{}")
-                    .unwrap(),
-            );
-        },
-        1.5,
-    );
+    if wanted(1) {
+        pair(
+            "field-diff compare: native vs Wasm (fresh instance per call)",
+            "native",
+            "wasm",
+            200,
+            || {
+                black_box(field_diff::compare_json(&desired, &actual, "{}").unwrap());
+            },
+            || {
+                black_box(
+                    pooled
+                        .compare(&plugin, "bench", &desired, &actual, "{}")
+                        .unwrap(),
+                );
+            },
+            1.5,
+        );
+    }
 
-    // 2. Pooling vs on-demand instantiation (the whole call, fresh instance each time).
-    let on_demand = PluginRuntime::new(RuntimeConfig {
-        pooling: false,
-        ..RuntimeConfig::default()
-    })
-    .expect("runtime");
-    let plugin_od = on_demand.load("field-diff.wasm", &bytes).expect("load");
-    pair(
-        "field-diff call with instantiation: pooling vs on-demand",
-        "pooling",
-        "on-demand",
-        200,
-        || {
-            black_box(
-                pooled
-                    .compare(&plugin, "bench", &desired, &actual, "{}")
-                    .unwrap(),
-            );
-        },
-        || {
-            black_box(
-                on_demand
-                    .compare(&plugin_od, "bench", &desired, &actual, "{}")
-                    .unwrap(),
-            );
-        },
-        f64::INFINITY,
-    );
+    if wanted(2) {
+        // 2. Pooling vs on-demand instantiation (the whole call, fresh instance each time).
+        let on_demand = PluginRuntime::new(RuntimeConfig {
+            pooling: false,
+            ..RuntimeConfig::default()
+        })
+        .expect("runtime");
+        let plugin_od = on_demand.load("field-diff.wasm", &bytes).expect("load");
+        pair(
+            "field-diff call with instantiation: pooling vs on-demand",
+            "pooling",
+            "on-demand",
+            200,
+            || {
+                black_box(
+                    pooled
+                        .compare(&plugin, "bench", &desired, &actual, "{}")
+                        .unwrap(),
+                );
+            },
+            || {
+                black_box(
+                    on_demand
+                        .compare(&plugin_od, "bench", &desired, &actual, "{}")
+                        .unwrap(),
+                );
+            },
+            f64::INFINITY,
+        );
+    }
 
-    // 3. First load (compile) vs load from the on-disk cache. Neither runtime holds a
-    // loaded plugin between iterations, so every load starts from the bytes.
-    let cache_dir =
-        std::env::temp_dir().join(format!("setpoint-bench-cache-{}", std::process::id()));
-    let cached = PluginRuntime::new(RuntimeConfig {
-        cache_dir: Some(cache_dir.clone()),
-        ..RuntimeConfig::default()
-    })
-    .expect("runtime");
-    drop(
-        cached
-            .load("field-diff.wasm", &bytes)
-            .expect("warm the cache"),
-    );
-    let uncached = PluginRuntime::new(RuntimeConfig::default()).expect("runtime");
-    pair(
-        "load field-diff (validate + compile or fetch + metadata and smoke calls): cache vs compile",
-        "from cache",
-        "compile",
-        3,
-        || {
-            drop(black_box(cached.load("field-diff.wasm", &bytes).unwrap()));
-        },
-        || {
-            drop(black_box(uncached.load("field-diff.wasm", &bytes).unwrap()));
-        },
-        f64::INFINITY,
-    );
-    std::fs::remove_dir_all(&cache_dir).ok();
+    if wanted(3) {
+        // 3. First load (compile) vs load from the on-disk cache. Neither runtime holds a
+        // loaded plugin between iterations, so every load starts from the bytes.
+        let cache_dir =
+            std::env::temp_dir().join(format!("setpoint-bench-cache-{}", std::process::id()));
+        let cached = PluginRuntime::new(RuntimeConfig {
+            cache_dir: Some(cache_dir.clone()),
+            ..RuntimeConfig::default()
+        })
+        .expect("runtime");
+        drop(
+            cached
+                .load("field-diff.wasm", &bytes)
+                .expect("warm the cache"),
+        );
+        let uncached = PluginRuntime::new(RuntimeConfig::default()).expect("runtime");
+        pair(
+            "load field-diff (validate + compile or fetch + metadata and smoke calls): cache vs compile",
+            "from cache",
+            "compile",
+            3,
+            || {
+                drop(black_box(cached.load("field-diff.wasm", &bytes).unwrap()));
+            },
+            || {
+                drop(black_box(uncached.load("field-diff.wasm", &bytes).unwrap()));
+            },
+            f64::INFINITY,
+        );
+        std::fs::remove_dir_all(&cache_dir).ok();
+    }
 }
 
 /// Measure `a` and `b` in alternating batches of `iters` and print both medians and
@@ -159,6 +166,13 @@ fn pair(
     } else {
         println!("  ratio {b_name}/{a_name} = {ratio:.2}x\n");
     }
+}
+
+/// Whether pair `n` is to be run (`SETPOINT_BENCH_PAIRS`, default all).
+fn wanted(n: u32) -> bool {
+    std::env::var("SETPOINT_BENCH_PAIRS").map_or(true, |pairs| {
+        pairs.split(',').any(|p| p.trim() == n.to_string())
+    })
 }
 
 fn batch(iters: u32, f: &mut impl FnMut()) -> Duration {
