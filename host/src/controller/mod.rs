@@ -729,20 +729,10 @@ impl Controller {
         applied: Option<Value>,
     ) -> Result<(Action, &'static str)> {
         let id = instance.id.as_str();
-        let strategy = self.pinned(&record)?;
-        let rollout = self.rollout_input(&record, &envelope, selection, desired, applied.as_ref());
-        let outcome = self
-            .run_strategy(
-                strategy.clone(),
-                rollout,
-                envelope.scope.clone(),
-                false,
-                false,
-            )
+        let (strategy, progress) = self
+            .rollout_call(&record, &mut envelope, selection, desired, applied, false)
             .await?;
-        self.audit_calls(id, &strategy, &outcome.calls)?;
-        envelope.scope = outcome.scope;
-        let progress = match outcome.progress {
+        let progress = match progress {
             Ok(progress) => progress,
             Err(error) => {
                 self.save_envelope(&mut record, &envelope)?;
@@ -875,6 +865,33 @@ impl Controller {
         }
     }
 
+    /// Call the rollout's pinned strategy (`step`, or `abort` when `abort`), audit the
+    /// control-plane calls it made and keep its new scope in `envelope`.
+    async fn rollout_call(
+        &self,
+        record: &RolloutRecord,
+        envelope: &mut Envelope,
+        selection: &Selection,
+        desired: &Value,
+        applied: Option<Value>,
+        abort: bool,
+    ) -> Result<(Arc<Plugin>, std::result::Result<Progress, Box<CallError>>)> {
+        let strategy = self.pinned(record)?;
+        let rollout = self.rollout_input(record, envelope, selection, desired, applied.as_ref());
+        let outcome = self
+            .run_strategy(
+                strategy.clone(),
+                rollout,
+                envelope.scope.clone(),
+                false,
+                abort,
+            )
+            .await?;
+        self.audit_calls(&record.instance_id, &strategy, &outcome.calls)?;
+        envelope.scope = outcome.scope;
+        Ok((strategy, outcome.progress))
+    }
+
     /// Run the strategy's `abort` for a rollout an operator aborted.
     async fn abort_step(
         &self,
@@ -885,21 +902,11 @@ impl Controller {
         applied: Option<Value>,
     ) -> Result<(Action, &'static str)> {
         let id = instance.id.as_str();
-        let strategy = self.pinned(&record)?;
         let selection = self.policy.select(&Self::facts(instance));
-        let rollout = self.rollout_input(&record, &envelope, &selection, desired, applied.as_ref());
-        let outcome = self
-            .run_strategy(
-                strategy.clone(),
-                rollout,
-                envelope.scope.clone(),
-                false,
-                true,
-            )
+        let (_, progress) = self
+            .rollout_call(&record, &mut envelope, &selection, desired, applied, true)
             .await?;
-        self.audit_calls(id, &strategy, &outcome.calls)?;
-        envelope.scope = outcome.scope;
-        match outcome.progress {
+        match progress {
             Err(error) => {
                 self.save_envelope(&mut record, &envelope)?;
                 Err(self.plugin_failed(id, error)?)
