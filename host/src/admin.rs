@@ -196,16 +196,20 @@ async fn list_instances(State(state): State<AdminState>) -> Result<Json<Value>, 
     Ok(Json(Value::Array(rows)))
 }
 
+async fn fetch_instance(state: &AdminState, id: &str) -> Result<crate::client::Instance, ApiError> {
+    state
+        .controller
+        .control_plane()
+        .get_instance(id)
+        .await
+        .map_err(from_client)
+}
+
 async fn get_instance(
     State(state): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let instance = state
-        .controller
-        .control_plane()
-        .get_instance(&id)
-        .await
-        .map_err(from_client)?;
+    let instance = fetch_instance(&state, &id).await?;
     let store = state.controller.store();
     let conditions = store.conditions(&id).map_err(internal)?;
     let rollout = store.load_rollout(&id).map_err(internal)?;
@@ -224,12 +228,7 @@ async fn explain(
     State(state): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let instance = state
-        .controller
-        .control_plane()
-        .get_instance(&id)
-        .await
-        .map_err(from_client)?;
+    let instance = fetch_instance(&state, &id).await?;
     let facts = Controller::facts(&instance);
     let explanation = state.controller.policy().explain(&facts);
     Ok(Json(json!({

@@ -490,14 +490,8 @@ impl Controller {
                 (Classification::InSync, Vec::new())
             }
             (Some(applied), _) => {
-                let drifts = self
-                    .compare(&selection, id, &desired, &applied.config)
-                    .await?;
-                if drifts.is_empty() {
-                    (Classification::InSync, drifts)
-                } else {
-                    (Classification::Drifted, drifts)
-                }
+                self.judge(&selection, id, &desired, &applied.config)
+                    .await?
             }
         };
 
@@ -519,12 +513,7 @@ impl Controller {
             return Ok((Action::await_change(), "synced"));
         }
 
-        self.metrics
-            .drift_detected
-            .get_or_create(&DriftLabels {
-                classification: classification.as_str().to_owned(),
-            })
-            .inc();
+        self.count_drift(classification);
         let views: Vec<DriftView> = drifts.iter().map(DriftView::from).collect();
         self.audit(
             id,
@@ -985,14 +974,8 @@ impl Controller {
             }
             (None, _) => (Classification::Unmanaged, Vec::new()),
             (Some(applied), _) => {
-                let drifts = self
-                    .compare(&selection, id, &desired, &applied.config)
-                    .await?;
-                if drifts.is_empty() {
-                    (Classification::InSync, drifts)
-                } else {
-                    (Classification::Drifted, drifts)
-                }
+                self.judge(&selection, id, &desired, &applied.config)
+                    .await?
             }
         };
         let (calls, outcome) = if matches!(classification, Classification::InSync) {
@@ -1141,6 +1124,23 @@ impl Controller {
         Ok(outcome)
     }
 
+    /// Run the comparator on the applied configuration: in sync when it finds no drift.
+    async fn judge(
+        &self,
+        selection: &Selection,
+        id: &str,
+        desired: &Value,
+        applied: &Value,
+    ) -> Result<(Classification, Vec<Drift>)> {
+        let drifts = self.compare(selection, id, desired, applied).await?;
+        let classification = if drifts.is_empty() {
+            Classification::InSync
+        } else {
+            Classification::Drifted
+        };
+        Ok((classification, drifts))
+    }
+
     async fn compare(
         &self,
         selection: &Selection,
@@ -1282,17 +1282,21 @@ impl Controller {
         Ok(None)
     }
 
+    fn count_drift(&self, classification: Classification) {
+        self.metrics
+            .drift_detected
+            .get_or_create(&DriftLabels {
+                classification: classification.as_str().to_owned(),
+            })
+            .inc();
+    }
+
     fn orphaned(&self, id: &str) -> Result<(Action, &'static str)> {
         if self.store.last_applied(id)?.is_none() && self.store.load_rollout(id)?.is_none() {
             // Never managed here: nothing to report.
             return Ok((Action::await_change(), "skipped"));
         }
-        self.metrics
-            .drift_detected
-            .get_or_create(&DriftLabels {
-                classification: Classification::Orphaned.as_str().to_owned(),
-            })
-            .inc();
+        self.count_drift(Classification::Orphaned);
         let message = "the control plane no longer knows this instance; the host's record is kept for an operator";
         self.audit(
             id,
