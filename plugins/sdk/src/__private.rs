@@ -49,6 +49,12 @@ mod wire {
         }
     }
 
+    /// `value` as compact JSON text. `serde_json::to_string` writes straight into a
+    /// buffer; `Value`'s `Display` goes through `fmt` a token at a time.
+    fn json_text(value: &serde_json::Value) -> String {
+        serde_json::to_string(value).unwrap_or_else(|_| value.to_string())
+    }
+
     pub fn drift_to_wire(drift: Drift) -> wire::Drift {
         wire::Drift {
             path: drift.path,
@@ -57,8 +63,8 @@ mod wire {
                 DriftKind::Removed => wire::DriftKind::Removed,
                 DriftKind::Changed => wire::DriftKind::Changed,
             },
-            desired: drift.desired.map(|v| v.to_string()),
-            actual: drift.actual.map(|v| v.to_string()),
+            desired: drift.desired.as_ref().map(json_text),
+            actual: drift.actual.as_ref().map(json_text),
             message: drift.message,
         }
     }
@@ -70,7 +76,13 @@ mod wire {
         params: &str,
     ) -> Result<Vec<wire::Drift>, wire::PluginError> {
         install_panic_hook();
-        crate::compare_json::<C>(desired, actual, params)
+        let inputs = crate::parse_compare_inputs(desired, actual, params).map_err(error_to_wire)?;
+        let [desired, actual, params] = &inputs;
+        let result = C::compare(desired, actual, params);
+        // The instance, and its memory, is discarded when this call returns: walking the
+        // parsed documents only to free them would be wasted work.
+        std::mem::forget(inputs);
+        result
             .map(|drifts| drifts.into_iter().map(drift_to_wire).collect())
             .map_err(error_to_wire)
     }

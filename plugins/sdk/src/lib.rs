@@ -49,6 +49,22 @@
 //! builds (unit tests, clippy, benchmarks) see the idiomatic types and traits, and the
 //! export macros then only check that the trait is implemented.
 //!
+//! # Memory
+//!
+//! The host runs every call in a fresh instance and discards it afterwards, so on wasm32
+//! the SDK installs an allocator built for that (the default `arena` feature; see
+//! `src/arena.rs`): blocks come from a bump pointer over a 256 KiB region reserved in the
+//! module, freed blocks are reused per size class, and linear memory grows only when a
+//! call needs more. It is several times cheaper per allocation than Rust's default
+//! allocator and lets a typical call run without growing memory, which the host pays for
+//! with page-table changes. It rounds blocks up (to 16 bytes, and to a power of two above
+//! 1 KiB), so a plugin that churns through large buffers of ever-different sizes in one
+//! call can reach the host's memory cap sooner; such a plugin depends on the SDK with
+//! `default-features = false` to get Rust's default allocator back. The comparator export
+//! also leaves the parsed configurations to the instance's teardown instead of freeing
+//! them. On `wasm32-unknown-unknown` the SDK supplies a word-at-a-time `memcmp` in place
+//! of the byte loop Rust's runtime library ships for that target.
+//!
 //! # Testing natively
 //!
 //! Everything a plugin's logic touches runs natively: call [`compare_json`] (exactly what
@@ -78,10 +94,20 @@
 //! export!(Raw);
 //! ```
 
+// The arena is the global allocator only on wasm32 with the `arena` feature; natively
+// its logic is compiled for its unit tests alone.
+#[cfg_attr(not(all(target_arch = "wasm32", feature = "arena")), allow(dead_code))]
+mod arena;
 mod control_plane;
 mod drift;
+// Word-at-a-time `memcmp` for wasm32-unknown-unknown; natively only its tests use it.
 mod error;
 pub mod log;
+#[cfg_attr(
+    not(all(target_arch = "wasm32", target_os = "unknown")),
+    allow(dead_code)
+)]
+mod memcmp;
 mod metadata;
 pub mod pointer;
 mod rollout;
@@ -139,13 +165,24 @@ pub trait Strategy {
 }
 
 /// Parse the contract's JSON text and run `C::compare`: exactly what the Wasm export of
-/// a comparator runs, minus the canonical ABI. Plugin crates re-export it natively for
-/// benchmarks and tests.
+/// a comparator runs, minus the canonical ABI (and minus freeing the parsed documents,
+/// which the export leaves to the instance's teardown). Plugin crates re-export it
+/// natively for benchmarks and tests.
 pub fn compare_json<C: Comparator>(
     desired: &str,
     actual: &str,
     params: &str,
 ) -> Result<Vec<Drift>, PluginError> {
+    let [desired, actual, params] = parse_compare_inputs(desired, actual, params)?;
+    C::compare(&desired, &actual, &params)
+}
+
+/// The desired and actual configurations and the params of a `compare` call, parsed.
+pub(crate) fn parse_compare_inputs(
+    desired: &str,
+    actual: &str,
+    params: &str,
+) -> Result<[Value; 3], PluginError> {
     let desired: Value = serde_json::from_str(desired).map_err(|e| {
         PluginError::InvalidInput(format!("the desired configuration is not JSON: {e}"))
     })?;
@@ -158,7 +195,7 @@ pub fn compare_json<C: Comparator>(
         serde_json::from_str(params)
             .map_err(|e| PluginError::InvalidParams(format!("params are not JSON: {e}")))?
     };
-    C::compare(&desired, &actual, &params)
+    Ok([desired, actual, params])
 }
 
 // The generated bindings. Only on wasm32, and only for the world the cargo feature picks.
