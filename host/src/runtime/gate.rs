@@ -7,8 +7,17 @@ use std::sync::{Condvar, Mutex};
 #[derive(Debug)]
 pub(super) struct Gate {
     limit: usize,
-    inside: Mutex<usize>,
+    state: Mutex<State>,
     freed: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// Holders inside now.
+    inside: usize,
+    /// Callers blocked in [`Gate::enter`]; leaving only wakes someone when there is one
+    /// (a `notify_one` is a system call even with nobody waiting).
+    waiting: usize,
 }
 
 /// Held while a call runs; leaving the scope lets the next one in.
@@ -19,27 +28,31 @@ impl Gate {
     pub(super) fn new(limit: usize) -> Self {
         Gate {
             limit,
-            inside: Mutex::new(0),
+            state: Mutex::new(State::default()),
             freed: Condvar::new(),
         }
     }
 
     /// Wait until there is room, then enter.
     pub(super) fn enter(&self) -> Permit<'_> {
-        let mut inside = self.inside.lock().unwrap_or_else(|e| e.into_inner());
-        while *inside >= self.limit {
-            inside = self.freed.wait(inside).unwrap_or_else(|e| e.into_inner());
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        while state.inside >= self.limit {
+            state.waiting += 1;
+            state = self.freed.wait(state).unwrap_or_else(|e| e.into_inner());
+            state.waiting -= 1;
         }
-        *inside += 1;
+        state.inside += 1;
         Permit(self)
     }
 }
 
 impl Drop for Permit<'_> {
     fn drop(&mut self) {
-        let mut inside = self.0.inside.lock().unwrap_or_else(|e| e.into_inner());
-        *inside -= 1;
-        self.0.freed.notify_one();
+        let mut state = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
+        state.inside -= 1;
+        if state.waiting > 0 {
+            self.0.freed.notify_one();
+        }
     }
 }
 
