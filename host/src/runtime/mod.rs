@@ -79,14 +79,20 @@ const POOL_CORE_INSTANCES: u32 = POOL_COMPONENT_INSTANCES * 8;
 const POOL_MEMORIES: u32 = POOL_COMPONENT_INSTANCES * 2;
 const POOL_TABLES: u32 = POOL_COMPONENT_INSTANCES * 4;
 
-/// Bytes at the start of each pooled linear memory that are reset with `memset` and kept
-/// resident instead of being returned to the kernel, so the next instance does not
-/// fault them in again. `scripts/build-plugins` links plugins with a 128 KiB shadow
-/// stack, so a call's stack, data and first heap pages fall inside this region
-/// (measured with `benches/plugins.rs`: 90 µs per field-diff call with neither, 57 µs
-/// with both). A plugin built with rustc's 1 MiB default stack still runs correctly,
-/// only with more page faults per call.
-const POOL_KEEP_RESIDENT_BYTES: usize = 512 * 1024;
+/// Dirty bytes of each pooled linear memory that are reset in place (copied back from
+/// the module's image, or zeroed) and kept resident when an instance is torn down,
+/// instead of being handed back to the kernel and faulted in again by the next instance.
+/// With `PAGEMAP_SCAN` (Linux 6.7 and later; used when the kernel has it) only pages the
+/// call actually wrote are reset, so a call that touches 100 KiB costs 100 KiB of copying
+/// however large this is; without it the first this-many bytes are reset every time.
+/// 1 MiB covers a plugin built by `scripts/build-plugins` (128 KiB stack, data, and the
+/// SDK arena's first 256 KiB) with room to spare; what a call writes beyond it is
+/// released with `madvise`. Measured with `benches/plugins.rs` (see `BENCHMARKS.md`).
+const POOL_KEEP_RESIDENT_BYTES: usize = 1024 * 1024;
+
+/// [`POOL_KEEP_RESIDENT_BYTES`] on kernels without `PAGEMAP_SCAN`, where every byte of
+/// it is reset on every call: the stack, data and first heap pages of a typical call.
+const POOL_KEEP_RESIDENT_BYTES_NO_PAGEMAP: usize = 512 * 1024;
 
 /// Bytes of each pooled table kept resident, for the same reason (tables are small).
 const POOL_TABLE_KEEP_RESIDENT_BYTES: usize = 64 * 1024;
@@ -107,6 +113,10 @@ pub struct RuntimeConfig {
     /// Instantiate from a pre-reserved pool (fast) rather than on demand. Default on;
     /// off only to compare the two in benchmarks.
     pub pooling: bool,
+    /// Write `/tmp/perf-<pid>.map` so `perf report` names the functions of compiled
+    /// plugins (for profiling; `benches/plugins.rs` turns it on with
+    /// `SETPOINT_BENCH_PERFMAP=1`). Default off.
+    pub perf_map: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -117,6 +127,7 @@ impl Default for RuntimeConfig {
             max_concurrent_calls: MAX_CONCURRENT_CALLS,
             cache_dir: None,
             pooling: true,
+            perf_map: false,
         }
     }
 }
@@ -590,6 +601,14 @@ fn build_engine(config: &RuntimeConfig) -> Result<Engine> {
     cfg.wasm_component_model(true);
     cfg.epoch_interruption(true);
     cfg.memory_init_cow(true);
+    // Plugin code is call-heavy (serde, collections) and every wasm function entry pays an
+    // epoch check, so inlining small functions pays for itself: about 5% per field-diff
+    // call, for roughly twice the compile time of a component (once per plugin digest,
+    // then served from the on-disk cache).
+    cfg.compiler_inlining(wasmtime::Inlining::Yes);
+    if config.perf_map {
+        cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     if config.pooling {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(POOL_COMPONENT_INSTANCES)
@@ -597,8 +616,13 @@ fn build_engine(config: &RuntimeConfig) -> Result<Engine> {
             .total_memories(POOL_MEMORIES)
             .total_tables(POOL_TABLES)
             .max_memory_size(config.max_memory_bytes)
-            .linear_memory_keep_resident(POOL_KEEP_RESIDENT_BYTES)
-            .table_keep_resident(POOL_TABLE_KEEP_RESIDENT_BYTES);
+            .linear_memory_keep_resident(if PoolingAllocationConfig::is_pagemap_scan_available() {
+                POOL_KEEP_RESIDENT_BYTES
+            } else {
+                POOL_KEEP_RESIDENT_BYTES_NO_PAGEMAP
+            })
+            .table_keep_resident(POOL_TABLE_KEEP_RESIDENT_BYTES)
+            .pagemap_scan(wasmtime::Enabled::Auto);
         cfg.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
     }
     if let Some(dir) = &config.cache_dir {
