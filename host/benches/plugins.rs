@@ -7,7 +7,10 @@
 //! 3. loading a plugin by compiling it vs from the on-disk compiled cache.
 //!
 //! Run: `./scripts/build-plugins && cargo bench -p setpoint --bench plugins`.
-//! `SETPOINT_BENCH_PAIRS=1,2` runs only the listed pairs (for profiling one of them).
+//! `SETPOINT_BENCH_PAIRS=1,2` runs only the listed pairs; `SETPOINT_BENCH_PROFILE=wasm`
+//! (`native`, or `empty` for a call on `{}`) runs one side of pair 1 alone for five
+//! seconds, for `perf record`; `SETPOINT_BENCH_PERFMAP=1` makes the runtime write a perf
+//! map so the report names the plugin's functions.
 //! Batches of A and B alternate so that machine noise falls on both; each figure is the
 //! median over batches of the mean time per iteration in a batch.
 
@@ -37,7 +40,11 @@ fn main() {
     );
 
     // 1. Wasm (fresh instance per call, pooling) vs native.
-    let pooled = PluginRuntime::new(RuntimeConfig::default()).expect("runtime");
+    let pooled = PluginRuntime::new(RuntimeConfig {
+        perf_map: std::env::var_os("SETPOINT_BENCH_PERFMAP").is_some(),
+        ..RuntimeConfig::default()
+    })
+    .expect("runtime");
     let plugin = pooled.load("field-diff.wasm", &bytes).expect("load");
     let native_drifts = field_diff::compare_json(&desired, &actual, "{}").expect("native");
     let wasm_drifts = pooled
@@ -49,6 +56,31 @@ fn main() {
         "native and Wasm must agree"
     );
     assert!(!wasm_drifts.is_empty(), "the inputs should differ");
+    if let Ok(side) = std::env::var("SETPOINT_BENCH_PROFILE") {
+        // Run one side of pair 1 alone for a few seconds, for `perf record`.
+        let start = Instant::now();
+        let mut calls = 0u64;
+        while start.elapsed() < Duration::from_secs(5) {
+            match side.as_str() {
+                "native" => drop(black_box(
+                    field_diff::compare_json(&desired, &actual, "{}").unwrap(),
+                )),
+                // A call with (almost) nothing to do: the per-call cost of the runtime.
+                "empty" => pooled.smoke(&plugin).unwrap(),
+                _ => drop(black_box(
+                    pooled
+                        .compare(&plugin, "bench", &desired, &actual, "{}")
+                        .unwrap(),
+                )),
+            }
+            calls += 1;
+        }
+        println!(
+            "{side}: {calls} calls, {:.1} µs/call",
+            start.elapsed().as_secs_f64() * 1e6 / calls as f64
+        );
+        return;
+    }
     if wanted(1) {
         pair(
             "field-diff compare: native vs Wasm (fresh instance per call)",
