@@ -188,7 +188,8 @@ impl<G: Grow> Arena<G> {
             return addr;
         }
         // The rest of the current region is abandoned; blocks already handed out stay.
-        let Some((start, region)) = self.grow.grow(len + align) else {
+        let Some((start, region)) = len.checked_add(align).and_then(|want| self.grow.grow(want))
+        else {
             return 0;
         };
         self.next = start;
@@ -245,6 +246,12 @@ mod global {
             (previous != usize::MAX).then(|| (previous * WASM_PAGE, pages * WASM_PAGE))
         }
     }
+
+    #[cfg(target_feature = "atomics")]
+    compile_error!(
+        "setpoint-plugin's arena allocator is single-threaded; build without the `atomics` \
+         target feature or turn off the SDK's `arena` feature"
+    );
 
     /// The `#[global_allocator]`. wasm32 plugins are single-threaded, so plain interior
     /// mutability suffices.

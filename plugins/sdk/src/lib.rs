@@ -55,7 +55,7 @@
 //! the SDK installs an allocator built for that (the default `arena` feature; see
 //! `src/arena.rs`): blocks come from a bump pointer over a 256 KiB region reserved in the
 //! module, freed blocks are reused per size class, and linear memory grows only when a
-//! call needs more. It is several times cheaper per allocation than Rust's default
+//! call needs more. It does far less work per allocation than Rust's default
 //! allocator and lets a typical call run without growing memory, which the host pays for
 //! with page-table changes. It rounds blocks up (to 16 bytes, and to a power of two above
 //! 1 KiB), so a plugin that churns through large buffers of ever-different sizes in one
@@ -100,9 +100,9 @@
 mod arena;
 mod control_plane;
 mod drift;
-// Word-at-a-time `memcmp` for wasm32-unknown-unknown; natively only its tests use it.
 mod error;
 pub mod log;
+// Word-at-a-time `memcmp` for wasm32-unknown-unknown; natively only its tests use it.
 #[cfg_attr(
     not(all(target_arch = "wasm32", target_os = "unknown")),
     allow(dead_code)
