@@ -67,11 +67,12 @@ fn main() {
                 )),
                 // A call with (almost) nothing to do: the per-call cost of the runtime.
                 "empty" => pooled.smoke(&plugin).unwrap(),
-                _ => drop(black_box(
+                "wasm" => drop(black_box(
                     pooled
                         .compare(&plugin, "bench", &desired, &actual, "{}")
                         .unwrap(),
                 )),
+                other => panic!("SETPOINT_BENCH_PROFILE={other}: use wasm, native or empty"),
             }
             calls += 1;
         }

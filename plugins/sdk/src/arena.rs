@@ -5,19 +5,20 @@
 //! is built for that: it hands out blocks by bumping a pointer through memory that is
 //! already there (a 256 KiB region reserved in the module's zero-initialised data, so a
 //! typical call grows memory not at all), keeps freed blocks on one free list per size
-//! class for reuse, and only grows linear memory when the arena is
-//! used up. Compared with Rust's default `dlmalloc` it does far less work per
-//! allocation and no `memory.grow` per call, which the host pays for with `mprotect`
-//! (measured in `host/benches/plugins.rs`; figures in `BENCHMARKS.md`).
+//! class for reuse, and only grows linear memory when the arena is used up. Compared
+//! with Rust's default `dlmalloc` it does far less work per allocation and no
+//! `memory.grow` per call, which the host pays for with `mprotect` (measured in
+//! `host/benches/plugins.rs`; figures in `BENCHMARKS.md`).
 //!
 //! Costs, stated plainly: a block is rounded up to a multiple of 16 bytes (up to 1 KiB)
 //! or to a power of two (above), so memory use can be up to twice what is requested for
-//! large blocks; memory freed in one size class is reused only for that class. Allocations larger than [`LARGEST_CLASS`] or aligned
-//! to more than 16 bytes are bump-allocated and reclaimed only when they are the most
-//! recent allocation. A call that churns through more than the host's memory cap
-//! (64 MiB by default) this way fails with the host's out-of-memory error. Plugins that
-//! need a general-purpose allocator turn the SDK's default `arena` feature off
-//! (`default-features = false`) and get Rust's default allocator back.
+//! large blocks; memory freed in one size class is reused only for that class.
+//! Allocations larger than [`LARGEST_CLASS`] or aligned to more than 16 bytes are
+//! bump-allocated and reclaimed only when they are the most recent allocation. A call
+//! that churns through more than the host's memory cap (64 MiB by default) this way
+//! fails with the host's out-of-memory error. Plugins that need a general-purpose
+//! allocator turn the SDK's default `arena` feature off (`default-features = false`)
+//! and get Rust's default allocator back.
 //!
 //! The arena logic ([`Arena`]) is plain Rust over addresses and is unit-tested natively;
 //! only the `#[global_allocator]` glue at the bottom is wasm32-specific.
@@ -90,6 +91,15 @@ fn align_up(addr: usize, align: usize) -> Option<usize> {
     Some(addr.checked_add(align - 1)? & !(align - 1))
 }
 
+/// Bytes a block for `size` bytes aligned to `align` occupies: its class's size, or
+/// for a bump-allocated block the size rounded up to [`MIN_BLOCK`].
+fn block_len(size: usize, align: usize) -> Option<usize> {
+    match class_of(size, align) {
+        Some(class) => Some(class_size(class)),
+        None => align_up(size.max(MIN_BLOCK), MIN_BLOCK),
+    }
+}
+
 impl<G: Grow> Arena<G> {
     /// An arena that starts empty and takes all of its memory from `grow`.
     pub const fn new(grow: G) -> Self {
@@ -135,9 +145,7 @@ impl<G: Grow> Arena<G> {
             }
             None => {
                 // Reclaim a bump-allocated block only when it is the latest one.
-                if align_up(size.max(MIN_BLOCK), MIN_BLOCK).and_then(|s| addr.checked_add(s))
-                    == Some(self.next)
-                {
+                if block_len(size, align).and_then(|len| addr.checked_add(len)) == Some(self.next) {
                     self.next = addr;
                 }
             }
@@ -154,19 +162,8 @@ impl<G: Grow> Arena<G> {
             return true;
         }
         // The latest block from the bump region: move its end.
-        let old_len = match old_class {
-            Some(class) => class_size(class),
-            None => match align_up(size.max(MIN_BLOCK), MIN_BLOCK) {
-                Some(len) => len,
-                None => return false,
-            },
-        };
-        let new_len = match new_class {
-            Some(class) => class_size(class),
-            None => match align_up(new.max(MIN_BLOCK), MIN_BLOCK) {
-                Some(len) => len,
-                None => return false,
-            },
+        let (Some(old_len), Some(new_len)) = (block_len(size, align), block_len(new, align)) else {
+            return false;
         };
         if addr.checked_add(old_len) != Some(self.next) {
             return false;
