@@ -26,6 +26,7 @@
 //!
 //! Natively, [`compare_json`] runs exactly what the component's `compare` export runs.
 
+use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use setpoint_plugin::serde_json::{Map, Value};
@@ -52,7 +53,7 @@ impl Comparator for FieldDiff {
         let mut diff = Diff {
             params: &params,
             path: String::new(),
-            label: String::new(),
+            ids: Vec::new(),
             drifts: Vec::new(),
         };
         diff.value(desired, actual);
@@ -122,26 +123,28 @@ fn parse_ignore(value: &Value) -> Result<Vec<String>, PluginError> {
         .collect()
 }
 
-/// One diff in progress: the current position (a pointer and the label messages show)
-/// and the drifts found so far.
-struct Diff<'p> {
+/// One diff in progress: the current position and the drifts found so far.
+struct Diff<'p, 'v> {
     params: &'p Params,
     /// The pointer of the value being compared.
     path: String,
-    /// `path` as messages show it: elements matched by id appear as `[id=…]`.
-    label: String,
+    /// The elements matched by id on the way to `path`: where each one's token starts and
+    /// ends in `path`, and its id. Messages show those tokens as `[id=…]`; the label is
+    /// only rendered when a drift is recorded, so walking equal subtrees costs no second
+    /// string.
+    ids: Vec<(usize, usize, IdKey<'v>)>,
     drifts: Vec<Drift>,
 }
 
-impl Diff<'_> {
+impl<'v> Diff<'_, 'v> {
     /// Compare the values at the current position.
-    fn value(&mut self, desired: &Value, actual: &Value) {
+    fn value(&mut self, desired: &'v Value, actual: &'v Value) {
         if self.params.ignores(&self.path) {
             return;
         }
         match (desired, actual) {
             (Value::Object(d), Value::Object(a)) => self.object(d, a),
-            (Value::Array(d), Value::Array(a)) => match (id_index(d), id_index(a)) {
+            (Value::Array(d), Value::Array(a)) => match (IdIndex::of(d), IdIndex::of(a)) {
                 (Some(d_ids), Some(a_ids)) => self.keyed_list(d, &d_ids, a, &a_ids),
                 _ => self.list(d, a),
             },
@@ -155,69 +158,87 @@ impl Diff<'_> {
         }
     }
 
-    fn object(&mut self, desired: &Map<String, Value>, actual: &Map<String, Value>) {
+    /// Both maps iterate in key order (serde_json's `Map` is a `BTreeMap`; the test
+    /// `maps_iterate_in_key_order` guards that), so one merge pass pairs the keys: one
+    /// key comparison per step instead of a tree lookup per key on each side. Drifts
+    /// come out as before: the desired keys in order, then the keys only in `actual`.
+    fn object(&mut self, desired: &'v Map<String, Value>, actual: &'v Map<String, Value>) {
+        let mut only_actual = Vec::new();
+        let mut actual = actual.iter().peekable();
         for (key, d) in desired {
-            self.enter(key, None, |diff| match actual.get(key) {
+            let mut counterpart = None;
+            while let Some((a_key, a)) = actual.peek() {
+                match a_key.as_str().cmp(key) {
+                    Ordering::Less => only_actual.push((*a_key, *a)),
+                    Ordering::Equal => counterpart = Some(*a),
+                    Ordering::Greater => break,
+                }
+                actual.next();
+                if counterpart.is_some() {
+                    break;
+                }
+            }
+            self.enter(Token::Key(key), None, |diff| match counterpart {
                 Some(a) => diff.value(d, a),
                 None => diff.added(d),
             });
         }
-        for (key, a) in actual {
-            if !desired.contains_key(key) {
-                self.enter(key, None, |diff| diff.removed(a));
-            }
+        for (key, a) in only_actual.into_iter().chain(actual) {
+            self.enter(Token::Key(key), None, |diff| diff.removed(a));
         }
     }
 
-    fn list(&mut self, desired: &[Value], actual: &[Value]) {
+    fn list(&mut self, desired: &'v [Value], actual: &'v [Value]) {
         for (i, d) in desired.iter().enumerate() {
-            self.enter(&i.to_string(), None, |diff| match actual.get(i) {
+            self.enter(Token::Index(i), None, |diff| match actual.get(i) {
                 Some(a) => diff.value(d, a),
                 None => diff.added(d),
             });
         }
         for (i, a) in actual.iter().enumerate().skip(desired.len()) {
-            self.enter(&i.to_string(), None, |diff| diff.removed(a));
+            self.enter(Token::Index(i), None, |diff| diff.removed(a));
         }
     }
 
     fn keyed_list(
         &mut self,
-        desired: &[Value],
-        desired_ids: &HashMap<IdKey<'_>, usize>,
-        actual: &[Value],
-        actual_ids: &HashMap<IdKey<'_>, usize>,
+        desired: &'v [Value],
+        desired_ids: &IdIndex<'v>,
+        actual: &'v [Value],
+        actual_ids: &IdIndex<'v>,
     ) {
         for (i, d) in desired.iter().enumerate() {
-            let id = id_of(d).expect("id_index checked every element");
-            self.enter(&i.to_string(), Some(id), |diff| match actual_ids.get(&id) {
-                Some(&j) => diff.value(d, &actual[j]),
-                None => diff.added(d),
+            let id = desired_ids.ids[i];
+            self.enter(Token::Index(i), Some(id), |diff| {
+                match actual_ids.find(id) {
+                    Some(j) => diff.value(d, &actual[j]),
+                    None => diff.added(d),
+                }
             });
         }
         for (j, a) in actual.iter().enumerate() {
-            let id = id_of(a).expect("id_index checked every element");
-            if !desired_ids.contains_key(&id) {
-                self.enter(&j.to_string(), Some(id), |diff| diff.removed(a));
+            let id = actual_ids.ids[j];
+            if desired_ids.find(id).is_none() {
+                self.enter(Token::Index(j), Some(id), |diff| diff.removed(a));
             }
         }
     }
 
     /// Run `f` one level down, at `token` (an element matched by `id` when given).
-    fn enter(&mut self, token: &str, id: Option<IdKey<'_>>, f: impl FnOnce(&mut Self)) {
-        let (path_len, label_len) = (self.path.len(), self.label.len());
-        pointer::push(&mut self.path, token);
-        match id {
-            Some(id) => {
-                self.label.push_str("[id=");
-                self.label.push_str(&id.to_string());
-                self.label.push(']');
-            }
-            None => pointer::push(&mut self.label, token),
+    fn enter(&mut self, token: Token<'_>, id: Option<IdKey<'v>>, f: impl FnOnce(&mut Self)) {
+        let start = self.path.len();
+        match token {
+            Token::Key(key) => pointer::push(&mut self.path, key),
+            Token::Index(i) => push_index(&mut self.path, i),
+        }
+        if let Some(id) = id {
+            self.ids.push((start, self.path.len(), id));
         }
         f(self);
-        self.path.truncate(path_len);
-        self.label.truncate(label_len);
+        if id.is_some() {
+            self.ids.pop();
+        }
+        self.path.truncate(start);
     }
 
     fn added(&mut self, desired: &Value) {
@@ -232,13 +253,55 @@ impl Diff<'_> {
         }
     }
 
+    /// `path` as messages show it: elements matched by id appear as `[id=…]`, as in
+    /// `/queries[id=q1]/query`.
+    fn label(&self) -> String {
+        let mut label = String::with_capacity(self.path.len() + 16);
+        let mut copied = 0;
+        for (start, end, id) in &self.ids {
+            label.push_str(&self.path[copied..*start]);
+            label.push_str("[id=");
+            label.push_str(&id.to_string());
+            label.push(']');
+            copied = *end;
+        }
+        label.push_str(&self.path[copied..]);
+        label
+    }
+
     /// Record `drift`, rewriting its message's path into the label when they differ.
     fn push(&mut self, mut drift: Drift) {
         // The default messages start with the path verbatim (see `Drift::changed`).
-        if self.label != self.path && drift.message.starts_with(&self.path) {
-            drift.message = format!("{}{}", self.label, &drift.message[self.path.len()..]);
+        if !self.ids.is_empty() && drift.message.starts_with(&self.path) {
+            drift.message = format!("{}{}", self.label(), &drift.message[self.path.len()..]);
         }
         self.drifts.push(drift);
+    }
+}
+
+/// One step down a document: an object key or a list index.
+#[derive(Debug, Clone, Copy)]
+enum Token<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Append list index `i` to `path` as a pointer token, without formatting machinery or
+/// a temporary string.
+fn push_index(path: &mut String, mut i: usize) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (i % 10) as u8;
+        i /= 10;
+        if i == 0 {
+            break;
+        }
+    }
+    path.push('/');
+    for &digit in &digits[at..] {
+        path.push(char::from(digit));
     }
 }
 
@@ -266,15 +329,48 @@ fn id_of(value: &Value) -> Option<IdKey<'_>> {
     }
 }
 
-/// Index of a list whose elements are all objects with a unique `id`; `None` otherwise.
-fn id_index(list: &[Value]) -> Option<HashMap<IdKey<'_>, usize>> {
-    let mut ids = HashMap::with_capacity(list.len());
-    for (i, item) in list.iter().enumerate() {
-        if ids.insert(id_of(item)?, i).is_some() {
-            return None;
+/// The ids of a list whose elements are all objects with a unique `id`.
+struct IdIndex<'v> {
+    /// The id of each element, in list order.
+    ids: Vec<IdKey<'v>>,
+    /// Position by id, for lists longer than [`IdIndex::SCAN_LIMIT`]; shorter ones (the
+    /// usual configuration list) are scanned, which beats hashing every id.
+    positions: Option<HashMap<IdKey<'v>, usize>>,
+}
+
+impl<'v> IdIndex<'v> {
+    const SCAN_LIMIT: usize = 16;
+
+    /// The index of `list`; `None` when an element is not an object with an `id` or two
+    /// elements share one.
+    fn of(list: &'v [Value]) -> Option<Self> {
+        let ids = list.iter().map(id_of).collect::<Option<Vec<_>>>()?;
+        if ids.len() <= Self::SCAN_LIMIT {
+            let unique = ids.iter().enumerate().all(|(i, id)| !ids[..i].contains(id));
+            return unique.then_some(IdIndex {
+                ids,
+                positions: None,
+            });
+        }
+        let mut positions = HashMap::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            if positions.insert(*id, i).is_some() {
+                return None;
+            }
+        }
+        Some(IdIndex {
+            ids,
+            positions: Some(positions),
+        })
+    }
+
+    /// The position of the element with `id`.
+    fn find(&self, id: IdKey<'_>) -> Option<usize> {
+        match &self.positions {
+            Some(positions) => positions.get(&id).copied(),
+            None => self.ids.iter().position(|x| *x == id),
         }
     }
-    Some(ids)
 }
 
 /// Numbers are equal when their values are: `8080` equals `8080.0`.
@@ -391,6 +487,79 @@ mod tests {
                 .message
                 .starts_with(r#"/queries[id=b]: {"id":"b","q":2} -> (absent)"#)
         );
+    }
+
+    #[test]
+    fn maps_iterate_in_key_order() {
+        // `Diff::object` merges the two maps' keys in one pass, which needs sorted
+        // iteration: serde_json's `preserve_order` feature would break it.
+        let mut map = Map::new();
+        for key in ["b", "c", "a"] {
+            map.insert(key.into(), Value::Null);
+        }
+        assert_eq!(map.keys().collect::<Vec<_>>(), ["a", "b", "c"]);
+    }
+
+    #[test]
+    fn object_keys_interleaved_on_both_sides() {
+        let drifts = diff(
+            json!({"b": 1, "d": 2, "f": 3, "h": 4}),
+            json!({"a": 0, "b": 1, "c": 0, "d": 9, "g": 0, "i": 0}),
+            json!({}),
+        );
+        assert_eq!(
+            summary(&drifts),
+            [
+                ("/d".into(), DriftKind::Changed),
+                ("/f".into(), DriftKind::Added),
+                ("/h".into(), DriftKind::Added),
+                ("/a".into(), DriftKind::Removed),
+                ("/c".into(), DriftKind::Removed),
+                ("/g".into(), DriftKind::Removed),
+                ("/i".into(), DriftKind::Removed),
+            ]
+        );
+    }
+
+    #[test]
+    fn long_id_keyed_lists_match_by_id() {
+        // Longer than IdIndex::SCAN_LIMIT, so matched through the hash index.
+        let desired: Vec<Value> = (0..40).map(|i| json!({"id": i, "v": i})).collect();
+        let mut actual: Vec<Value> = desired.iter().rev().cloned().collect();
+        actual[0] = json!({"id": 39, "v": -1});
+        let drifts = diff(json!({"l": desired}), json!({"l": actual}), json!({}));
+        assert_eq!(summary(&drifts), [("/l/39/v".into(), DriftKind::Changed)]);
+        assert_eq!(drifts[0].message, "/l[id=39]/v: -1 -> 39");
+
+        let mut duplicated: Vec<Value> = (0..40).map(|i| json!({"id": i})).collect();
+        duplicated[39] = json!({"id": 0});
+        let drifts = diff(
+            json!({"l": duplicated.clone()}),
+            json!({"l": duplicated.iter().rev().cloned().collect::<Vec<_>>()}),
+            json!({}),
+        );
+        assert!(!drifts.is_empty(), "duplicate ids fall back to by-index");
+    }
+
+    #[test]
+    fn nested_id_keyed_labels() {
+        let desired = json!({"s": [{"id": "x", "q": [{"id": 7, "v": 1}]}]});
+        let actual = json!({"s": [{"id": "x", "q": [{"id": 7, "v": 2}]}]});
+        let drifts = diff(desired, actual, json!({}));
+        assert_eq!(drifts[0].path, "/s/0/q/0/v");
+        assert_eq!(drifts[0].message, "/s[id=x]/q[id=7]/v: 2 -> 1");
+    }
+
+    #[test]
+    fn index_tokens_are_decimal() {
+        for (i, text) in [(0, "/0"), (7, "/7"), (10, "/10"), (1234, "/1234")] {
+            let mut path = String::new();
+            push_index(&mut path, i);
+            assert_eq!(path, text);
+        }
+        let mut path = String::from("/a");
+        push_index(&mut path, usize::MAX);
+        assert_eq!(path, format!("/a/{}", usize::MAX));
     }
 
     #[test]

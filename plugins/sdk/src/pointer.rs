@@ -17,7 +17,8 @@ use std::borrow::Cow;
 
 /// Escape one reference token: `~` becomes `~0`, `/` becomes `~1`.
 pub fn escape(token: &str) -> Cow<'_, str> {
-    if token.contains(['~', '/']) {
+    // A byte scan: both characters are ASCII, and a `char` pattern would decode UTF-8.
+    if token.bytes().any(|b| b == b'~' || b == b'/') {
         Cow::Owned(token.replace('~', "~0").replace('/', "~1"))
     } else {
         Cow::Borrowed(token)
