@@ -208,6 +208,13 @@ fn a_trap_is_reported_naming_plugin_version_instance_and_phase() {
         )),
         "{text}"
     );
+    // The SDK's panic hook sent the message through `panic-message` before the trap
+    // (the text is the fixture's `PANIC_MESSAGE`).
+    assert!(
+        text.contains("plugin panicked at")
+            && text.contains("fixture-trap: deliberate panic in compare"),
+        "the trap should carry the panic message: {text}"
+    );
 }
 
 #[test]

@@ -28,9 +28,12 @@ pub struct HostState {
     pub(super) label: String,
     pub(super) instance: String,
     log_lines: u32,
-    /// The last line logged at error level: a Rust guest's panic hook logs the panic
-    /// message there before it traps, so the trap can say why.
+    /// The last line logged at error level, for the trap's error when there is no
+    /// panic message.
     pub(super) last_error_log: Option<String>,
+    /// What the plugin sent through `panic-message` (a Rust guest's panic hook does,
+    /// just before it traps), at most [`MAX_LOG_LINE_BYTES`].
+    panic_message: Vec<u8>,
     pub(super) control_plane: Option<ScopedControlPlane>,
 }
 
@@ -57,6 +60,7 @@ impl HostState {
             instance: instance.to_owned(),
             log_lines: 0,
             last_error_log: None,
+            panic_message: Vec::new(),
             control_plane: None,
         }
     }
@@ -138,6 +142,40 @@ impl logging::Host for HostState {
             logging::Level::Error => tracing::error!(plugin, instance, "{message}"),
         }
     }
+
+    #[allow(clippy::too_many_arguments)]
+    fn panic_message(
+        &mut self,
+        len: u8,
+        w0: u64,
+        w1: u64,
+        w2: u64,
+        w3: u64,
+        w4: u64,
+        w5: u64,
+        w6: u64,
+        w7: u64,
+        w8: u64,
+        w9: u64,
+        w10: u64,
+        w11: u64,
+        w12: u64,
+        w13: u64,
+    ) {
+        let words = [w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13];
+        let len = usize::from(len).min(words.len() * 8);
+        let room = MAX_LOG_LINE_BYTES.saturating_sub(self.panic_message.len());
+        let bytes = words.iter().flat_map(|w| w.to_le_bytes());
+        self.panic_message.extend(bytes.take(len.min(room)));
+    }
+}
+
+impl HostState {
+    /// Why the plugin said it was about to trap, if it did.
+    pub(super) fn panic_message(&self) -> Option<String> {
+        (!self.panic_message.is_empty())
+            .then(|| String::from_utf8_lossy(&self.panic_message).into_owned())
+    }
 }
 
 impl super::bindings::types::Host for HostState {}
@@ -179,5 +217,44 @@ impl ResourceLimiter for MemoryLimiter {
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
         Ok(desired <= MAX_TABLE_ELEMENTS)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use logging::Host as _;
+
+    fn send(state: &mut HostState, len: u8, text: &[u8]) {
+        let mut w = [0u64; 14];
+        for (i, &b) in text.iter().enumerate() {
+            w[i / 8] |= u64::from(b) << (8 * (i % 8));
+        }
+        state.panic_message(
+            len, w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9], w[10], w[11], w[12],
+            w[13],
+        );
+    }
+
+    #[test]
+    fn panic_message_pieces_are_joined_before_decoding() {
+        let mut state = HostState::new("p@1.0.0", "i", 1 << 20);
+        assert_eq!(state.panic_message(), None);
+        // "é" split across two pieces.
+        send(&mut state, 3, b"ab\xc3");
+        send(&mut state, 2, b"\xa9!");
+        assert_eq!(state.panic_message().as_deref(), Some("abé!"));
+    }
+
+    #[test]
+    fn panic_message_is_bounded() {
+        let mut state = HostState::new("p@1.0.0", "i", 1 << 20);
+        // A length past the 112 bytes the words hold reads only the words.
+        send(&mut state, 255, &[b'x'; 112]);
+        assert_eq!(state.panic_message().unwrap().len(), 112);
+        for _ in 0..100 {
+            send(&mut state, 112, &[b'y'; 112]);
+        }
+        assert_eq!(state.panic_message().unwrap().len(), MAX_LOG_LINE_BYTES);
     }
 }

@@ -581,7 +581,11 @@ impl PluginRuntime {
                 CallFailure::Timeout { budget }
             } else {
                 CallFailure::Trap {
-                    message: describe_trap(&error, state.last_error_log.as_deref()),
+                    message: describe_trap(
+                        &error,
+                        state.panic_message().as_deref(),
+                        state.last_error_log.as_deref(),
+                    ),
                 }
             };
             Box::new(CallError {
@@ -714,12 +718,18 @@ fn describe_plugin_error(e: &PluginError) -> String {
     }
 }
 
-fn describe_trap(error: &wasmtime::Error, last_error_log: Option<&str>) -> String {
+fn describe_trap(
+    error: &wasmtime::Error,
+    panic_message: Option<&str>,
+    last_error_log: Option<&str>,
+) -> String {
     let mut message = match error.downcast_ref::<Trap>() {
         Some(trap) => trap.to_string(),
         None => error.root_cause().to_string(),
     };
-    if let Some(logged) = last_error_log {
+    if let Some(panic) = panic_message {
+        message.push_str(&format!(" ({panic})"));
+    } else if let Some(logged) = last_error_log {
         message.push_str(&format!(" (the plugin last logged: {logged})"));
     }
     if let Some(backtrace) = error.downcast_ref::<wasmtime::WasmBacktrace>() {

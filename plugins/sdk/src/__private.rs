@@ -17,13 +17,14 @@ mod wire {
     use crate::__bindings::setpoint::plugin::types as wire;
     use crate::{Drift, DriftKind, Metadata, PluginError, PluginKind};
 
-    /// Send a panic's message to the host's log before the module aborts: on
-    /// `wasm32-unknown-unknown` there is no stderr, and the host only sees a trap.
+    /// Send a panic's message to the host before the module aborts: on
+    /// `wasm32-unknown-unknown` there is no stderr, and the host only sees a trap. It goes
+    /// through `panic-message`, not `log` (see [`crate::log::panic_message`]).
     pub fn install_panic_hook() {
         static HOOK: Once = Once::new();
         HOOK.call_once(|| {
             std::panic::set_hook(Box::new(|info| {
-                crate::log::error(&format!("plugin {info}"));
+                crate::log::panic_message(&format!("plugin {info}"));
             }));
         });
     }

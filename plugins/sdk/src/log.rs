@@ -3,6 +3,12 @@
 //! On wasm32 the lines go to the host through the contract's `logging` import. Natively
 //! they are kept (the newest [`MAX_CAPTURED_LINES`] per thread) for
 //! [`testing::take_logs`](crate::testing::take_logs).
+//!
+//! Cost: a plugin that calls [`log`] anywhere imports `logging.log`, which takes a
+//! string, so every call of the plugin is instantiated with two extra small modules that
+//! connect the import to the plugin's memory: about a microsecond per call (measured in
+//! `host/benches/plugins.rs`). A plugin that never logs does not pay it; its panics still
+//! reach the host, through the memory-free `panic-message` import.
 
 use std::fmt;
 
@@ -67,6 +73,38 @@ pub fn error(message: &str) {
     log(Level::Error, message);
 }
 
+/// Bytes of text one `panic-message` call carries: fourteen 8-byte words.
+#[cfg(any(target_arch = "wasm32", test))]
+pub(crate) const PANIC_PIECE_BYTES: usize = 14 * 8;
+
+/// Most bytes of a panic message sent to the host (it keeps no more).
+#[cfg(any(target_arch = "wasm32", test))]
+pub(crate) const MAX_PANIC_MESSAGE_BYTES: usize = 4 * 1024;
+
+/// `text` cut into the pieces the contract's `panic-message` import takes: each a byte
+/// count and fourteen words holding those bytes little-endian (byte `i` of the piece is
+/// byte `i % 8` of word `i / 8`). Pieces may split a UTF-8 sequence; the host joins them
+/// before decoding.
+#[cfg(any(target_arch = "wasm32", test))]
+pub(crate) fn panic_message_pieces(text: &str) -> impl Iterator<Item = (u8, [u64; 14])> + '_ {
+    let bytes = &text.as_bytes()[..text.len().min(MAX_PANIC_MESSAGE_BYTES)];
+    bytes.chunks(PANIC_PIECE_BYTES).map(|piece| {
+        let mut words = [0u64; 14];
+        for (i, &byte) in piece.iter().enumerate() {
+            words[i / 8] |= u64::from(byte) << (8 * (i % 8));
+        }
+        (piece.len() as u8, words)
+    })
+}
+
+/// Tell the host why the plugin is about to trap (used by the SDK's panic hook). Goes
+/// through `panic-message`, which needs no linear memory, so a plugin that never calls
+/// [`log`] does not import `log` and is instantiated without wit-component's shim.
+#[cfg(target_arch = "wasm32")]
+pub(crate) fn panic_message(text: &str) {
+    sink::panic_message(text);
+}
+
 #[cfg(all(
     target_arch = "wasm32",
     any(feature = "comparator", feature = "strategy")
@@ -85,6 +123,15 @@ mod sink {
         };
         logging::log(level, message);
     }
+
+    pub(super) fn panic_message(text: &str) {
+        for (len, w) in super::panic_message_pieces(text) {
+            logging::panic_message(
+                len, w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9], w[10], w[11],
+                w[12], w[13],
+            );
+        }
+    }
 }
 
 /// A wasm32 build without a world has no logging import: lines are dropped.
@@ -96,6 +143,8 @@ mod sink {
     use super::Level;
 
     pub(super) fn write(_level: Level, _message: &str) {}
+
+    pub(super) fn panic_message(_text: &str) {}
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -120,5 +169,54 @@ pub(crate) mod sink {
 
     pub(crate) fn take() -> Vec<(Level, String)> {
         LINES.with_borrow_mut(|lines| lines.drain(..).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What the host does with the pieces: join the bytes, then decode.
+    fn unpack(pieces: impl Iterator<Item = (u8, [u64; 14])>) -> String {
+        let mut bytes = Vec::new();
+        for (len, words) in pieces {
+            assert!(usize::from(len) <= PANIC_PIECE_BYTES);
+            let all: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            bytes.extend_from_slice(&all[..usize::from(len)]);
+        }
+        String::from_utf8(bytes).expect("the pieces join into the original UTF-8")
+    }
+
+    #[test]
+    fn panic_message_pieces_round_trip() {
+        for text in [
+            String::new(),
+            "x".to_owned(),
+            "plugin panicked at src/lib.rs:10:5: index out of bounds".to_owned(),
+            "é€😀".repeat(40), // multi-byte sequences split across pieces
+            "a".repeat(PANIC_PIECE_BYTES),
+            "b".repeat(PANIC_PIECE_BYTES + 1),
+        ] {
+            assert_eq!(unpack(panic_message_pieces(&text)), text);
+        }
+        assert_eq!(panic_message_pieces("").count(), 0);
+        assert_eq!(panic_message_pieces(&"c".repeat(113)).count(), 2);
+    }
+
+    #[test]
+    fn panic_message_pieces_stop_at_the_limit() {
+        let long = "d".repeat(MAX_PANIC_MESSAGE_BYTES * 2);
+        assert_eq!(
+            unpack(panic_message_pieces(&long)).len(),
+            MAX_PANIC_MESSAGE_BYTES
+        );
+    }
+
+    #[test]
+    fn first_byte_is_the_low_byte_of_the_first_word() {
+        let (len, words) = panic_message_pieces("AB").next().unwrap();
+        assert_eq!(len, 2);
+        assert_eq!(words[0], 0x4241);
+        assert!(words[1..].iter().all(|&w| w == 0));
     }
 }
