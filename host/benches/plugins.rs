@@ -10,7 +10,10 @@
 //! `SETPOINT_BENCH_PAIRS=1,2` runs only the listed pairs; `SETPOINT_BENCH_PROFILE=wasm`
 //! (`native`, or `empty` for a call on `{}`) runs one side of pair 1 alone for five
 //! seconds, for `perf record`; `SETPOINT_BENCH_PERFMAP=1` makes the runtime write a perf
-//! map so the report names the plugin's functions.
+//! map so the report names the plugin's functions. `SETPOINT_BENCH_COMPARE=A.wasm,B.wasm`
+//! runs only a pair of two comparator builds on the same inputs (for SDK and plugin work;
+//! build both into the same target directory, since even the length of embedded paths
+//! moves data and heap addresses and that alone can shift a figure by a few percent).
 //! Batches of A and B alternate so that machine noise falls on both; each figure is the
 //! median over batches of the mean time per iteration in a batch.
 
@@ -79,6 +82,42 @@ fn main() {
         println!(
             "{side}: {calls} calls, {:.1} µs/call",
             start.elapsed().as_secs_f64() * 1e6 / calls as f64
+        );
+        return;
+    }
+    if let Ok(files) = std::env::var("SETPOINT_BENCH_COMPARE") {
+        // Two builds of a comparator side by side, e.g. before and after an SDK change.
+        let files: Vec<&str> = files.split(',').collect();
+        let [a, b] = files[..] else {
+            panic!("SETPOINT_BENCH_COMPARE takes two comparator files: A.wasm,B.wasm");
+        };
+        let load = |file: &str| {
+            let bytes = std::fs::read(file).unwrap_or_else(|e| panic!("read {file}: {e}"));
+            pooled
+                .load(file, &bytes)
+                .unwrap_or_else(|e| panic!("load {file}: {e}"))
+        };
+        let (plugin_a, plugin_b) = (load(a), load(b));
+        pair(
+            &format!("compare, a fresh instance per call: A = {a} vs B = {b}"),
+            "A",
+            "B",
+            200,
+            || {
+                drop(black_box(
+                    pooled
+                        .compare(&plugin_a, "bench", &desired, &actual, "{}")
+                        .unwrap(),
+                ))
+            },
+            || {
+                drop(black_box(
+                    pooled
+                        .compare(&plugin_b, "bench", &desired, &actual, "{}")
+                        .unwrap(),
+                ))
+            },
+            f64::INFINITY,
         );
         return;
     }
