@@ -26,7 +26,6 @@
 //!
 //! Natively, [`compare_json`] runs exactly what the component's `compare` export runs.
 
-use std::cmp::Ordering;
 use std::collections::HashMap;
 
 use setpoint_plugin::serde_json::{Map, Value};
@@ -166,18 +165,10 @@ impl<'v> Diff<'_, 'v> {
         let mut only_actual = Vec::new();
         let mut actual = actual.iter().peekable();
         for (key, d) in desired {
-            let mut counterpart = None;
-            while let Some((a_key, a)) = actual.peek() {
-                match a_key.as_str().cmp(key) {
-                    Ordering::Less => only_actual.push((*a_key, *a)),
-                    Ordering::Equal => counterpart = Some(*a),
-                    Ordering::Greater => break,
-                }
-                actual.next();
-                if counterpart.is_some() {
-                    break;
-                }
+            while let Some(entry) = actual.next_if(|(a_key, _)| *a_key < key) {
+                only_actual.push(entry);
             }
+            let counterpart = actual.next_if(|(a_key, _)| *a_key == key).map(|(_, a)| a);
             self.enter(Token::Key(key), None, |diff| match counterpart {
                 Some(a) => diff.value(d, a),
                 None => diff.added(d),
@@ -286,23 +277,10 @@ enum Token<'a> {
     Index(usize),
 }
 
-/// Append list index `i` to `path` as a pointer token, without formatting machinery or
-/// a temporary string.
-fn push_index(path: &mut String, mut i: usize) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (i % 10) as u8;
-        i /= 10;
-        if i == 0 {
-            break;
-        }
-    }
+/// Append list index `i` to `path` as a pointer token, without a temporary string.
+fn push_index(path: &mut String, i: usize) {
     path.push('/');
-    for &digit in &digits[at..] {
-        path.push(char::from(digit));
-    }
+    path.push_str(itoa::Buffer::new().format(i));
 }
 
 /// An element's `id`: a string or a number (compared by its JSON text).

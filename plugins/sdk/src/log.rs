@@ -90,8 +90,10 @@ pub(crate) fn panic_message_pieces(text: &str) -> impl Iterator<Item = (u8, [u64
     let bytes = &text.as_bytes()[..text.len().min(MAX_PANIC_MESSAGE_BYTES)];
     bytes.chunks(PANIC_PIECE_BYTES).map(|piece| {
         let mut words = [0u64; 14];
-        for (i, &byte) in piece.iter().enumerate() {
-            words[i / 8] |= u64::from(byte) << (8 * (i % 8));
+        for (word, bytes) in words.iter_mut().zip(piece.chunks(8)) {
+            let mut le = [0u8; 8];
+            le[..bytes.len()].copy_from_slice(bytes);
+            *word = u64::from_le_bytes(le);
         }
         (piece.len() as u8, words)
     })
