@@ -55,7 +55,7 @@ impl Drift {
     /// `desired` is at `path` in the desired configuration and missing from the actual one.
     pub fn added(path: impl Into<String>, desired: Value) -> Self {
         let path = path.into();
-        let message = format!("{}: {ABSENT} -> {}", label(&path), render(&desired));
+        let message = message(&path, ABSENT, &render(&desired));
         Self {
             path,
             kind: DriftKind::Added,
@@ -68,7 +68,7 @@ impl Drift {
     /// `actual` is at `path` in the actual configuration and missing from the desired one.
     pub fn removed(path: impl Into<String>, actual: Value) -> Self {
         let path = path.into();
-        let message = format!("{}: {} -> {ABSENT}", label(&path), render(&actual));
+        let message = message(&path, &render(&actual), ABSENT);
         Self {
             path,
             kind: DriftKind::Removed,
@@ -82,12 +82,7 @@ impl Drift {
     /// actual one.
     pub fn changed(path: impl Into<String>, desired: Value, actual: Value) -> Self {
         let path = path.into();
-        let message = format!(
-            "{}: {} -> {}",
-            label(&path),
-            render(&actual),
-            render(&desired)
-        );
+        let message = message(&path, &render(&actual), &render(&desired));
         Self {
             path,
             kind: DriftKind::Changed,
@@ -116,17 +111,62 @@ fn label(path: &str) -> &str {
 }
 
 /// `value` as compact JSON, cut at [`MAX_RENDERED_VALUE_BYTES`] on a character boundary.
+///
+/// Serialization stops a byte past the limit, so a large added or removed subtree is not
+/// rendered whole only to be cut, and it writes bytes directly rather than through
+/// `fmt::Display` (a dynamic `fmt::Write` call per piece).
 fn render(value: &Value) -> String {
-    let mut text = value.to_string();
-    if text.len() > MAX_RENDERED_VALUE_BYTES {
+    let mut out = Bounded(Vec::with_capacity(MAX_RENDERED_VALUE_BYTES + 1));
+    // The only error is `Bounded` refusing bytes past the limit: then `out` is full.
+    let _ = serde_json::to_writer(&mut out, value);
+    let mut bytes = out.0;
+    let cut = bytes.len() > MAX_RENDERED_VALUE_BYTES;
+    if cut {
+        // Back up to the start of a UTF-8 sequence (never a continuation byte 0b10xxxxxx).
         let mut end = MAX_RENDERED_VALUE_BYTES;
-        while !text.is_char_boundary(end) {
+        while bytes[end] & 0xC0 == 0x80 {
             end -= 1;
         }
-        text.truncate(end);
+        bytes.truncate(end);
+    }
+    // serde_json writes UTF-8 and the cut is on a character boundary.
+    let mut text = String::from_utf8(bytes)
+        .unwrap_or_else(|e| String::from_utf8_lossy(e.as_bytes()).into_owned());
+    if cut {
         text.push('…');
     }
     text
+}
+
+/// A writer that keeps the first [`MAX_RENDERED_VALUE_BYTES`] + 1 bytes and then fails.
+struct Bounded(Vec<u8>);
+
+impl std::io::Write for Bounded {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let room = MAX_RENDERED_VALUE_BYTES + 1 - self.0.len();
+        if room == 0 {
+            return Err(std::io::ErrorKind::WriteZero.into());
+        }
+        let n = buf.len().min(room);
+        self.0.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// `<path>: <before> -> <after>` without `format!`'s machinery.
+fn message(path: &str, before: &str, after: &str) -> String {
+    let path = label(path);
+    let mut message = String::with_capacity(path.len() + before.len() + after.len() + 6);
+    message.push_str(path);
+    message.push_str(": ");
+    message.push_str(before);
+    message.push_str(" -> ");
+    message.push_str(after);
+    message
 }
 
 #[cfg(test)]
@@ -148,6 +188,38 @@ mod tests {
         let removed = Drift::removed("", json!("x"));
         assert_eq!(removed.desired, None);
         assert_eq!(removed.message, r#"(document): "x" -> (absent)"#);
+    }
+
+    /// What `render` must produce: the whole rendering, then cut.
+    fn reference_render(value: &Value) -> String {
+        let mut text = value.to_string();
+        if text.len() > MAX_RENDERED_VALUE_BYTES {
+            let mut end = MAX_RENDERED_VALUE_BYTES;
+            while !text.is_char_boundary(end) {
+                end -= 1;
+            }
+            text.truncate(end);
+            text.push('…');
+        }
+        text
+    }
+
+    #[test]
+    fn render_matches_rendering_whole_then_cutting() {
+        // Lengths around the limit, with one-, two-, three- and four-byte characters
+        // landing on every position of the cut.
+        for unit in ["a", "é", "€", "𝄞"] {
+            for n in 0..80 {
+                for value in [
+                    json!(unit.repeat(n)),
+                    json!({"k": unit.repeat(n), "n": 1}),
+                    json!([n, unit.repeat(n)]),
+                ] {
+                    assert_eq!(render(&value), reference_render(&value), "{value}");
+                }
+            }
+        }
+        assert_eq!(render(&json!(null)), "null");
     }
 
     #[test]
