@@ -137,8 +137,13 @@ struct Diff<'p, 'v> {
 
 impl<'v> Diff<'_, 'v> {
     /// Compare the values at the current position.
+    ///
+    /// Equal values hold no drift at any depth, so an equal subtree is skipped whole: one
+    /// equality pass (which stops at the first difference) instead of a walk that builds
+    /// the pointer of every key and index in it. Configurations that drift usually do so
+    /// in a few places, so most subtrees end here.
     fn value(&mut self, desired: &'v Value, actual: &'v Value) {
-        if self.params.ignores(&self.path) {
+        if desired == actual || self.params.ignores(&self.path) {
             return;
         }
         match (desired, actual) {
@@ -148,7 +153,6 @@ impl<'v> Diff<'_, 'v> {
                 _ => self.list(d, a),
             },
             (Value::Number(_), Value::Number(_)) if same_number(desired, actual) => {}
-            _ if desired == actual => {}
             _ => self.push(Drift::changed(
                 self.path.clone(),
                 desired.clone(),
@@ -252,7 +256,7 @@ impl<'v> Diff<'_, 'v> {
         for (start, end, id) in &self.ids {
             label.push_str(&self.path[copied..*start]);
             label.push_str("[id=");
-            label.push_str(&id.to_string());
+            id.push_to(&mut label);
             label.push(']');
             copied = *end;
         }
@@ -264,7 +268,9 @@ impl<'v> Diff<'_, 'v> {
     fn push(&mut self, mut drift: Drift) {
         // The default messages start with the path verbatim (see `Drift::changed`).
         if !self.ids.is_empty() && drift.message.starts_with(&self.path) {
-            drift.message = format!("{}{}", self.label(), &drift.message[self.path.len()..]);
+            let mut message = self.label();
+            message.push_str(&drift.message[self.path.len()..]);
+            drift.message = message;
         }
         self.drifts.push(drift);
     }
@@ -290,11 +296,14 @@ enum IdKey<'a> {
     Number(&'a setpoint_plugin::serde_json::Number),
 }
 
-impl std::fmt::Display for IdKey<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl IdKey<'_> {
+    /// Append the id as messages show it: a string as is, a number as its JSON text.
+    /// Written out rather than through `Display`: in Wasm, `fmt`'s dynamic calls cost an
+    /// indirect-call table fill per instance, and every call gets a fresh instance.
+    fn push_to(&self, out: &mut String) {
         match self {
-            Self::String(s) => f.write_str(s),
-            Self::Number(n) => write!(f, "{n}"),
+            Self::String(s) => out.push_str(s),
+            Self::Number(n) => out.push_str(&n.to_string()),
         }
     }
 }
