@@ -65,6 +65,16 @@
 //! them. On `wasm32-unknown-unknown` the SDK supplies a word-at-a-time `memcmp` in place
 //! of the byte loop Rust's runtime library ships for that target.
 //!
+//! # Speed
+//!
+//! A fresh instance per call also means every first use is paid on every call. The one
+//! that is easy to trip over is `format!`/`to_string()`/`write!`: `fmt` calls through
+//! vtables, and each vtable method an instance calls is a function-table slot the host
+//! fills on first use, about 140 ns each. The SDK's drift builders avoid `fmt`; in a hot
+//! path, build strings with `push_str`. The host's benchmark
+//! (`SETPOINT_BENCH_COMPARE=a.wasm,b.wasm cargo bench -p setpoint --bench plugins`) puts
+//! two builds of a comparator side by side.
+//!
 //! # Testing natively
 //!
 //! Everything a plugin's logic touches runs natively: call [`compare_json`] (exactly what
