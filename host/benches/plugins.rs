@@ -12,8 +12,8 @@
 //! seconds, for `perf record`; `SETPOINT_BENCH_PERFMAP=1` makes the runtime write a perf
 //! map so the report names the plugin's functions. `SETPOINT_BENCH_COMPARE=A.wasm,B.wasm`
 //! runs only a pair of two comparator builds on the same inputs (for SDK and plugin work;
-//! build both into the same target directory, since even the length of embedded paths
-//! moves data and heap addresses and that alone can shift a figure by a few percent).
+//! before trusting a small difference, check with `cmp` that rebuilding the unchanged
+//! side gives a byte-identical file, so only the change differs).
 //! Batches of A and B alternate so that machine noise falls on both; each figure is the
 //! median over batches of the mean time per iteration in a batch.
 

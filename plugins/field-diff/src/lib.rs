@@ -298,8 +298,9 @@ enum IdKey<'a> {
 
 impl IdKey<'_> {
     /// Append the id as messages show it: a string as is, a number as its JSON text.
-    /// Written out rather than through `Display`: in Wasm, `fmt`'s dynamic calls cost an
-    /// indirect-call table fill per instance, and every call gets a fresh instance.
+    /// A string id (the usual kind) is copied rather than written through `Display`: in
+    /// Wasm, `fmt`'s dynamic calls cost an indirect-call table fill per instance, and every
+    /// call gets a fresh instance. Number ids still go through `fmt`.
     fn push_to(&self, out: &mut String) {
         match self {
             Self::String(s) => out.push_str(s),
