@@ -2,7 +2,8 @@
 //! inputs, printed as a ratio:
 //!
 //! 1. field-diff through Wasm (a fresh instance per call from `InstancePre`) vs the same
-//!    Rust code called natively;
+//!    Rust code called natively (`compare_wire`: parse, diff, and the drifts as the
+//!    contract's records, exactly the body of the component's export);
 //! 2. a call with instantiation from the pooling allocator vs on demand;
 //! 3. loading a plugin by compiling it vs from the on-disk compiled cache.
 //!
@@ -21,7 +22,7 @@ use std::hint::black_box;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use setpoint::runtime::{PluginRuntime, RuntimeConfig};
+use setpoint::runtime::{DriftKind, PluginRuntime, RuntimeConfig};
 
 const BATCHES: usize = 31;
 
@@ -49,14 +50,36 @@ fn main() {
     })
     .expect("runtime");
     let plugin = pooled.load("field-diff.wasm", &bytes).expect("load");
-    let native_drifts = field_diff::compare_json(&desired, &actual, "{}").expect("native");
+    let native_drifts = field_diff::compare_wire(&desired, &actual, "{}").expect("native");
     let wasm_drifts = pooled
         .compare(&plugin, "bench", &desired, &actual, "{}")
         .expect("wasm");
+    // Both sides must produce the same records, field by field.
+    let native_records: Vec<_> = native_drifts
+        .iter()
+        .map(|d| {
+            let kind = match d.kind {
+                setpoint_plugin::DriftKind::Added => "added",
+                setpoint_plugin::DriftKind::Removed => "removed",
+                setpoint_plugin::DriftKind::Changed => "changed",
+            };
+            (&d.path, kind, &d.desired, &d.actual, &d.message)
+        })
+        .collect();
+    let wasm_records: Vec<_> = wasm_drifts
+        .iter()
+        .map(|d| {
+            let kind = match d.kind {
+                DriftKind::Added => "added",
+                DriftKind::Removed => "removed",
+                DriftKind::Changed => "changed",
+            };
+            (&d.path, kind, &d.desired, &d.actual, &d.message)
+        })
+        .collect();
     assert_eq!(
-        native_drifts.len(),
-        wasm_drifts.len(),
-        "native and Wasm must agree"
+        native_records, wasm_records,
+        "native and Wasm must produce the same drifts"
     );
     assert!(!wasm_drifts.is_empty(), "the inputs should differ");
     if let Ok(side) = std::env::var("SETPOINT_BENCH_PROFILE") {
@@ -66,7 +89,7 @@ fn main() {
         while start.elapsed() < Duration::from_secs(5) {
             match side.as_str() {
                 "native" => drop(black_box(
-                    field_diff::compare_json(&desired, &actual, "{}").unwrap(),
+                    field_diff::compare_wire(&desired, &actual, "{}").unwrap(),
                 )),
                 // A call with (almost) nothing to do: the per-call cost of the runtime.
                 "empty" => pooled.smoke(&plugin).unwrap(),
@@ -128,7 +151,7 @@ fn main() {
             "wasm",
             200,
             || {
-                black_box(field_diff::compare_json(&desired, &actual, "{}").unwrap());
+                black_box(field_diff::compare_wire(&desired, &actual, "{}").unwrap());
             },
             || {
                 black_box(

@@ -24,7 +24,8 @@
 //!
 //! Any other parameter is rejected, so a typo does not silently compare everything.
 //!
-//! Natively, [`compare_json`] runs exactly what the component's `compare` export runs.
+//! Natively, [`compare_wire`] runs exactly what the component's `compare` export runs;
+//! [`compare_json`] stops before the drifts become the contract's records.
 
 use std::collections::HashMap;
 
@@ -60,10 +61,20 @@ impl Comparator for FieldDiff {
     }
 }
 
-/// Parse the JSON texts and diff them: what the Wasm `compare` export runs, for native
-/// callers (the host's benchmark compares the two side by side).
+/// Parse the JSON texts and diff them, for native callers and tests.
 pub fn compare_json(desired: &str, actual: &str, params: &str) -> Result<Vec<Drift>, PluginError> {
     setpoint_plugin::compare_json::<FieldDiff>(desired, actual, params)
+}
+
+/// [`compare_json`], then each drift as the record the contract carries (values as JSON
+/// text): exactly what the Wasm `compare` export runs, minus the canonical ABI. The
+/// host's benchmark measures the component against it.
+pub fn compare_wire(
+    desired: &str,
+    actual: &str,
+    params: &str,
+) -> Result<Vec<setpoint_plugin::WireDrift>, PluginError> {
+    setpoint_plugin::compare_wire::<FieldDiff>(desired, actual, params)
 }
 
 /// The parameters `field-diff` accepts.

@@ -50,13 +50,8 @@ mod wire {
         }
     }
 
-    /// `value` as compact JSON text. `serde_json::to_string` writes straight into a
-    /// buffer; `Value`'s `Display` goes through `fmt` a token at a time.
-    fn json_text(value: &serde_json::Value) -> String {
-        serde_json::to_string(value).unwrap_or_else(|_| value.to_string())
-    }
-
     pub fn drift_to_wire(drift: Drift) -> wire::Drift {
+        let drift = drift.into_wire();
         wire::Drift {
             path: drift.path,
             kind: match drift.kind {
@@ -64,8 +59,8 @@ mod wire {
                 DriftKind::Removed => wire::DriftKind::Removed,
                 DriftKind::Changed => wire::DriftKind::Changed,
             },
-            desired: drift.desired.as_ref().map(json_text),
-            actual: drift.actual.as_ref().map(json_text),
+            desired: drift.desired,
+            actual: drift.actual,
             message: drift.message,
         }
     }

@@ -100,6 +100,45 @@ impl Drift {
     }
 }
 
+/// A drift as the contract carries it to the host: the values as compact JSON text.
+///
+/// [`Drift::into_wire`] makes one. A component's `compare` export returns one per drift;
+/// natively, [`compare_wire`](crate::compare_wire) returns the same list, to check the
+/// exact text the host will see or to benchmark a comparator against its component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireDrift {
+    /// As [`Drift::path`].
+    pub path: String,
+    /// As [`Drift::kind`].
+    pub kind: DriftKind,
+    /// [`Drift::desired`] as compact JSON text.
+    pub desired: Option<String>,
+    /// [`Drift::actual`] as compact JSON text.
+    pub actual: Option<String>,
+    /// As [`Drift::message`].
+    pub message: String,
+}
+
+impl Drift {
+    /// This drift as the contract carries it: values rendered as compact JSON text, whole
+    /// (only the default message cuts them).
+    pub fn into_wire(self) -> WireDrift {
+        WireDrift {
+            path: self.path,
+            kind: self.kind,
+            desired: self.desired.as_ref().map(json_text),
+            actual: self.actual.as_ref().map(json_text),
+            message: self.message,
+        }
+    }
+}
+
+/// `value` as compact JSON text. `serde_json::to_string` writes straight into a buffer;
+/// `Value`'s `Display` goes through `fmt` a token at a time.
+fn json_text(value: &Value) -> String {
+    serde_json::to_string(value).unwrap_or_else(|_| value.to_string())
+}
+
 impl fmt::Display for Drift {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.message)
@@ -174,6 +213,32 @@ mod tests {
     use serde_json::json;
 
     use super::*;
+
+    #[test]
+    fn into_wire_renders_values_whole_as_compact_json() {
+        let long = "x".repeat(100);
+        let wire = Drift::changed("/a", json!({"k": [1, 2], "s": long}), json!(null)).into_wire();
+        assert_eq!(wire.path, "/a");
+        assert_eq!(wire.kind, DriftKind::Changed);
+        assert_eq!(
+            wire.desired.as_deref(),
+            Some(format!(r#"{{"k":[1,2],"s":"{long}"}}"#).as_str())
+        );
+        assert_eq!(wire.actual.as_deref(), Some("null"));
+        // Only the message is cut.
+        assert!(wire.message.ends_with('…'), "{}", wire.message);
+
+        let added = Drift::added("/b", json!("v")).into_wire();
+        assert_eq!(
+            (added.desired.as_deref(), added.actual),
+            (Some(r#""v""#), None)
+        );
+        let removed = Drift::removed("/c", json!(1.5)).into_wire();
+        assert_eq!(
+            (removed.desired, removed.actual.as_deref()),
+            (None, Some("1.5"))
+        );
+    }
 
     #[test]
     fn builders_fill_sides_and_default_messages() {

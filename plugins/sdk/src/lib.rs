@@ -77,8 +77,9 @@
 //!
 //! # Testing natively
 //!
-//! Everything a plugin's logic touches runs natively: call [`compare_json`] (exactly what
-//! the Wasm export runs, minus the canonical ABI) or your trait methods directly, drive a
+//! Everything a plugin's logic touches runs natively: call [`compare_wire`] (exactly what
+//! the Wasm export runs, minus the canonical ABI), [`compare_json`] (the same before the
+//! drifts become the contract's records) or your trait methods directly, drive a
 //! strategy with [`testing::FakeControlPlane`], which answers from a script and records
 //! every call, and read log lines back with [`testing::take_logs`].
 //!
@@ -130,7 +131,7 @@ pub use control_plane::{
     BackendWeight, ControlPlane, ControlPlaneError, Health, InstanceInfo, InstanceMetrics,
     InstanceStatus, RuntimeStatus,
 };
-pub use drift::{Drift, DriftKind};
+pub use drift::{Drift, DriftKind, WireDrift};
 pub use error::PluginError;
 pub use metadata::{Metadata, PluginKind};
 pub use rollout::{Progress, Rollout};
@@ -174,10 +175,9 @@ pub trait Strategy {
     fn abort(rollout: &Rollout, cp: &mut dyn ControlPlane) -> Progress;
 }
 
-/// Parse the contract's JSON text and run `C::compare`: exactly what the Wasm export of
-/// a comparator runs, minus the canonical ABI (and minus freeing the parsed documents,
-/// which the export leaves to the instance's teardown). Plugin crates re-export it
-/// natively for benchmarks and tests.
+/// Parse the contract's JSON text and run `C::compare`: what the Wasm export of a
+/// comparator runs before it converts the drifts to the contract's records
+/// ([`compare_wire`] does that too). Plugin crates re-export it natively for tests.
 pub fn compare_json<C: Comparator>(
     desired: &str,
     actual: &str,
@@ -185,6 +185,20 @@ pub fn compare_json<C: Comparator>(
 ) -> Result<Vec<Drift>, PluginError> {
     let [desired, actual, params] = parse_compare_inputs(desired, actual, params)?;
     C::compare(&desired, &actual, &params)
+}
+
+/// [`compare_json`], then each drift as the record the contract carries
+/// ([`Drift::into_wire`]: values as compact JSON text). Natively, this is exactly what a
+/// comparator's Wasm `compare` export runs, minus the canonical ABI and minus freeing the
+/// parsed documents (the export leaves that to the instance's teardown); the host's
+/// benchmark measures a component against it.
+pub fn compare_wire<C: Comparator>(
+    desired: &str,
+    actual: &str,
+    params: &str,
+) -> Result<Vec<WireDrift>, PluginError> {
+    compare_json::<C>(desired, actual, params)
+        .map(|drifts| drifts.into_iter().map(Drift::into_wire).collect())
 }
 
 /// The desired and actual configurations and the params of a `compare` call, parsed.
