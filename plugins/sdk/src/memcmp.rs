@@ -8,30 +8,69 @@
 //!
 //! The comparison logic is plain Rust over slices and unit-tested natively.
 
-use std::cmp::Ordering;
-
 /// Compare `a` and `b` (equal lengths) as `memcmp` does: the sign of the difference of
 /// the first differing bytes, as unsigned, or 0.
+///
+/// Up to 16 bytes (most keys and short strings) it runs without a loop: under Wasmtime
+/// every loop iteration pays an epoch check. Longer inputs go a word at a time, and the
+/// last word is read overlapping the previous one instead of a byte loop for the tail.
 pub fn compare(a: &[u8], b: &[u8]) -> i32 {
     debug_assert_eq!(a.len(), b.len());
-    let mut a_words = a.chunks_exact(8);
-    let mut b_words = b.chunks_exact(8);
-    for (x, y) in (&mut a_words).zip(&mut b_words) {
-        let x = u64::from_le_bytes(x.try_into().expect("chunks of 8"));
-        let y = u64::from_le_bytes(y.try_into().expect("chunks of 8"));
-        if x != y {
-            // The first differing byte in memory is the lowest differing one.
-            let shift = (x ^ y).trailing_zeros() & !7;
-            return i32::from((x >> shift) as u8) - i32::from((y >> shift) as u8);
+    let n = a.len().min(b.len());
+    if n >= 8 {
+        if n <= 16 {
+            let d = word_diff(u64_at(a, 0), u64_at(b, 0));
+            if d != 0 {
+                return d;
+            }
+        } else {
+            let mut at = 0;
+            while at + 8 < n {
+                let d = word_diff(u64_at(a, at), u64_at(b, at));
+                if d != 0 {
+                    return d;
+                }
+                at += 8;
+            }
         }
+        // The last eight bytes; any overlap with the words above is known to be equal.
+        return word_diff(u64_at(a, n - 8), u64_at(b, n - 8));
     }
-    for (x, y) in a_words.remainder().iter().zip(b_words.remainder()) {
-        match x.cmp(y) {
-            Ordering::Equal => {}
-            _ => return i32::from(*x) - i32::from(*y),
+    if n >= 4 {
+        let d = word_diff(u32_at(a, 0).into(), u32_at(b, 0).into());
+        if d != 0 {
+            return d;
+        }
+        return word_diff(u32_at(a, n - 4).into(), u32_at(b, n - 4).into());
+    }
+    // 0 to 3 bytes.
+    for i in 0..n {
+        if a[i] != b[i] {
+            return i32::from(a[i]) - i32::from(b[i]);
         }
     }
     0
+}
+
+/// `memcmp` of two little-endian words: the first differing byte in memory is the lowest
+/// differing one.
+#[inline(always)]
+fn word_diff(x: u64, y: u64) -> i32 {
+    if x == y {
+        return 0;
+    }
+    let shift = (x ^ y).trailing_zeros() & !7;
+    i32::from((x >> shift) as u8) - i32::from((y >> shift) as u8)
+}
+
+#[inline(always)]
+fn u64_at(s: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(s[at..at + 8].try_into().expect("eight bytes"))
+}
+
+#[inline(always)]
+fn u32_at(s: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(s[at..at + 4].try_into().expect("four bytes"))
 }
 
 #[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
