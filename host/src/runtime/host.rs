@@ -4,6 +4,8 @@
 //! Start at [`HostState`]. The control-plane imports are implemented in
 //! [`super::scope`]; this module wires logging and WASI.
 
+use std::sync::Arc;
+
 use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
@@ -25,7 +27,7 @@ pub struct HostState {
     wasi: Option<WasiCtx>,
     table: ResourceTable,
     pub(super) limits: MemoryLimiter,
-    pub(super) label: String,
+    pub(super) label: Arc<str>,
     pub(super) instance: String,
     log_lines: u32,
     /// The last line logged at error level, for the trap's error when there is no
@@ -48,7 +50,7 @@ impl std::fmt::Debug for HostState {
 
 impl HostState {
     /// A fresh state for one call by `label` (`name@version`) on `instance`.
-    pub(super) fn new(label: &str, instance: &str, max_memory_bytes: usize) -> Self {
+    pub(super) fn new(label: Arc<str>, instance: &str, max_memory_bytes: usize) -> Self {
         HostState {
             wasi: None,
             table: ResourceTable::new(),
@@ -56,7 +58,7 @@ impl HostState {
                 max_memory_bytes,
                 exceeded: None,
             },
-            label: label.to_owned(),
+            label,
             instance: instance.to_owned(),
             log_lines: 0,
             last_error_log: None,
@@ -133,7 +135,7 @@ impl logging::Host for HostState {
         if matches!(level, logging::Level::Error) {
             self.last_error_log = Some(message.clone());
         }
-        let (plugin, instance) = (&self.label, &self.instance);
+        let (plugin, instance) = (&*self.label, &self.instance);
         match level {
             logging::Level::Trace => tracing::trace!(plugin, instance, "{message}"),
             logging::Level::Debug => tracing::debug!(plugin, instance, "{message}"),
@@ -238,7 +240,7 @@ mod tests {
 
     #[test]
     fn panic_message_pieces_are_joined_before_decoding() {
-        let mut state = HostState::new("p@1.0.0", "i", 1 << 20);
+        let mut state = HostState::new("p@1.0.0".into(), "i", 1 << 20);
         assert_eq!(state.panic_message(), None);
         // "é" split across two pieces.
         send(&mut state, 3, b"ab\xc3");
@@ -248,7 +250,7 @@ mod tests {
 
     #[test]
     fn panic_message_is_bounded() {
-        let mut state = HostState::new("p@1.0.0", "i", 1 << 20);
+        let mut state = HostState::new("p@1.0.0".into(), "i", 1 << 20);
         // A length past the 112 bytes the words hold reads only the words.
         send(&mut state, 255, &[b'x'; 112]);
         assert_eq!(state.panic_message().unwrap().len(), 112);

@@ -169,6 +169,8 @@ enum PluginPre {
 /// code lives as long as any holder.
 pub struct Plugin {
     metadata: PluginMetadata,
+    /// `name@version`, made once: every call's store and error carries it.
+    label: Arc<str>,
     digest: String,
     origin: String,
     shape: ComponentShape,
@@ -204,7 +206,7 @@ impl Plugin {
     }
     /// `name@version`.
     pub fn label(&self) -> String {
-        self.metadata.label()
+        self.label.to_string()
     }
 }
 
@@ -312,7 +314,7 @@ impl PluginRuntime {
             }
         };
 
-        let label = format!("{} (loading)", short_origin(origin));
+        let label: Arc<str> = format!("{} (loading)", short_origin(origin)).into();
         let raw = self
             .call(
                 self.config.call_deadline,
@@ -341,6 +343,7 @@ impl PluginRuntime {
         let metadata = validate_metadata(origin, shape.world, raw)?;
 
         let plugin = Arc::new(Plugin {
+            label: metadata.label().into(),
             metadata,
             digest: digest.clone(),
             origin: origin.to_owned(),
@@ -371,12 +374,12 @@ impl PluginRuntime {
             return Ok(());
         };
         let budget = SMOKE_CALL_DEADLINE.min(self.config.call_deadline);
-        let label = plugin.label();
+        let label = &plugin.label;
         let result = self
             .call(
                 budget,
                 World::Comparator,
-                &label,
+                label,
                 "-",
                 Phase::Compare,
                 None,
@@ -415,11 +418,11 @@ impl PluginRuntime {
         actual: &str,
         params: &str,
     ) -> std::result::Result<Vec<Drift>, Box<CallError>> {
-        let label = plugin.label();
+        let label = &plugin.label;
         let fail = |failure| {
             Box::new(CallError {
                 world: World::Comparator,
-                plugin: label.clone(),
+                plugin: label.to_string(),
                 instance: instance.to_owned(),
                 phase: Phase::Compare,
                 failure,
@@ -437,7 +440,7 @@ impl PluginRuntime {
             .call(
                 self.config.call_deadline,
                 World::Comparator,
-                &label,
+                label,
                 instance,
                 Phase::Compare,
                 None,
@@ -488,12 +491,12 @@ impl PluginRuntime {
         scope: RolloutScope,
         dry_run: bool,
     ) -> StepOutcome {
-        let label = plugin.label();
+        let label = &plugin.label;
         let instance = rollout.instance_id.clone();
         let fail = |failure| {
             Box::new(CallError {
                 world: World::Strategy,
-                plugin: label.clone(),
+                plugin: label.to_string(),
                 instance: instance.clone(),
                 phase,
                 failure,
@@ -525,7 +528,7 @@ impl PluginRuntime {
         let (progress, cp) = self.call(
             self.config.call_deadline,
             World::Strategy,
-            &label,
+            label,
             &instance,
             phase,
             Some(cp),
@@ -552,7 +555,7 @@ impl PluginRuntime {
         &self,
         budget: Duration,
         world: World,
-        label: &str,
+        label: &Arc<str>,
         instance: &str,
         phase: Phase,
         control_plane: Option<ScopedControlPlane>,
@@ -562,7 +565,7 @@ impl PluginRuntime {
         Option<ScopedControlPlane>,
     ) {
         let _permit = self.gate.enter();
-        let mut state = HostState::new(label, instance, self.config.max_memory_bytes);
+        let mut state = HostState::new(Arc::clone(label), instance, self.config.max_memory_bytes);
         state.control_plane = control_plane;
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
@@ -590,7 +593,7 @@ impl PluginRuntime {
             };
             Box::new(CallError {
                 world,
-                plugin: label.to_owned(),
+                plugin: label.to_string(),
                 instance: instance.to_owned(),
                 phase,
                 failure,
