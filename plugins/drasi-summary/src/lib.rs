@@ -14,8 +14,9 @@
 //! A key absent on one side is an added or removed drift. Both configurations must be
 //! JSON objects. The comparator takes no parameters.
 //!
-//! Natively, [`compare_wire`] runs exactly what the component's `compare` export runs;
-//! [`compare_json`] stops before the drifts become the contract's records.
+//! Natively, [`compare_json`] runs what the component's `compare` export runs up to the
+//! drifts; `setpoint_plugin::compare_wire::<DrasiSummary>` adds their conversion to the
+//! contract's records.
 
 use setpoint_plugin::serde_json::Value;
 use setpoint_plugin::{Comparator, Drift, Metadata, PluginError};
@@ -83,17 +84,6 @@ impl Comparator for DrasiSummary {
 /// Parse the JSON texts and compare them, for native callers and tests.
 pub fn compare_json(desired: &str, actual: &str, params: &str) -> Result<Vec<Drift>, PluginError> {
     setpoint_plugin::compare_json::<DrasiSummary>(desired, actual, params)
-}
-
-/// [`compare_json`], then each drift as the record the contract carries (values as JSON
-/// text): exactly what the Wasm `compare` export runs, minus the canonical ABI. The
-/// host's benchmark measures the component against it.
-pub fn compare_wire(
-    desired: &str,
-    actual: &str,
-    params: &str,
-) -> Result<Vec<setpoint_plugin::WireDrift>, PluginError> {
-    setpoint_plugin::compare_wire::<DrasiSummary>(desired, actual, params)
 }
 
 fn check_params(params: &Value) -> Result<(), PluginError> {

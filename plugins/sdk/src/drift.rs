@@ -92,6 +92,18 @@ impl Drift {
         }
     }
 
+    /// This drift as the contract carries it: values rendered as compact JSON text, whole
+    /// (only the default message cuts them).
+    pub fn into_wire(self) -> WireDrift {
+        WireDrift {
+            path: self.path,
+            kind: self.kind,
+            desired: self.desired.as_ref().map(json_text),
+            actual: self.actual.as_ref().map(json_text),
+            message: self.message,
+        }
+    }
+
     /// Replace the default message.
     #[must_use]
     pub fn with_message(mut self, message: impl Into<String>) -> Self {
@@ -117,20 +129,6 @@ pub struct WireDrift {
     pub actual: Option<String>,
     /// As [`Drift::message`].
     pub message: String,
-}
-
-impl Drift {
-    /// This drift as the contract carries it: values rendered as compact JSON text, whole
-    /// (only the default message cuts them).
-    pub fn into_wire(self) -> WireDrift {
-        WireDrift {
-            path: self.path,
-            kind: self.kind,
-            desired: self.desired.as_ref().map(json_text),
-            actual: self.actual.as_ref().map(json_text),
-            message: self.message,
-        }
-    }
 }
 
 /// `value` as compact JSON text. `serde_json::to_string` writes straight into a buffer;
