@@ -1,4 +1,4 @@
-//! Policy: which comparator, strategy and gates apply to an instance (DESIGN §4).
+//! Policy: which comparator, strategy and gates apply to an instance (`docs/design.md` §4).
 //!
 //! Start reading at [`Policy::from_rules`] (validation) and [`Policy::select`] (first match
 //! wins, then the built-in default rule); [`Policy::explain`] is what `setpoint explain ID`

@@ -4,7 +4,7 @@
 //! the way kube-rs's `Controller::run` does; [`WorkQueue::enqueue`] and
 //! [`WorkQueue::enqueue_after`] are how triggers (resync, change feed, manual requests) feed it.
 //!
-//! Guarantees, in the words of DESIGN §1:
+//! Guarantees (`docs/design.md` §1):
 //! - **deduplicated**: a key queued twice before a worker takes it is processed once; when a
 //!   key is scheduled twice, the earliest deadline wins;
 //! - **one worker per key**: a key enqueued while it is being processed is marked dirty and

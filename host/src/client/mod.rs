@@ -1,6 +1,6 @@
 //! The control-plane client: what the host asks of the control plane that manages its
 //! instances, behind the [`ControlPlane`] trait, and [`DraasClient`], its implementation
-//! for the DRaaS REST API (DESIGN §5).
+//! for the DRaaS REST API (`docs/design.md` §5).
 //!
 //! Start reading at [`ControlPlane`]; an embedder with another control plane implements it
 //! and hands the host an `Arc<dyn ControlPlane>`. [`DraasClient::new`] with a
