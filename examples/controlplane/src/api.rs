@@ -4,7 +4,8 @@
 //!
 //! Start at [`router`]. Bodies are parsed here so that a malformed body or a wrong type
 //! is a 400 naming the field; every error is JSON `{"error": "..."}` (see [`ApiError`]).
-//! In `enum_as_int` mode the enum fields of every model object are written as integers.
+//! In `enum_as_int` mode the enum fields of every model object are written as integers;
+//! in seed-only mode ([`ApiOptions::seed_api_only`]) only the seed's routes are served.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -20,7 +21,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-use crate::model::{InstanceStatus, Labels, encode_enums};
+use crate::model::{Instance, InstanceStatus, Labels, StatusChange, encode_enums};
 use crate::platform::process::probe_host;
 use crate::service::{
     CloneInstance, ControlPlane, CreateInstance, EndpointSpec, Error, StatusUpdate, error_chain,
@@ -37,13 +38,48 @@ pub const BACKEND_HEADER: &str = "x-setpoint-backend";
 struct Api {
     cp: ControlPlane,
     enum_as_int: bool,
+    /// Serve the DRaaS seed's routes and answer shapes only (see [`ApiOptions`]).
+    seed_only: bool,
+}
+
+/// How the API is served.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ApiOptions {
+    /// Write the enum fields of model objects as integers, like the .NET original.
+    pub enum_as_int: bool,
+    /// Serve only the DRaaS seed's routes, with the seed's answer shapes: no
+    /// `/api/extensions/...`, no metadata routes, no `PUT` of a configuration, no
+    /// `/healthz`; `recent-changes` is timestamp-based only (`after=` is a 400, `wait=` is
+    /// ignored) and its changes carry no `sequence`; `start`, `stop` and `restart` answer
+    /// the seed's message string; a status update answers 202 with no body.
+    pub seed_api_only: bool,
 }
 
 /// The router for every route, with `cp` as state.
 pub fn router(cp: ControlPlane, enum_as_int: bool) -> Router {
-    let api = Api { cp, enum_as_int };
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+    router_with(
+        cp,
+        ApiOptions {
+            enum_as_int,
+            seed_api_only: false,
+        },
+    )
+}
+
+/// The router for the routes `options` selects, with `cp` as state.
+pub fn router_with(cp: ControlPlane, options: ApiOptions) -> Router {
+    let seed_only = options.seed_api_only;
+    let api = Api {
+        cp,
+        enum_as_int: options.enum_as_int,
+        seed_only,
+    };
+    let mut configuration = get(get_configuration).patch(patch_configuration);
+    if !seed_only {
+        configuration = configuration.put(put_configuration);
+    }
+    // The DRaaS seed's routes, served in both modes.
+    let mut router = Router::new()
         // DRaaS: instances and their lifecycle.
         .route(
             "/api/server/instances",
@@ -56,44 +92,48 @@ pub fn router(cp: ControlPlane, enum_as_int: bool) -> Router {
         .route("/api/server/instances/{id}/start", post(start_instance))
         .route("/api/server/instances/{id}/stop", post(stop_instance))
         .route("/api/server/instances/{id}/restart", post(restart_instance))
-        .route(
-            "/api/server/instances/{id}/metadata",
-            get(get_metadata).put(put_metadata),
-        )
-        // DRaaS: desired configuration.
-        .route(
-            "/api/configuration/instances/{id}",
-            get(get_configuration)
-                .patch(patch_configuration)
-                .put(put_configuration),
-        )
+        // DRaaS: desired configuration (PUT is an extension).
+        .route("/api/configuration/instances/{id}", configuration)
         // DRaaS: status and the change feed.
         .route("/api/status/updates", post(post_status_update))
         .route("/api/status/recent-changes", get(recent_changes))
-        .route("/api/status/{id}/status", get(get_status))
-        // Extensions.
-        .route("/api/extensions/info", get(info))
-        .route("/api/extensions/instances/{id}/clone", post(clone_instance))
-        .route(
-            "/api/extensions/instances/{id}/health",
-            get(instance_health),
-        )
-        .route(
-            "/api/extensions/instances/{id}/metrics",
-            get(instance_metrics),
-        )
-        .route(
-            "/api/extensions/instances/{id}/running-configuration",
-            get(running_configuration),
-        )
-        .route("/api/extensions/endpoints", get(list_endpoints))
-        .route(
-            "/api/extensions/endpoints/{name}",
-            put(put_endpoint).get(get_endpoint).delete(delete_endpoint),
-        )
-        .route("/api/extensions/endpoints/{name}/proxy", any(proxy_root))
-        .route("/api/extensions/endpoints/{name}/proxy/", any(proxy_root))
-        .route("/api/extensions/endpoints/{name}/proxy/{*path}", any(proxy))
+        .route("/api/status/{id}/status", get(get_status));
+    if !seed_only {
+        router = router
+            .route("/healthz", get(|| async { "ok" }))
+            .route(
+                "/api/server/instances/{id}/metadata",
+                get(get_metadata).put(put_metadata),
+            )
+            // Extensions.
+            .route("/api/extensions/info", get(info))
+            .route("/api/extensions/instances/{id}/clone", post(clone_instance))
+            .route(
+                "/api/extensions/instances/{id}/health",
+                get(instance_health),
+            )
+            .route(
+                "/api/extensions/instances/{id}/metrics",
+                get(instance_metrics),
+            )
+            .route(
+                "/api/extensions/instances/{id}/running-configuration",
+                get(running_configuration),
+            )
+            .route(
+                "/api/extensions/running-configurations",
+                get(running_configurations),
+            )
+            .route("/api/extensions/endpoints", get(list_endpoints))
+            .route(
+                "/api/extensions/endpoints/{name}",
+                put(put_endpoint).get(get_endpoint).delete(delete_endpoint),
+            )
+            .route("/api/extensions/endpoints/{name}/proxy", any(proxy_root))
+            .route("/api/extensions/endpoints/{name}/proxy/", any(proxy_root))
+            .route("/api/extensions/endpoints/{name}/proxy/{*path}", any(proxy));
+    }
+    router
         .fallback(|method: Method, uri: Uri| async move {
             ApiError(Error::BadRequest(String::new())).with_status(
                 StatusCode::NOT_FOUND,
@@ -194,6 +234,34 @@ impl Api {
     fn ok(&self, status: StatusCode, value: Value) -> Response {
         (status, axum::Json(value)).into_response()
     }
+
+    /// The answer of a lifecycle call: the instance, or in seed-only mode the seed's
+    /// message string (ASP.NET's `Ok(string)`, written as `text/plain`).
+    fn lifecycle(&self, instance: &Instance, done: &str) -> Response {
+        if self.seed_only {
+            let message = format!("Instance '{}' {done} successfully", instance.id);
+            return (
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                message,
+            )
+                .into_response();
+        }
+        self.ok(StatusCode::OK, self.model(instance))
+    }
+
+    /// Feed changes as JSON; the seed's changes have no sequence number.
+    fn changes(&self, changes: &[StatusChange]) -> Value {
+        let mut value = self.models(changes);
+        if self.seed_only
+            && let Value::Array(items) = &mut value
+        {
+            for item in items.iter_mut().filter_map(Value::as_object_mut) {
+                item.remove("sequence");
+            }
+        }
+        value
+    }
 }
 
 // ----- instances ---------------------------------------------------------------------
@@ -235,15 +303,17 @@ async fn start_instance(State(api): State<Api>, Path(id): Path<String>, body: By
         Some(parse_body(&body, "configuration")?)
     };
     let instance = api.cp.start(&id, configuration).await?;
-    Ok(api.ok(StatusCode::OK, api.model(&instance)))
+    Ok(api.lifecycle(&instance, "started"))
 }
 
 async fn stop_instance(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
-    Ok(api.ok(StatusCode::OK, api.model(&api.cp.stop(&id).await?)))
+    let instance = api.cp.stop(&id).await?;
+    Ok(api.lifecycle(&instance, "stopped"))
 }
 
 async fn restart_instance(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
-    Ok(api.ok(StatusCode::OK, api.model(&api.cp.restart(&id).await?)))
+    let instance = api.cp.restart(&id).await?;
+    Ok(api.lifecycle(&instance, "restarted"))
 }
 
 async fn get_metadata(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
@@ -293,6 +363,10 @@ async fn put_configuration(
 async fn post_status_update(State(api): State<Api>, body: Bytes) -> ApiResult {
     let update: StatusUpdate = parse_body(&body, "status update")?;
     let change = api.cp.publish_status(update)?;
+    if api.seed_only {
+        // The seed answers `Accepted()`: no body, and it has no sequence to report.
+        return Ok(StatusCode::ACCEPTED.into_response());
+    }
     Ok(api.ok(
         StatusCode::ACCEPTED,
         json!({ "accepted": true, "sequence": change.map(|c| c.sequence) }),
@@ -329,11 +403,19 @@ fn parse_time(text: &str) -> Option<DateTime<Utc>> {
 
 /// `GET /api/status/recent-changes`: `since=` (timestamp, default 5 minutes ago) answers
 /// the seed's plain array; `after=SEQ` answers a [`crate::feed::FeedPage`]. Both take
-/// `statusFilter=` and `wait=SECONDS` (long poll until a matching change arrives).
+/// `statusFilter=` and `wait=SECONDS` (long poll until a matching change arrives). In
+/// seed-only mode only the seed's form is served: `after=` is a 400 and `wait=` is
+/// ignored, as the seed ignores parameters it does not know.
 async fn recent_changes(
     State(api): State<Api>,
     Query(params): Query<HashMap<String, String>>,
 ) -> ApiResult {
+    if api.seed_only && params.contains_key("after") {
+        return Err(Error::BadRequest(
+            "after: the seed API has no sequence feed (this control plane runs with --seed-api-only); use since=TIMESTAMP".into(),
+        )
+        .into());
+    }
     let filter = match params.get("statusFilter").filter(|s| !s.is_empty()) {
         None => None,
         Some(text) => Some(InstanceStatus::parse(text).ok_or_else(|| {
@@ -342,7 +424,7 @@ async fn recent_changes(
             ))
         })?),
     };
-    let wait = match params.get("wait") {
+    let wait = match params.get("wait").filter(|_| !api.seed_only) {
         None => Duration::ZERO,
         Some(text) => {
             let seconds: f64 = text
@@ -389,7 +471,7 @@ async fn recent_changes(
             }
             None => {
                 let changes = feed.since(since, filter);
-                (last_chance || !changes.is_empty()).then(|| api.models(&changes))
+                (last_chance || !changes.is_empty()).then(|| api.changes(&changes))
             }
         };
         if let Some(answer) = answer {
@@ -416,7 +498,8 @@ async fn info(State(api): State<Api>) -> Response {
             "latestSequence": api.cp.feed().latest_sequence(),
             "platforms": ["Process", "Simulated"],
             "extensions": ["sequenceFeed", "longPoll", "metadata", "clone", "health",
-                           "metrics", "runningConfiguration", "endpoints"],
+                           "metrics", "runningConfiguration", "runningConfigurations",
+                           "endpoints"],
         }),
     )
 }
@@ -446,6 +529,15 @@ async fn running_configuration(State(api): State<Api>, Path(id): Path<String>) -
         StatusCode::OK,
         json!({ "running": configuration.is_some(), "configuration": configuration }),
     ))
+}
+
+/// `GET /api/extensions/running-configurations`: `{"configurations": {id: configuration}}`
+/// for every instance that runs, read in one pass.
+async fn running_configurations(State(api): State<Api>) -> Response {
+    api.ok(
+        StatusCode::OK,
+        json!({ "configurations": api.cp.running_configurations() }),
+    )
 }
 
 async fn list_endpoints(State(api): State<Api>) -> Response {

@@ -79,6 +79,9 @@ pub struct ControlPlaneConfig {
     pub feed_capacity: usize,
     /// Write enums as integers like the .NET original.
     pub enum_as_int: bool,
+    /// Serve only the DRaaS seed's routes and answer shapes (no extensions, no sequence
+    /// feed); see [`api::ApiOptions::seed_api_only`].
+    pub seed_api_only: bool,
     /// How long a start waits for the process to answer.
     pub start_timeout: Duration,
     /// How long a stop waits after SIGTERM before SIGKILL.
@@ -95,6 +98,7 @@ impl Default for ControlPlaneConfig {
             port_range: DEFAULT_PORT_RANGE,
             feed_capacity: DEFAULT_FEED_CAPACITY,
             enum_as_int: false,
+            seed_api_only: false,
             start_timeout: DEFAULT_START_TIMEOUT,
             stop_timeout: DEFAULT_STOP_TIMEOUT,
         }
@@ -212,7 +216,13 @@ pub async fn serve(config: ControlPlaneConfig) -> Result<RunningControlPlane, Se
         addr: config.listen,
         source,
     })?;
-    let app = api::router(control_plane.clone(), config.enum_as_int);
+    let app = api::router_with(
+        control_plane.clone(),
+        api::ApiOptions {
+            enum_as_int: config.enum_as_int,
+            seed_api_only: config.seed_api_only,
+        },
+    );
     let (stop_tx, stop_rx) = oneshot::channel::<()>();
     let server = tokio::spawn(async move {
         let result = axum::serve(listener, app)
@@ -224,7 +234,7 @@ pub async fn serve(config: ControlPlaneConfig) -> Result<RunningControlPlane, Se
             tracing::error!(%error, "the API server failed");
         }
     });
-    tracing::info!(%local_addr, "control plane listening");
+    tracing::info!(%local_addr, seed_api_only = config.seed_api_only, "control plane listening");
     Ok(RunningControlPlane {
         local_addr,
         control_plane,

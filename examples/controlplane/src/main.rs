@@ -49,6 +49,13 @@ struct Args {
           num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
     enum_as_int: bool,
 
+    /// Serve only the DRaaS seed's routes and answer shapes: no /api/extensions, no
+    /// metadata or PUT configuration routes, recent-changes by timestamp only (`after=` is
+    /// refused, no long poll).
+    #[arg(long, env = "SETPOINT_CP_SEED_API_ONLY", default_value_t = false,
+          num_args = 0..=1, default_missing_value = "true", action = clap::ArgAction::Set)]
+    seed_api_only: bool,
+
     /// Seconds a start waits for the instance process to answer.
     #[arg(long, env = "SETPOINT_CP_START_TIMEOUT", default_value_t = 10.0)]
     start_timeout: f64,
@@ -95,6 +102,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         port_range: args.port_range,
         feed_capacity: usize::try_from(args.feed_capacity)?,
         enum_as_int: args.enum_as_int,
+        seed_api_only: args.seed_api_only,
         start_timeout: seconds("start-timeout", args.start_timeout)?,
         stop_timeout: seconds("stop-timeout", args.stop_timeout)?,
     };

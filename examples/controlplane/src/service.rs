@@ -669,6 +669,20 @@ impl ControlPlane {
         Ok(self.record(id)?.runtime.running_configuration)
     }
 
+    /// The configuration each running instance was last started with, by instance id;
+    /// instances that do not run are left out. One pass over the state under one lock
+    /// (no per-instance lookup), so the answer is a consistent snapshot.
+    pub fn running_configurations(&self) -> BTreeMap<String, Value> {
+        self.state()
+            .instances
+            .iter()
+            .filter_map(|(id, record)| {
+                let configuration = record.runtime.running_configuration.as_ref()?;
+                Some((id.clone(), configuration.clone()))
+            })
+            .collect()
+    }
+
     // ----- extensions ------------------------------------------------------------------
 
     /// Creates a sibling of `id` on the same platform with a new port, labelled

@@ -263,6 +263,8 @@ async fn help_documents_every_flag_with_its_default() {
         "[default: 1000]",
         "--enum-as-int [<ENUM_AS_INT>]",
         "[default: false]",
+        "--seed-api-only [<SEED_API_ONLY>]",
+        "SETPOINT_CP_SEED_API_ONLY",
         "--start-timeout",
         "--stop-timeout",
     ] {

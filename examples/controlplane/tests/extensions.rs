@@ -164,3 +164,97 @@ async fn a_clone_of_a_simulated_instance_stays_simulated() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     cp.shutdown().await;
 }
+
+#[tokio::test]
+async fn running_configurations_lists_what_each_running_instance_runs() {
+    let cp = TestCp::start().await;
+    let (status, info) = cp.get("/api/extensions/info").await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(
+        info["extensions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("runningConfigurations")),
+        "{info}"
+    );
+    let (status, none) = cp.get("/api/extensions/running-configurations").await;
+    assert_eq!(status, StatusCode::OK, "{none}");
+    assert_eq!(none, json!({"configurations": {}}));
+
+    let id = |instance: serde_json::Value| instance["id"].as_str().unwrap().to_owned();
+    // A real process, started with its desired configuration.
+    let process = id(cp.create(json!({"name": "proc"})).await);
+    cp.start(&process).await;
+    // Simulated: started with a body, never started, started then stopped.
+    let with_body = id(cp
+        .create(json!({"name": "body", "platformType": "Simulated"}))
+        .await);
+    let (status, started) = cp
+        .post(
+            &format!("/api/server/instances/{with_body}/start"),
+            Some(&json!({"logLevel": "debug"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{started}");
+    let never = id(cp
+        .create(json!({"name": "never", "platformType": "Simulated"}))
+        .await);
+    let stopped = id(cp
+        .create(json!({"name": "stopped", "platformType": "Simulated"}))
+        .await);
+    cp.start(&stopped).await;
+    let (status, _) = cp
+        .post(&format!("/api/server/instances/{stopped}/stop"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // A desired configuration changed after the start is not what runs.
+    let (status, _) = cp
+        .patch(
+            &format!("/api/configuration/instances/{process}"),
+            &json!([{"op": "replace", "path": "/logLevel", "value": "warn"}]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+
+    let (status, bulk) = cp.get("/api/extensions/running-configurations").await;
+    assert_eq!(status, StatusCode::OK, "{bulk}");
+    let configurations = bulk["configurations"].as_object().unwrap();
+    let mut ids: Vec<&str> = configurations.keys().map(String::as_str).collect();
+    ids.sort_unstable();
+    let mut expected = vec![process.as_str(), with_body.as_str()];
+    expected.sort_unstable();
+    assert_eq!(ids, expected, "{bulk}");
+    assert_eq!(configurations[&process]["logLevel"], "info");
+    assert_eq!(cp.configuration(&process).await["logLevel"], "warn");
+    assert_eq!(configurations[&with_body]["logLevel"], "debug");
+    // The bulk answer agrees with the per-instance route, instance by instance.
+    for instance in [&process, &with_body, &never, &stopped] {
+        let (_, one) = cp
+            .get(&format!(
+                "/api/extensions/instances/{instance}/running-configuration"
+            ))
+            .await;
+        assert_eq!(
+            one["running"],
+            configurations.contains_key(instance.as_str()),
+            "{one}"
+        );
+        assert_eq!(
+            one["configuration"],
+            configurations
+                .get(instance.as_str())
+                .cloned()
+                .unwrap_or(serde_json::Value::Null)
+        );
+    }
+
+    // Stopping the process removes it.
+    cp.post(&format!("/api/server/instances/{process}/stop"), None)
+        .await;
+    let (_, bulk) = cp.get("/api/extensions/running-configurations").await;
+    assert_eq!(
+        bulk,
+        json!({"configurations": {with_body.as_str(): configurations[&with_body].clone()}})
+    );
+    cp.shutdown().await;
+}
