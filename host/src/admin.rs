@@ -59,6 +59,9 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/instances/{id}/reconcile", post(reconcile))
         .route("/v1/instances/{id}/approve", post(approve))
         .route("/v1/instances/{id}/abort", post(abort))
+        .route("/v1/instances/{id}/retry", post(retry))
+        .route("/v1/instances/{id}/rollback", post(rollback))
+        .route("/v1/instances/{id}/history", get(history))
         .route("/v1/audit", get(audit))
         .route("/v1/plugins", get(plugins))
         .with_state(state)
@@ -215,12 +218,19 @@ async fn get_instance(
     let rollout = store.load_rollout(&id).map_err(internal)?;
     let applied = store.last_applied(&id).map_err(internal)?;
     let backups = store.backups(&id).map_err(internal)?;
+    let given_up = store.given_up(&id).map_err(internal)?;
+    let abort = store.abort_request(&id).map_err(internal)?;
+    let approval = store.open_approval(&id).map_err(internal)?;
     Ok(Json(json!({
         "instance": instance,
         "conditions": conditions,
         "rollout": rollout,
         "lastApplied": applied,
         "backups": backups.len(),
+        "givenUp": given_up,
+        "abortRequested": abort,
+        "approval": approval,
+        "lastDecision": state.controller.last_decision(&id),
     })))
 }
 
@@ -252,30 +262,49 @@ async fn reconcile(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    state.controller.retry(&id);
     state.queue.enqueue(id.clone());
     Ok((StatusCode::ACCEPTED, Json(json!({ "queued": id }))).into_response())
 }
 
+/// Who an operator request is from (`by`, default `admin-api`), and its other fields.
 #[derive(Debug, Deserialize, Default)]
-struct ApproveBody {
+struct OperatorBody {
     by: Option<String>,
+    /// The revision (desired digest, or its first characters) an approval releases.
+    digest: Option<String>,
+    /// The revision a rollback goes to.
+    to: Option<String>,
+}
+
+fn operator(body: &Option<Json<OperatorBody>>) -> String {
+    body.as_ref()
+        .and_then(|Json(b)| b.by.clone())
+        .unwrap_or_else(|| "admin-api".into())
 }
 
 async fn approve(
     State(state): State<AdminState>,
     headers: HeaderMap,
     Path(id): Path<String>,
-    body: Option<Json<ApproveBody>>,
+    body: Option<Json<OperatorBody>>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    let by = body
-        .and_then(|Json(b)| b.by)
-        .unwrap_or_else(|| "admin-api".into());
-    let record = state
-        .controller
-        .store()
-        .approve(&id, &by)
+    let by = operator(&body);
+    let store = state.controller.store();
+    // A digest prefix (as `setpoint status` shows it) names the pending revision only if
+    // it is a prefix of it; the store then checks the full digest.
+    let digest = match body.as_ref().and_then(|Json(b)| b.digest.clone()) {
+        None => None,
+        Some(given) => {
+            let pending = store.open_approval(&id).map_err(internal)?;
+            Some(match pending {
+                Some(p) if !given.is_empty() && p.digest.starts_with(&given) => p.digest,
+                _ => given,
+            })
+        }
+    };
+    let record = store
+        .approve(&id, digest.as_deref(), &by)
         .map_err(|e| ApiError(StatusCode::CONFLICT, crate::error_chain(&e)))?;
     state.queue.enqueue(id);
     Ok((
@@ -289,20 +318,73 @@ async fn abort(
     State(state): State<AdminState>,
     headers: HeaderMap,
     Path(id): Path<String>,
+    body: Option<Json<OperatorBody>>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
-    let found = state
+    let by = operator(&body);
+    let Some(digest) = state
         .controller
-        .request_abort(&id)
-        .map_err(from_controller)?;
-    if !found {
+        .request_abort(&id, &by)
+        .map_err(from_controller)?
+    else {
         return Err(ApiError(
             StatusCode::CONFLICT,
-            format!("instance {id} has no rollout in progress to abort"),
+            format!("instance {id} has no rollout in progress and no change waiting for approval to abort"),
         ));
-    }
+    };
     state.queue.enqueue(id.clone());
-    Ok((StatusCode::ACCEPTED, Json(json!({ "aborting": id }))).into_response())
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "aborting": id, "digest": digest })),
+    )
+        .into_response())
+}
+
+async fn retry(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<OperatorBody>>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let by = operator(&body);
+    let retried = state.controller.retry(&id, &by).map_err(from_controller)?;
+    state.queue.enqueue(id.clone());
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "queued": id, "retried": retried })),
+    )
+        .into_response())
+}
+
+async fn history(
+    State(state): State<AdminState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let history = state.controller.store().history(&id).map_err(internal)?;
+    Ok(Json(serde_json::to_value(history).map_err(internal)?))
+}
+
+async fn rollback(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<OperatorBody>>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let by = operator(&body);
+    let to = body.as_ref().and_then(|Json(b)| b.to.clone());
+    let digest = state
+        .controller
+        .rollback(&id, to.as_deref(), &by)
+        .await
+        .map_err(from_controller)?;
+    state.queue.enqueue(id.clone());
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "rollingBack": id, "digest": digest })),
+    )
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]

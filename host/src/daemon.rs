@@ -298,12 +298,17 @@ async fn resync_loop(
         match cp.list_instances().await {
             Ok(instances) => {
                 let n = instances.len();
-                for id in controller.prime(instances) {
-                    queue.enqueue(id);
+                let running = bulk_running(cp.as_ref()).await;
+                let listed: std::collections::HashSet<String> =
+                    controller.prime(instances, running).into_iter().collect();
+                for id in &listed {
+                    queue.enqueue(id.clone());
                 }
-                if let Ok(rollouts) = store.rollouts() {
-                    for r in rollouts {
-                        queue.enqueue(r.instance_id);
+                // Instances known only from this host's records (deleted while the daemon
+                // was down, or never reported by the feed) are visited too: orphans.
+                if let Ok(known) = store.known_instances() {
+                    for id in known.into_iter().filter(|id| !listed.contains(id)) {
+                        queue.enqueue(id);
                     }
                 }
                 tracing::debug!(instances = n, "resync queued");
@@ -311,9 +316,33 @@ async fn resync_loop(
             }
             Err(error) => {
                 tracing::warn!(error = %crate::error_chain(&error), "resync could not list instances; retrying at the next resync");
+                // The instances this host knows are queued anyway: their reconciles fail
+                // and say so in their conditions, instead of claiming to be in sync.
+                if let Ok(known) = store.known_instances() {
+                    for id in known {
+                        queue.enqueue(id);
+                    }
+                }
                 // Retry sooner than a full interval while the control plane is away.
                 ticker.reset_after(interval.min(Duration::from_secs(2)));
             }
+        }
+    }
+}
+
+/// What every instance runs, in one request, when the control plane offers it; `None`
+/// otherwise (each reconcile then reads what its instance runs, or the applied record).
+async fn bulk_running(
+    cp: &dyn ControlPlane,
+) -> Option<std::collections::HashMap<String, serde_json::Value>> {
+    if !cp.capabilities().await.ok()?.running_configuration {
+        return None;
+    }
+    match cp.running_configurations().await {
+        Ok(running) => Some(running),
+        Err(error) => {
+            tracing::debug!(error = %crate::error_chain(&error), "bulk running configurations unavailable; reading them per instance");
+            None
         }
     }
 }
@@ -358,7 +387,7 @@ async fn feed_loop(
                 if truncated && !first {
                     tracing::warn!(cursor = ?cursor, "change feed cursor fell behind the control plane's buffer; resyncing every instance");
                     if let Ok(instances) = cp.list_instances().await {
-                        for id in controller.prime(instances) {
+                        for id in controller.prime(instances, None) {
                             queue.enqueue(id);
                         }
                     }

@@ -101,6 +101,27 @@ pub const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX approvals_by_instance ON approvals (instance_id, id);
     "#,
+    // 2: revisions everywhere. An approval names the desired digest it releases; an
+    // applied configuration names the strategy that sent it; a given-up revision and an
+    // operator's abort request are durable rows of their own, which no rollout step writes.
+    r#"
+    ALTER TABLE approvals ADD COLUMN digest TEXT NOT NULL DEFAULT '';
+    ALTER TABLE applied_configs ADD COLUMN strategy TEXT NOT NULL DEFAULT '';
+
+    CREATE TABLE given_up (
+        instance_id  TEXT    PRIMARY KEY,
+        digest       TEXT    NOT NULL,
+        reason       TEXT    NOT NULL,
+        at           INTEGER NOT NULL
+    );
+
+    CREATE TABLE abort_requests (
+        instance_id   TEXT    PRIMARY KEY,
+        digest        TEXT    NOT NULL,
+        requested_by  TEXT    NOT NULL,
+        at            INTEGER NOT NULL
+    );
+    "#,
 ];
 
 /// Errors from the store.
@@ -160,6 +181,18 @@ pub enum Error {
     NoPendingApproval {
         /// The instance.
         instance_id: String,
+    },
+    /// [`Store::approve`] was asked to approve a revision other than the one that waits.
+    #[error(
+        "instance {instance_id} waits for approval of revision {pending}, not {given}; run `setpoint status {instance_id}` to see what waits, then approve that"
+    )]
+    StaleApproval {
+        /// The instance.
+        instance_id: String,
+        /// The digest the pending request is for.
+        pending: String,
+        /// The digest the operator approved.
+        given: String,
     },
 }
 
@@ -280,8 +313,38 @@ pub struct AppliedConfig {
     pub config: Value,
     /// Content digest of the configuration (computed by the caller).
     pub digest: String,
+    /// `name@version` of the strategy that sent it (empty when not recorded).
+    pub strategy: String,
     /// When it was recorded.
     pub applied_at: SystemTime,
+}
+
+/// A revision the host stopped trying to apply: its rollout failed for good or an
+/// operator aborted it. Kept until the desired configuration changes or an operator
+/// retries.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GivenUp {
+    /// The instance.
+    pub instance_id: String,
+    /// Digest of the desired configuration given up.
+    pub digest: String,
+    /// Why, for an operator.
+    pub reason: String,
+    /// When.
+    pub at: SystemTime,
+}
+
+/// An operator's request to abort the rollout of a revision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AbortRequest {
+    /// The instance.
+    pub instance_id: String,
+    /// Digest of the desired configuration whose rollout is to be aborted.
+    pub digest: String,
+    /// Who asked.
+    pub requested_by: String,
+    /// When.
+    pub at: SystemTime,
 }
 
 /// The persisted state of a rollout in progress, enough to resume it after a restart with
@@ -377,6 +440,8 @@ pub struct ApprovalRecord {
     pub id: i64,
     /// The instance whose rollout waits.
     pub instance_id: String,
+    /// Digest of the desired configuration (the revision) the approval releases.
+    pub digest: String,
     /// What is to be approved.
     pub message: String,
     /// When it was requested.
@@ -495,11 +560,18 @@ impl Store {
 
     // ----- applied configurations and backups -----
 
-    /// Records `config` as applied to `instance_id`; the configuration it replaces becomes a
-    /// backup, and backups beyond the retention are pruned. Recording the configuration that
-    /// is already the last applied one (same digest) changes nothing and returns `false`, so
-    /// repeated reconciles do not push real backups out.
-    pub fn record_applied(&self, instance_id: &str, config: &Value, digest: &str) -> Result<bool> {
+    /// Records `config` as applied to `instance_id` by `strategy` (`name@version`); the
+    /// configuration it replaces becomes a backup, and backups beyond the retention are
+    /// pruned. Recording the configuration that is already the last applied one (same
+    /// digest) changes nothing and returns `false`, so repeated reconciles do not push real
+    /// backups out.
+    pub fn record_applied(
+        &self,
+        instance_id: &str,
+        config: &Value,
+        digest: &str,
+        strategy: &str,
+    ) -> Result<bool> {
         let keep = i64::try_from(self.backup_retention.saturating_add(1)).unwrap_or(i64::MAX);
         self.write("record applied configuration", |tx| {
             let current: Option<String> = tx
@@ -514,8 +586,8 @@ impl Store {
                 return Ok(false);
             }
             tx.execute(
-                "INSERT INTO applied_configs (instance_id, config_json, digest, applied_at) VALUES (?1, ?2, ?3, ?4)",
-                params![instance_id, config.to_string(), digest, to_millis(SystemTime::now())],
+                "INSERT INTO applied_configs (instance_id, config_json, digest, applied_at, strategy) VALUES (?1, ?2, ?3, ?4, ?5)",
+                params![instance_id, config.to_string(), digest, to_millis(SystemTime::now()), strategy],
             )
             .during("record applied configuration")?;
             tx.execute(
@@ -538,12 +610,54 @@ impl Store {
         self.applied(instance_id, 1, -1)
     }
 
+    /// Every kept applied configuration of `instance_id`, newest first: the last applied
+    /// one, then its backups (`setpoint history`).
+    pub fn history(&self, instance_id: &str) -> Result<Vec<AppliedConfig>> {
+        self.applied(instance_id, 0, -1)
+    }
+
+    /// Instances this host has applied a configuration to, or has a rollout, a given-up
+    /// revision or an abort request for: what the resync visits besides the control
+    /// plane's listing, so instances deleted while the daemon was down are noticed.
+    pub fn known_instances(&self) -> Result<Vec<String>> {
+        const OP: &str = "list recorded instances";
+        let conn = self.lock();
+        let mut statement = conn
+            .prepare_cached(
+                "SELECT instance_id FROM applied_configs UNION SELECT instance_id FROM rollouts \
+                 UNION SELECT instance_id FROM given_up UNION SELECT instance_id FROM abort_requests",
+            )
+            .during(OP)?;
+        statement
+            .query_map([], |row| row.get(0))
+            .during(OP)?
+            .collect::<rusqlite::Result<Vec<String>>>()
+            .during(OP)
+    }
+
+    /// Forgets every record of `instance_id` except its conditions and audit entries (an
+    /// orphan an operator or the host has dealt with). Returns whether anything was there.
+    pub fn forget_instance(&self, instance_id: &str) -> Result<bool> {
+        self.write("forget instance", |tx| {
+            let mut n = 0;
+            for table in ["applied_configs", "rollouts", "given_up", "abort_requests"] {
+                n += tx
+                    .execute(
+                        &format!("DELETE FROM {table} WHERE instance_id = ?1"),
+                        [instance_id],
+                    )
+                    .during("forget instance")?;
+            }
+            Ok(n > 0)
+        })
+    }
+
     fn applied(&self, instance_id: &str, offset: i64, limit: i64) -> Result<Vec<AppliedConfig>> {
         const OP: &str = "read applied configurations";
         let conn = self.lock();
         let mut statement = conn
             .prepare_cached(
-                "SELECT seq, config_json, digest, applied_at FROM applied_configs \
+                "SELECT seq, config_json, digest, applied_at, strategy FROM applied_configs \
                  WHERE instance_id = ?1 ORDER BY seq DESC LIMIT ?2 OFFSET ?3",
             )
             .during(OP)?;
@@ -554,13 +668,14 @@ impl Store {
                     row.get::<_, String>(1)?,
                     row.get::<_, String>(2)?,
                     row.get::<_, i64>(3)?,
+                    row.get::<_, String>(4)?,
                 ))
             })
             .during(OP)?
             .collect::<rusqlite::Result<Vec<_>>>()
             .during(OP)?;
         rows.into_iter()
-            .map(|(seq, config, digest, applied_at)| {
+            .map(|(seq, config, digest, applied_at, strategy)| {
                 Ok(AppliedConfig {
                     instance_id: instance_id.to_owned(),
                     config: parse_json(
@@ -568,6 +683,7 @@ impl Store {
                         &config,
                     )?,
                     digest,
+                    strategy,
                     applied_at: from_millis(applied_at),
                 })
             })
@@ -829,16 +945,23 @@ impl Store {
 
     // ----- approvals -----
 
-    /// Asks an operator to approve the paused rollout of `instance_id`; returns the request
-    /// id. Idempotent while a request is pending: the pending request is kept (its message
-    /// updated), so a rollout re-checked on every reconcile asks once.
-    pub fn request_approval(&self, instance_id: &str, message: &str) -> Result<i64> {
+    /// Asks an operator to approve revision `digest` of `instance_id`; returns the request
+    /// id. Idempotent while a request for the same revision is pending (its message is
+    /// updated), so a rollout re-checked on every reconcile asks once; a pending request
+    /// for another revision is withdrawn, so an approval can only release the revision it
+    /// was given for.
+    pub fn request_approval(&self, instance_id: &str, digest: &str, message: &str) -> Result<i64> {
         const OP: &str = "request approval";
         self.write(OP, |tx| {
+            tx.execute(
+                "DELETE FROM approvals WHERE instance_id = ?1 AND digest != ?2 AND consumed_at IS NULL",
+                params![instance_id, digest],
+            )
+            .during(OP)?;
             let pending: Option<i64> = tx
                 .query_row(
-                    "SELECT id FROM approvals WHERE instance_id = ?1 AND approved_at IS NULL ORDER BY id DESC LIMIT 1",
-                    [instance_id],
+                    "SELECT id FROM approvals WHERE instance_id = ?1 AND digest = ?2 AND consumed_at IS NULL ORDER BY id DESC LIMIT 1",
+                    params![instance_id, digest],
                     |row| row.get(0),
                 )
                 .optional()
@@ -849,8 +972,8 @@ impl Store {
                 return Ok(id);
             }
             tx.execute(
-                "INSERT INTO approvals (instance_id, message, requested_at) VALUES (?1, ?2, ?3)",
-                params![instance_id, message, to_millis(SystemTime::now())],
+                "INSERT INTO approvals (instance_id, digest, message, requested_at) VALUES (?1, ?2, ?3, ?4)",
+                params![instance_id, digest, message, to_millis(SystemTime::now())],
             )
             .during(OP)?;
             Ok(tx.last_insert_rowid())
@@ -858,25 +981,42 @@ impl Store {
     }
 
     /// Approves the pending request of `instance_id` on behalf of `by`, and records the
-    /// approval in the audit log in the same transaction.
-    pub fn approve(&self, instance_id: &str, by: &str) -> Result<ApprovalRecord> {
+    /// approval in the audit log in the same transaction. With `digest`, only a request for
+    /// that revision is approved ([`Error::StaleApproval`] otherwise), so an operator who
+    /// looked at revision A never releases revision B.
+    pub fn approve(
+        &self,
+        instance_id: &str,
+        digest: Option<&str>,
+        by: &str,
+    ) -> Result<ApprovalRecord> {
         const OP: &str = "approve";
         self.write(OP, |tx| {
-            let now = to_millis(SystemTime::now());
-            let id: i64 = tx
-                .query_row(
-                    "UPDATE approvals SET approved_by = ?2, approved_at = ?3 \
-                     WHERE id = (SELECT id FROM approvals WHERE instance_id = ?1 AND approved_at IS NULL ORDER BY id DESC LIMIT 1) \
-                     RETURNING id",
-                    params![instance_id, by, now],
-                    |row| row.get(0),
-                )
-                .optional()
-                .during(OP)?
-                .ok_or_else(|| Error::NoPendingApproval {
+            let pending = query_approvals(
+                tx,
+                "WHERE instance_id = ?1 AND approved_at IS NULL AND consumed_at IS NULL",
+                [instance_id],
+            )?
+            .pop()
+            .ok_or_else(|| Error::NoPendingApproval {
+                instance_id: instance_id.to_owned(),
+            })?;
+            if let Some(given) = digest
+                && given != pending.digest
+            {
+                return Err(Error::StaleApproval {
                     instance_id: instance_id.to_owned(),
-                })?;
-            let record = query_approvals(tx, "WHERE id = ?1", [id])?
+                    pending: pending.digest,
+                    given: given.to_owned(),
+                });
+            }
+            let now = to_millis(SystemTime::now());
+            tx.execute(
+                "UPDATE approvals SET approved_by = ?2, approved_at = ?3 WHERE id = ?1",
+                params![pending.id, by, now],
+            )
+            .during(OP)?;
+            let record = query_approvals(tx, "WHERE id = ?1", [pending.id])?
                 .pop()
                 .expect("the row just updated exists");
             insert_audit(
@@ -884,8 +1024,12 @@ impl Store {
                 &AuditEntry {
                     instance_id: Some(instance_id.to_owned()),
                     kind: AuditKind::Approval,
-                    message: format!("approved by {by}: {}", record.message),
-                    details: serde_json::json!({ "approval_id": id, "approved_by": by }),
+                    message: format!(
+                        "approved by {by} (revision {}): {}",
+                        short_digest(&record.digest),
+                        record.message
+                    ),
+                    details: serde_json::json!({ "approval_id": record.id, "approved_by": by, "digest": record.digest }),
                 },
             )?;
             Ok(record)
@@ -894,18 +1038,34 @@ impl Store {
 
     /// Requests waiting for an operator, oldest first.
     pub fn pending_approvals(&self) -> Result<Vec<ApprovalRecord>> {
-        query_approvals(&self.lock(), "WHERE approved_at IS NULL", params![])
+        query_approvals(
+            &self.lock(),
+            "WHERE approved_at IS NULL AND consumed_at IS NULL",
+            params![],
+        )
     }
 
-    /// The approved request of `instance_id` that no rollout step has used yet, marking it
-    /// used: an approval lets one paused rollout proceed once.
-    pub fn take_approval(&self, instance_id: &str) -> Result<Option<ApprovalRecord>> {
+    /// The request of `instance_id` not yet used by a rollout (pending or approved), if
+    /// any.
+    pub fn open_approval(&self, instance_id: &str) -> Result<Option<ApprovalRecord>> {
+        Ok(query_approvals(
+            &self.lock(),
+            "WHERE instance_id = ?1 AND consumed_at IS NULL",
+            [instance_id],
+        )?
+        .pop())
+    }
+
+    /// The approved request of `instance_id` for revision `digest` that no rollout step
+    /// has used yet, marking it used: an approval lets one paused rollout of that revision
+    /// proceed once. An approval of another revision is never taken.
+    pub fn take_approval(&self, instance_id: &str, digest: &str) -> Result<Option<ApprovalRecord>> {
         const OP: &str = "take approval";
         self.write(OP, |tx| {
             let Some(record) = query_approvals(
                 tx,
-                "WHERE instance_id = ?1 AND approved_at IS NOT NULL AND consumed_at IS NULL",
-                [instance_id],
+                "WHERE instance_id = ?1 AND digest = ?2 AND approved_at IS NOT NULL AND consumed_at IS NULL",
+                params![instance_id, digest],
             )?
             .pop() else {
                 return Ok(None);
@@ -918,6 +1078,178 @@ impl Store {
             Ok(Some(record))
         })
     }
+
+    /// Withdraws every unused request of `instance_id` (its rollout converged, failed or
+    /// was aborted); returns how many there were.
+    pub fn withdraw_approvals(&self, instance_id: &str) -> Result<usize> {
+        self.write("withdraw approvals", |tx| {
+            tx.execute(
+                "DELETE FROM approvals WHERE instance_id = ?1 AND consumed_at IS NULL",
+                [instance_id],
+            )
+            .during("withdraw approvals")
+        })
+    }
+
+    // ----- given-up revisions -----
+
+    /// Records that the host gave up revision `digest` of `instance_id` (replacing any
+    /// earlier one).
+    pub fn give_up(&self, instance_id: &str, digest: &str, reason: &str) -> Result<()> {
+        self.write("record given-up revision", |tx| {
+            tx.execute(
+                "INSERT INTO given_up (instance_id, digest, reason, at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (instance_id) DO UPDATE SET digest = ?2, reason = ?3, at = ?4",
+                params![instance_id, digest, reason, to_millis(SystemTime::now())],
+            )
+            .during("record given-up revision")?;
+            Ok(())
+        })
+    }
+
+    /// The revision of `instance_id` the host gave up, if any.
+    pub fn given_up(&self, instance_id: &str) -> Result<Option<GivenUp>> {
+        const OP: &str = "read given-up revision";
+        self.lock()
+            .prepare_cached("SELECT digest, reason, at FROM given_up WHERE instance_id = ?1")
+            .during(OP)?
+            .query_row([instance_id], |row| {
+                Ok(GivenUp {
+                    instance_id: instance_id.to_owned(),
+                    digest: row.get(0)?,
+                    reason: row.get(1)?,
+                    at: from_millis(row.get(2)?),
+                })
+            })
+            .optional()
+            .during(OP)
+    }
+
+    /// Forgets the given-up revision of `instance_id` (`setpoint retry`, or its desired
+    /// configuration changed); `false` if there was none.
+    pub fn clear_given_up(&self, instance_id: &str) -> Result<bool> {
+        self.write("clear given-up revision", |tx| {
+            Ok(tx
+                .execute("DELETE FROM given_up WHERE instance_id = ?1", [instance_id])
+                .during("clear given-up revision")?
+                > 0)
+        })
+    }
+
+    // ----- abort requests -----
+
+    /// Records an operator's request to abort the rollout of revision `digest` of
+    /// `instance_id`, if a rollout is in progress (`false`: there is none). Stored apart
+    /// from the rollout record, so no step that was in flight when it arrived can
+    /// overwrite it; checked in the same transaction as the rollout's existence, and
+    /// [`Store::complete_rollout`] refuses to end a rollout with a pending abort, so an
+    /// abort and a finishing step cannot pass each other.
+    pub fn request_abort(&self, instance_id: &str, digest: &str, by: &str) -> Result<bool> {
+        self.write("record abort request", |tx| {
+            let n = tx
+                .execute(
+                    "INSERT INTO abort_requests (instance_id, digest, requested_by, at) \
+                     SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM rollouts WHERE instance_id = ?1) \
+                     ON CONFLICT (instance_id) DO UPDATE SET digest = ?2, requested_by = ?3, at = ?4",
+                    params![instance_id, digest, by, to_millis(SystemTime::now())],
+                )
+                .during("record abort request")?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Ends a rollout that finished: the record and unused approvals go. Refuses (returns
+    /// `false`, changing nothing) while an abort request is pending: the abort wins.
+    pub fn complete_rollout(&self, instance_id: &str) -> Result<bool> {
+        const OP: &str = "complete rollout";
+        self.write(OP, |tx| {
+            let aborting: bool = tx
+                .query_row(
+                    "SELECT EXISTS (SELECT 1 FROM abort_requests WHERE instance_id = ?1)",
+                    [instance_id],
+                    |row| row.get(0),
+                )
+                .during(OP)?;
+            if aborting {
+                return Ok(false);
+            }
+            tx.execute("DELETE FROM rollouts WHERE instance_id = ?1", [instance_id])
+                .during(OP)?;
+            tx.execute(
+                "DELETE FROM approvals WHERE instance_id = ?1 AND consumed_at IS NULL",
+                [instance_id],
+            )
+            .during(OP)?;
+            Ok(true)
+        })
+    }
+
+    /// The pending abort request of `instance_id`, if any.
+    pub fn abort_request(&self, instance_id: &str) -> Result<Option<AbortRequest>> {
+        const OP: &str = "read abort request";
+        self.lock()
+            .prepare_cached(
+                "SELECT digest, requested_by, at FROM abort_requests WHERE instance_id = ?1",
+            )
+            .during(OP)?
+            .query_row([instance_id], |row| {
+                Ok(AbortRequest {
+                    instance_id: instance_id.to_owned(),
+                    digest: row.get(0)?,
+                    requested_by: row.get(1)?,
+                    at: from_millis(row.get(2)?),
+                })
+            })
+            .optional()
+            .during(OP)
+    }
+
+    /// Ends an abort: the rollout record and the abort request go, and the revision is
+    /// recorded as given up, in one transaction (a crash leaves either the abort still to
+    /// finish or the revision given up, never a rollout that starts again).
+    pub fn finish_abort(&self, instance_id: &str, digest: &str, reason: &str) -> Result<()> {
+        const OP: &str = "finish abort";
+        self.write(OP, |tx| {
+            tx.execute("DELETE FROM rollouts WHERE instance_id = ?1", [instance_id])
+                .during(OP)?;
+            tx.execute(
+                "DELETE FROM abort_requests WHERE instance_id = ?1",
+                [instance_id],
+            )
+            .during(OP)?;
+            tx.execute(
+                "DELETE FROM approvals WHERE instance_id = ?1 AND consumed_at IS NULL",
+                [instance_id],
+            )
+            .during(OP)?;
+            tx.execute(
+                "INSERT INTO given_up (instance_id, digest, reason, at) VALUES (?1, ?2, ?3, ?4) \
+                 ON CONFLICT (instance_id) DO UPDATE SET digest = ?2, reason = ?3, at = ?4",
+                params![instance_id, digest, reason, to_millis(SystemTime::now())],
+            )
+            .during(OP)?;
+            Ok(())
+        })
+    }
+
+    /// Drops the abort request of `instance_id` without giving anything up (the rollout it
+    /// named no longer exists); `false` if there was none.
+    pub fn clear_abort(&self, instance_id: &str) -> Result<bool> {
+        self.write("clear abort request", |tx| {
+            Ok(tx
+                .execute(
+                    "DELETE FROM abort_requests WHERE instance_id = ?1",
+                    [instance_id],
+                )
+                .during("clear abort request")?
+                > 0)
+        })
+    }
+}
+
+/// The first 12 hex digits of a digest, as people read and type it.
+pub fn short_digest(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
 }
 
 fn insert_audit(tx: &rusqlite::Transaction<'_>, entry: &AuditEntry) -> Result<(i64, SystemTime)> {
@@ -943,7 +1275,7 @@ fn query_approvals(
 ) -> Result<Vec<ApprovalRecord>> {
     const OP: &str = "read approvals";
     let sql = format!(
-        "SELECT id, instance_id, message, requested_at, approved_by, approved_at FROM approvals {condition} ORDER BY id"
+        "SELECT id, instance_id, message, requested_at, approved_by, approved_at, digest FROM approvals {condition} ORDER BY id"
     );
     let mut statement = conn.prepare_cached(&sql).during(OP)?;
     statement
@@ -961,6 +1293,7 @@ fn approval_from_row(row: &Row<'_>) -> rusqlite::Result<ApprovalRecord> {
         requested_at: from_millis(row.get(3)?),
         approved_by: row.get(4)?,
         approved_at: row.get::<_, Option<i64>>(5)?.map(from_millis),
+        digest: row.get(6)?,
     })
 }
 
@@ -1056,7 +1389,7 @@ mod tests {
     fn reopening_applies_no_migration_twice_and_keeps_data() {
         let (_dir, path, store) = temp_store();
         store
-            .record_applied("i-1", &json!({"port": 8080}), "d1")
+            .record_applied("i-1", &json!({"port": 8080}), "d1", "restart@0.1.0")
             .unwrap();
         drop(store);
         // Reopening runs the migrations again: they must be skipped, not fail on
@@ -1157,11 +1490,11 @@ mod tests {
     #[test]
     fn recording_a_new_configuration_keeps_the_previous_as_a_backup() {
         let (_dir, _path, store) = temp_store();
-        assert!(store.record_applied("i-1", &json!({"v": 1}), "d1").unwrap());
-        assert!(store.record_applied("i-1", &json!({"v": 2}), "d2").unwrap());
+        assert!(store.record_applied("i-1", &json!({"v": 1}), "d1", "restart@0.1.0").unwrap());
+        assert!(store.record_applied("i-1", &json!({"v": 2}), "d2", "restart@0.1.0").unwrap());
         assert!(
             store
-                .record_applied("i-2", &json!({"other": true}), "x")
+                .record_applied("i-2", &json!({"other": true}), "x", "restart@0.1.0")
                 .unwrap()
         );
         let last = store.last_applied("i-1").unwrap().unwrap();
@@ -1179,7 +1512,7 @@ mod tests {
         let store = store.with_backup_retention(3);
         for v in 1..=10 {
             store
-                .record_applied("i-1", &json!({"v": v}), &format!("d{v}"))
+                .record_applied("i-1", &json!({"v": v}), &format!("d{v}"), "restart@0.1.0")
                 .unwrap();
         }
         assert_eq!(store.last_applied("i-1").unwrap().unwrap().digest, "d10");
@@ -1200,9 +1533,9 @@ mod tests {
     #[test]
     fn recording_the_same_digest_again_does_not_push_out_a_backup() {
         let (_dir, _path, store) = temp_store();
-        store.record_applied("i-1", &json!({"v": 1}), "d1").unwrap();
-        store.record_applied("i-1", &json!({"v": 2}), "d2").unwrap();
-        assert!(!store.record_applied("i-1", &json!({"v": 2}), "d2").unwrap());
+        store.record_applied("i-1", &json!({"v": 1}), "d1", "restart@0.1.0").unwrap();
+        store.record_applied("i-1", &json!({"v": 2}), "d2", "restart@0.1.0").unwrap();
+        assert!(!store.record_applied("i-1", &json!({"v": 2}), "d2", "restart@0.1.0").unwrap());
         assert_eq!(store.backups("i-1").unwrap().len(), 1);
     }
 
@@ -1326,15 +1659,15 @@ mod tests {
     fn approval_request_is_idempotent_and_approval_is_audited() {
         let (_dir, _path, store) = temp_store();
         let id = store
-            .request_approval("i-1", "promote canary to 100%")
+            .request_approval("i-1", "rev-a", "promote canary to 100%")
             .unwrap();
         assert_eq!(
             store
-                .request_approval("i-1", "promote canary (retry)")
+                .request_approval("i-1", "rev-a", "promote canary (retry)")
                 .unwrap(),
             id
         );
-        store.request_approval("i-2", "apply").unwrap();
+        store.request_approval("i-2", "rev-x", "apply").unwrap();
         let pending = store.pending_approvals().unwrap();
         assert_eq!(
             pending
@@ -1344,12 +1677,13 @@ mod tests {
             ["i-1", "i-2"]
         );
         assert_eq!(pending[0].message, "promote canary (retry)");
+        assert_eq!(pending[0].digest, "rev-a");
         assert!(
-            store.take_approval("i-1").unwrap().is_none(),
+            store.take_approval("i-1", "rev-a").unwrap().is_none(),
             "not approved yet"
         );
 
-        let approved = store.approve("i-1", "alice").unwrap();
+        let approved = store.approve("i-1", Some("rev-a"), "alice").unwrap();
         assert_eq!(approved.approved_by.as_deref(), Some("alice"));
         assert!(approved.is_approved());
         assert_eq!(store.pending_approvals().unwrap().len(), 1);
@@ -1363,25 +1697,101 @@ mod tests {
         assert_eq!(audit[0].entry.kind, AuditKind::Approval);
         assert_eq!(
             audit[0].entry.message,
-            "approved by alice: promote canary (retry)"
+            "approved by alice (revision rev-a): promote canary (retry)"
         );
 
-        assert_eq!(store.take_approval("i-1").unwrap().map(|a| a.id), Some(id));
         assert!(
-            store.take_approval("i-1").unwrap().is_none(),
+            store.take_approval("i-1", "rev-b").unwrap().is_none(),
+            "an approval releases only its own revision"
+        );
+        assert_eq!(
+            store.take_approval("i-1", "rev-a").unwrap().map(|a| a.id),
+            Some(id)
+        );
+        assert!(
+            store.take_approval("i-1", "rev-a").unwrap().is_none(),
             "an approval is used once"
         );
     }
 
     #[test]
+    fn approving_a_stale_revision_changes_nothing() {
+        let (_dir, _path, store) = temp_store();
+        store.request_approval("i-1", "rev-a", "apply a").unwrap();
+        // The desired configuration moved on: the request for rev-a is replaced.
+        store.request_approval("i-1", "rev-b", "apply b").unwrap();
+        let error = store.approve("i-1", Some("rev-a"), "alice").unwrap_err();
+        assert!(
+            matches!(&error, Error::StaleApproval { pending, given, .. } if pending == "rev-b" && given == "rev-a"),
+            "{error}"
+        );
+        assert!(store.take_approval("i-1", "rev-a").unwrap().is_none());
+        assert!(store.take_approval("i-1", "rev-b").unwrap().is_none());
+        assert_eq!(store.pending_approvals().unwrap().len(), 1);
+        assert!(store.audit(&AuditFilter::default()).unwrap().is_empty());
+        assert_eq!(store.withdraw_approvals("i-1").unwrap(), 1);
+        assert!(store.open_approval("i-1").unwrap().is_none());
+    }
+
+    #[test]
     fn approving_without_a_pending_request_fails_and_audits_nothing() {
         let (_dir, _path, store) = temp_store();
-        let error = store.approve("i-9", "bob").unwrap_err();
+        let error = store.approve("i-9", None, "bob").unwrap_err();
         assert_eq!(
             error.to_string(),
             "instance i-9 has no pending approval request"
         );
         assert!(store.audit(&AuditFilter::default()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn given_up_revisions_and_abort_requests_survive_a_reopen() {
+        let (_dir, path, store) = temp_store();
+        assert!(
+            !store.request_abort("i-1", "rev-a", "alice").unwrap(),
+            "nothing to abort without a rollout"
+        );
+        store.save_rollout(&rollout("i-1")).unwrap();
+        assert!(store.request_abort("i-1", "rev-a", "alice").unwrap());
+        store.give_up("i-2", "rev-x", "failed for good").unwrap();
+        drop(store);
+
+        let store = Store::open(&path).unwrap();
+        let abort = store.abort_request("i-1").unwrap().unwrap();
+        assert_eq!((abort.digest.as_str(), abort.requested_by.as_str()), ("rev-a", "alice"));
+        assert_eq!(store.given_up("i-2").unwrap().unwrap().digest, "rev-x");
+        let mut known = store.known_instances().unwrap();
+        known.sort();
+        assert_eq!(known, ["i-1", "i-2"]);
+
+        assert!(
+            !store.complete_rollout("i-1").unwrap(),
+            "a pending abort keeps the rollout from completing"
+        );
+        assert!(store.load_rollout("i-1").unwrap().is_some());
+        store.finish_abort("i-1", "rev-a", "aborted by alice").unwrap();
+        assert!(store.load_rollout("i-1").unwrap().is_none());
+        assert!(store.abort_request("i-1").unwrap().is_none());
+        assert_eq!(store.given_up("i-1").unwrap().unwrap().reason, "aborted by alice");
+        assert!(store.clear_given_up("i-1").unwrap());
+        assert!(!store.clear_given_up("i-1").unwrap());
+        assert!(store.forget_instance("i-2").unwrap());
+        assert!(store.given_up("i-2").unwrap().is_none());
+    }
+
+    #[test]
+    fn history_lists_applied_revisions_newest_first_with_their_strategy() {
+        let (_dir, _path, store) = temp_store();
+        store.record_applied("i-1", &json!({"v": 1}), "d1", "restart@0.1.0").unwrap();
+        store.record_applied("i-1", &json!({"v": 2}), "d2", "canary@0.1.0").unwrap();
+        let history = store.history("i-1").unwrap();
+        assert_eq!(
+            history
+                .iter()
+                .map(|a| (a.digest.as_str(), a.strategy.as_str()))
+                .collect::<Vec<_>>(),
+            [("d2", "canary@0.1.0"), ("d1", "restart@0.1.0")]
+        );
     }
 
     #[test]

@@ -148,7 +148,7 @@ async fn converged_fleet(
         for task in batch {
             let (id, desired) = task.await.unwrap();
             store
-                .record_applied(&id, &desired, &config_digest(&desired))
+                .record_applied(&id, &desired, &config_digest(&desired), "restart@0.1.0")
                 .unwrap();
             ids.push(id);
         }

@@ -240,6 +240,45 @@ impl World {
             .collect()
     }
 
+    /// Call the daemon's admin API with the test token: status and JSON body.
+    pub async fn admin(&self, post: bool, path: &str, body: Value) -> (u16, Value) {
+        let url = format!("http://{}{path}", self.daemon().admin_addr());
+        let request = if post {
+            self.http.post(url).bearer_auth("test-token").json(&body)
+        } else {
+            self.http.get(url)
+        };
+        let response = request.send().await.expect("admin API answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// A control-plane POST (lifecycle calls behind the daemon's back).
+    pub async fn cp_post(&self, path: &str, body: Option<Value>) -> u16 {
+        let mut request = self.http.post(format!("{}{path}", self.cp_url()));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        request.send().await.unwrap().status().as_u16()
+    }
+
+    /// The value of one sample of the daemon's metrics, 0 when absent.
+    pub async fn metric(&self, sample: &str) -> f64 {
+        let text = self
+            .http
+            .get(format!("http://{}/metrics", self.daemon().admin_addr()))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        text.lines()
+            .find(|l| l.starts_with(sample) && l[sample.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
+    }
+
     pub async fn latest_sequence(&self) -> u64 {
         self.get("/api/status/recent-changes?after=0").await["latestSequence"]
             .as_u64()

@@ -63,7 +63,14 @@ impl Admin {
     }
 
     pub(super) async fn post(&self, path: &str) -> Result<Value, CliError> {
+        self.post_json(path, &Value::Null).await
+    }
+
+    pub(super) async fn post_json(&self, path: &str, body: &Value) -> Result<Value, CliError> {
         let mut request = self.http.post(self.url(path));
+        if !body.is_null() {
+            request = request.json(body);
+        }
         if let Some(token) = &self.args.token {
             request = request.bearer_auth(token);
         }
@@ -165,7 +172,40 @@ pub(super) async fn status(admin: &Admin, id: Option<String>) -> Result<(), CliE
         );
     }
     println!("  backups:  {}", v["backups"]);
+    if let Some(a) = v["approval"].as_object() {
+        println!(
+            "  approval: revision {} {}: {}",
+            short(a["digest"].as_str().unwrap_or("")),
+            if a["approved_at"].is_null() { "waits" } else { "approved" },
+            a["message"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(g) = v["givenUp"].as_object() {
+        println!(
+            "  given up: revision {}: {} (`setpoint retry {id}` tries it again)",
+            short(g["digest"].as_str().unwrap_or("")),
+            g["reason"].as_str().unwrap_or("")
+        );
+    }
+    if let Some(a) = v["abortRequested"].as_object() {
+        println!(
+            "  abort:    requested by {} for revision {}",
+            a["requested_by"].as_str().unwrap_or(""),
+            short(a["digest"].as_str().unwrap_or(""))
+        );
+    }
+    if let Some(d) = v["lastDecision"].as_object() {
+        println!(
+            "  decided:  {} (revision {})",
+            d["decision"]["decision"].as_str().unwrap_or(""),
+            short(d["desired_digest"].as_str().unwrap_or(""))
+        );
+    }
     Ok(())
+}
+
+fn short(digest: &str) -> &str {
+    digest.get(..12).unwrap_or(digest)
 }
 
 pub(super) async fn explain(admin: &Admin, id: &str) -> Result<(), CliError> {
@@ -190,6 +230,18 @@ pub(super) async fn diff(admin: &Admin, id: &str) -> Result<(), CliError> {
         v["rule"].as_str().unwrap_or(""),
         v["comparator"].as_str().unwrap_or(""),
         v["strategy"].as_str().unwrap_or("")
+    );
+    println!(
+        "revision {}; actual state from {}",
+        short(v["desired_digest"].as_str().unwrap_or("")),
+        match v["actual_source"].as_str() {
+            Some("control_plane") => "the control plane's running configuration",
+            _ => "the host's applied record (the control plane does not report what runs)",
+        }
+    );
+    println!(
+        "decision: {}",
+        v["decision"]["decision"].as_str().unwrap_or("")
     );
     let drifts = v["drifts"].as_array().cloned().unwrap_or_default();
     if drifts.is_empty() {
@@ -235,9 +287,100 @@ pub(super) async fn mutate(admin: &Admin, id: &str, verb: &str) -> Result<(), Cl
     } else {
         match verb {
             "reconcile" => println!("reconcile of {id} queued"),
-            "approve" => println!("approved {id}; its rollout continues"),
-            _ => println!("abort of {id}'s rollout requested; the strategy's abort runs next"),
+            "retry" if v["retried"] == true => {
+                println!("{id}: the given-up revision will be tried again; reconcile queued")
+            }
+            "retry" => println!("{id} had no given-up revision; reconcile queued"),
+            _ => println!(
+                "abort of {id}'s revision {} requested; the strategy's abort runs next",
+                short(v["digest"].as_str().unwrap_or(""))
+            ),
         }
+    }
+    Ok(())
+}
+
+/// Approve what waits, naming its revision: shows the digest and the drift it releases,
+/// and sends the digest, so a revision that replaced it meanwhile is not released.
+pub(super) async fn approve(
+    admin: &Admin,
+    id: &str,
+    digest: Option<String>,
+) -> Result<(), CliError> {
+    let digest = match digest {
+        Some(d) => d,
+        None => {
+            let v = admin.get(&format!("/v1/instances/{id}")).await?;
+            let Some(approval) = v["approval"].as_object() else {
+                return Err(format!("instance {id} has nothing waiting for approval").into());
+            };
+            let digest = approval["digest"].as_str().unwrap_or("").to_owned();
+            if !admin.json() {
+                println!(
+                    "approving revision {}: {}",
+                    short(&digest),
+                    approval["message"].as_str().unwrap_or("")
+                );
+            }
+            digest
+        }
+    };
+    let v = admin
+        .post_json(
+            &format!("/v1/instances/{id}/approve"),
+            &serde_json::json!({ "digest": digest }),
+        )
+        .await?;
+    if admin.json() {
+        print_json(&v);
+    } else {
+        println!(
+            "approved revision {} of {id}",
+            short(v["digest"].as_str().unwrap_or(&digest))
+        );
+    }
+    Ok(())
+}
+
+pub(super) async fn history(admin: &Admin, id: &str) -> Result<(), CliError> {
+    let v = admin.get(&format!("/v1/instances/{id}/history")).await?;
+    if admin.json() {
+        print_json(&v);
+        return Ok(());
+    }
+    let rows = v.as_array().cloned().unwrap_or_default();
+    if rows.is_empty() {
+        println!("{id}: no applied configuration recorded");
+    }
+    for (n, a) in rows.iter().enumerate() {
+        let at = a["applied_at"]["secs_since_epoch"].as_u64().unwrap_or(0);
+        println!(
+            "{} {}  {}  {}",
+            if n == 0 { "*" } else { " " },
+            short(a["digest"].as_str().unwrap_or("")),
+            chrono::DateTime::from_timestamp(at as i64, 0)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default(),
+            a["strategy"].as_str().filter(|s| !s.is_empty()).unwrap_or("-")
+        );
+    }
+    Ok(())
+}
+
+pub(super) async fn rollback(admin: &Admin, id: &str, to: Option<String>) -> Result<(), CliError> {
+    let v = admin
+        .post_json(
+            &format!("/v1/instances/{id}/rollback"),
+            &serde_json::json!({ "to": to }),
+        )
+        .await?;
+    if admin.json() {
+        print_json(&v);
+    } else {
+        println!(
+            "{id}: revision {} is the desired configuration again; its strategy rolls it out",
+            short(v["digest"].as_str().unwrap_or(""))
+        );
     }
     Ok(())
 }

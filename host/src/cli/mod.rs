@@ -2,7 +2,8 @@
 //!
 //! Start at [`Cli`] and [`run`]. `main` only parses, calls [`run`] and prints errors.
 //! `run` and `demo` run the daemon in this process; `status`, `explain`, `diff`,
-//! `reconcile`, `approve`, `abort` and `audit` talk to a running daemon's admin API;
+//! `reconcile`, `approve`, `abort`, `retry`, `history`, `rollback` and `audit` talk to a
+//! running daemon's admin API;
 //! `plugins` inspects files with the same runtime the daemon uses.
 
 mod admin_client;
@@ -63,17 +64,45 @@ pub enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Approve an instance's paused rollout.
+    /// Approve the revision an instance waits with (shows its digest and drift first).
     Approve {
+        /// The instance.
+        id: String,
+        /// Approve only this revision (digest or prefix, as `status` shows it).
+        #[arg(long)]
+        digest: Option<String>,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Abort an instance's rollout (or the change waiting for approval): the strategy
+    /// rolls it back and the revision is given up.
+    Abort {
         /// The instance.
         id: String,
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Abort (roll back) an instance's rollout.
-    Abort {
+    /// Try a given-up revision (failed for good or aborted) again.
+    Retry {
         /// The instance.
         id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Applied revisions of an instance: digest, when, by which strategy.
+    History {
+        /// The instance.
+        id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Roll an instance back to a kept configuration through its strategy.
+    Rollback {
+        /// The instance.
+        id: String,
+        /// The revision (digest or prefix from `history`); default: the one before the last.
+        #[arg(long)]
+        to: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -136,8 +165,13 @@ async fn admin_command(command: Command) -> Result<(), CliError> {
         Command::Reconcile { id, admin } => {
             admin_client::mutate(&Admin::new(admin), &id, "reconcile").await
         }
-        Command::Approve { id, admin } => {
-            admin_client::mutate(&Admin::new(admin), &id, "approve").await
+        Command::Approve { id, digest, admin } => {
+            admin_client::approve(&Admin::new(admin), &id, digest).await
+        }
+        Command::Retry { id, admin } => admin_client::mutate(&Admin::new(admin), &id, "retry").await,
+        Command::History { id, admin } => admin_client::history(&Admin::new(admin), &id).await,
+        Command::Rollback { id, to, admin } => {
+            admin_client::rollback(&Admin::new(admin), &id, to).await
         }
         Command::Abort { id, admin } => {
             admin_client::mutate(&Admin::new(admin), &id, "abort").await

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use rand::Rng;
-use reqwest::header::RETRY_AFTER;
+use reqwest::header::{CONTENT_TYPE, RETRY_AFTER};
 use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -52,11 +52,14 @@ pub struct Routes {
     /// Runtime status and the change feed (`{status}/{id}/status`,
     /// `{status}/recent-changes`). Default `status`.
     pub status: String,
-    /// Per-instance extensions (`{id}/clone`, `{id}/health`, `{id}/metrics`). Default
-    /// `extensions/instances`.
+    /// Per-instance extensions (`{id}/clone`, `{id}/health`, `{id}/metrics`,
+    /// `{id}/running-configuration`). Default `extensions/instances`.
     pub extension_instances: String,
     /// Weighted endpoints (extension, `{name}`). Default `extensions/endpoints`.
     pub endpoints: String,
+    /// What every running instance runs (extension). Default
+    /// `extensions/running-configurations`.
+    pub running_configurations: String,
     /// The extension discovery document (`{"extensions": ["sequenceFeed", …]}`), read by
     /// `capabilities()`. Default `extensions/info`.
     pub info: String,
@@ -73,6 +76,7 @@ impl Default for Routes {
             status: "status".to_owned(),
             extension_instances: "extensions/instances".to_owned(),
             endpoints: "extensions/endpoints".to_owned(),
+            running_configurations: "extensions/running-configurations".to_owned(),
             info: "extensions/info".to_owned(),
             wait_param: "wait".to_owned(),
         }
@@ -143,9 +147,10 @@ impl ClientConfig {
 /// `capabilities()` (unless [`ClientConfig::capabilities`] declares them) asks once and
 /// caches the answer: the discovery document ([`Routes::info`], the reference control
 /// plane's `GET /api/extensions/info`) lists the extensions by name (`sequenceFeed`,
-/// `clone`, `health`, `metrics`, `endpoints`); a control plane without it (404) is probed
-/// for the sequence feed with `after=0` and no wait, and otherwise offers what the seed API
-/// does ([`Capabilities::SEED`]). A transient failure is returned and not cached.
+/// `clone`, `health`, `metrics`, `endpoints`, `runningConfiguration`); a control plane
+/// without it (404) is probed for the sequence feed with `after=0` and no wait, and
+/// otherwise offers what the seed API does ([`Capabilities::SEED`]). A transient failure
+/// is returned and not cached.
 #[derive(Debug)]
 pub struct DraasClient {
     http: reqwest::Client,
@@ -155,11 +160,16 @@ pub struct DraasClient {
     capabilities: OnceCell<Capabilities>,
 }
 
+/// The media type of an RFC 6902 JSON Patch document.
+const JSON_PATCH: &str = "application/json-patch+json";
+
 /// A request with everything needed to repeat it.
 struct Request<'a> {
     method: Method,
     url: Url,
     body: Option<&'a Value>,
+    /// The body's media type, when not `application/json`.
+    content_type: Option<&'static str>,
     timeout: Duration,
     retry: bool,
 }
@@ -234,6 +244,7 @@ impl DraasClient {
             method,
             url,
             body: None,
+            content_type: None,
             timeout: self.config.request_timeout,
             retry,
         }
@@ -267,6 +278,10 @@ impl DraasClient {
             .request(req.method.clone(), req.url.clone())
             .timeout(req.timeout);
         if let Some(body) = req.body {
+            // Set first: `json` keeps a content type that is already there.
+            if let Some(content_type) = req.content_type {
+                builder = builder.header(CONTENT_TYPE, content_type);
+            }
             builder = builder.json(body);
         }
         let transport = |source: reqwest::Error, call: String| {
@@ -335,6 +350,7 @@ impl DraasClient {
                     traffic_weights: has("endpoints"),
                     health: has("health"),
                     metrics: has("metrics"),
+                    running_configuration: has("runningConfiguration"),
                 });
             }
             Err(Error::NotFound { .. }) => {}
@@ -474,6 +490,84 @@ impl ControlPlane for DraasClient {
     async fn metrics(&self, id: &str) -> Result<Metrics> {
         self.get(self.url(&self.config.routes.extension_instances, &[id, "metrics"]))
             .await
+    }
+
+    async fn running_configuration(&self, id: &str) -> Result<Option<Value>> {
+        #[derive(serde::Deserialize)]
+        struct Running {
+            /// Absent from a control plane that only answers the configuration.
+            #[serde(default = "yes")]
+            running: bool,
+            #[serde(default)]
+            configuration: Option<Value>,
+        }
+        fn yes() -> bool {
+            true
+        }
+        let url = self.url(
+            &self.config.routes.extension_instances,
+            &[id, "running-configuration"],
+        );
+        match self.get::<Running>(url).await {
+            Ok(answer) => Ok(answer
+                .configuration
+                .filter(|c| answer.running && !c.is_null())),
+            // A 404 says either "no such instance" or "no such route" (a control plane
+            // without the extension, such as the seed or the reference control plane in
+            // seed-only mode). The controller reads NotFound as "the instance is gone", so
+            // the two must not be confused. The other extension calls do not tell them
+            // apart; the 404 body cannot be trusted to (ASP.NET answers an unknown route
+            // with an empty body, the reference control plane with `no route for …`, other
+            // control planes with anything), so ask the seed route whether the instance
+            // exists: one more read, and only on this failure path.
+            Err(missing @ Error::NotFound { .. }) => {
+                let exists =
+                    self.request(Method::GET, self.url(&self.config.routes.instances, &[id]));
+                match self.send(exists).await {
+                    Ok(_) => Err(Error::Unsupported {
+                        call: "running_configuration".to_owned(),
+                    }),
+                    Err(error) if error.is_not_found() => Err(missing),
+                    Err(error) => Err(error),
+                }
+            }
+            Err(error) => Err(error),
+        }
+    }
+
+    async fn running_configurations(&self) -> Result<std::collections::HashMap<String, Value>> {
+        #[derive(serde::Deserialize)]
+        struct Bulk {
+            configurations: std::collections::HashMap<String, Value>,
+        }
+        // No instance is named, so a 404 can only mean the route is missing.
+        let bulk: Bulk = match self
+            .get(self.url(&self.config.routes.running_configurations, &[]))
+            .await
+        {
+            Ok(bulk) => bulk,
+            Err(Error::NotFound { .. }) => {
+                return Err(Error::Unsupported {
+                    call: "running_configurations".to_owned(),
+                });
+            }
+            Err(error) => return Err(error),
+        };
+        Ok(bulk
+            .configurations
+            .into_iter()
+            .filter(|(_, configuration)| !configuration.is_null())
+            .collect())
+    }
+
+    async fn set_desired_configuration(&self, id: &str, configuration: &Value) -> Result<()> {
+        let url = self.url(&self.config.routes.configuration, &[id]);
+        let patch = json!([{ "op": "replace", "path": "", "value": configuration }]);
+        let mut req = self.request(Method::PATCH, url);
+        req.retry = false;
+        req.body = Some(&patch);
+        req.content_type = Some(JSON_PATCH);
+        self.send(req).await.map(drop)
     }
 
     async fn capabilities(&self) -> Result<Capabilities> {
@@ -1043,9 +1137,20 @@ mod tests {
         let cp = client(&serve(feed_only).await);
         let caps = cp.capabilities().await.unwrap();
         assert!(
-            caps.sequence_feed && caps.delete_instance && !caps.clone_instance,
+            caps.sequence_feed
+                && caps.delete_instance
+                && !caps.clone_instance
+                && !caps.running_configuration,
             "{caps:?}"
         );
+
+        // A document without `runningConfiguration` does not claim it.
+        let older = Router::new().route(
+            "/api/extensions/info",
+            get(|| async { axum::Json(json!({"extensions": ["sequenceFeed", "health"]})) }),
+        );
+        let caps = client(&serve(older).await).capabilities().await.unwrap();
+        assert!(caps.health && !caps.running_configuration, "{caps:?}");
 
         let mut config = ClientConfig::new("http://127.0.0.1:1");
         config.capabilities = Some(Capabilities::SEED);
@@ -1131,6 +1236,176 @@ mod tests {
             .unwrap();
         assert_eq!(clone.name, "canary");
         cp.delete_instance("abc").await.unwrap();
+    }
+
+    /// The reference control plane's answers for instances `run` (running `{"logLevel":
+    /// "debug"}`) and `idle` (not running); any other id does not exist.
+    fn running_configuration_routes() -> Router {
+        Router::new()
+            .route(
+                "/api/extensions/instances/{id}/running-configuration",
+                get(
+                    |axum::extract::Path(id): axum::extract::Path<String>| async move {
+                        match id.as_str() {
+                            "run" => axum::Json(json!({"running": true,
+                                "configuration": {"logLevel": "debug"}}))
+                            .into_response(),
+                            "idle" => axum::Json(json!({"running": false, "configuration": null}))
+                                .into_response(),
+                            _ => (
+                                AxumStatus::NOT_FOUND,
+                                axum::Json(json!({"error": format!("instance '{id}' not found")})),
+                            )
+                                .into_response(),
+                        }
+                    },
+                ),
+            )
+            .route(
+                "/api/extensions/running-configurations",
+                get(|| async {
+                    axum::Json(json!({"configurations": {"run": {"logLevel": "debug"}}}))
+                }),
+            )
+    }
+
+    /// The seed's `GET /api/server/instances/{id}`: `run` and `idle` exist, nothing else
+    /// (answered like ASP.NET's `NotFound(string)`).
+    fn seed_instance_routes() -> Router {
+        Router::new().route(
+            "/api/server/instances/{id}",
+            get(
+                |axum::extract::Path(id): axum::extract::Path<String>| async move {
+                    if id == "run" || id == "idle" {
+                        axum::Json(instance_json(json!(1), json!(0))).into_response()
+                    } else {
+                        (AxumStatus::NOT_FOUND, format!("Instance '{id}' not found"))
+                            .into_response()
+                    }
+                },
+            ),
+        )
+    }
+
+    #[tokio::test]
+    async fn running_configurations_are_read_one_by_one_and_in_bulk() {
+        let cp = client(&serve(running_configuration_routes().merge(seed_instance_routes())).await);
+        assert_eq!(
+            cp.running_configuration("run").await.unwrap(),
+            Some(json!({"logLevel": "debug"}))
+        );
+        assert_eq!(cp.running_configuration("idle").await.unwrap(), None);
+        let err = cp.running_configuration("gone").await.unwrap_err();
+        assert!(err.is_not_found(), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "GET /api/extensions/instances/gone/running-configuration: 404 not found: instance 'gone' not found"
+        );
+        let all = cp.running_configurations().await.unwrap();
+        assert_eq!(
+            all,
+            std::collections::HashMap::from([("run".to_owned(), json!({"logLevel": "debug"}))])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_missing_running_configuration_route_is_unsupported_not_not_found() {
+        // A seed: the instances exist, the extension routes do not (an empty 404, as
+        // ASP.NET answers an unknown route).
+        let cp = client(&serve(seed_instance_routes()).await);
+        let err = cp.running_configuration("run").await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Unsupported { call } if call == "running_configuration"),
+            "{err:?}"
+        );
+        // An instance that does not exist is still NotFound, whatever the routes.
+        assert!(
+            cp.running_configuration("gone")
+                .await
+                .unwrap_err()
+                .is_not_found()
+        );
+        let err = cp.running_configurations().await.unwrap_err();
+        assert!(
+            matches!(&err, Error::Unsupported { call } if call == "running_configurations"),
+            "{err:?}"
+        );
+        // Other failures of the existence check are reported as they are.
+        let down = Router::new().route(
+            "/api/server/instances/{id}",
+            get(|| async { (AxumStatus::INTERNAL_SERVER_ERROR, "store locked") }),
+        );
+        let err = client(&serve(down).await)
+            .running_configuration("run")
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, Error::Status { status, .. } if status.as_u16() == 500),
+            "{err:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn set_desired_configuration_patches_the_whole_document_once() {
+        type Seen = Arc<std::sync::Mutex<Vec<(String, String, Value)>>>;
+        let seen: Seen = Arc::default();
+        let router = Router::new()
+            .route(
+                "/api/configuration/instances/{id}",
+                axum::routing::patch(
+                    |State(seen): State<Seen>,
+                     axum::extract::Path(id): axum::extract::Path<String>,
+                     headers: HeaderMap,
+                     body: String| async move {
+                        let content_type = headers
+                            .get_all("content-type")
+                            .iter()
+                            .map(|v| v.to_str().unwrap().to_owned())
+                            .collect::<Vec<_>>()
+                            .join(", ");
+                        let patch: Value = serde_json::from_str(&body).unwrap();
+                        seen.lock()
+                            .unwrap()
+                            .push((id.clone(), content_type, patch.clone()));
+                        match id.as_str() {
+                            "gone" => (
+                                AxumStatus::NOT_FOUND,
+                                axum::Json(json!({"error": "instance 'gone' not found"})),
+                            )
+                                .into_response(),
+                            "busy" => AxumStatus::SERVICE_UNAVAILABLE.into_response(),
+                            _ => axum::Json(patch[0]["value"].clone()).into_response(),
+                        }
+                    },
+                ),
+            )
+            .with_state(seen.clone());
+        let cp = client(&serve(router).await);
+        let configuration = json!({"host": "127.0.0.1", "port": 18000, "logLevel": "warn"});
+        cp.set_desired_configuration("a b", &configuration)
+            .await
+            .unwrap();
+        assert_eq!(
+            seen.lock().unwrap()[0],
+            (
+                "a b".to_owned(),
+                "application/json-patch+json".to_owned(),
+                json!([{"op": "replace", "path": "", "value": configuration}])
+            )
+        );
+        assert!(
+            cp.set_desired_configuration("gone", &configuration)
+                .await
+                .unwrap_err()
+                .is_not_found()
+        );
+        // A change is never repeated, even on a retryable status.
+        let err = cp
+            .set_desired_configuration("busy", &configuration)
+            .await
+            .unwrap_err();
+        assert!(err.is_retryable(), "{err:?}");
+        assert_eq!(seen.lock().unwrap().len(), 3);
     }
 
     #[test]

@@ -130,6 +130,44 @@ pub trait ControlPlane: Send + Sync + 'static {
         })
     }
 
+    /// *Extension.* What the instance runs now: the configuration it was last started
+    /// with while it runs, `None` when it runs nothing. The host judges drift against it;
+    /// without it only the host's own applied record is available. [`Error::NotFound`]
+    /// means the instance does not exist, never that the control plane lacks the call
+    /// (that is [`Error::Unsupported`]).
+    /// Reference control plane: `GET /api/extensions/instances/{id}/running-configuration`
+    /// (`{"running": bool, "configuration": …}`).
+    async fn running_configuration(&self, id: &str) -> Result<Option<Value>> {
+        let _ = id;
+        Err(Error::Unsupported {
+            call: "running_configuration".to_owned(),
+        })
+    }
+
+    /// *Extension.* What every running instance runs, by id, in one call (a resync reads
+    /// it once instead of once per instance). Instances that run nothing are absent.
+    /// Reference control plane: `GET /api/extensions/running-configurations`
+    /// (`{"configurations": {id: configuration}}`).
+    async fn running_configurations(&self) -> Result<std::collections::HashMap<String, Value>> {
+        Err(Error::Unsupported {
+            call: "running_configurations".to_owned(),
+        })
+    }
+
+    /// Replaces the instance's desired configuration, whole (what `setpoint rollback`
+    /// does). Not an extension: the seed API's
+    /// `PATCH /api/configuration/instances/{id}` with the JSON Patch
+    /// `[{"op": "replace", "path": "", "value": configuration}]` (RFC 6902: the empty
+    /// pointer names the whole document), sent as `application/json-patch+json`. The
+    /// default returns [`Error::Unsupported`] only so that other implementations need not
+    /// change; [`DraasClient`] implements it.
+    async fn set_desired_configuration(&self, id: &str, configuration: &Value) -> Result<()> {
+        let _ = (id, configuration);
+        Err(Error::Unsupported {
+            call: "set_desired_configuration".to_owned(),
+        })
+    }
+
     /// Which extensions this control plane offers; the host picks the change feed and the
     /// available strategies by it. The default says none. Reference control plane:
     /// `GET /api/extensions/info`.
@@ -212,6 +250,18 @@ mod tests {
         assert!(matches!(
             cp.metrics("a").await,
             Err(Error::Unsupported { .. })
+        ));
+        assert!(matches!(
+            cp.running_configuration("a").await,
+            Err(Error::Unsupported { call }) if call == "running_configuration"
+        ));
+        assert!(matches!(
+            cp.running_configurations().await,
+            Err(Error::Unsupported { call }) if call == "running_configurations"
+        ));
+        assert!(matches!(
+            cp.set_desired_configuration("a", &serde_json::json!({})).await,
+            Err(Error::Unsupported { call }) if call == "set_desired_configuration"
         ));
         assert_eq!(cp.capabilities().await.unwrap(), Capabilities::default());
         assert!(cp.get_instance("x").await.unwrap_err().is_not_found());

@@ -425,6 +425,11 @@ pub struct Capabilities {
     pub health: bool,
     /// [`metrics`](super::ControlPlane::metrics).
     pub metrics: bool,
+    /// [`running_configuration`](super::ControlPlane::running_configuration) and its bulk
+    /// form: what instances run is observed, not taken from the host's record. Absent in
+    /// older serialised forms, where it reads as `false`.
+    #[serde(default)]
+    pub running_configuration: bool,
 }
 
 impl Capabilities {
@@ -436,6 +441,7 @@ impl Capabilities {
         traffic_weights: false,
         health: false,
         metrics: false,
+        running_configuration: false,
     };
 
     /// What the reference control plane (`examples/controlplane`) offers: everything.
@@ -446,6 +452,7 @@ impl Capabilities {
         traffic_weights: true,
         health: true,
         metrics: true,
+        running_configuration: true,
     };
 }
 

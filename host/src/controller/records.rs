@@ -1,0 +1,250 @@
+//! What a reconcile leaves behind: status conditions (written only when they change),
+//! audit entries, drift metrics, and the report-only paths (orphaned instances, clones
+//! seen on their own).
+
+use std::time::SystemTime;
+
+use serde_json::Value;
+
+use super::{CLONE_OF_LABEL, Classification, Controller, Error, Outcome, Result};
+use crate::client;
+use crate::metrics::DriftLabels;
+use crate::queue::Action;
+use crate::runtime::{CallError, CallFailure, CallOutcome, ImportCall, Plugin};
+use crate::store::{AuditEntry, AuditKind, Condition, ConditionType};
+
+impl Controller {
+    pub(super) fn audit(
+        &self,
+        id: &str,
+        kind: AuditKind,
+        message: String,
+        details: Value,
+    ) -> Result<()> {
+        self.store.append_audit(&AuditEntry {
+            instance_id: Some(id.to_owned()),
+            kind,
+            message,
+            details,
+        })?;
+        Ok(())
+    }
+
+    /// Set conditions, writing only those that changed (a converged resync writes
+    /// nothing). Returns whether any changed.
+    pub(super) fn conditions(
+        &self,
+        id: &str,
+        updates: &[(ConditionType, bool, &str, &str)],
+    ) -> Result<bool> {
+        let current = self.store.conditions(id)?;
+        let mut changed = false;
+        for (type_, status, reason, message) in updates {
+            let same = current.iter().any(|c| {
+                c.type_ == *type_
+                    && c.status == *status
+                    && c.reason == *reason
+                    && c.message == *message
+            });
+            if same {
+                continue;
+            }
+            // A condition that never held and still does not is not worth a row.
+            let absent = !current.iter().any(|c| c.type_ == *type_);
+            if absent && !*status && type_ != &ConditionType::Synced {
+                continue;
+            }
+            changed = true;
+            self.store.set_condition(
+                id,
+                &Condition {
+                    type_: *type_,
+                    status: *status,
+                    reason: (*reason).to_owned(),
+                    message: (*message).to_owned(),
+                    last_transition: SystemTime::now(),
+                },
+            )?;
+        }
+        Ok(changed)
+    }
+
+    pub(super) fn count_drift(&self, classification: Classification) {
+        self.metrics
+            .drift_detected
+            .get_or_create(&DriftLabels {
+                classification: classification.as_str().to_owned(),
+            })
+            .inc();
+    }
+
+    /// A report-only classification: set the condition, and count and audit it when it
+    /// is newly seen (not on every resync).
+    pub(super) fn report(
+        &self,
+        id: &str,
+        classification: Classification,
+        reason: &str,
+        message: &str,
+    ) -> Result<(Action, Outcome)> {
+        let newly = self.conditions(
+            id,
+            &[
+                (ConditionType::Synced, false, reason, message),
+                (ConditionType::Progressing, false, reason, ""),
+            ],
+        )?;
+        if newly {
+            if classification.is_drift() {
+                self.count_drift(classification);
+            }
+            self.audit(
+                id,
+                AuditKind::Observation,
+                format!("instance is {}: {message}", classification.as_str()),
+                serde_json::json!({ "classification": classification }),
+            )?;
+        }
+        Ok((Action::await_change(), Outcome::Reported))
+    }
+
+    /// The control plane does not know `id`.
+    pub(super) fn orphaned(&self, id: &str) -> Result<(Action, Outcome)> {
+        if self.store.last_applied(id)?.is_none()
+            && self.store.load_rollout(id)?.is_none()
+            && self.store.given_up(id)?.is_none()
+        {
+            // Never managed here: nothing to report.
+            return Ok((Action::await_change(), Outcome::Skipped));
+        }
+        self.report(
+            id,
+            Classification::Orphaned,
+            "Orphaned",
+            "the control plane no longer knows this instance; the host's records are kept for an operator",
+        )
+    }
+
+    /// An instance labelled as a clone: it belongs to its owner's rollout and is never
+    /// reconciled on its own. A clone whose owner has no rollout any more is a leak and
+    /// is deleted.
+    pub(super) async fn clone_seen(
+        &self,
+        instance: &client::Instance,
+        owner: &str,
+    ) -> Result<(Action, Outcome)> {
+        let id = instance.id.as_str();
+        if self.store.load_rollout(owner)?.is_some() {
+            return Ok((Action::await_change(), Outcome::Skipped));
+        }
+        if self.settings.dry_run {
+            self.audit(
+                id,
+                AuditKind::Observation,
+                format!("clone of {owner} has no rollout; dry-run: not deleted"),
+                serde_json::json!({ "owner": owner }),
+            )?;
+            return Ok((Action::await_change(), Outcome::Reported));
+        }
+        let result = self.cp.delete_instance(id).await;
+        let outcome = match &result {
+            Ok(()) => "deleted".to_owned(),
+            Err(e) if e.is_not_found() => "already gone".to_owned(),
+            Err(e) => format!("delete failed: {}", crate::error_chain(e)),
+        };
+        self.audit(
+            owner,
+            AuditKind::Action,
+            format!("leaked clone {id} (label {CLONE_OF_LABEL}={owner}, no rollout owns it): {outcome}"),
+            serde_json::json!({ "clone": id, "outcome": outcome }),
+        )?;
+        match result {
+            Ok(()) => Ok((Action::await_change(), Outcome::Reported)),
+            Err(e) if e.is_not_found() => Ok((Action::await_change(), Outcome::Reported)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Conditions for a failed reconcile: a missing plugin, an unreachable control plane
+    /// and a failed plugin call each say so, so `Synced` never stays `true` over them.
+    pub(super) fn failed_condition(&self, id: &str, error: &Error) -> Result<()> {
+        let message = crate::error_chain(error);
+        let reason = match error {
+            Error::Resolve { .. } => "PluginMissing",
+            Error::PinnedPluginGone { .. } => "PluginMissing",
+            Error::ControlPlane(e) if e.is_not_found() => return Ok(()),
+            Error::ControlPlane(
+                client::Error::Unreachable { .. } | client::Error::Timeout { .. },
+            ) => "ControlPlaneUnreachable",
+            Error::ControlPlane(_) => "ControlPlaneError",
+            Error::Plugin(_) => "PluginFailed",
+            Error::StrategyFailed { .. } => "RolloutFailed",
+            Error::Store(_) | Error::Cancelled => return Ok(()),
+        };
+        self.conditions(
+            id,
+            &[
+                (ConditionType::Synced, false, reason, &message),
+                (ConditionType::Degraded, true, reason, &message),
+            ],
+        )?;
+        if let Error::Plugin(e) = error {
+            self.audit(
+                id,
+                AuditKind::Outcome,
+                format!("plugin call failed: {e}"),
+                serde_json::json!({ "plugin": e.plugin, "phase": e.phase, "trap": e.is_trap() }),
+            )?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn audit_calls(
+        &self,
+        id: &str,
+        strategy: &Plugin,
+        calls: &[ImportCall],
+    ) -> Result<()> {
+        for call in calls {
+            let (kind, verb) = match &call.outcome {
+                CallOutcome::Denied(_) => {
+                    self.metrics.denied_calls.inc();
+                    (AuditKind::Denied, "denied")
+                }
+                CallOutcome::Simulated => (AuditKind::Action, "simulated"),
+                CallOutcome::Ok if !call.mutating => continue,
+                CallOutcome::Ok => (AuditKind::Action, "ok"),
+                CallOutcome::Failed(_) => (AuditKind::Action, "failed"),
+            };
+            let mut details = serde_json::to_value(call).expect("call serialises");
+            if let (Some(config), Value::Object(map)) = (&call.configuration, &mut details) {
+                map.insert(
+                    "configurationDigest".into(),
+                    Value::String(super::config_digest(config)),
+                );
+            }
+            self.audit(
+                id,
+                kind,
+                format!(
+                    "{} called {} on {}: {verb}",
+                    strategy.label(),
+                    call.call,
+                    call.target
+                ),
+                details,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+pub(super) fn failure_reason(e: &CallError) -> &'static str {
+    match e.failure {
+        CallFailure::Timeout { .. } => "timeout",
+        CallFailure::OutOfMemory { .. } => "out_of_memory",
+        CallFailure::Trap { .. } => "trap",
+        CallFailure::InputTooLarge { .. } => "input_too_large",
+        CallFailure::Plugin(_) => "plugin_error",
+    }
+}

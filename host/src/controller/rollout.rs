@@ -1,0 +1,857 @@
+//! Acting on a decision: start a rollout of a revision, step it, supersede it when the
+//! desired configuration moves on, abort it, and the dry-run simulation behind plans.
+//!
+//! Invariants kept here:
+//! - a rollout record names the revision (desired digest) it applies, and is saved
+//!   before the strategy's first step and after every step that returns;
+//! - what a strategy sent in `start` is recorded as applied right after the step that
+//!   sent it, whether or not the step then failed;
+//! - an abort request that arrived while a step ran wins over the step's result.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+
+use super::decide::unix_ms;
+use super::{
+    Bridge, Classification, Controller, Decision, Envelope, Error, Judged, Observation, Outcome,
+    Result,
+};
+use crate::policy::Approval;
+use crate::queue::Action;
+use crate::runtime::{
+    CallError, CallOutcome, Drift, ImportCall, Plugin, Progress, Rollout, RolloutScope,
+    StepOutcome, World,
+};
+use crate::store::{AuditKind, ConditionType, RolloutPhase, RolloutRecord, short_digest};
+
+/// Most steps `plan` simulates before it stops (a strategy that never finishes in
+/// dry-run must not hang `setpoint diff`).
+const MAX_PLAN_STEPS: u32 = 20;
+
+/// Delay before a strategy picked by policy is chosen again when the registry swapped
+/// it out while the reconcile ran.
+const RESELECT_DELAY: Duration = Duration::from_millis(50);
+
+impl Controller {
+    /// Carry out `decision` for the judged observation.
+    pub(super) async fn act(
+        &self,
+        o: &Observation,
+        judged: Judged,
+        decision: Decision,
+    ) -> Result<(Action, Outcome)> {
+        let id = o.instance.id.as_str();
+        let revision = short_digest(&o.desired_digest).to_owned();
+        match decision {
+            Decision::InSync => {
+                if o.given_up.is_some() {
+                    self.store.clear_given_up(id)?;
+                }
+                if o.approval.is_some() {
+                    self.store.withdraw_approvals(id)?;
+                }
+                if o.abort.is_some() {
+                    self.store.clear_abort(id)?;
+                }
+                let message = format!(
+                    "runs its desired configuration (revision {revision}; actual state from {})",
+                    o.source.describe()
+                );
+                self.conditions(
+                    id,
+                    &[
+                        (ConditionType::Synced, true, "InSync", &message),
+                        (ConditionType::Progressing, false, "InSync", ""),
+                        (ConditionType::Degraded, false, "InSync", ""),
+                        (ConditionType::AwaitingApproval, false, "InSync", ""),
+                    ],
+                )?;
+                Ok((Action::await_change(), Outcome::Synced))
+            }
+            Decision::Report { classification } => self.report_classification(o, classification),
+            Decision::Protected => {
+                let message = format!(
+                    "protected by rule `{}`: {} reported, no action taken",
+                    o.selection.rule_name,
+                    judged.classification.as_str()
+                );
+                self.gated(o, &judged, "Protected", &message)?;
+                Ok((Action::await_change(), Outcome::Reported))
+            }
+            Decision::DestructiveSkipped { paths } => {
+                let message = format!(
+                    "skip_destructive (rule `{}`): revision {revision} would remove {}; reported only",
+                    o.selection.rule_name,
+                    paths.join(", ")
+                );
+                self.gated(o, &judged, "DestructiveSkipped", &message)?;
+                Ok((Action::await_change(), Outcome::Reported))
+            }
+            Decision::GivenUp { reason } => {
+                let message = format!(
+                    "revision {revision} was given up ({reason}); it stays given up until the desired configuration changes or `setpoint retry {id}`"
+                );
+                self.conditions(
+                    id,
+                    &[
+                        (ConditionType::Synced, false, "GivenUp", &message),
+                        (ConditionType::Progressing, false, "GivenUp", ""),
+                    ],
+                )?;
+                Ok((Action::await_change(), Outcome::Degraded))
+            }
+            Decision::OutsideWindow { opens_in } => {
+                let message =
+                    format!("outside the maintenance window; it opens in {opens_in:?}");
+                self.gated(o, &judged, "OutsideWindow", &message)?;
+                Ok((Action::requeue(opens_in), Outcome::Skipped))
+            }
+            Decision::AwaitApprovalBeforeApply => {
+                let message = format!(
+                    "revision {revision} ({}) needs approval before it is applied (rule `{}`): run `setpoint approve {id}`",
+                    drift_summary(&judged),
+                    o.selection.rule_name
+                );
+                self.store
+                    .request_approval(id, &o.desired_digest, &message)?;
+                if self.conditions(
+                    id,
+                    &[
+                        (ConditionType::AwaitingApproval, true, "ApprovalRequested", &message),
+                        (ConditionType::Synced, false, "AwaitingApproval", &message),
+                    ],
+                )? {
+                    self.observed_drift(o, &judged)?;
+                    self.audit(
+                        id,
+                        AuditKind::Decision,
+                        message,
+                        serde_json::json!({ "digest": o.desired_digest }),
+                    )?;
+                }
+                Ok((Action::await_change(), Outcome::AwaitingApproval))
+            }
+            Decision::DryRun => self.dry_run(o, &judged).await,
+            Decision::StartRollout => self.start_rollout(o, &judged).await,
+            Decision::StepRollout { approved } => {
+                let (record, envelope) = o.rollout.clone().expect("a rollout to step");
+                self.step(o, record, envelope, approved).await
+            }
+            Decision::NotYet { wait } => Ok((Action::requeue(wait), Outcome::Progressing)),
+            Decision::AwaitApprovalToPromote => {
+                Ok((Action::await_change(), Outcome::AwaitingApproval))
+            }
+            Decision::Abort => {
+                let (record, envelope) = o.rollout.clone().expect("a rollout to abort");
+                self.abort_step(o, record, envelope).await
+            }
+            Decision::Supersede { .. } => unreachable!("handled by the caller"),
+        }
+    }
+
+    fn report_classification(
+        &self,
+        o: &Observation,
+        classification: Classification,
+    ) -> Result<(Action, Outcome)> {
+        let id = o.instance.id.as_str();
+        match classification {
+            Classification::Stopped => {
+                self.conditions(
+                    id,
+                    &[(
+                        ConditionType::Synced,
+                        true,
+                        "Stopped",
+                        "instance is stopped; left alone (reconcile_stopped_instances = false)",
+                    )],
+                )?;
+                Ok((Action::await_change(), Outcome::Skipped))
+            }
+            Classification::Failed => {
+                self.conditions(
+                    id,
+                    &[(
+                        ConditionType::Degraded,
+                        true,
+                        "InstanceError",
+                        "instance is in Error; left alone (reconcile_error_instances = false)",
+                    )],
+                )?;
+                Ok((Action::await_change(), Outcome::Skipped))
+            }
+            Classification::Unwanted => self.report(
+                id,
+                classification,
+                "Unwanted",
+                "the instance exists but has no desired configuration; reported only",
+            ),
+            _ => self.report(
+                id,
+                classification,
+                "Unmanaged",
+                &format!(
+                    "instance is {} and runs something other than its desired configuration, but this host never applied a configuration to it; reported only (stop it, or let setpoint start it, to manage it)",
+                    o.instance.status.as_str()
+                ),
+            ),
+        }
+    }
+
+    /// A gate stopped a drifted instance: say so, and audit the drift and the decision
+    /// the first time (not on every resync).
+    fn gated(&self, o: &Observation, judged: &Judged, reason: &str, message: &str) -> Result<()> {
+        let id = o.instance.id.as_str();
+        if self.conditions(
+            id,
+            &[
+                (ConditionType::Synced, false, reason, message),
+                (ConditionType::Progressing, false, reason, message),
+            ],
+        )? {
+            self.observed_drift(o, judged)?;
+            self.audit(
+                id,
+                AuditKind::Decision,
+                message.to_owned(),
+                serde_json::json!({ "digest": o.desired_digest, "rule": o.selection.rule_name }),
+            )?;
+        }
+        Ok(())
+    }
+
+    /// Count and audit the drift an observation found.
+    fn observed_drift(&self, o: &Observation, judged: &Judged) -> Result<()> {
+        self.count_drift(judged.classification);
+        let views: Vec<super::DriftView> = judged.drifts.iter().map(Into::into).collect();
+        self.audit(
+            &o.instance.id,
+            AuditKind::Observation,
+            format!(
+                "instance is {}{}",
+                judged.classification.as_str(),
+                if views.is_empty() {
+                    String::new()
+                } else {
+                    format!(": {}", drift_summary(judged))
+                }
+            ),
+            serde_json::json!({
+                "classification": judged.classification,
+                "status": o.instance.status.as_str(),
+                "drifts": views,
+                "desiredDigest": o.desired_digest,
+                "actualDigest": o.actual_digest,
+                "actualSource": o.source,
+                "rule": o.selection.rule_name,
+            }),
+        )
+    }
+
+    async fn dry_run(&self, o: &Observation, judged: &Judged) -> Result<(Action, Outcome)> {
+        let id = o.instance.id.as_str();
+        let strategy = self.resolve(&o.selection, World::Strategy)?;
+        let desired = self.apply_document(o);
+        let message = format!(
+            "{} (revision {}): dry-run recorded the plan; no action taken",
+            judged.classification.as_str(),
+            short_digest(&o.desired_digest)
+        );
+        if self.conditions(id, &[(ConditionType::Synced, false, "DryRun", &message)])? {
+            self.observed_drift(o, judged)?;
+            let (calls, outcome) = self
+                .simulate(id, &strategy, o, &desired, &judged.drifts)
+                .await?;
+            self.audit_calls(id, &strategy, &calls)?;
+            self.audit(
+                id,
+                AuditKind::Decision,
+                format!(
+                    "dry-run: {} would make {} control-plane call(s); nothing sent",
+                    strategy.label(),
+                    calls.len()
+                ),
+                serde_json::json!({ "plan": calls, "outcome": outcome }),
+            )?;
+        }
+        Ok((Action::await_change(), Outcome::Reported))
+    }
+
+    async fn start_rollout(&self, o: &Observation, judged: &Judged) -> Result<(Action, Outcome)> {
+        let id = o.instance.id.as_str();
+        let strategy = self.resolve(&o.selection, World::Strategy)?;
+        self.observed_drift(o, judged)?;
+        // The record is saved under the pin lock, and only while the registry still
+        // offers the strategy: a registry swap then either sees this rollout (and keeps
+        // its plugin) or happened before, and the strategy is chosen again.
+        let pins = self.pins.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.plugins().offers(strategy.digest()) {
+            drop(pins);
+            tracing::info!(instance.id = id, strategy = %strategy.label(), "strategy was replaced or removed while this reconcile ran; choosing again");
+            return Ok((Action::requeue(RESELECT_DELAY), Outcome::Skipped));
+        }
+        if o.selection.gates.approval == Approval::BeforeApply {
+            if let Some(approval) = self.store.take_approval(id, &o.desired_digest)? {
+                self.audit(
+                    id,
+                    AuditKind::Approval,
+                    format!(
+                        "approval of revision {} by {} used: the rollout starts",
+                        short_digest(&o.desired_digest),
+                        approval.approved_by.as_deref().unwrap_or("?")
+                    ),
+                    serde_json::json!({ "digest": o.desired_digest }),
+                )?;
+            }
+        }
+        self.audit(
+            id,
+            AuditKind::Decision,
+            format!(
+                "roll out revision {} with {} (rule `{}`)",
+                short_digest(&o.desired_digest),
+                strategy.label(),
+                o.selection.rule_name
+            ),
+            serde_json::json!({ "strategy": strategy.label(), "digest": strategy.digest(), "desiredDigest": o.desired_digest }),
+        )?;
+        let now = SystemTime::now();
+        let envelope = Envelope {
+            plugin_state: None,
+            scope: RolloutScope::new(id),
+            desired_digest: o.desired_digest.clone(),
+            desired: Some(self.apply_document(o)),
+            drifts: judged.drifts.iter().map(Into::into).collect(),
+            not_before_ms: None,
+        };
+        let record = RolloutRecord {
+            instance_id: id.to_owned(),
+            strategy: strategy.metadata().name.clone(),
+            plugin_version: strategy.metadata().version.to_string(),
+            plugin_digest: strategy.digest().to_owned(),
+            state: serde_json::to_value(&envelope).expect("envelope serialises"),
+            step: 0,
+            started_at: now,
+            updated_at: now,
+            phase: RolloutPhase::Running,
+        };
+        self.store.save_rollout(&record)?;
+        drop(pins);
+        self.conditions(
+            id,
+            &[(
+                ConditionType::Synced,
+                false,
+                "RolloutStarted",
+                &format!(
+                    "{} (revision {}): rolling out with {}",
+                    judged.classification.as_str(),
+                    short_digest(&o.desired_digest),
+                    strategy.label()
+                ),
+            )],
+        )?;
+        self.step(o, record, envelope, false).await
+    }
+
+    /// Take one strategy step and act on its progress.
+    async fn step(
+        &self,
+        o: &Observation,
+        mut record: RolloutRecord,
+        mut envelope: Envelope,
+        approved: bool,
+    ) -> Result<(Action, Outcome)> {
+        let id = o.instance.id.as_str();
+        if approved {
+            if let Some(approval) = self.store.take_approval(id, &envelope.desired_digest)? {
+                self.audit(
+                    id,
+                    AuditKind::Approval,
+                    format!(
+                        "approval of revision {} by {} used: the rollout continues",
+                        short_digest(&envelope.desired_digest),
+                        approval.approved_by.as_deref().unwrap_or("?")
+                    ),
+                    serde_json::json!({ "digest": envelope.desired_digest }),
+                )?;
+                self.conditions(
+                    id,
+                    &[(ConditionType::AwaitingApproval, false, "Approved", "")],
+                )?;
+            }
+            record.phase = RolloutPhase::Running;
+        }
+        let (strategy, progress) = self.rollout_call(&record, &mut envelope, o, false).await?;
+        if self.store.abort_request(id)?.is_some() {
+            // The operator's abort arrived while the step ran: it wins over the step's
+            // result, whatever that was. What the step did is in the envelope and the
+            // applied record, so the strategy's `abort` sees it.
+            if let Ok(Progress::Requeue(r)) = &progress {
+                envelope.plugin_state = Some(r.state.clone());
+            } else if let Ok(Progress::AwaitApproval(a)) = &progress {
+                envelope.plugin_state = Some(a.state.clone());
+            }
+            record.step += 1;
+            record.phase = RolloutPhase::Aborting;
+            envelope.not_before_ms = None;
+            self.save_envelope(&mut record, &envelope)?;
+            return Ok((Action::requeue(Duration::ZERO), Outcome::Progressing));
+        }
+        let progress = match progress {
+            Ok(progress) => progress,
+            Err(error) => {
+                self.save_envelope(&mut record, &envelope)?;
+                return Err(Error::Plugin(error));
+            }
+        };
+        self.after_progress(o, &strategy, record, envelope, progress)
+    }
+
+    fn after_progress(
+        &self,
+        o: &Observation,
+        strategy: &Arc<Plugin>,
+        mut record: RolloutRecord,
+        mut envelope: Envelope,
+        progress: Progress,
+    ) -> Result<(Action, Outcome)> {
+        let id = o.instance.id.as_str();
+        let revision = short_digest(&envelope.desired_digest).to_owned();
+        match progress {
+            Progress::Done(message) => {
+                if !self.store.complete_rollout(id)? {
+                    record.step += 1;
+                    record.phase = RolloutPhase::Aborting;
+                    self.save_envelope(&mut record, &envelope)?;
+                    return Ok((Action::requeue(Duration::ZERO), Outcome::Progressing));
+                }
+                self.audit(
+                    id,
+                    AuditKind::Outcome,
+                    format!("rollout of revision {revision} done: {message}"),
+                    serde_json::json!({ "strategy": strategy.label(), "steps": record.step + 1, "digest": envelope.desired_digest }),
+                )?;
+                // Synced is not claimed here: the next reconcile, right away, observes
+                // what the instance runs and says.
+                self.conditions(
+                    id,
+                    &[
+                        (
+                            ConditionType::Synced,
+                            false,
+                            "Verifying",
+                            &format!("rollout of revision {revision} done; checking what the instance runs"),
+                        ),
+                        (ConditionType::Progressing, false, "RolloutDone", &message),
+                        (ConditionType::Degraded, false, "RolloutDone", ""),
+                        (ConditionType::AwaitingApproval, false, "RolloutDone", ""),
+                    ],
+                )?;
+                Ok((Action::requeue(Duration::ZERO), Outcome::Progressing))
+            }
+            Progress::Requeue(requeue) => {
+                envelope.plugin_state = Some(requeue.state);
+                envelope.not_before_ms = Some(unix_ms(SystemTime::now()) + requeue.after_ms);
+                record.step += 1;
+                record.phase = RolloutPhase::Running;
+                self.save_envelope(&mut record, &envelope)?;
+                let message = format!("revision {revision}: {}", requeue.message);
+                self.conditions(
+                    id,
+                    &[
+                        (ConditionType::Synced, false, "RolloutInProgress", &message),
+                        (ConditionType::Progressing, true, "RolloutInProgress", &message),
+                    ],
+                )?;
+                Ok((
+                    Action::requeue(Duration::from_millis(requeue.after_ms)),
+                    Outcome::Progressing,
+                ))
+            }
+            Progress::AwaitApproval(wait) => {
+                envelope.plugin_state = Some(wait.state);
+                envelope.not_before_ms = None;
+                record.step += 1;
+                if o.selection.gates.approval != Approval::BeforePromote {
+                    // Only `approval = "before-promote"` pauses where the strategy asks.
+                    record.phase = RolloutPhase::Running;
+                    self.save_envelope(&mut record, &envelope)?;
+                    self.audit(
+                        id,
+                        AuditKind::Decision,
+                        format!(
+                            "{} asked for approval ({}); rule `{}` has approval = \"{}\", so it continues without one",
+                            strategy.label(),
+                            wait.message,
+                            o.selection.rule_name,
+                            o.selection.gates.approval
+                        ),
+                        serde_json::json!({ "digest": envelope.desired_digest }),
+                    )?;
+                    return Ok((Action::requeue(Duration::ZERO), Outcome::Progressing));
+                }
+                record.phase = RolloutPhase::AwaitingApproval;
+                self.save_envelope(&mut record, &envelope)?;
+                let message = format!(
+                    "revision {revision}: {}; run `setpoint approve {id}`",
+                    wait.message
+                );
+                self.store
+                    .request_approval(id, &envelope.desired_digest, &message)?;
+                self.audit(
+                    id,
+                    AuditKind::Decision,
+                    format!("awaiting approval: {message}"),
+                    serde_json::json!({ "digest": envelope.desired_digest }),
+                )?;
+                self.conditions(
+                    id,
+                    &[
+                        (ConditionType::AwaitingApproval, true, "ApprovalRequested", &message),
+                        (ConditionType::Progressing, true, "AwaitingApproval", &message),
+                    ],
+                )?;
+                Ok((Action::await_change(), Outcome::AwaitingApproval))
+            }
+            Progress::Failed(failure) => {
+                let conditions = |reason: &str, synced: &str| -> Result<bool> {
+                    self.conditions(
+                        id,
+                        &[
+                            (ConditionType::Synced, false, reason, synced),
+                            (ConditionType::Progressing, false, "RolloutFailed", ""),
+                            (ConditionType::Degraded, true, "RolloutFailed", &failure.reason),
+                            (ConditionType::AwaitingApproval, false, "RolloutFailed", ""),
+                        ],
+                    )
+                };
+                self.audit(
+                    id,
+                    AuditKind::Outcome,
+                    format!("rollout of revision {revision} failed: {}", failure.reason),
+                    serde_json::json!({ "retryable": failure.retryable, "strategy": strategy.label(), "digest": envelope.desired_digest }),
+                )?;
+                if failure.retryable {
+                    self.store.clear_rollout(id)?;
+                    self.store.withdraw_approvals(id)?;
+                    conditions("RolloutFailed", &failure.reason)?;
+                    Err(Error::StrategyFailed {
+                        plugin: strategy.label(),
+                        instance: id.to_owned(),
+                        reason: failure.reason,
+                    })
+                } else {
+                    let reason = format!("failed for good: {}", failure.reason);
+                    self.store
+                        .finish_abort(id, &envelope.desired_digest, &reason)?;
+                    conditions(
+                        "GivenUp",
+                        &format!(
+                            "revision {revision} was given up ({reason}); it stays given up until the desired configuration changes or `setpoint retry {id}`"
+                        ),
+                    )?;
+                    Ok((Action::await_change(), Outcome::Degraded))
+                }
+            }
+        }
+    }
+
+    /// Run the strategy's `abort` for a rollout an operator aborted.
+    async fn abort_step(
+        &self,
+        o: &Observation,
+        mut record: RolloutRecord,
+        mut envelope: Envelope,
+    ) -> Result<(Action, Outcome)> {
+        let id = o.instance.id.as_str();
+        let revision = short_digest(&envelope.desired_digest).to_owned();
+        if record.phase != RolloutPhase::Aborting {
+            record.phase = RolloutPhase::Aborting;
+            self.save_envelope(&mut record, &envelope)?;
+        }
+        let (_, progress) = self.rollout_call(&record, &mut envelope, o, true).await?;
+        let by = o
+            .abort
+            .as_ref()
+            .map(|a| a.requested_by.clone())
+            .unwrap_or_else(|| "an operator".into());
+        match progress {
+            Err(error) => {
+                self.save_envelope(&mut record, &envelope)?;
+                Err(Error::Plugin(error))
+            }
+            Ok(Progress::Requeue(requeue)) => {
+                envelope.plugin_state = Some(requeue.state);
+                record.step += 1;
+                self.save_envelope(&mut record, &envelope)?;
+                self.conditions(
+                    id,
+                    &[(
+                        ConditionType::Progressing,
+                        true,
+                        "Aborting",
+                        &format!("aborting revision {revision}: {}", requeue.message),
+                    )],
+                )?;
+                Ok((
+                    Action::requeue(Duration::from_millis(requeue.after_ms)),
+                    Outcome::Progressing,
+                ))
+            }
+            Ok(other) => {
+                let (message, failed) = match other {
+                    Progress::Done(m) => (m, false),
+                    Progress::Failed(f) => (format!("abort failed: {}", f.reason), true),
+                    Progress::AwaitApproval(a) => (a.message, false),
+                    Progress::Requeue(_) => unreachable!("handled above"),
+                };
+                let reason = format!("aborted by {by}: {message}");
+                self.store
+                    .finish_abort(id, &envelope.desired_digest, &reason)?;
+                self.audit(
+                    id,
+                    AuditKind::Outcome,
+                    format!("rollout of revision {revision} {reason}"),
+                    serde_json::json!({ "digest": envelope.desired_digest, "failed": failed }),
+                )?;
+                let synced = format!(
+                    "revision {revision} was given up ({reason}); it stays given up until the desired configuration changes or `setpoint retry {id}`"
+                );
+                self.conditions(
+                    id,
+                    &[
+                        (ConditionType::Synced, false, "GivenUp", &synced),
+                        (ConditionType::Progressing, false, "Aborted", ""),
+                        (ConditionType::AwaitingApproval, false, "Aborted", ""),
+                        (
+                            ConditionType::Degraded,
+                            failed,
+                            if failed { "AbortFailed" } else { "Aborted" },
+                            if failed { &message } else { "" },
+                        ),
+                    ],
+                )?;
+                Ok((Action::await_change(), Outcome::Degraded))
+            }
+        }
+    }
+
+    /// The desired configuration changed mid-rollout: the rollout for the old revision
+    /// ends (its clones deleted, so nothing it made outlives it), and the caller decides
+    /// again for the new revision. Nothing of the old rollout is recorded as applied
+    /// beyond what its strategy sent.
+    pub(super) async fn supersede(&self, o: &Observation, from: &str) -> Result<()> {
+        let id = o.instance.id.as_str();
+        let Some((record, envelope)) = &o.rollout else {
+            return Ok(());
+        };
+        for clone in &envelope.scope.clones {
+            let outcome = match self.cp.delete_instance(clone).await {
+                Ok(()) => "deleted".to_owned(),
+                Err(e) if e.is_not_found() => "already gone".to_owned(),
+                Err(e) => format!("delete failed (the leak sweep retries): {}", crate::error_chain(&e)),
+            };
+            self.audit(
+                id,
+                AuditKind::Action,
+                format!("clone {clone} of the superseded rollout: {outcome}"),
+                serde_json::json!({ "clone": clone, "digest": from }),
+            )?;
+        }
+        self.store.clear_rollout(id)?;
+        self.store.withdraw_approvals(id)?;
+        self.audit(
+            id,
+            AuditKind::Observation,
+            format!(
+                "desired configuration changed during the rollout of revision {} (after {} step(s) of {}): that rollout ends, revision {} is decided afresh",
+                short_digest(from),
+                record.step,
+                record.strategy,
+                short_digest(&o.desired_digest)
+            ),
+            serde_json::json!({ "from": from, "to": o.desired_digest }),
+        )?;
+        Ok(())
+    }
+
+    fn save_envelope(&self, record: &mut RolloutRecord, envelope: &Envelope) -> Result<()> {
+        record.state = serde_json::to_value(envelope).expect("envelope serialises");
+        record.updated_at = SystemTime::now();
+        self.store.save_rollout(record)?;
+        Ok(())
+    }
+
+    fn pinned(&self, record: &RolloutRecord) -> Result<Arc<Plugin>> {
+        self.plugins()
+            .by_digest(&record.plugin_digest)
+            .ok_or_else(|| Error::PinnedPluginGone {
+                instance: record.instance_id.clone(),
+                plugin: format!("{}@{}", record.strategy, record.plugin_version),
+                digest: record.plugin_digest.clone(),
+            })
+    }
+
+    /// Call the rollout's pinned strategy (`step`, or `abort` when `abort`), record what
+    /// it sent as applied, audit its control-plane calls and keep its new scope.
+    async fn rollout_call(
+        &self,
+        record: &RolloutRecord,
+        envelope: &mut Envelope,
+        o: &Observation,
+        abort: bool,
+    ) -> Result<(Arc<Plugin>, std::result::Result<Progress, Box<CallError>>)> {
+        let strategy = self.pinned(record)?;
+        let desired = envelope
+            .desired
+            .clone()
+            .or_else(|| o.desired.clone())
+            .unwrap_or(Value::Null);
+        let elapsed_ms = SystemTime::now()
+            .duration_since(record.started_at)
+            .unwrap_or_default()
+            .as_millis() as u64;
+        let rollout = Rollout {
+            instance_id: record.instance_id.clone(),
+            desired: desired.to_string(),
+            actual: o.actual.as_ref().map(Value::to_string),
+            drifts: envelope.drifts.iter().map(|d| d.to_drift()).collect(),
+            params: Value::Object(o.selection.strategy_params.clone()).to_string(),
+            state: envelope.plugin_state.clone(),
+            step: record.step,
+            elapsed_ms,
+        };
+        let outcome = self
+            .run_strategy(strategy.clone(), rollout, envelope.scope.clone(), false, abort)
+            .await?;
+        self.record_sent(&record.instance_id, &outcome.calls, &desired, &strategy)?;
+        self.audit_calls(&record.instance_id, &strategy, &outcome.calls)?;
+        envelope.scope = outcome.scope;
+        Ok((strategy, outcome.progress))
+    }
+
+    /// Record as applied what the strategy's successful `start` calls sent to the
+    /// instance itself (a `start` without a configuration starts the desired one the
+    /// strategy was given).
+    fn record_sent(
+        &self,
+        id: &str,
+        calls: &[ImportCall],
+        desired: &Value,
+        strategy: &Plugin,
+    ) -> Result<()> {
+        for call in calls {
+            if call.call == "start" && call.target == id && call.outcome == CallOutcome::Ok {
+                let sent = call.configuration.as_ref().unwrap_or(desired);
+                self.store.record_applied(
+                    id,
+                    sent,
+                    &super::config_digest(sent),
+                    &strategy.label(),
+                )?;
+            }
+        }
+        Ok(())
+    }
+
+    pub(super) async fn run_strategy(
+        &self,
+        strategy: Arc<Plugin>,
+        rollout: Rollout,
+        scope: RolloutScope,
+        dry_run: bool,
+        abort: bool,
+    ) -> Result<StepOutcome> {
+        let runtime = self.runtime.clone();
+        let host = Arc::new(Bridge::new(
+            self.cp.clone(),
+            tokio::runtime::Handle::current(),
+        ));
+        let label = strategy.label();
+        let started = Instant::now();
+        let outcome = tokio::task::spawn_blocking(move || {
+            if abort {
+                runtime.abort(&strategy, &rollout, host, scope, dry_run)
+            } else {
+                runtime.step(&strategy, &rollout, host, scope, dry_run)
+            }
+        })
+        .await
+        .map_err(|_| Error::Cancelled)?;
+        self.metrics.plugin_call(
+            &label,
+            if abort { "abort" } else { "step" },
+            started.elapsed().as_secs_f64(),
+            outcome
+                .progress
+                .as_ref()
+                .err()
+                .map(|e| super::records::failure_reason(e)),
+        );
+        Ok(outcome)
+    }
+
+    /// Run a rollout in dry-run from step 0 until it finishes (or [`MAX_PLAN_STEPS`]),
+    /// collecting the calls it would make.
+    pub(super) async fn simulate(
+        &self,
+        id: &str,
+        strategy: &Arc<Plugin>,
+        o: &Observation,
+        desired: &Value,
+        drifts: &[Drift],
+    ) -> Result<(Vec<ImportCall>, String)> {
+        let mut scope = RolloutScope::new(id);
+        let mut state = None;
+        let mut elapsed_ms = 0u64;
+        let mut calls = Vec::new();
+        for step in 0..MAX_PLAN_STEPS {
+            let rollout = Rollout {
+                instance_id: id.to_owned(),
+                desired: desired.to_string(),
+                actual: o.actual.as_ref().map(Value::to_string),
+                drifts: drifts.to_vec(),
+                params: Value::Object(o.selection.strategy_params.clone()).to_string(),
+                state: state.clone(),
+                step,
+                elapsed_ms,
+            };
+            let outcome = self
+                .run_strategy(strategy.clone(), rollout, scope, true, false)
+                .await?;
+            calls.extend(outcome.calls);
+            scope = outcome.scope;
+            match outcome.progress {
+                Err(error) => return Err(Error::Plugin(error)),
+                Ok(Progress::Done(m)) => return Ok((calls, format!("done: {m}"))),
+                Ok(Progress::Failed(f)) => return Ok((calls, format!("failed: {}", f.reason))),
+                Ok(Progress::AwaitApproval(a)) => {
+                    return Ok((calls, format!("would await approval: {}", a.message)));
+                }
+                Ok(Progress::Requeue(r)) => {
+                    state = Some(r.state);
+                    elapsed_ms += r.after_ms;
+                }
+            }
+        }
+        Ok((
+            calls,
+            format!("still in progress after {MAX_PLAN_STEPS} simulated steps"),
+        ))
+    }
+}
+
+fn drift_summary(judged: &Judged) -> String {
+    if judged.drifts.is_empty() {
+        return judged.classification.as_str().to_owned();
+    }
+    judged
+        .drifts
+        .iter()
+        .map(|d| d.message.as_str())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
