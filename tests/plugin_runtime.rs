@@ -1,6 +1,7 @@
 //! The plugin runtime on real components built from `plugins/` by
 //! `scripts/build-plugins`: the shipped comparators and the restart strategy, the
-//! sandbox limits on misbehaving fixtures, and the errors for files that are not
+//! sandbox limits on misbehaving fixtures (and what a strategy's time budget leaves out:
+//! time blocked in control-plane imports), and the errors for files that are not
 //! plugins.
 
 use std::sync::{Arc, Mutex};
@@ -281,20 +282,26 @@ fn a_wasi_component_loads_and_runs_with_no_capabilities() {
     );
 }
 
-/// A control plane in memory, used only by these tests: records calls, and says
-/// healthy once `healthy_after` probes have been made.
+/// A control plane in memory, used only by these tests: records calls, says healthy
+/// once `healthy_after` probes have been made, and takes `start_takes` to answer `start`
+/// (a slow control plane: the strategy's call blocks that long in the import).
 struct TestControlPlane {
     calls: Mutex<Vec<String>>,
     probes: Mutex<u32>,
     healthy_after: u32,
+    start_takes: Duration,
 }
 
 impl TestControlPlane {
     fn new(healthy_after: u32) -> Arc<Self> {
+        Self::slow_to_start(healthy_after, Duration::ZERO)
+    }
+    fn slow_to_start(healthy_after: u32, start_takes: Duration) -> Arc<Self> {
         Arc::new(TestControlPlane {
             calls: Mutex::new(Vec::new()),
             probes: Mutex::new(0),
             healthy_after,
+            start_takes,
         })
     }
     fn calls(&self) -> Vec<String> {
@@ -332,6 +339,8 @@ impl StrategyHost for TestControlPlane {
             .and_then(|c| serde_json::from_str::<Value>(c).ok())
             .map(|c| c["port"].to_string())
             .unwrap_or_else(|| "stored".into());
+        // Blocks for real: a slow control plane is the point of the tests that set it.
+        std::thread::sleep(self.start_takes);
         self.note(format!("start {id} port={port}"));
         Ok(())
     }
@@ -514,6 +523,161 @@ fn restart_strategy_in_dry_run_records_its_plan_and_sends_nothing() {
             ("start", &CallOutcome::Simulated)
         ]
     );
+    // The plan says what `start` would have sent.
+    assert_eq!(out.calls[0].configuration, None);
+    assert_eq!(out.calls[1].configuration.as_ref(), Some(&desired()));
+}
+
+/// The desired configuration of [`rollout`]'s rollouts.
+fn desired() -> Value {
+    serde_json::from_str(&rollout(0, 0, None, json!({})).desired).unwrap()
+}
+
+/// The test runtime's call budget, and how long a slow control plane takes to `start`.
+const BUDGET: Duration = Duration::from_millis(500);
+const SLOW_START: Duration = Duration::from_millis(1_500);
+
+#[test]
+fn a_step_blocked_in_a_slow_start_past_the_budget_completes_and_reports_its_calls() {
+    let rt = runtime();
+    assert_eq!(rt.config().call_deadline, BUDGET);
+    let restart = rt.load_file(&plugin("restart")).expect("restart loads");
+    let cp = TestControlPlane::slow_to_start(0, SLOW_START);
+
+    let started = Instant::now();
+    let out = rt.step(
+        &restart,
+        &rollout(0, 0, None, json!({ "health_poll_ms": 100 })),
+        cp.clone(),
+        RolloutScope::new("inst-r"),
+        false,
+    );
+    let took = started.elapsed();
+
+    // `start` blocked three budgets long; the strategy's own time stayed well inside one,
+    // so the step returns the strategy's answer, not a timeout.
+    assert!(took >= SLOW_START, "start did not block: {took:?}");
+    match &out.progress {
+        Ok(Progress::Requeue(r)) => assert_eq!(r.after_ms, 100, "{r:?}"),
+        other => panic!("expected the strategy's requeue, got {other:?}"),
+    }
+    assert_eq!(cp.calls(), vec!["stop inst-r", "start inst-r port=8081"]);
+    let calls: Vec<(&str, &CallOutcome)> = out
+        .calls
+        .iter()
+        .map(|c| (c.call.as_str(), &c.outcome))
+        .collect();
+    assert_eq!(
+        calls,
+        vec![("stop", &CallOutcome::Ok), ("start", &CallOutcome::Ok)]
+    );
+    assert_eq!(out.calls[1].configuration.as_ref(), Some(&desired()));
+}
+
+#[test]
+fn a_strategy_that_loops_after_a_slow_start_times_out_on_its_own_time_and_reports_the_start() {
+    let rt = runtime();
+    let strategy = rt
+        .load_file(&fixture("start-then-fail"))
+        .expect("fixture loads");
+    let cp = TestControlPlane::slow_to_start(0, SLOW_START);
+
+    let started = Instant::now();
+    let out = rt.step(
+        &strategy,
+        &rollout(0, 0, None, json!({ "then": "loop" })),
+        cp.clone(),
+        RolloutScope::new("inst-r"),
+        false,
+    );
+    let took = started.elapsed();
+
+    let err = out.progress.expect_err("a loop never answers");
+    assert!(matches!(err.failure, CallFailure::Timeout { .. }), "{err}");
+    assert!(err.to_string().contains("time budget"), "{err}");
+    // Stopped once its own time reached the budget: not at the budget (the import's
+    // time is not its own), and not much later than the import plus the budget.
+    assert!(
+        took >= SLOW_START + BUDGET - Duration::from_millis(50),
+        "stopped before its own time reached the budget: {took:?}"
+    );
+    assert!(
+        took < SLOW_START + BUDGET + Duration::from_secs(1),
+        "not stopped within its budget: {took:?}"
+    );
+    // The mutation went through before the timeout, and is reported with what it sent.
+    assert_eq!(cp.calls(), vec!["start inst-r port=8081"]);
+    assert_eq!(out.calls.len(), 1, "{:?}", out.calls);
+    assert_eq!(out.calls[0].call, "start");
+    assert_eq!(out.calls[0].target, "inst-r");
+    assert!(out.calls[0].mutating);
+    assert_eq!(out.calls[0].outcome, CallOutcome::Ok);
+    assert_eq!(out.calls[0].configuration.as_ref(), Some(&desired()));
+}
+
+#[test]
+fn a_strategy_that_loops_without_blocking_times_out_at_its_budget() {
+    let rt = runtime();
+    let strategy = rt
+        .load_file(&fixture("start-then-fail"))
+        .expect("fixture loads");
+    let cp = TestControlPlane::new(0);
+
+    let started = Instant::now();
+    let out = rt.step(
+        &strategy,
+        &rollout(0, 0, None, json!({})),
+        cp.clone(),
+        RolloutScope::new("inst-r"),
+        false,
+    );
+    let took = started.elapsed();
+
+    let err = out.progress.expect_err("a loop never answers");
+    assert!(matches!(err.failure, CallFailure::Timeout { .. }), "{err}");
+    assert!(
+        took >= BUDGET - Duration::from_millis(50),
+        "stopped too early: {took:?}"
+    );
+    assert!(
+        took < BUDGET + Duration::from_millis(1_500),
+        "not stopped within budget: {took:?}"
+    );
+    assert_eq!(out.calls.len(), 1, "{:?}", out.calls);
+    assert_eq!(out.calls[0].outcome, CallOutcome::Ok);
+}
+
+#[test]
+fn a_strategy_that_traps_after_a_start_reports_the_start_with_its_configuration() {
+    let rt = runtime();
+    let strategy = rt
+        .load_file(&fixture("start-then-fail"))
+        .expect("fixture loads");
+    let cp = TestControlPlane::new(0);
+
+    let out = rt.step(
+        &strategy,
+        &rollout(0, 0, None, json!({ "then": "trap" })),
+        cp.clone(),
+        RolloutScope::new("inst-r"),
+        false,
+    );
+
+    let err = out.progress.expect_err("the step panics");
+    assert!(matches!(err.failure, CallFailure::Trap { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("fixture-start-then-fail: deliberate panic after start"),
+        "{err}"
+    );
+    assert_eq!(cp.calls(), vec!["start inst-r port=8081"]);
+    assert_eq!(out.calls.len(), 1, "{:?}", out.calls);
+    assert_eq!(out.calls[0].outcome, CallOutcome::Ok);
+    assert_eq!(out.calls[0].configuration.as_ref(), Some(&desired()));
+    // The audit form of a call leaves the configuration out.
+    let audit = serde_json::to_value(&out.calls[0]).unwrap();
+    assert_eq!(audit["call"], "start", "{audit}");
+    assert!(audit.get("configuration").is_none(), "{audit}");
 }
 
 #[test]

@@ -21,11 +21,14 @@ pub mod scope;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use sha2::Digest as _;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap};
+use wasmtime::{
+    Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig, Store, Trap,
+    UpdateDeadline,
+};
 
 use bindings::comparator::ComparatorPre;
 use bindings::strategy::StrategyPre;
@@ -44,9 +47,11 @@ pub use scope::{CallOutcome, ImportCall, RolloutScope, ScopedControlPlane, Strat
 /// before it matters to the host.
 pub const MAX_PLUGIN_MEMORY_BYTES: usize = 64 * 1024 * 1024;
 
-/// Default time budget of one plugin call. A comparator takes microseconds and a
-/// strategy step a few control-plane round trips; five seconds is generous for both and
-/// still bounds a stuck plugin well inside a reconcile timeout.
+/// Default time budget of one plugin call: the plugin's own execution. A strategy's time
+/// blocked in its control-plane imports is not counted (each request has its own
+/// timeout); see [`PluginRuntime`]'s calls. A comparator takes microseconds and a
+/// strategy step's own work little more; five seconds is generous for both and still
+/// bounds a stuck plugin well inside a reconcile timeout.
 pub const PLUGIN_CALL_DEADLINE: Duration = Duration::from_secs(5);
 
 /// Time budget of the smoke call a comparator must pass before it is offered to policy
@@ -100,7 +105,8 @@ const POOL_TABLE_KEEP_RESIDENT_BYTES: usize = 64 * 1024;
 /// Settings of the plugin runtime.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuntimeConfig {
-    /// Time budget of one plugin call. Default [`PLUGIN_CALL_DEADLINE`].
+    /// Time budget of one plugin call: its own execution, not the time a strategy spends
+    /// blocked in a control-plane import. Default [`PLUGIN_CALL_DEADLINE`].
     pub call_deadline: Duration,
     /// Cap on a plugin's linear memory in bytes. Default [`MAX_PLUGIN_MEMORY_BYTES`].
     pub max_memory_bytes: usize,
@@ -211,14 +217,15 @@ impl Plugin {
 }
 
 /// What a strategy's `step` or `abort` produced, with the scope after the call and every
-/// control-plane call it made (also when the call failed).
+/// control-plane call it made: also when the call then trapped or ran out of time, so a
+/// mutation that went through is always reported.
 #[derive(Debug)]
 pub struct StepOutcome {
     /// The strategy's answer, or why the call failed.
     pub progress: std::result::Result<Progress, Box<CallError>>,
     /// The rollout's scope after the call (clones added or removed); persist it.
     pub scope: RolloutScope,
-    /// The control-plane calls made, in order.
+    /// The control-plane calls made, in order, including those made before a failure.
     pub calls: Vec<ImportCall>,
 }
 
@@ -550,6 +557,13 @@ impl PluginRuntime {
     }
 
     /// One call in a fresh store, under the gate, the time budget and the memory cap.
+    ///
+    /// The budget counts the plugin's own execution. A comparator imports nothing that
+    /// blocks, so its store simply traps at the epoch deadline. A strategy's
+    /// control-plane imports block on the network, bounded by the [`StrategyHost`]'s own
+    /// timeouts: its store runs [`at_deadline`] when the deadline is reached, which
+    /// leaves out the time spent in those imports and moves the deadline on by what is
+    /// left of the budget, or traps exactly as a comparator's store does.
     #[allow(clippy::too_many_arguments)]
     fn call<R>(
         &self,
@@ -570,7 +584,19 @@ impl PluginRuntime {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(deadline_ticks(budget));
-        store.epoch_deadline_trap();
+        if store.data().control_plane.is_some() {
+            let started = Instant::now();
+            store.epoch_deadline_callback(move |store| {
+                let blocked = store
+                    .data()
+                    .control_plane
+                    .as_ref()
+                    .map_or(Duration::ZERO, |cp| cp.blocked);
+                Ok(at_deadline(budget, started.elapsed(), blocked))
+            });
+        } else {
+            store.epoch_deadline_trap();
+        }
 
         let result = f(&mut store);
         let state = store.into_data();
@@ -658,6 +684,17 @@ fn engine_error(e: wasmtime::Error) -> Error {
 fn deadline_ticks(budget: Duration) -> u64 {
     let tick = EPOCH_TICK.as_nanos();
     (budget.as_nanos().div_ceil(tick) as u64).saturating_add(1)
+}
+
+/// What a strategy call does when its epoch deadline is reached, `elapsed` after it
+/// started, `blocked` of which in control-plane imports: carry on for what is left of the
+/// `budget` of its own time, or stop (a [`Trap::Interrupt`], reported as a timeout).
+fn at_deadline(budget: Duration, elapsed: Duration, blocked: Duration) -> UpdateDeadline {
+    let own = elapsed.saturating_sub(blocked);
+    match budget.checked_sub(own) {
+        Some(left) if !left.is_zero() => UpdateDeadline::Continue(deadline_ticks(left)),
+        _ => UpdateDeadline::Interrupt,
+    }
 }
 
 fn check_size(what: &'static str, text: &str) -> std::result::Result<(), CallFailure> {
@@ -799,6 +836,28 @@ mod tests {
         assert_eq!(deadline_ticks(Duration::from_millis(10)), 2);
         assert_eq!(deadline_ticks(Duration::from_millis(11)), 3);
         assert_eq!(deadline_ticks(Duration::from_secs(5)), 501);
+    }
+
+    #[test]
+    fn at_the_deadline_time_blocked_in_imports_is_given_back() {
+        let budget = Duration::from_millis(500);
+        let ms = Duration::from_millis;
+        let continues = |elapsed, blocked| match at_deadline(budget, ms(elapsed), ms(blocked)) {
+            UpdateDeadline::Continue(ticks) => Some(ticks),
+            UpdateDeadline::Interrupt => None,
+            _ => panic!("only continue or interrupt"),
+        };
+        // Its own time is the budget or more: stop.
+        assert_eq!(continues(500, 0), None);
+        assert_eq!(continues(2_000, 1_400), None);
+        assert_eq!(continues(2_000, 0), None);
+        // 1.5 s of it blocked in an import: 10 ms of its own time spent, 490 ms left.
+        assert_eq!(continues(1_510, 1_500), Some(deadline_ticks(ms(490))));
+        // Just short of the budget: one more tick or two, never an endless extension.
+        assert_eq!(continues(499, 0), Some(deadline_ticks(ms(1))));
+        // A clock that says less time passed than was blocked does not extend past the
+        // whole budget.
+        assert_eq!(continues(100, 200), Some(deadline_ticks(budget)));
     }
 
     #[test]

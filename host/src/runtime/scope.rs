@@ -4,10 +4,14 @@
 //! For each strategy call the runtime wraps it in a [`ScopedControlPlane`] that lets the
 //! strategy touch only the instance being reconciled and the clones it created during
 //! this rollout, answers mutating calls with a simulated success in dry-run, and records
-//! every call ([`ImportCall`]) so the caller can audit them.
+//! every call ([`ImportCall`]) so the caller can audit them. It also keeps the time the
+//! strategy spent blocked in the [`StrategyHost`], which the call's time budget leaves
+//! out: that wait is bounded by the host's own request timeouts, not by the plugin's
+//! budget (see `PluginRuntime`'s `call`).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
@@ -21,9 +25,11 @@ use super::host::HostState;
 /// The control plane as a strategy sees it, implemented by the embedder.
 ///
 /// Calls are synchronous: plugin calls run on a blocking thread, so an implementation
-/// over an async client blocks on its runtime handle. The calls that need control-plane
-/// extensions (clones, traffic weights, metrics) default to `unavailable`, so a control
-/// plane without them still runs the strategies that do not need them.
+/// over an async client blocks on its runtime handle. Time spent in these calls does not
+/// count against the strategy's time budget, so an implementation must bound each call
+/// itself (a request timeout). The calls that need control-plane extensions (clones,
+/// traffic weights, metrics) default to `unavailable`, so a control plane without them
+/// still runs the strategies that do not need them.
 pub trait StrategyHost: Send + Sync {
     /// Describe an instance.
     fn get_instance(&self, id: &str) -> Result<InstanceInfo, CpError>;
@@ -124,6 +130,18 @@ pub struct ImportCall {
     pub mutating: bool,
     /// How it ended.
     pub outcome: CallOutcome,
+    /// The configuration the call carried: for `start` with a configuration and for
+    /// `clone-instance`, parsed (a configuration that is not JSON is kept as a JSON
+    /// string of its text); `None` for every other call. Set whatever the outcome, also
+    /// when simulated. Not serialised: an audit entry records a digest of it, not the
+    /// document.
+    #[serde(skip)]
+    pub configuration: Option<serde_json::Value>,
+}
+
+/// The JSON a configuration argument holds, or its text when it is not JSON.
+fn parse_configuration(text: &str) -> serde_json::Value {
+    serde_json::from_str(text).unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
 }
 
 /// A [`StrategyHost`] seen through one rollout's scope.
@@ -132,6 +150,8 @@ pub struct ScopedControlPlane {
     pub(super) scope: RolloutScope,
     dry_run: bool,
     pub(super) calls: Vec<ImportCall>,
+    /// Time spent inside `host` so far in this call (the strategy's budget leaves it out).
+    pub(super) blocked: Duration,
 }
 
 impl std::fmt::Debug for ScopedControlPlane {
@@ -140,6 +160,7 @@ impl std::fmt::Debug for ScopedControlPlane {
             .field("scope", &self.scope)
             .field("dry_run", &self.dry_run)
             .field("calls", &self.calls)
+            .field("blocked", &self.blocked)
             .finish_non_exhaustive()
     }
 }
@@ -151,19 +172,50 @@ impl ScopedControlPlane {
             scope,
             dry_run,
             calls: Vec::new(),
+            blocked: Duration::ZERO,
         }
     }
 
     fn record(&mut self, call: &str, target: &str, mutating: bool, outcome: CallOutcome) {
+        self.record_with(call, target, mutating, outcome, None);
+    }
+
+    fn record_with(
+        &mut self,
+        call: &str,
+        target: &str,
+        mutating: bool,
+        outcome: CallOutcome,
+        configuration: Option<&str>,
+    ) {
         self.calls.push(ImportCall {
             call: call.to_owned(),
             target: target.to_owned(),
             mutating,
             outcome,
+            configuration: configuration.map(parse_configuration),
         });
     }
 
+    /// Run `f` on the host, adding the time it takes to [`blocked`](Self::blocked).
+    fn on_host<T>(&mut self, f: impl FnOnce(&dyn StrategyHost) -> T) -> T {
+        let entered = Instant::now();
+        let result = f(self.host.as_ref());
+        self.blocked += entered.elapsed();
+        result
+    }
+
     fn check_scope(&mut self, call: &str, target: &str, mutating: bool) -> Result<(), CpError> {
+        self.check_scope_with(call, target, mutating, None)
+    }
+
+    fn check_scope_with(
+        &mut self,
+        call: &str,
+        target: &str,
+        mutating: bool,
+        configuration: Option<&str>,
+    ) -> Result<(), CpError> {
         if self.scope.allows(target) {
             return Ok(());
         }
@@ -172,7 +224,13 @@ impl ScopedControlPlane {
             self.scope.instance_id
         );
         tracing::warn!(call, target, instance = %self.scope.instance_id, "strategy call out of scope denied");
-        self.record(call, target, mutating, CallOutcome::Denied(why.clone()));
+        self.record_with(
+            call,
+            target,
+            mutating,
+            CallOutcome::Denied(why.clone()),
+            configuration,
+        );
         Err(CpError::Denied(why))
     }
 
@@ -183,7 +241,7 @@ impl ScopedControlPlane {
         f: impl FnOnce(&dyn StrategyHost) -> Result<T, CpError>,
     ) -> Result<T, CpError> {
         self.check_scope(call, target, false)?;
-        let result = f(self.host.as_ref());
+        let result = self.on_host(f);
         let outcome = match &result {
             Ok(_) => CallOutcome::Ok,
             Err(e) => CallOutcome::Failed(describe(e)),
@@ -192,24 +250,26 @@ impl ScopedControlPlane {
         result
     }
 
+    /// A mutating call; `configuration` is the configuration it carries, recorded with it.
     fn mutate<T>(
         &mut self,
         call: &str,
         target: &str,
+        configuration: Option<&str>,
         simulated: impl FnOnce(&mut Self) -> T,
         f: impl FnOnce(&dyn StrategyHost) -> Result<T, CpError>,
     ) -> Result<T, CpError> {
-        self.check_scope(call, target, true)?;
+        self.check_scope_with(call, target, true, configuration)?;
         if self.dry_run {
-            self.record(call, target, true, CallOutcome::Simulated);
+            self.record_with(call, target, true, CallOutcome::Simulated, configuration);
             return Ok(simulated(self));
         }
-        let result = f(self.host.as_ref());
+        let result = self.on_host(f);
         let outcome = match &result {
             Ok(_) => CallOutcome::Ok,
             Err(e) => CallOutcome::Failed(describe(e)),
         };
-        self.record(call, target, true, outcome);
+        self.record_with(call, target, true, outcome, configuration);
         result
     }
 }
@@ -256,6 +316,7 @@ impl control_plane::Host for HostState {
         self.scoped("start")?.mutate(
             "start",
             &id,
+            configuration.as_deref(),
             |_| (),
             |h| h.start(&id, configuration.as_deref()),
         )
@@ -263,12 +324,12 @@ impl control_plane::Host for HostState {
 
     fn stop(&mut self, id: String) -> Result<(), CpError> {
         self.scoped("stop")?
-            .mutate("stop", &id, |_| (), |h| h.stop(&id))
+            .mutate("stop", &id, None, |_| (), |h| h.stop(&id))
     }
 
     fn restart(&mut self, id: String) -> Result<(), CpError> {
         self.scoped("restart")?
-            .mutate("restart", &id, |_| (), |h| h.restart(&id))
+            .mutate("restart", &id, None, |_| (), |h| h.restart(&id))
     }
 
     fn clone_instance(&mut self, id: String, configuration: String) -> Result<String, CpError> {
@@ -276,6 +337,7 @@ impl control_plane::Host for HostState {
         let new_id = cp.mutate(
             "clone-instance",
             &id,
+            Some(&configuration),
             |cp| {
                 format!(
                     "dry-run-clone-{}-{}",
@@ -298,7 +360,13 @@ impl control_plane::Host for HostState {
             cp.record("delete-clone", &id, true, CallOutcome::Denied(why.clone()));
             return Err(CpError::Denied(why));
         }
-        cp.mutate("delete-clone", &id, |_| (), |h| h.delete_instance(&id))?;
+        cp.mutate(
+            "delete-clone",
+            &id,
+            None,
+            |_| (),
+            |h| h.delete_instance(&id),
+        )?;
         cp.scope.clones.remove(&id);
         Ok(())
     }
@@ -318,7 +386,7 @@ impl control_plane::Host for HostState {
             cp.record("set-traffic-weights", &target, true, CallOutcome::Simulated);
             return Ok(());
         }
-        let result = cp.host.set_traffic_weights(&endpoint, &weights);
+        let result = cp.on_host(|h| h.set_traffic_weights(&endpoint, &weights));
         let outcome = match &result {
             Ok(()) => CallOutcome::Ok,
             Err(e) => CallOutcome::Failed(describe(e)),
