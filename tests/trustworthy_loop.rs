@@ -46,9 +46,11 @@ async fn a_patch_during_the_health_wait_is_rolled_out_not_recorded_as_applied() 
     converged(&world, &[&id]).await;
 
     world.patch(&id, set_level("debug")).await;
-    eventually(Duration::from_secs(10), "the restart to wait for health", async || {
-        rollout_step(&world, &id).is_some_and(|s| s >= 1)
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the restart to wait for health",
+        async || rollout_step(&world, &id).is_some_and(|s| s >= 1),
+    )
     .await;
     world.patch(&id, set_level("warn")).await;
 
@@ -60,10 +62,10 @@ async fn a_patch_during_the_health_wait_is_rolled_out_not_recorded_as_applied() 
     .await;
     let audit = world.audit(&id);
     assert!(
-        audit
-            .iter()
-            .any(|(_, m)| m.contains("desired configuration changed during the rollout")
-                && m.contains("decided afresh")),
+        audit.iter().any(
+            |(_, m)| m.contains("desired configuration changed during the rollout")
+                && m.contains("decided afresh")
+        ),
         "{audit:#?}"
     );
     // What is recorded as applied is what runs.
@@ -130,7 +132,9 @@ async fn an_out_of_band_start_with_another_configuration_is_repaired_within_one_
             && m.contains("logLevel")),
         "{audit:#?}"
     );
-    let (_, status) = world.admin(false, &format!("/v1/instances/{id}"), Value::Null).await;
+    let (_, status) = world
+        .admin(false, &format!("/v1/instances/{id}"), Value::Null)
+        .await;
     let synced = status["conditions"]
         .as_array()
         .unwrap()
@@ -156,9 +160,11 @@ async fn an_abort_mid_rollout_survives_a_restart_and_the_revision_stays_given_up
     converged(&world, &[&id]).await;
 
     world.patch(&id, set_level("debug")).await;
-    eventually(Duration::from_secs(10), "the rollout to be under way", async || {
-        rollout_step(&world, &id).is_some_and(|s| s >= 1)
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the rollout to be under way",
+        async || rollout_step(&world, &id).is_some_and(|s| s >= 1),
+    )
     .await;
     assert_eq!(
         world
@@ -167,7 +173,11 @@ async fn an_abort_mid_rollout_survives_a_restart_and_the_revision_stays_given_up
         Some(true)
     );
     let (code, body) = world
-        .admin(true, &format!("/v1/instances/{id}/abort"), json!({ "by": "alice" }))
+        .admin(
+            true,
+            &format!("/v1/instances/{id}/abort"),
+            json!({ "by": "alice" }),
+        )
         .await;
     assert_eq!(code, 202, "{body}");
     // The daemon goes away right after the request, and comes back.
@@ -201,9 +211,11 @@ async fn an_abort_mid_rollout_survives_a_restart_and_the_revision_stays_given_up
         .admin(true, &format!("/v1/instances/{id}/retry"), Value::Null)
         .await;
     assert_eq!(code, 202);
-    eventually(Duration::from_secs(20), "the retried revision", async || {
-        serves(&world, &id, "debug").await && world.synced(&id)
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the retried revision",
+        async || serves(&world, &id, "debug").await && world.synced(&id),
+    )
     .await;
     world.stop_daemon().await;
 }
@@ -221,11 +233,15 @@ async fn approving_a_stale_revision_does_nothing_and_abort_works_at_the_gate() {
     world.start_daemon("1s", APPROVE_BEFORE_APPLY).await;
     let id = world.create("orders", json!({ "env": "prod" })).await;
     // A created instance is missing: even its first start waits for approval.
-    eventually(Duration::from_secs(10), "the first approval request", async || {
-        world
-            .condition(&id, ConditionType::AwaitingApproval)
-            .is_some_and(|c| c.0)
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the first approval request",
+        async || {
+            world
+                .condition(&id, ConditionType::AwaitingApproval)
+                .is_some_and(|c| c.0)
+        },
+    )
     .await;
     let (code, _) = world
         .admin(true, &format!("/v1/instances/{id}/approve"), json!({}))
@@ -242,12 +258,16 @@ async fn approving_a_stale_revision_does_nothing_and_abort_works_at_the_gate() {
 
     world.patch(&id, set_level("debug")).await;
     let pending = async || {
-        let (_, v) = world.admin(false, &format!("/v1/instances/{id}"), Value::Null).await;
+        let (_, v) = world
+            .admin(false, &format!("/v1/instances/{id}"), Value::Null)
+            .await;
         v["approval"]["digest"].as_str().map(str::to_owned)
     };
-    eventually(Duration::from_secs(10), "approval of revision A requested", async || {
-        pending().await.is_some()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "approval of revision A requested",
+        async || pending().await.is_some(),
+    )
     .await;
     let revision_a = pending().await.unwrap();
     let message = world
@@ -257,9 +277,11 @@ async fn approving_a_stale_revision_does_nothing_and_abort_works_at_the_gate() {
     assert!(message.contains(&revision_a[..12]), "{message}");
 
     world.patch(&id, set_level("warn")).await;
-    eventually(Duration::from_secs(10), "approval of revision B requested", async || {
-        pending().await.is_some_and(|d| d != revision_a)
-    })
+    eventually(
+        Duration::from_secs(10),
+        "approval of revision B requested",
+        async || pending().await.is_some_and(|d| d != revision_a),
+    )
     .await;
     let (code, body) = world
         .admin(
@@ -288,13 +310,18 @@ async fn approving_a_stale_revision_does_nothing_and_abort_works_at_the_gate() {
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert!(serves(&world, &id, "info").await);
-    assert!(pending().await.is_none(), "no new request for a given-up revision");
+    assert!(
+        pending().await.is_none(),
+        "no new request for a given-up revision"
+    );
 
     // A new revision asks again; approving it by digest releases exactly it.
     world.patch(&id, set_level("error")).await;
-    eventually(Duration::from_secs(10), "approval of revision C requested", async || {
-        pending().await.is_some()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "approval of revision C requested",
+        async || pending().await.is_some(),
+    )
     .await;
     let revision_c = pending().await.unwrap();
     let (code, _) = world
@@ -324,18 +351,25 @@ async fn orphans_unmanaged_instances_and_leaked_clones_are_found() {
     other["logLevel"] = json!("error");
     assert_eq!(
         world
-            .cp_post(&format!("/api/server/instances/{unmanaged}/start"), Some(other))
+            .cp_post(
+                &format!("/api/server/instances/{unmanaged}/start"),
+                Some(other)
+            )
             .await,
         200
     );
     world.start_daemon("500ms", "").await;
     let managed = world.create("orders", json!({})).await;
     converged(&world, &[&managed]).await;
-    eventually(Duration::from_secs(10), "the unmanaged instance reported", async || {
-        world
-            .condition(&unmanaged, ConditionType::Synced)
-            .is_some_and(|c| !c.0 && c.1 == "Unmanaged")
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the unmanaged instance reported",
+        async || {
+            world
+                .condition(&unmanaged, ConditionType::Synced)
+                .is_some_and(|c| !c.0 && c.1 == "Unmanaged")
+        },
+    )
     .await;
     assert!(serves(&world, &unmanaged, "error").await, "left alone");
     assert!(
@@ -360,12 +394,16 @@ async fn orphans_unmanaged_instances_and_leaked_clones_are_found() {
         .await
         .unwrap();
     let clone_id = clone["id"].as_str().unwrap().to_owned();
-    eventually(Duration::from_secs(10), "the leaked clone deleted", async || {
-        world
-            .get(&format!("/api/server/instances/{clone_id}"))
-            .await["id"]
-            .is_null()
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the leaked clone deleted",
+        async || {
+            world
+                .get(&format!("/api/server/instances/{clone_id}"))
+                .await["id"]
+                .is_null()
+        },
+    )
     .await;
     assert!(
         world
@@ -398,7 +436,9 @@ async fn orphans_unmanaged_instances_and_leaked_clones_are_found() {
     );
     let audit = world.audit(&managed);
     assert!(
-        audit.iter().any(|(k, m)| *k == AuditKind::Observation && m.contains("orphaned")),
+        audit
+            .iter()
+            .any(|(k, m)| *k == AuditKind::Observation && m.contains("orphaned")),
         "{audit:#?}"
     );
     world.stop_daemon().await;
@@ -432,11 +472,15 @@ strategy = "restrat"
     .await;
 
     world.stop_control_plane().await;
-    eventually(Duration::from_secs(15), "ControlPlaneUnreachable", async || {
-        world
-            .condition(&fine, ConditionType::Synced)
-            .is_some_and(|c| !c.0 && c.1 == "ControlPlaneUnreachable")
-    })
+    eventually(
+        Duration::from_secs(15),
+        "ControlPlaneUnreachable",
+        async || {
+            world
+                .condition(&fine, ConditionType::Synced)
+                .is_some_and(|c| !c.0 && c.1 == "ControlPlaneUnreachable")
+        },
+    )
     .await;
     world.start_control_plane().await;
     eventually(Duration::from_secs(20), "in sync again", async || {
@@ -481,15 +525,22 @@ skip_destructive = true
             ]),
         )
         .await;
-    eventually(Duration::from_secs(20), "the reaction rolled out", async || {
-        world
-            .stub_config(&ignoring)
-            .await
-            .is_some_and(|c| c["reactions"].as_array().is_some_and(|r| r.len() == 2))
-            && world.synced(&ignoring)
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the reaction rolled out",
+        async || {
+            world
+                .stub_config(&ignoring)
+                .await
+                .is_some_and(|c| c["reactions"].as_array().is_some_and(|r| r.len() == 2))
+                && world.synced(&ignoring)
+        },
+    )
     .await;
-    assert!(serves(&world, &ignoring, "info").await, "ignored logLevel was overwritten");
+    assert!(
+        serves(&world, &ignoring, "info").await,
+        "ignored logLevel was overwritten"
+    );
 
     // A source removed and another added: drasi-summary counts the same number (no
     // drift of kind `removed`), the host still sees what would disappear.
@@ -584,5 +635,46 @@ dry_run = true
         assert_eq!(plan["decision"], decided, "{id}");
         assert_eq!(plan["decision"]["decision"], expected, "{plan}");
     }
+    world.stop_daemon().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn against_the_seed_api_alone_instances_converge_and_actual_state_comes_from_the_record() {
+    let mut world = World::new(&[]).await;
+    world.stop_control_plane().await;
+    world
+        .start_control_plane_with(|c| {
+            c.seed_api_only = true;
+            c.enum_as_int = true;
+        })
+        .await;
+    world.start_daemon("1s", "").await;
+    let id = world.create("orders", json!({})).await;
+    eventually(Duration::from_secs(30), "the first start", async || {
+        world.synced(&id) && world.stub_config(&id).await.is_some()
+    })
+    .await;
+    world.patch(&id, set_level("debug")).await;
+    eventually(
+        Duration::from_secs(20),
+        "the change through the timestamp feed or the resync",
+        async || serves(&world, &id, "debug").await && world.synced(&id),
+    )
+    .await;
+    let (_, plan) = world
+        .admin(false, &format!("/v1/instances/{id}/diff"), Value::Null)
+        .await;
+    assert_eq!(plan["actual_source"], "applied_record", "{plan}");
+    assert_eq!(plan["decision"]["decision"], "in_sync", "{plan}");
+    let synced = world.condition(&id, ConditionType::Synced).unwrap();
+    assert!(synced.2.contains("applied record"), "{synced:?}");
+    // The seed API has no extensions: none of them answers.
+    assert!(
+        world
+            .get("/api/extensions/running-configurations")
+            .await
+            .get("configurations")
+            .is_none()
+    );
     world.stop_daemon().await;
 }

@@ -67,12 +67,18 @@ impl World {
     }
 
     pub async fn start_control_plane(&mut self) {
-        let config = ControlPlaneConfig {
+        self.start_control_plane_with(|_| {}).await;
+    }
+
+    /// Start the control plane with `tweak` applied to its configuration.
+    pub async fn start_control_plane_with(&mut self, tweak: impl FnOnce(&mut ControlPlaneConfig)) {
+        let mut config = ControlPlaneConfig {
             listen: self.cp_addr,
             stub_bin: Some(stub_bin()),
             port_range: self.ports.clone(),
             ..ControlPlaneConfig::in_dir(&self.dir.path().join("cp"))
         };
+        tweak(&mut config);
         self.cp = Some(serve(config).await.expect("control plane starts"));
     }
 
@@ -243,7 +249,9 @@ impl World {
     /// Call the daemon's admin API with the test token: status and JSON body.
     pub async fn admin(&self, post: bool, path: &str, body: Value) -> (u16, Value) {
         let url = format!("http://{}{path}", self.daemon().admin_addr());
-        let request = if post {
+        let request = if post && body.is_null() {
+            self.http.post(url).bearer_auth("test-token")
+        } else if post {
             self.http.post(url).bearer_auth("test-token").json(&body)
         } else {
             self.http.get(url)

@@ -103,8 +103,7 @@ impl Controller {
                 Ok((Action::await_change(), Outcome::Degraded))
             }
             Decision::OutsideWindow { opens_in } => {
-                let message =
-                    format!("outside the maintenance window; it opens in {opens_in:?}");
+                let message = format!("outside the maintenance window; it opens in {opens_in:?}");
                 self.gated(o, &judged, "OutsideWindow", &message)?;
                 Ok((Action::requeue(opens_in), Outcome::Skipped))
             }
@@ -119,7 +118,12 @@ impl Controller {
                 if self.conditions(
                     id,
                     &[
-                        (ConditionType::AwaitingApproval, true, "ApprovalRequested", &message),
+                        (
+                            ConditionType::AwaitingApproval,
+                            true,
+                            "ApprovalRequested",
+                            &message,
+                        ),
                         (ConditionType::Synced, false, "AwaitingApproval", &message),
                     ],
                 )? {
@@ -292,19 +296,19 @@ impl Controller {
             tracing::info!(instance.id = id, strategy = %strategy.label(), "strategy was replaced or removed while this reconcile ran; choosing again");
             return Ok((Action::requeue(RESELECT_DELAY), Outcome::Skipped));
         }
-        if o.selection.gates.approval == Approval::BeforeApply {
-            if let Some(approval) = self.store.take_approval(id, &o.desired_digest)? {
-                self.audit(
-                    id,
-                    AuditKind::Approval,
-                    format!(
-                        "approval of revision {} by {} used: the rollout starts",
-                        short_digest(&o.desired_digest),
-                        approval.approved_by.as_deref().unwrap_or("?")
-                    ),
-                    serde_json::json!({ "digest": o.desired_digest }),
-                )?;
-            }
+        if o.selection.gates.approval == Approval::BeforeApply
+            && let Some(approval) = self.store.take_approval(id, &o.desired_digest)?
+        {
+            self.audit(
+                id,
+                AuditKind::Approval,
+                format!(
+                    "approval of revision {} by {} used: the rollout starts",
+                    short_digest(&o.desired_digest),
+                    approval.approved_by.as_deref().unwrap_or("?")
+                ),
+                serde_json::json!({ "digest": o.desired_digest }),
+            )?;
         }
         self.audit(
             id,
@@ -463,7 +467,12 @@ impl Controller {
                     id,
                     &[
                         (ConditionType::Synced, false, "RolloutInProgress", &message),
-                        (ConditionType::Progressing, true, "RolloutInProgress", &message),
+                        (
+                            ConditionType::Progressing,
+                            true,
+                            "RolloutInProgress",
+                            &message,
+                        ),
                     ],
                 )?;
                 Ok((
@@ -510,8 +519,18 @@ impl Controller {
                 self.conditions(
                     id,
                     &[
-                        (ConditionType::AwaitingApproval, true, "ApprovalRequested", &message),
-                        (ConditionType::Progressing, true, "AwaitingApproval", &message),
+                        (
+                            ConditionType::AwaitingApproval,
+                            true,
+                            "ApprovalRequested",
+                            &message,
+                        ),
+                        (
+                            ConditionType::Progressing,
+                            true,
+                            "AwaitingApproval",
+                            &message,
+                        ),
                     ],
                 )?;
                 Ok((Action::await_change(), Outcome::AwaitingApproval))
@@ -523,7 +542,12 @@ impl Controller {
                         &[
                             (ConditionType::Synced, false, reason, synced),
                             (ConditionType::Progressing, false, "RolloutFailed", ""),
-                            (ConditionType::Degraded, true, "RolloutFailed", &failure.reason),
+                            (
+                                ConditionType::Degraded,
+                                true,
+                                "RolloutFailed",
+                                &failure.reason,
+                            ),
                             (ConditionType::AwaitingApproval, false, "RolloutFailed", ""),
                         ],
                     )
@@ -652,7 +676,10 @@ impl Controller {
             let outcome = match self.cp.delete_instance(clone).await {
                 Ok(()) => "deleted".to_owned(),
                 Err(e) if e.is_not_found() => "already gone".to_owned(),
-                Err(e) => format!("delete failed (the leak sweep retries): {}", crate::error_chain(&e)),
+                Err(e) => format!(
+                    "delete failed (the leak sweep retries): {}",
+                    crate::error_chain(&e)
+                ),
             };
             self.audit(
                 id,
@@ -725,7 +752,13 @@ impl Controller {
             elapsed_ms,
         };
         let outcome = self
-            .run_strategy(strategy.clone(), rollout, envelope.scope.clone(), false, abort)
+            .run_strategy(
+                strategy.clone(),
+                rollout,
+                envelope.scope.clone(),
+                false,
+                abort,
+            )
             .await?;
         self.record_sent(&record.instance_id, &outcome.calls, &desired, &strategy)?;
         self.audit_calls(&record.instance_id, &strategy, &outcome.calls)?;
