@@ -329,7 +329,9 @@ async fn abort(
     else {
         return Err(ApiError(
             StatusCode::CONFLICT,
-            format!("instance {id} has no rollout in progress and no change waiting for approval to abort"),
+            format!(
+                "instance {id} has no rollout in progress and no change waiting for approval to abort"
+            ),
         ));
     };
     state.queue.enqueue(id.clone());

@@ -1490,8 +1490,16 @@ mod tests {
     #[test]
     fn recording_a_new_configuration_keeps_the_previous_as_a_backup() {
         let (_dir, _path, store) = temp_store();
-        assert!(store.record_applied("i-1", &json!({"v": 1}), "d1", "restart@0.1.0").unwrap());
-        assert!(store.record_applied("i-1", &json!({"v": 2}), "d2", "restart@0.1.0").unwrap());
+        assert!(
+            store
+                .record_applied("i-1", &json!({"v": 1}), "d1", "restart@0.1.0")
+                .unwrap()
+        );
+        assert!(
+            store
+                .record_applied("i-1", &json!({"v": 2}), "d2", "restart@0.1.0")
+                .unwrap()
+        );
         assert!(
             store
                 .record_applied("i-2", &json!({"other": true}), "x", "restart@0.1.0")
@@ -1533,9 +1541,17 @@ mod tests {
     #[test]
     fn recording_the_same_digest_again_does_not_push_out_a_backup() {
         let (_dir, _path, store) = temp_store();
-        store.record_applied("i-1", &json!({"v": 1}), "d1", "restart@0.1.0").unwrap();
-        store.record_applied("i-1", &json!({"v": 2}), "d2", "restart@0.1.0").unwrap();
-        assert!(!store.record_applied("i-1", &json!({"v": 2}), "d2", "restart@0.1.0").unwrap());
+        store
+            .record_applied("i-1", &json!({"v": 1}), "d1", "restart@0.1.0")
+            .unwrap();
+        store
+            .record_applied("i-1", &json!({"v": 2}), "d2", "restart@0.1.0")
+            .unwrap();
+        assert!(
+            !store
+                .record_applied("i-1", &json!({"v": 2}), "d2", "restart@0.1.0")
+                .unwrap()
+        );
         assert_eq!(store.backups("i-1").unwrap().len(), 1);
     }
 
@@ -1758,7 +1774,10 @@ mod tests {
 
         let store = Store::open(&path).unwrap();
         let abort = store.abort_request("i-1").unwrap().unwrap();
-        assert_eq!((abort.digest.as_str(), abort.requested_by.as_str()), ("rev-a", "alice"));
+        assert_eq!(
+            (abort.digest.as_str(), abort.requested_by.as_str()),
+            ("rev-a", "alice")
+        );
         assert_eq!(store.given_up("i-2").unwrap().unwrap().digest, "rev-x");
         let mut known = store.known_instances().unwrap();
         known.sort();
@@ -1769,10 +1788,15 @@ mod tests {
             "a pending abort keeps the rollout from completing"
         );
         assert!(store.load_rollout("i-1").unwrap().is_some());
-        store.finish_abort("i-1", "rev-a", "aborted by alice").unwrap();
+        store
+            .finish_abort("i-1", "rev-a", "aborted by alice")
+            .unwrap();
         assert!(store.load_rollout("i-1").unwrap().is_none());
         assert!(store.abort_request("i-1").unwrap().is_none());
-        assert_eq!(store.given_up("i-1").unwrap().unwrap().reason, "aborted by alice");
+        assert_eq!(
+            store.given_up("i-1").unwrap().unwrap().reason,
+            "aborted by alice"
+        );
         assert!(store.clear_given_up("i-1").unwrap());
         assert!(!store.clear_given_up("i-1").unwrap());
         assert!(store.forget_instance("i-2").unwrap());
@@ -1782,8 +1806,12 @@ mod tests {
     #[test]
     fn history_lists_applied_revisions_newest_first_with_their_strategy() {
         let (_dir, _path, store) = temp_store();
-        store.record_applied("i-1", &json!({"v": 1}), "d1", "restart@0.1.0").unwrap();
-        store.record_applied("i-1", &json!({"v": 2}), "d2", "canary@0.1.0").unwrap();
+        store
+            .record_applied("i-1", &json!({"v": 1}), "d1", "restart@0.1.0")
+            .unwrap();
+        store
+            .record_applied("i-1", &json!({"v": 2}), "d2", "canary@0.1.0")
+            .unwrap();
         let history = store.history("i-1").unwrap();
         assert_eq!(
             history

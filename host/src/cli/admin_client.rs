@@ -176,7 +176,11 @@ pub(super) async fn status(admin: &Admin, id: Option<String>) -> Result<(), CliE
         println!(
             "  approval: revision {} {}: {}",
             short(a["digest"].as_str().unwrap_or("")),
-            if a["approved_at"].is_null() { "waits" } else { "approved" },
+            if a["approved_at"].is_null() {
+                "waits"
+            } else {
+                "approved"
+            },
             a["message"].as_str().unwrap_or("")
         );
     }
@@ -361,7 +365,10 @@ pub(super) async fn history(admin: &Admin, id: &str) -> Result<(), CliError> {
             chrono::DateTime::from_timestamp(at as i64, 0)
                 .map(|t| t.to_rfc3339())
                 .unwrap_or_default(),
-            a["strategy"].as_str().filter(|s| !s.is_empty()).unwrap_or("-")
+            a["strategy"]
+                .as_str()
+                .filter(|s| !s.is_empty())
+                .unwrap_or("-")
         );
     }
     Ok(())

@@ -168,7 +168,9 @@ async fn admin_command(command: Command) -> Result<(), CliError> {
         Command::Approve { id, digest, admin } => {
             admin_client::approve(&Admin::new(admin), &id, digest).await
         }
-        Command::Retry { id, admin } => admin_client::mutate(&Admin::new(admin), &id, "retry").await,
+        Command::Retry { id, admin } => {
+            admin_client::mutate(&Admin::new(admin), &id, "retry").await
+        }
         Command::History { id, admin } => admin_client::history(&Admin::new(admin), &id).await,
         Command::Rollback { id, to, admin } => {
             admin_client::rollback(&Admin::new(admin), &id, to).await

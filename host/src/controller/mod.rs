@@ -44,8 +44,8 @@ use crate::runtime::{
     CallError, Drift, DriftKind, ImportCall, Plugin, PluginRuntime, RolloutScope, World,
 };
 use crate::store::{
-    AbortRequest, AppliedConfig, ApprovalRecord, AuditKind, ConditionType, GivenUp,
-    RolloutRecord, Store,
+    AbortRequest, AppliedConfig, ApprovalRecord, AuditKind, ConditionType, GivenUp, RolloutRecord,
+    Store,
 };
 
 /// The label the reference control plane puts on a clone, naming the instance it was
@@ -603,13 +603,10 @@ impl Controller {
                 ActualSource::AppliedRecord,
             ),
         };
-        let rollout = self
-            .store
-            .load_rollout(id)?
-            .map(|r| {
-                let envelope = Envelope::read(&r);
-                (r, envelope)
-            });
+        let rollout = self.store.load_rollout(id)?.map(|r| {
+            let envelope = Envelope::read(&r);
+            (r, envelope)
+        });
         Ok(Some(Observation {
             desired_digest: desired.as_ref().map(config_digest).unwrap_or_default(),
             actual_digest: actual.as_ref().map(config_digest),
@@ -652,10 +649,14 @@ impl Controller {
         };
         let destructive = match (&o.desired, &o.actual) {
             (Some(desired), Some(actual))
-                if o.selection.gates.skip_destructive && classification.0 == Classification::Drifted =>
+                if o.selection.gates.skip_destructive
+                    && classification.0 == Classification::Drifted =>
             {
                 let ignored = decide::ignored_paths(&o.selection.comparator_params);
-                decide::destructive_paths(&decide::apply_ignored(desired, Some(actual), &ignored), actual)
+                decide::destructive_paths(
+                    &decide::apply_ignored(desired, Some(actual), &ignored),
+                    actual,
+                )
             }
             _ => Vec::new(),
         };
@@ -716,10 +717,7 @@ impl Controller {
     pub fn request_abort(&self, id: &str, by: &str) -> Result<Option<String>> {
         if let Some(record) = self.store.load_rollout(id)? {
             let envelope = Envelope::read(&record);
-            if self
-                .store
-                .request_abort(id, &envelope.desired_digest, by)?
-            {
+            if self.store.request_abort(id, &envelope.desired_digest, by)? {
                 self.audit(
                     id,
                     AuditKind::Decision,
@@ -846,7 +844,10 @@ impl Controller {
             }
             Decision::StepRollout { .. } | Decision::NotYet { .. } => {
                 let step = o.rollout.as_ref().map(|(r, _)| r.step).unwrap_or(0);
-                (Vec::new(), format!("rollout in progress after {step} step(s)"))
+                (
+                    Vec::new(),
+                    format!("rollout in progress after {step} step(s)"),
+                )
             }
             other => (Vec::new(), format!("no rollout: {}", other.name())),
         };

@@ -155,7 +155,9 @@ impl Controller {
         self.audit(
             owner,
             AuditKind::Action,
-            format!("leaked clone {id} (label {CLONE_OF_LABEL}={owner}, no rollout owns it): {outcome}"),
+            format!(
+                "leaked clone {id} (label {CLONE_OF_LABEL}={owner}, no rollout owns it): {outcome}"
+            ),
             serde_json::json!({ "clone": id, "outcome": outcome }),
         )?;
         match result {
