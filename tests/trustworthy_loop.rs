@@ -678,3 +678,52 @@ async fn against_the_seed_api_alone_instances_converge_and_actual_state_comes_fr
     );
     world.stop_daemon().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn history_lists_applied_revisions_and_rollback_rolls_out_a_kept_one() {
+    let mut world = World::new(&[]).await;
+    world.start_daemon("30s", "").await;
+    let id = world.create("orders", json!({})).await;
+    converged(&world, &[&id]).await;
+    world.patch(&id, set_level("debug")).await;
+    eventually(Duration::from_secs(20), "debug to run", async || {
+        serves(&world, &id, "debug").await && world.synced(&id)
+    })
+    .await;
+    let (code, history) = world
+        .admin(false, &format!("/v1/instances/{id}/history"), Value::Null)
+        .await;
+    assert_eq!(code, 200);
+    let history = history.as_array().unwrap().clone();
+    assert_eq!(history.len(), 2, "{history:?}");
+    assert_eq!(history[0]["config"]["logLevel"], "debug");
+    assert_eq!(history[1]["config"]["logLevel"], "info");
+    assert_eq!(history[0]["strategy"], "restart@0.1.0");
+
+    // Back to the revision before the last, through the strategy.
+    let (code, body) = world
+        .admin(true, &format!("/v1/instances/{id}/rollback"), json!({}))
+        .await;
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["digest"], history[1]["digest"]);
+    eventually(Duration::from_secs(20), "info to run again", async || {
+        serves(&world, &id, "info").await && world.synced(&id)
+    })
+    .await;
+    let desired = world
+        .get(&format!("/api/configuration/instances/{id}"))
+        .await;
+    assert_eq!(
+        desired["logLevel"], "info",
+        "the rollback is the desired state now"
+    );
+    let (code, body) = world
+        .admin(
+            true,
+            &format!("/v1/instances/{id}/rollback"),
+            json!({ "to": "ffffffffffff" }),
+        )
+        .await;
+    assert_eq!(code, 404, "{body}");
+    world.stop_daemon().await;
+}

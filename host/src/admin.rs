@@ -241,10 +241,22 @@ async fn explain(
     let instance = fetch_instance(&state, &id).await?;
     let facts = Controller::facts(&instance);
     let explanation = state.controller.policy().explain(&facts);
+    let source = if state
+        .controller
+        .control_plane()
+        .capabilities()
+        .await
+        .is_ok_and(|c| c.running_configuration)
+    {
+        crate::controller::ActualSource::ControlPlane
+    } else {
+        crate::controller::ActualSource::AppliedRecord
+    };
     Ok(Json(json!({
         "instance": id,
         "rule": explanation.selection.rule_name,
-        "text": explanation.to_string(),
+        "actualSource": source,
+        "text": format!("{explanation}\nactual state from {}", source.describe()),
     })))
 }
 

@@ -59,6 +59,11 @@ impl Controller {
                     "runs its desired configuration (revision {revision}; actual state from {})",
                     o.source.describe()
                 );
+                let was = self
+                    .store
+                    .conditions(id)?
+                    .into_iter()
+                    .find(|c| c.type_ == ConditionType::Synced);
                 self.conditions(
                     id,
                     &[
@@ -68,6 +73,15 @@ impl Controller {
                         (ConditionType::AwaitingApproval, false, "InSync", ""),
                     ],
                 )?;
+                // Converged: observed in sync after being out of it (not on every resync).
+                if was.is_some_and(|c| !c.status || c.message != message) {
+                    self.audit(
+                        id,
+                        AuditKind::Outcome,
+                        format!("converged: {message}"),
+                        serde_json::json!({ "digest": o.desired_digest, "actualDigest": o.actual_digest, "actualSource": o.source }),
+                    )?;
+                }
                 Ok((Action::await_change(), Outcome::Synced))
             }
             Decision::Report { classification } => self.report_classification(o, classification),
