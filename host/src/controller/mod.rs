@@ -860,7 +860,11 @@ impl Controller {
             actual_source: o.source,
             desired_digest: o.desired_digest.clone(),
             decision,
-            drifts: judged.drifts.iter().map(DriftView::from).collect(),
+            // While a rollout runs, the drifts it was started for.
+            drifts: match (&o.rollout, judged.drifts.is_empty()) {
+                (Some((_, envelope)), true) => envelope.drifts.clone(),
+                _ => judged.drifts.iter().map(DriftView::from).collect(),
+            },
             calls,
             outcome,
         })
