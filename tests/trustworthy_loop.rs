@@ -648,7 +648,9 @@ async fn against_the_seed_api_alone_instances_converge_and_actual_state_comes_fr
             c.enum_as_int = true;
         })
         .await;
-    world.start_daemon("1s", "").await;
+    world
+        .start_daemon("1s", "[control_plane]\napi = \"seed\"\n")
+        .await;
     let id = world.create("orders", json!({})).await;
     eventually(Duration::from_secs(30), "the first start", async || {
         world.synced(&id) && world.stub_config(&id).await.is_some()
@@ -668,13 +670,20 @@ async fn against_the_seed_api_alone_instances_converge_and_actual_state_comes_fr
     assert_eq!(plan["decision"]["decision"], "in_sync", "{plan}");
     let synced = world.condition(&id, ConditionType::Synced).unwrap();
     assert!(synced.2.contains("applied record"), "{synced:?}");
-    // The seed API has no extensions: none of them answers.
+    // Declared as the seed API, the daemon never asked for anything the seed lacks.
+    let refused = world.cp.as_ref().unwrap().control_plane().refused();
+    assert!(refused.is_empty(), "{refused:?}");
+    // The seed API has no extensions: none of them answers (and that is noted).
     assert!(
         world
             .get("/api/extensions/running-configurations")
             .await
             .get("configurations")
             .is_none()
+    );
+    assert_eq!(
+        world.cp.as_ref().unwrap().control_plane().refused(),
+        ["GET /api/extensions/running-configurations"]
     );
     world.stop_daemon().await;
 }

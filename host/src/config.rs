@@ -164,6 +164,21 @@ pub struct ControlPlaneSettings {
     /// Timeout of one HTTP request.
     #[serde(with = "duration_text")]
     pub request_timeout: Duration,
+    /// Which API the control plane speaks: probe it, or declare it.
+    pub api: ControlPlaneApi,
+}
+
+/// `control_plane.api`: what the host may ask of the control plane.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlPlaneApi {
+    /// Read the extension discovery document (and probe the change feed) once.
+    #[default]
+    Auto,
+    /// The DRaaS seed API exactly: no extension route is ever called, not even to probe.
+    Seed,
+    /// The reference control plane's API with every extension.
+    Reference,
 }
 
 impl Default for ControlPlaneSettings {
@@ -177,6 +192,8 @@ impl Default for ControlPlaneSettings {
             // Control-plane calls are small JSON requests; 5 s is far above a healthy
             // latency and short enough that a hung server fails a reconcile, not the loop.
             request_timeout: Duration::from_secs(5),
+            // Asking is cheap (one request, cached) and right for both APIs.
+            api: ControlPlaneApi::Auto,
         }
     }
 }
@@ -520,6 +537,7 @@ enum Kind {
     SocketAddr,
     Secret,
     Rules,
+    Api,
 }
 
 impl Kind {
@@ -534,6 +552,7 @@ impl Kind {
             Kind::SocketAddr => "an address and port like \"127.0.0.1:9187\"",
             Kind::Secret => "a string",
             Kind::Rules => "an array of [[policy.rules]] tables",
+            Kind::Api => "one of \"auto\", \"seed\", \"reference\"",
         }
     }
 
@@ -570,6 +589,7 @@ impl Kind {
             Kind::SocketAddr => text.trim().parse::<SocketAddr>().ok().and(string()),
             // Rules are too structured for one variable; the file is the place for them.
             Kind::Rules => None,
+            Kind::Api => matches!(text, "auto" | "seed" | "reference").then(|| string().flatten()),
         }
     }
 
@@ -620,6 +640,11 @@ static SPECS: &[Spec] = &[
         "control_plane.request_timeout",
         Kind::Duration,
         "Timeout of one control-plane HTTP request.",
+    ),
+    spec(
+        "control_plane.api",
+        Kind::Api,
+        "`auto` asks the control plane which extensions it has; `seed` declares the DRaaS seed API (no extension route is called, actual state comes from the applied record); `reference` declares every extension.",
     ),
     spec(
         "controller.resync_interval",

@@ -84,6 +84,13 @@ impl Daemon {
         let mut config = ClientConfig::new(settings.control_plane.url.clone());
         config.base_path = settings.control_plane.base_path.clone();
         config.request_timeout = settings.control_plane.request_timeout;
+        config.capabilities = match settings.control_plane.api {
+            crate::config::ControlPlaneApi::Auto => None,
+            crate::config::ControlPlaneApi::Seed => Some(crate::client::Capabilities::SEED),
+            crate::config::ControlPlaneApi::Reference => {
+                Some(crate::client::Capabilities::REFERENCE)
+            }
+        };
         let cp = DraasClient::new(config).map_err(Error::Client)?;
         Self::start_with(settings, Arc::new(cp)).await
     }
@@ -358,7 +365,9 @@ async fn feed_loop(
 ) {
     let mut cursor: Option<u64> = None;
     let mut since = chrono::Utc::now();
-    let mut use_fallback = false;
+    // A control plane known to lack the sequence feed is polled by timestamp from the
+    // start, without asking for a cursor it cannot give.
+    let mut use_fallback = cp.capabilities().await.is_ok_and(|c| !c.sequence_feed);
     let mut failures = 0u32;
     loop {
         if *stop.borrow() {

@@ -134,12 +134,15 @@ pub fn router_with(cp: ControlPlane, options: ApiOptions) -> Router {
             .route("/api/extensions/endpoints/{name}/proxy/{*path}", any(proxy));
     }
     router
-        .fallback(|method: Method, uri: Uri| async move {
-            ApiError(Error::BadRequest(String::new())).with_status(
-                StatusCode::NOT_FOUND,
-                format!("no route for {method} {}", uri.path()),
-            )
-        })
+        .fallback(
+            |State(api): State<Api>, method: Method, uri: Uri| async move {
+                api.cp.note_refused(format!("{method} {uri}"));
+                ApiError(Error::BadRequest(String::new())).with_status(
+                    StatusCode::NOT_FOUND,
+                    format!("no route for {method} {}", uri.path()),
+                )
+            },
+        )
         .with_state(api)
 }
 
@@ -411,6 +414,10 @@ async fn recent_changes(
     Query(params): Query<HashMap<String, String>>,
 ) -> ApiResult {
     if api.seed_only && params.contains_key("after") {
+        api.cp.note_refused(format!(
+            "GET /api/status/recent-changes?after={}",
+            params["after"]
+        ));
         return Err(Error::BadRequest(
             "after: the seed API has no sequence feed (this control plane runs with --seed-api-only); use since=TIMESTAMP".into(),
         )

@@ -219,6 +219,10 @@ struct Inner {
     process: ProcessPlatform,
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     shutting_down: watch::Sender<bool>,
+    /// Requests this control plane could not serve as asked: no such route, or (in
+    /// seed-only mode) a parameter the seed API lacks. Tests read it to prove a client
+    /// stayed within an API.
+    refused: Mutex<Vec<String>>,
 }
 
 /// A status transition to record with [`ControlPlane::commit`].
@@ -290,6 +294,7 @@ impl ControlPlane {
                 process,
                 op_locks: Mutex::default(),
                 shutting_down: watch::channel(false).0,
+                refused: Mutex::new(Vec::new()),
             }),
         })
     }
@@ -662,6 +667,25 @@ impl ControlPlane {
     /// Last known runtime information.
     pub fn runtime_info(&self, id: &str) -> Result<RuntimeInfo> {
         Ok(runtime_info(&self.record(id)?))
+    }
+
+    /// Notes a request that could not be served as asked (see [`ControlPlane::refused`]).
+    pub fn note_refused(&self, request: String) {
+        self.inner
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(request);
+    }
+
+    /// Requests refused so far, as `METHOD /path?query`: routes this control plane does
+    /// not serve, and seed-only parameters it does not take.
+    pub fn refused(&self) -> Vec<String> {
+        self.inner
+            .refused
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The configuration the instance was last started with, while it runs.

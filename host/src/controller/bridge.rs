@@ -33,6 +33,23 @@ impl Bridge {
     fn block<T>(&self, f: impl Future<Output = client::Result<T>>) -> Result<T, CpError> {
         self.handle.block_on(f).map_err(to_cp_error)
     }
+
+    /// Refuse an extension the control plane does not offer, without sending anything
+    /// (a control plane declared as the seed API never sees a route it lacks).
+    fn offered(
+        &self,
+        call: &str,
+        has: impl FnOnce(&client::Capabilities) -> bool,
+    ) -> Result<(), CpError> {
+        let capabilities = self.block(self.cp.capabilities())?;
+        if has(&capabilities) {
+            Ok(())
+        } else {
+            Err(CpError::Unavailable(format!(
+                "{call}: this control plane does not offer it"
+            )))
+        }
+    }
 }
 
 fn to_cp_error(e: client::Error) -> CpError {
@@ -103,6 +120,7 @@ impl StrategyHost for Bridge {
     }
 
     fn probe_health(&self, id: &str) -> Result<Health, CpError> {
+        self.offered("probe-health", |c| c.health)?;
         let h = self.block(self.cp.probe_health(id))?;
         Ok(Health {
             healthy: h.healthy,
@@ -111,6 +129,7 @@ impl StrategyHost for Bridge {
     }
 
     fn clone_instance(&self, id: &str, configuration: &str) -> Result<String, CpError> {
+        self.offered("clone-instance", |c| c.clone_instance)?;
         let config = parse_config(configuration)?;
         let request = serde_json::json!({ "configuration": config });
         Ok(self.block(self.cp.clone_instance(id, &request))?.id)
@@ -125,6 +144,7 @@ impl StrategyHost for Bridge {
         endpoint: &str,
         weights: &[BackendWeight],
     ) -> Result<(), CpError> {
+        self.offered("set-traffic-weights", |c| c.traffic_weights)?;
         let backends: Vec<client::BackendWeight> = weights
             .iter()
             .map(|w| client::BackendWeight {
@@ -136,6 +156,7 @@ impl StrategyHost for Bridge {
     }
 
     fn get_metrics(&self, id: &str) -> Result<InstanceMetrics, CpError> {
+        self.offered("get-metrics", |c| c.metrics)?;
         let m = self.block(self.cp.metrics(id))?;
         Ok(InstanceMetrics {
             requests: m.requests,

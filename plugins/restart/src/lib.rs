@@ -8,7 +8,8 @@
 //!    configuration, and requeue after `health_poll_ms`.
 //! 2. Every later step: `probe-health`. Healthy: done. Not healthy (or the probe could
 //!    not reach it): requeue after `health_poll_ms` while `elapsed < health_deadline_ms`,
-//!    then fail, retryable, naming the deadline.
+//!    then fail, retryable, naming the deadline. A control plane without health probes
+//!    (`unavailable`, as the DRaaS seed API): done once its runtime status is `Running`.
 //!
 //! [`Restart::abort`] restarts the instance with the configuration remembered in the
 //! state (without state: `rollout.actual`) and is done.
@@ -22,7 +23,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use setpoint_plugin::serde_json::Value;
 use setpoint_plugin::{
-    ControlPlane, ControlPlaneError, Metadata, PluginError, Progress, Rollout, Strategy, log,
+    ControlPlane, ControlPlaneError, InstanceStatus, Metadata, PluginError, Progress, Rollout,
+    Strategy, log,
 };
 
 /// The `restart` strategy.
@@ -176,6 +178,18 @@ fn wait_for_health(
         Err(error @ (ControlPlaneError::Denied(_) | ControlPlaneError::NotFound(_))) => {
             return control_plane_failure(&format!("probing the health of {id}"), &error);
         }
+        // A control plane without health probes (the DRaaS seed API): running is the
+        // best sign it gives.
+        Err(ControlPlaneError::Unavailable(why)) => match cp.get_runtime_status(id) {
+            Ok(status) if status.status == InstanceStatus::Running => {
+                return Progress::done(format!(
+                    "restarted {id} with the desired configuration; running after {} ms (no health probe: {why})",
+                    rollout.elapsed.as_millis()
+                ));
+            }
+            Ok(status) => format!("no health probe ({why}); status {}", status.status),
+            Err(error) => format!("no health probe ({why}); status unknown: {error}"),
+        },
         Err(error) => format!("probe failed: {error}"),
     };
     let elapsed_ms = u64::try_from(rollout.elapsed.as_millis()).unwrap_or(u64::MAX);
@@ -389,5 +403,27 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn without_a_health_probe_a_running_instance_counts_as_healthy() {
+        let mut cp = FakeControlPlane::new().with_instance(setpoint_plugin::InstanceInfo {
+            id: ID.into(),
+            name: "db".into(),
+            status: InstanceStatus::Running,
+            platform_type: "Process".into(),
+            labels: Default::default(),
+        });
+        let rollout = first_step();
+        let progress = Restart::step(&rollout, &mut cp);
+        cp.fail_next(
+            Operation::ProbeHealth,
+            ControlPlaneError::Unavailable("probe-health: not offered".into()),
+        );
+        let progress = Restart::step(&next(&rollout, &progress, 500), &mut cp);
+        let Progress::Done(message) = &progress else {
+            panic!("expected done, got {progress:?}");
+        };
+        assert!(message.contains("no health probe"), "{message}");
     }
 }
