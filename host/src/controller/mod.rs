@@ -23,6 +23,8 @@ mod bridge;
 pub mod decide;
 mod records;
 mod rollout;
+#[cfg(test)]
+mod tests;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex, RwLock};
@@ -837,10 +839,17 @@ impl Controller {
         let decision = self.decision(&o, &judged);
         let (calls, outcome) = match &decision {
             Decision::StartRollout | Decision::DryRun | Decision::AwaitApprovalBeforeApply => {
-                let strategy = self.resolve(&o.selection, World::Strategy)?;
-                let desired = self.apply_document(&o);
-                self.simulate(id, &strategy, &o, &desired, &judged.drifts)
-                    .await?
+                match self.resolve(&o.selection, World::Strategy) {
+                    Ok(strategy) => {
+                        let desired = self.apply_document(&o);
+                        self.simulate(id, &strategy, &o, &desired, &judged.drifts)
+                            .await?
+                    }
+                    Err(e) => (
+                        Vec::new(),
+                        format!("cannot simulate: {}", crate::error_chain(&e)),
+                    ),
+                }
             }
             Decision::StepRollout { .. } | Decision::NotYet { .. } => {
                 let step = o.rollout.as_ref().map(|(r, _)| r.step).unwrap_or(0);
