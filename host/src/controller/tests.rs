@@ -199,7 +199,7 @@ async fn an_instance_running_its_desired_configuration_is_synced_without_a_compa
         Some(config),
     );
     let c = controller(cp, Vec::new());
-    c.reconcile("a".into()).await.unwrap();
+    let _ = c.reconcile("a".into()).await.unwrap();
     assert_eq!(
         condition(&c, "a", ConditionType::Synced),
         Some((true, "InSync".into()))
@@ -228,8 +228,8 @@ async fn unwanted_and_unmanaged_are_reported_counted_and_audited_once() {
     );
     let c = controller(cp, Vec::new());
     for _ in 0..3 {
-        c.reconcile("u".into()).await.unwrap();
-        c.reconcile("m".into()).await.unwrap();
+        let _ = c.reconcile("u".into()).await.unwrap();
+        let _ = c.reconcile("m".into()).await.unwrap();
     }
     assert_eq!(
         condition(&c, "u", ConditionType::Synced),
@@ -255,7 +255,7 @@ async fn unwanted_and_unmanaged_are_reported_counted_and_audited_once() {
 async fn an_instance_known_only_from_records_is_orphaned() {
     let cp = Arc::new(MemoryControlPlane::default());
     let c = controller(cp, Vec::new());
-    c.reconcile("never-seen".into()).await.unwrap();
+    let _ = c.reconcile("never-seen".into()).await.unwrap();
     assert!(
         c.store().conditions("never-seen").unwrap().is_empty(),
         "an instance this host never managed is not reported"
@@ -263,7 +263,7 @@ async fn an_instance_known_only_from_records_is_orphaned() {
     c.store()
         .record_applied("gone", &json!({}), "d", "restart@0.1.0")
         .unwrap();
-    c.reconcile("gone".into()).await.unwrap();
+    let _ = c.reconcile("gone".into()).await.unwrap();
     assert_eq!(
         condition(&c, "gone", ConditionType::Synced),
         Some((false, "Orphaned".into()))
@@ -291,7 +291,7 @@ async fn a_leaked_clone_is_deleted_and_one_owned_by_a_rollout_is_left_alone() {
         Some(config.clone()),
     );
     let c = controller(cp.clone(), Vec::new());
-    c.reconcile("leak".into()).await.unwrap();
+    let _ = c.reconcile("leak".into()).await.unwrap();
     assert_eq!(*cp.deleted.lock().unwrap(), ["leak"]);
     assert_eq!(audit_count(&c, "owner", "leaked clone leak"), 1);
 
@@ -316,7 +316,7 @@ async fn a_leaked_clone_is_deleted_and_one_owned_by_a_rollout_is_left_alone() {
             phase: crate::store::RolloutPhase::Running,
         })
         .unwrap();
-    c.reconcile("owned".into()).await.unwrap();
+    let _ = c.reconcile("owned".into()).await.unwrap();
     assert_eq!(
         *cp.deleted.lock().unwrap(),
         ["leak"],
@@ -336,8 +336,8 @@ async fn a_missing_comparator_says_so_instead_of_keeping_synced() {
         Some(json!({"v": 2})),
     );
     let c = controller(cp.clone(), Vec::new());
-    c.reconcile("a".into()).await.unwrap();
-    assert_eq!(condition(&c, "a", ConditionType::Synced).unwrap().0, true);
+    let _ = c.reconcile("a".into()).await.unwrap();
+    assert!(condition(&c, "a", ConditionType::Synced).unwrap().0);
     c.store()
         .record_applied("a", &json!({"v": 2}), "d", "restart@0.1.0")
         .unwrap();
@@ -376,7 +376,7 @@ async fn abort_at_the_before_apply_gate_gives_the_revision_up_until_it_changes_o
         ..Rule::default()
     };
     let c = controller(cp.clone(), vec![rule]);
-    c.reconcile("a".into()).await.unwrap();
+    let _ = c.reconcile("a".into()).await.unwrap();
     assert_eq!(
         c.plan("a").await.unwrap().decision,
         Decision::AwaitApprovalBeforeApply
@@ -391,7 +391,7 @@ async fn abort_at_the_before_apply_gate_gives_the_revision_up_until_it_changes_o
         condition(&c, "a", ConditionType::AwaitingApproval).map(|c| c.0),
         Some(false)
     );
-    c.reconcile("a".into()).await.unwrap();
+    let _ = c.reconcile("a".into()).await.unwrap();
     assert!(matches!(
         c.plan("a").await.unwrap().decision,
         Decision::GivenUp { .. }
