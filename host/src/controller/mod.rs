@@ -551,13 +551,15 @@ impl Controller {
             return self.clone_seen(&observation.instance, &owner).await;
         }
         // A superseded rollout ends here and the instance is decided again, once.
+        let mut superseded = false;
         for _ in 0..2 {
-            let judged = self.judge(&observation).await?;
+            let judged = self.judge(&observation, superseded).await?;
             let decision = self.decision(&observation, &judged);
             self.remember(id, &decision, &observation.desired_digest);
             match decision {
                 Decision::Supersede { from } => {
                     self.supersede(&observation, &from).await?;
+                    superseded = true;
                     observation.rollout = None;
                     observation.abort = None;
                     observation.approval = self.store.open_approval(id)?;
@@ -627,14 +629,19 @@ impl Controller {
 
     /// Classify the observation, running the comparator when the configurations differ
     /// (not while a rollout is in progress: the rollout's revision decides then).
-    async fn judge(&self, o: &Observation) -> Result<Judged> {
+    /// `superseded`: this reconcile just ended a rollout of the instance, which may have
+    /// left it `Stopped` (a step stopped it and the daemon died before its start): that
+    /// stop was this host's, so the instance is not left alone as a stopped one is.
+    async fn judge(&self, o: &Observation, superseded: bool) -> Result<Judged> {
         let observed = decide::Observed {
             status: o.instance.status,
             desired_digest: o.desired.as_ref().map(|_| o.desired_digest.as_str()),
             actual_digest: o.actual_digest.as_deref(),
             managed: o.applied.is_some() || o.rollout.is_some(),
         };
-        let classification = match decide::classify(&observed, &self.settings) {
+        let mut settings = self.settings.clone();
+        settings.reconcile_stopped_instances |= superseded;
+        let classification = match decide::classify(&observed, &settings) {
             decide::Assessment::Known(c) => (c, Vec::new()),
             decide::Assessment::Compare if o.rollout.is_some() => {
                 (Classification::Drifted, Vec::new())
@@ -835,7 +842,7 @@ impl Controller {
         };
         let comparator = label(World::Comparator);
         let strategy = label(World::Strategy);
-        let judged = self.judge(&o).await?;
+        let judged = self.judge(&o, false).await?;
         let decision = self.decision(&o, &judged);
         let (calls, outcome) = match &decision {
             Decision::StartRollout | Decision::DryRun | Decision::AwaitApprovalBeforeApply => {
