@@ -291,7 +291,7 @@ impl Decision {
 ///    the instance on purpose).
 /// 2. Without one: in sync, or report-only classifications, need nothing.
 /// 3. A given-up revision stays given up while the desired configuration is that
-///    revision.
+///    revision (a stopped or failed instance included: it is not reported left alone).
 /// 4. The gates, in order: protected, skip-destructive, maintenance window, approval
 ///    before apply, dry-run.
 /// 5. Otherwise start a rollout.
@@ -323,8 +323,14 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
             },
         };
     }
+    let given_up = facts
+        .given_up
+        .filter(|given_up| given_up.digest == facts.desired_digest);
     match facts.classification {
         C::InSync => return Decision::InSync,
+        // Stopped or failed with its revision given up: an abort or a rollout that could
+        // not bring it back may have left it so; reported given up, not left alone.
+        C::Stopped | C::Failed if given_up.is_some() => {}
         C::Unwanted | C::Unmanaged | C::Orphaned | C::Stopped | C::Failed => {
             return Decision::Report {
                 classification: facts.classification,
@@ -332,9 +338,7 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
         }
         C::Missing | C::Drifted => {}
     }
-    if let Some(given_up) = facts.given_up
-        && given_up.digest == facts.desired_digest
-    {
+    if let Some(given_up) = given_up {
         return Decision::GivenUp {
             reason: given_up.reason.clone(),
         };
@@ -756,6 +760,18 @@ mod tests {
             decide(&facts(Classification::InSync, &gates)),
             Decision::InSync
         );
+        // Stopped or failed with its revision given up (an abort that could not restore
+        // it): given up, not left alone.
+        for c in [Classification::Stopped, Classification::Failed] {
+            let mut f = facts(c, &gates);
+            f.given_up = Some(&given_up);
+            assert_eq!(
+                decide(&f),
+                Decision::GivenUp {
+                    reason: "aborted".into()
+                }
+            );
+        }
     }
 
     #[test]
