@@ -1,0 +1,804 @@
+//! The daemon dies between a call and its record: a real `setpoint run` process is
+//! SIGKILLed at different moments of a rollout (no graceful shutdown, no checkpoint) and
+//! started again on the same SQLite file. Real control plane on loopback, real stub
+//! processes, the real plugins; everything the tests read of the daemon goes through its
+//! admin API, as an operator's would.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use setpoint_tests::world::World;
+use setpoint_tests::{free_port, setpoint_bin};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+const TOKEN: &str = "crash-token";
+
+/// `restart` waits long between health probes, so a rollout spends most of its life
+/// between steps and a kill can land before, during or after any of them.
+const SLOW_HEALTH: &str = r#"
+[[policy.rules]]
+name = "slow"
+match = {}
+strategy_params = { health_poll_ms = 700 }
+"#;
+
+/// One `setpoint run` process. Dropped: SIGKILLed and reaped, so no daemon outlives its
+/// test; when the test is failing, the tail of its log is printed.
+struct Setpoint {
+    child: Child,
+    admin: String,
+    log: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Setpoint {
+    /// Start the daemon binary against the world's control plane, plugin directory and
+    /// database (`setpoint.db` in the world's directory, the same file every time), and
+    /// wait until it is ready.
+    async fn start(world: &World, config: &str) -> Setpoint {
+        Setpoint::start_via(world, &world.cp_url(), config).await
+    }
+
+    /// [`Setpoint::start`], reaching the control plane at `cp_url` (a [`Relay`]).
+    async fn start_via(world: &World, cp_url: &str, config: &str) -> Setpoint {
+        static RUNS: AtomicUsize = AtomicUsize::new(0);
+        let run = RUNS.fetch_add(1, Ordering::SeqCst);
+        let dir = world.dir.path();
+        let config_file = dir.join("setpoint.toml");
+        std::fs::write(&config_file, config).unwrap();
+        let log = dir.join(format!("daemon-{run}.log"));
+        let out = std::fs::File::create(&log).unwrap();
+        let admin_addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new(setpoint_bin())
+            .args(["run", "--control-plane", cp_url, "--admin", &admin_addr])
+            .arg("--config")
+            .arg(&config_file)
+            .arg("--plugins")
+            .arg(world.plugin_dir())
+            .arg("--db")
+            .arg(dir.join("setpoint.db"))
+            .env("SETPOINT_ADMIN_TOKEN", TOKEN)
+            .env("SETPOINT_CONTROLLER_RESYNC_INTERVAL", "1s")
+            .env("SETPOINT_CONTROLLER_BACKOFF_BASE", "100ms")
+            .env("SETPOINT_CONTROLLER_BACKOFF_CAP", "1s")
+            .env("SETPOINT_LOG", "info")
+            .stdout(Stdio::from(out.try_clone().unwrap()))
+            .stderr(Stdio::from(out))
+            .spawn()
+            .expect("setpoint run starts");
+        let mut daemon = Setpoint {
+            child,
+            admin: format!("http://{admin_addr}"),
+            log,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(5))
+                .build()
+                .unwrap(),
+        };
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Some(status) = daemon.child.try_wait().unwrap() {
+                panic!(
+                    "setpoint run exited before it was ready ({status}):\n{}",
+                    tail(&daemon.log)
+                );
+            }
+            let ready = daemon
+                .http
+                .get(format!("{}/readyz", daemon.admin))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ready {
+                return daemon;
+            }
+            assert!(
+                Instant::now() < until,
+                "setpoint run not ready within 60 s:\n{}",
+                tail(&daemon.log)
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown, no checkpoint, whatever it was doing.
+    fn kill(mut self) {
+        self.child.kill().expect("SIGKILL setpoint run");
+        self.child.wait().expect("reap setpoint run");
+    }
+
+    /// `GET /v1/instances/{id}`; `Value::Null` when it does not answer.
+    async fn instance(&self, id: &str) -> Value {
+        match self
+            .http
+            .get(format!("{}/v1/instances/{id}", self.admin))
+            .send()
+            .await
+        {
+            Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
+            _ => Value::Null,
+        }
+    }
+
+    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}{path}", self.admin))
+            .bearer_auth(TOKEN)
+            .json(&body)
+            .send()
+            .await
+            .expect("admin API answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
+    /// The instance's audit log, one line per entry, for failure messages.
+    async fn audit(&self, id: &str) -> String {
+        let records: Value = match self
+            .http
+            .get(format!("{}/v1/audit?instance={id}&limit=1000", self.admin))
+            .send()
+            .await
+        {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(e) => return format!("(audit unavailable: {e})"),
+        };
+        records
+            .as_array()
+            .map(|records| {
+                records[records.len().saturating_sub(40)..]
+                    .iter()
+                    .map(|r| {
+                        let e = if r["entry"].is_object() {
+                            &r["entry"]
+                        } else {
+                            r
+                        };
+                        format!("  {}: {}", e["kind"], e["message"])
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            })
+            .unwrap_or_else(|| records.to_string())
+    }
+
+    /// What a failure message needs: the instance as the admin API shows it, and its audit.
+    async fn explain(&self, world: &World, id: &str) -> String {
+        let status = self.instance(id).await;
+        format!(
+            "desired logLevel {}, stub serves {:?}\nadmin view: {:#}\naudit:\n{}",
+            desired_level(world, id).await,
+            world.stub_config(id).await.map(|c| c["logLevel"].clone()),
+            json!({
+                "status": status["instance"]["status"],
+                "conditions": status["conditions"],
+                "rollout": status["rollout"],
+                "givenUp": status["givenUp"],
+                "abortRequested": status["abortRequested"],
+                "lastDecision": status["lastDecision"],
+            }),
+            self.audit(id).await
+        )
+    }
+}
+
+impl Drop for Setpoint {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- {} (last lines) ---\n{}",
+                self.log.display(),
+                tail(&self.log)
+            );
+        }
+    }
+}
+
+fn tail(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// When a test kills the daemon, after a change.
+#[derive(Debug, Clone, Copy)]
+enum Moment {
+    /// As soon as the admin API shows a rollout record.
+    RolloutSeen,
+    /// As soon as the control plane reports the instance `Stopped`.
+    InstanceStopped,
+    /// The next change arrives before the restart's stop; the daemon dies after its stop
+    /// was answered, before its start reached the control plane (which never gets it).
+    StartNeverSent,
+    /// The daemon dies with its start in flight; the start reaches the control plane
+    /// after the death, so nothing of it is recorded.
+    StartLandsAfterDeath,
+    /// This many milliseconds after the change.
+    After(u64),
+}
+
+/// What a killed daemon left: its rollout record (read from its database while it is
+/// down) and the instance's status in the control plane.
+async fn left_behind(world: &World, id: &str) -> String {
+    let rollout = {
+        let store = setpoint::store::Store::open(world.dir.path().join("setpoint.db"))
+            .expect("the killed daemon's database opens");
+        store.load_rollout(id).expect("rollout record reads")
+    };
+    let rollout = match rollout {
+        None => "no rollout".to_owned(),
+        Some(r) => format!(
+            "rollout of logLevel {} at step {} ({:?})",
+            r.state["desired"]["logLevel"], r.step, r.phase
+        ),
+    };
+    format!("{rollout}, instance {}", world.status(id).await)
+}
+
+/// The request a relay holds next: a pattern of its bytes, and what to do with it.
+type Armed = Arc<Mutex<Option<(String, Arc<Held>)>>>;
+
+/// A TCP relay between the daemon and the control plane that can hold one request: the
+/// test sees the daemon send it, and decides whether it ever reaches the control plane.
+struct Relay {
+    url: String,
+    armed: Armed,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// A request the relay holds.
+struct Held {
+    seen: watch::Sender<bool>,
+    /// `Some(true)`: forward it; `Some(false)`: drop it and close the connection.
+    verdict: watch::Sender<Option<bool>>,
+}
+
+impl Relay {
+    async fn start(upstream: SocketAddr) -> Relay {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let armed = Armed::default();
+        let rule = armed.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                tokio::spawn(relay(client, upstream, rule.clone()));
+            }
+        });
+        Relay { url, armed, task }
+    }
+
+    /// Hold the next request whose bytes contain `pattern` (e.g. its request line).
+    fn hold(&self, pattern: String) -> Arc<Held> {
+        let held = Arc::new(Held {
+            seen: watch::Sender::new(false),
+            verdict: watch::Sender::new(None),
+        });
+        *self.armed.lock().unwrap() = Some((pattern, held.clone()));
+        held
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Held {
+    /// Whether the request arrived within `limit`.
+    async fn seen(&self, limit: Duration) -> bool {
+        let mut seen = self.seen.subscribe();
+        tokio::time::timeout(limit, seen.wait_for(|s| *s))
+            .await
+            .is_ok()
+    }
+
+    fn forward(&self) {
+        self.verdict.send_replace(Some(true));
+    }
+
+    fn drop_it(&self) {
+        self.verdict.send_replace(Some(false));
+    }
+}
+
+async fn relay(client: TcpStream, upstream: SocketAddr, armed: Armed) {
+    let Ok(server) = TcpStream::connect(upstream).await else {
+        return;
+    };
+    let (mut from_client, mut to_client) = client.into_split();
+    let (mut from_server, mut to_server) = server.into_split();
+    // Bytes the control plane sent back; its answers are read even when the daemon is
+    // gone, so a forwarded request is carried out whatever became of its sender.
+    let (replied_tx, mut replied) = watch::channel(0usize);
+    let down = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut client_gone = false;
+        loop {
+            let n = match from_server.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            replied_tx.send_modify(|r| *r += n);
+            client_gone = client_gone || to_client.write_all(&buf[..n]).await.is_err();
+        }
+    });
+    let mut answered_after = None;
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match from_client.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let held = {
+            let mut armed = armed.lock().unwrap();
+            let matches = armed.as_ref().is_some_and(|(pattern, _)| {
+                buf[..n]
+                    .windows(pattern.len())
+                    .any(|w| w == pattern.as_bytes())
+            });
+            if matches { armed.take() } else { None }
+        };
+        if let Some((_, held)) = held {
+            held.seen.send_replace(true);
+            let mut verdict = held.verdict.subscribe();
+            let forward = verdict
+                .wait_for(Option::is_some)
+                .await
+                .map(|v| *v == Some(true))
+                .unwrap_or(false);
+            if !forward {
+                break;
+            }
+            answered_after = Some(*replied.borrow_and_update());
+        }
+        if to_server.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    // The daemon hung up; a held request that was forwarded is waited for, so the
+    // control plane does not see its client leave mid-request.
+    if let Some(before) = answered_after {
+        let _ =
+            tokio::time::timeout(Duration::from_secs(10), replied.wait_for(|r| *r > before)).await;
+    }
+    down.abort();
+}
+
+fn set_level(level: &str) -> Value {
+    json!([{ "op": "replace", "path": "/logLevel", "value": level }])
+}
+
+fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
+    status["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type_"] == type_)
+}
+
+/// Synced true, as the daemon reports it (whatever the reason).
+fn synced(status: &Value) -> bool {
+    condition(status, "Synced").is_some_and(|c| c["status"] == true)
+}
+
+/// Synced because it was observed running its desired configuration, no rollout left.
+fn in_sync(status: &Value) -> bool {
+    status["rollout"].is_null()
+        && condition(status, "Synced")
+            .is_some_and(|c| c["status"] == true && c["reason"] == "InSync")
+}
+
+async fn serves(world: &World, id: &str, level: &str) -> bool {
+    world
+        .stub_config(id)
+        .await
+        .is_some_and(|c| c["logLevel"] == level)
+}
+
+async fn desired_level(world: &World, id: &str) -> Value {
+    world
+        .get(&format!("/api/configuration/instances/{id}"))
+        .await["logLevel"]
+        .clone()
+}
+
+/// Poll `check` every 20 ms until it holds (true) or `limit` passes (false).
+async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Wait until the instance runs `level`, in sync and with no rollout; fail with what the
+/// daemon says otherwise.
+async fn converges(world: &World, daemon: &Setpoint, id: &str, level: &str, what: &str) {
+    let ok = within(Duration::from_secs(30), async || {
+        serves(world, id, level).await && in_sync(&daemon.instance(id).await)
+    })
+    .await;
+    assert!(
+        ok,
+        "{what}: not converged on logLevel={level} within 30 s\n{}",
+        daemon.explain(world, id).await
+    );
+}
+
+/// Run a test body with an overall bound, so a hang fails instead of blocking the run.
+async fn bounded(limit: Duration, body: impl Future<Output = ()>) {
+    tokio::time::timeout(limit, body)
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {limit:?}"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_daemon_killed_mid_rollout_resumes_and_converges_on_the_last_desired_configuration() {
+    bounded(Duration::from_secs(300), async {
+        let world = World::new(&[]).await;
+        // The daemon reaches the control plane through a relay, so a test can hold one
+        // of its calls; the test itself talks to the control plane directly.
+        let relay = Relay::start(world.cp_addr).await;
+        let mut daemon = Setpoint::start_via(&world, &relay.url, SLOW_HEALTH).await;
+        let id = world.create("orders", json!({})).await;
+        converges(&world, &daemon, &id, "info", "creation").await;
+        let stop_call = format!("POST /api/server/instances/{id}/stop ");
+        let start_call = format!("POST /api/server/instances/{id}/start ");
+
+        // (when the kill lands, the change the rollout is for, the change after it)
+        let rounds = [
+            (Moment::RolloutSeen, "debug", "warn"),
+            (Moment::InstanceStopped, "error", "info"),
+            (Moment::StartNeverSent, "warn", "trace"),
+            (Moment::StartLandsAfterDeath, "debug", "error"),
+            (Moment::After(0), "trace", "debug"),
+            (Moment::After(30), "warn", "error"),
+            (Moment::After(100), "info", "trace"),
+            (Moment::After(300), "debug", "info"),
+            (Moment::After(900), "error", "warn"),
+        ];
+        for (moment, during, last) in rounds {
+            let round = format!("killed {moment:?} (rollout of {during}, then {last})");
+            let wait = Duration::from_secs(10);
+            let mut last_sent = false;
+            let mut held_start = None;
+            match moment {
+                Moment::RolloutSeen => {
+                    world.patch(&id, set_level(during)).await;
+                    let started = within(wait, async || {
+                        !daemon.instance(&id).await["rollout"].is_null()
+                    })
+                    .await;
+                    assert!(
+                        started,
+                        "{round}: no rollout within 10 s\n{}",
+                        daemon.explain(&world, &id).await
+                    );
+                }
+                Moment::InstanceStopped => {
+                    world.patch(&id, set_level(during)).await;
+                    // Polled without a pause: it is stopped only until the start lands.
+                    let until = Instant::now() + wait;
+                    while world.status(&id).await != "Stopped" {
+                        assert!(
+                            Instant::now() < until,
+                            "{round}: the instance was never seen stopped\n{}",
+                            daemon.explain(&world, &id).await
+                        );
+                    }
+                }
+                Moment::StartNeverSent => {
+                    let stop = relay.hold(stop_call.clone());
+                    world.patch(&id, set_level(during)).await;
+                    assert!(stop.seen(wait).await, "{round}: no stop call");
+                    // The next change lands while the rollout's stop is on its way.
+                    world.patch(&id, set_level(last)).await;
+                    last_sent = true;
+                    let start = relay.hold(start_call.clone());
+                    stop.forward();
+                    assert!(start.seen(wait).await, "{round}: no start call");
+                    assert_eq!(world.status(&id).await, "Stopped", "{round}");
+                    held_start = Some((start, false));
+                }
+                Moment::StartLandsAfterDeath => {
+                    let start = relay.hold(start_call.clone());
+                    world.patch(&id, set_level(during)).await;
+                    assert!(start.seen(wait).await, "{round}: no start call");
+                    held_start = Some((start, true));
+                }
+                Moment::After(ms) => {
+                    world.patch(&id, set_level(during)).await;
+                    tokio::time::sleep(Duration::from_millis(ms)).await;
+                }
+            }
+            daemon.kill();
+            if let Some((start, forward)) = held_start {
+                if forward {
+                    start.forward();
+                    let landed = within(wait, async || {
+                        world.status(&id).await == "Running" && serves(&world, &id, during).await
+                    })
+                    .await;
+                    assert!(
+                        landed,
+                        "{round}: the start sent before the kill never landed"
+                    );
+                } else {
+                    start.drop_it();
+                }
+            }
+            eprintln!("{round}: left behind {}", left_behind(&world, &id).await);
+            if !last_sent {
+                // The world moves on while the daemon is down.
+                world.patch(&id, set_level(last)).await;
+            }
+            daemon = Setpoint::start_via(&world, &relay.url, SLOW_HEALTH).await;
+            converges(&world, &daemon, &id, last, &round).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_abort_requested_just_before_a_sigkill_is_carried_out_after_restart() {
+    bounded(Duration::from_secs(180), async {
+        let world = World::new(&[]).await;
+        let daemon = Setpoint::start(&world, SLOW_HEALTH).await;
+        let id = world.create("orders", json!({})).await;
+        converges(&world, &daemon, &id, "info", "creation").await;
+
+        world.patch(&id, set_level("debug")).await;
+        // Under way: the restart has sent its stop and start and waits for health.
+        let under_way = within(Duration::from_secs(10), async || {
+            daemon.instance(&id).await["rollout"]["step"]
+                .as_u64()
+                .is_some_and(|s| s >= 1)
+        })
+        .await;
+        assert!(
+            under_way,
+            "the rollout never reached its health wait\n{}",
+            daemon.explain(&world, &id).await
+        );
+        let (code, body) = daemon
+            .post(
+                &format!("/v1/instances/{id}/abort"),
+                json!({ "by": "alice" }),
+            )
+            .await;
+        assert_eq!(code, 202, "{body}");
+        daemon.kill();
+
+        let daemon = Setpoint::start(&world, SLOW_HEALTH).await;
+        let aborted = within(Duration::from_secs(20), async || {
+            let status = daemon.instance(&id).await;
+            serves(&world, &id, "info").await
+                && status["rollout"].is_null()
+                && status["abortRequested"].is_null()
+                && condition(&status, "Synced")
+                    .is_some_and(|c| c["status"] == false && c["reason"] == "GivenUp")
+        })
+        .await;
+        assert!(
+            aborted,
+            "the abort was not carried out after the restart\n{}",
+            daemon.explain(&world, &id).await
+        );
+        let given_up = daemon.instance(&id).await["givenUp"].clone();
+        assert!(
+            given_up["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("alice")),
+            "{given_up}"
+        );
+
+        // Killed again and restarted: several resyncs later, the aborted revision is
+        // still given up and nothing was rolled out.
+        daemon.kill();
+        let daemon = Setpoint::start(&world, SLOW_HEALTH).await;
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            let status = daemon.instance(&id).await;
+            assert!(
+                status["rollout"].is_null()
+                    && condition(&status, "Synced")
+                        .is_some_and(|c| c["status"] == false && c["reason"] == "GivenUp"),
+                "the given-up revision came back after a restart\n{}",
+                daemon.explain(&world, &id).await
+            );
+            assert!(
+                serves(&world, &id, "info").await,
+                "the stub no longer serves the previous configuration\n{}",
+                daemon.explain(&world, &id).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let status = daemon.instance(&id).await;
+        assert_eq!(status["givenUp"], given_up);
+        assert_eq!(desired_level(&world, &id).await, "debug");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_daemon_repeatedly_never_leaves_it_synced_on_a_configuration_it_does_not_run() {
+    bounded(Duration::from_secs(300), async {
+        let world = World::new(&[]).await;
+        let mut daemon = Setpoint::start(&world, SLOW_HEALTH).await;
+        let mut ids = Vec::new();
+        for name in ["orders", "billing", "search"] {
+            ids.push(world.create(name, json!({})).await);
+        }
+        for id in &ids {
+            converges(&world, &daemon, id, "info", "creation").await;
+        }
+
+        let levels = ["debug", "warn", "error", "trace", "info"];
+        // (delay before the kill, ms; patch the first instance again while down; how long
+        // the restarted daemon runs before the next cycle's patches, ms)
+        let cycles = [
+            (0, true, 0),
+            (40, false, 150),
+            (150, true, 400),
+            (400, false, 50),
+            (800, true, 1000),
+            (20, false, 0),
+        ];
+        for (cycle, (kill_after, patch_while_down, run_for)) in cycles.into_iter().enumerate() {
+            // Not every instance changes in every cycle.
+            for (i, id) in ids.iter().enumerate() {
+                if (cycle + i) % 3 != 2 {
+                    let level = levels[(cycle * 2 + i) % levels.len()];
+                    world.patch(id, set_level(level)).await;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(kill_after)).await;
+            daemon.kill();
+            for id in &ids {
+                eprintln!(
+                    "cycle {cycle}: {id} left behind {}",
+                    left_behind(&world, id).await
+                );
+            }
+            if patch_while_down {
+                world
+                    .patch(&ids[0], set_level(levels[(cycle + 3) % levels.len()]))
+                    .await;
+            }
+            daemon = Setpoint::start(&world, SLOW_HEALTH).await;
+            tokio::time::sleep(Duration::from_millis(run_for)).await;
+        }
+
+        // Settled: no rollout left on any instance, and the last decision this process
+        // took for each is not one that acts (its conditions are written by then).
+        let settled = within(Duration::from_secs(45), async || {
+            for id in &ids {
+                let status = daemon.instance(id).await;
+                let acting = matches!(
+                    status["lastDecision"]["decision"]["decision"].as_str(),
+                    None | Some(
+                        "start_rollout" | "step_rollout" | "not_yet" | "supersede" | "abort"
+                    )
+                );
+                if !status["rollout"].is_null() || acting {
+                    return false;
+                }
+            }
+            true
+        })
+        .await;
+        let mut report = String::new();
+        for id in &ids {
+            report += &format!("{id}: {}\n", daemon.explain(&world, id).await);
+        }
+        assert!(settled, "the instances did not settle within 45 s\n{report}");
+
+        // Over a few resyncs: whenever the daemon says Synced, the stub runs exactly the
+        // desired logLevel.
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            for id in &ids {
+                if synced(&daemon.instance(id).await) {
+                    let desired = desired_level(&world, id).await;
+                    let running = world.stub_config(id).await.map(|c| c["logLevel"].clone());
+                    assert!(
+                        running.as_ref() == Some(&desired),
+                        "{id} is reported Synced but its stub serves {running:?}, not {desired}\n{}",
+                        daemon.explain(&world, id).await
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // And every one of them got there.
+        for id in &ids {
+            let desired = desired_level(&world, id).await;
+            converges(
+                &world,
+                &daemon,
+                id,
+                desired.as_str().unwrap(),
+                "after the last restart",
+            )
+            .await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_abort_killed_between_stop_and_start_is_reported_given_up_never_synced() {
+    bounded(Duration::from_secs(120), async {
+        let world = World::new(&[]).await;
+        let relay = Relay::start(world.cp_addr).await;
+        let daemon = Setpoint::start_via(&world, &relay.url, SLOW_HEALTH).await;
+        let id = world.create("orders", json!({})).await;
+        converges(&world, &daemon, &id, "info", "creation").await;
+
+        // The restart's stop is answered; its start is held; an operator aborts; the
+        // daemon dies before the step returns, so the strategy's state (the configuration
+        // it ran before) is never saved, and the start never reaches the control plane.
+        let start = relay.hold(format!("POST /api/server/instances/{id}/start "));
+        world.patch(&id, set_level("debug")).await;
+        assert!(start.seen(Duration::from_secs(10)).await, "no start call");
+        let (code, body) = daemon
+            .post(
+                &format!("/v1/instances/{id}/abort"),
+                json!({ "by": "alice" }),
+            )
+            .await;
+        assert_eq!(code, 202, "{body}");
+        daemon.kill();
+        start.drop_it();
+        assert_eq!(world.status(&id).await, "Stopped");
+
+        let daemon = Setpoint::start_via(&world, &relay.url, SLOW_HEALTH).await;
+        let ended = within(Duration::from_secs(20), async || {
+            let status = daemon.instance(&id).await;
+            status["rollout"].is_null()
+                && status["abortRequested"].is_null()
+                && !status["givenUp"].is_null()
+        })
+        .await;
+        assert!(
+            ended,
+            "the abort was not carried out after the restart\n{}",
+            daemon.explain(&world, &id).await
+        );
+        // Whatever the abort could restore, the daemon never claims Synced for an
+        // instance that does not run its desired configuration, resync after resync.
+        let until = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < until {
+            let status = daemon.instance(&id).await;
+            let runs_desired = serves(&world, &id, "debug").await;
+            assert!(
+                runs_desired || !synced(&status),
+                "reported Synced while the stub does not serve the desired logLevel\n{}",
+                daemon.explain(&world, &id).await
+            );
+            assert!(
+                runs_desired
+                    || condition(&status, "Synced").is_some_and(|c| c["reason"] == "GivenUp"),
+                "{}",
+                daemon.explain(&world, &id).await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
