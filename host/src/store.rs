@@ -121,6 +121,11 @@ pub const MIGRATIONS: &[&str] = &[
         requested_by  TEXT    NOT NULL,
         at            INTEGER NOT NULL
     );
+
+    CREATE TABLE host_stops (
+        instance_id  TEXT    PRIMARY KEY,
+        at           INTEGER NOT NULL
+    );
     "#,
 ];
 
@@ -640,7 +645,13 @@ impl Store {
     pub fn forget_instance(&self, instance_id: &str) -> Result<bool> {
         self.write("forget instance", |tx| {
             let mut n = 0;
-            for table in ["applied_configs", "rollouts", "given_up", "abort_requests"] {
+            for table in [
+                "applied_configs",
+                "rollouts",
+                "given_up",
+                "abort_requests",
+                "host_stops",
+            ] {
                 n += tx
                     .execute(
                         &format!("DELETE FROM {table} WHERE instance_id = ?1"),
@@ -1089,6 +1100,41 @@ impl Store {
             )
             .during("withdraw approvals")
         })
+    }
+
+    // ----- stops made by this host -----
+
+    /// Records whether the last lifecycle call this host's strategies made on
+    /// `instance_id` was a `stop` (`true`) or a `start`/`restart` (`false`). A stopped
+    /// instance is left alone only when someone else stopped it.
+    pub fn set_host_stopped(&self, instance_id: &str, stopped: bool) -> Result<()> {
+        self.write("record host stop", |tx| {
+            if stopped {
+                tx.execute(
+                    "INSERT INTO host_stops (instance_id, at) VALUES (?1, ?2) \
+                     ON CONFLICT (instance_id) DO UPDATE SET at = ?2",
+                    params![instance_id, to_millis(SystemTime::now())],
+                )
+            } else {
+                tx.execute(
+                    "DELETE FROM host_stops WHERE instance_id = ?1",
+                    [instance_id],
+                )
+            }
+            .during("record host stop")?;
+            Ok(())
+        })
+    }
+
+    /// Whether this host's strategies stopped `instance_id` last (see
+    /// [`Store::set_host_stopped`]).
+    pub fn host_stopped(&self, instance_id: &str) -> Result<bool> {
+        const OP: &str = "read host stop";
+        self.lock()
+            .prepare_cached("SELECT EXISTS (SELECT 1 FROM host_stops WHERE instance_id = ?1)")
+            .during(OP)?
+            .query_row([instance_id], |row| row.get(0))
+            .during(OP)
     }
 
     // ----- given-up revisions -----
@@ -1801,6 +1847,18 @@ mod tests {
         assert!(!store.clear_given_up("i-1").unwrap());
         assert!(store.forget_instance("i-2").unwrap());
         assert!(store.given_up("i-2").unwrap().is_none());
+    }
+
+    #[test]
+    fn a_stop_made_by_this_host_is_remembered_until_it_starts_the_instance() {
+        let (_dir, path, store) = temp_store();
+        assert!(!store.host_stopped("i-1").unwrap());
+        store.set_host_stopped("i-1", true).unwrap();
+        drop(store);
+        let store = Store::open(&path).unwrap();
+        assert!(store.host_stopped("i-1").unwrap());
+        store.set_host_stopped("i-1", false).unwrap();
+        assert!(!store.host_stopped("i-1").unwrap());
     }
 
     #[test]

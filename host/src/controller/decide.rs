@@ -108,6 +108,9 @@ pub struct Observed<'a> {
     pub actual_digest: Option<&'a str>,
     /// Whether this host ever applied a configuration to the instance.
     pub managed: bool,
+    /// Whether the last lifecycle call of this host's strategies on the instance was a
+    /// `stop`: a stop of its own is never "left alone".
+    pub stopped_by_host: bool,
 }
 
 /// [`classify`]'s answer: a classification, or "run the comparator".
@@ -129,7 +132,9 @@ pub fn classify(observed: &Observed<'_>, settings: &ControllerSettings) -> Asses
         return Assessment::Known(C::Unwanted);
     };
     match observed.status {
-        InstanceStatus::Stopped if !settings.reconcile_stopped_instances => {
+        InstanceStatus::Stopped
+            if !settings.reconcile_stopped_instances && !observed.stopped_by_host =>
+        {
             Assessment::Known(C::Stopped)
         }
         InstanceStatus::Error if !settings.reconcile_error_instances => {
@@ -527,6 +532,7 @@ mod tests {
             desired_digest: Some("d1"),
             actual_digest: actual,
             managed: true,
+            stopped_by_host: false,
         }
     }
 
@@ -550,6 +556,14 @@ mod tests {
         assert_eq!(
             known(observed(InstanceStatus::Stopped, Some("d1"))),
             Assessment::Known(C::Stopped)
+        );
+        assert_eq!(
+            known(Observed {
+                stopped_by_host: true,
+                ..observed(InstanceStatus::Stopped, Some("d1"))
+            }),
+            Assessment::Known(C::Missing),
+            "a stop of this host's own is not left alone"
         );
         assert_eq!(
             known(observed(InstanceStatus::Error, None)),

@@ -361,6 +361,7 @@ struct Observation {
     abort: Option<AbortRequest>,
     given_up: Option<GivenUp>,
     approval: Option<ApprovalRecord>,
+    stopped_by_host: bool,
 }
 
 /// An [`Observation`] judged: its classification and the comparator's drifts.
@@ -617,6 +618,8 @@ impl Controller {
             abort: self.store.abort_request(id)?,
             given_up: self.store.given_up(id)?,
             approval: self.store.open_approval(id)?,
+            stopped_by_host: instance.status == client::InstanceStatus::Stopped
+                && self.store.host_stopped(id)?,
             instance,
             selection,
             desired,
@@ -638,6 +641,7 @@ impl Controller {
             desired_digest: o.desired.as_ref().map(|_| o.desired_digest.as_str()),
             actual_digest: o.actual_digest.as_deref(),
             managed: o.applied.is_some() || o.rollout.is_some(),
+            stopped_by_host: o.stopped_by_host,
         };
         let mut settings = self.settings.clone();
         settings.reconcile_stopped_instances |= superseded;

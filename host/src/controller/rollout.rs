@@ -782,7 +782,8 @@ impl Controller {
 
     /// Record as applied what the strategy's successful `start` calls sent to the
     /// instance itself (a `start` without a configuration starts the desired one the
-    /// strategy was given).
+    /// strategy was given), and whether its last lifecycle call stopped it: an instance
+    /// this host stopped is brought back, never "left alone" as a stopped one.
     fn record_sent(
         &self,
         id: &str,
@@ -791,7 +792,15 @@ impl Controller {
         strategy: &Plugin,
     ) -> Result<()> {
         for call in calls {
-            if call.call == "start" && call.target == id && call.outcome == CallOutcome::Ok {
+            if call.target != id || call.outcome != CallOutcome::Ok {
+                continue;
+            }
+            match call.call.as_str() {
+                "stop" => self.store.set_host_stopped(id, true)?,
+                "start" | "restart" => self.store.set_host_stopped(id, false)?,
+                _ => {}
+            }
+            if call.call == "start" {
                 let sent = call.configuration.as_ref().unwrap_or(desired);
                 self.store.record_applied(
                     id,
