@@ -302,10 +302,11 @@ async fn resync_loop(
             _ = stop.wait_for(|s| *s) => return,
             _ = ticker.tick() => {}
         }
-        match cp.list_instances().await {
+        // The listing and what every instance runs, fetched side by side.
+        let (listing, running) = tokio::join!(cp.list_instances(), bulk_running(cp.as_ref()));
+        match listing {
             Ok(instances) => {
                 let n = instances.len();
-                let running = bulk_running(cp.as_ref()).await;
                 let listed: std::collections::HashSet<String> =
                     controller.prime(instances, running).into_iter().collect();
                 for id in &listed {

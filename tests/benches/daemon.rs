@@ -214,6 +214,21 @@ async fn resync(n: usize) {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let took = started.elapsed();
+    let compares: f64 = daemon
+        .controller()
+        .metrics()
+        .encode()
+        .lines()
+        .filter(|l| {
+            l.starts_with("setpoint_plugin_call_duration_seconds_count")
+                && l.contains("phase=\"compare\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    eprintln!(
+        "  (comparator calls during the resync: {})",
+        compares as u64
+    );
     let rate = n as f64 / took.as_secs_f64();
     let ratio = took.as_secs_f64() / RESYNC_TARGET.as_secs_f64();
     println!(

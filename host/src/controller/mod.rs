@@ -362,6 +362,8 @@ struct Observation {
     given_up: Option<GivenUp>,
     approval: Option<ApprovalRecord>,
     stopped_by_host: bool,
+    /// The instance's conditions when observed.
+    conditions: Vec<crate::store::Condition>,
 }
 
 /// An [`Observation`] judged: its classification and the comparator's drifts.
@@ -593,7 +595,8 @@ impl Controller {
             Err(e) if e.is_not_found() => None,
             Err(e) => return Err(e.into()),
         };
-        let applied = self.store.last_applied(id)?;
+        let records = self.store.instance_records(id)?;
+        let applied = records.applied;
         let (actual, source) = match listed_running {
             Some(running) => (running, ActualSource::ControlPlane),
             None if self.cp.capabilities().await?.running_configuration => {
@@ -608,18 +611,19 @@ impl Controller {
                 ActualSource::AppliedRecord,
             ),
         };
-        let rollout = self.store.load_rollout(id)?.map(|r| {
+        let rollout = records.rollout.map(|r| {
             let envelope = Envelope::read(&r);
             (r, envelope)
         });
         Ok(Some(Observation {
             desired_digest: desired.as_ref().map(config_digest).unwrap_or_default(),
             actual_digest: actual.as_ref().map(config_digest),
-            abort: self.store.abort_request(id)?,
-            given_up: self.store.given_up(id)?,
-            approval: self.store.open_approval(id)?,
+            abort: records.abort,
+            given_up: records.given_up,
+            approval: records.approval,
             stopped_by_host: instance.status == client::InstanceStatus::Stopped
-                && self.store.host_stopped(id)?,
+                && records.host_stopped,
+            conditions: records.conditions,
             instance,
             selection,
             desired,

@@ -38,6 +38,17 @@ impl Controller {
         updates: &[(ConditionType, bool, &str, &str)],
     ) -> Result<bool> {
         let current = self.store.conditions(id)?;
+        self.conditions_against(id, &current, updates)
+    }
+
+    /// [`Controller::conditions`] against conditions already read (a converged resync
+    /// then reads them once per instance).
+    pub(super) fn conditions_against(
+        &self,
+        id: &str,
+        current: &[Condition],
+        updates: &[(ConditionType, bool, &str, &str)],
+    ) -> Result<bool> {
         let mut changed = false;
         for (type_, status, reason, message) in updates {
             let same = current.iter().any(|c| {

@@ -59,13 +59,13 @@ impl Controller {
                     "runs its desired configuration (revision {revision}; actual state from {})",
                     o.source.describe()
                 );
-                let was = self
-                    .store
-                    .conditions(id)?
-                    .into_iter()
+                let was = o
+                    .conditions
+                    .iter()
                     .find(|c| c.type_ == ConditionType::Synced);
-                self.conditions(
+                self.conditions_against(
                     id,
+                    &o.conditions,
                     &[
                         (ConditionType::Synced, true, "InSync", &message),
                         (ConditionType::Progressing, false, "InSync", ""),
