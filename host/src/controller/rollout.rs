@@ -117,7 +117,17 @@ impl Controller {
                 Ok((Action::await_change(), Outcome::Degraded))
             }
             Decision::OutsideWindow { opens_in } => {
-                let message = format!("outside the maintenance window; it opens in {opens_in:?}");
+                // The opening time, to the minute (windows are minute-aligned), so the
+                // message stays the same across the resyncs of one closed period and the
+                // condition and audit entry are written once.
+                let opens_at = chrono::DateTime::<chrono::Utc>::from(
+                    SystemTime::now() + opens_in + Duration::from_secs(30),
+                );
+                let message = format!(
+                    "revision {revision} waits: outside the maintenance window of rule `{}`; it opens at {}",
+                    o.selection.rule_name,
+                    opens_at.format("%Y-%m-%d %H:%M UTC")
+                );
                 self.gated(o, &judged, "OutsideWindow", &message)?;
                 Ok((Action::requeue(opens_in), Outcome::Skipped))
             }

@@ -430,3 +430,36 @@ async fn abort_at_the_before_apply_gate_gives_the_revision_up_until_it_changes_o
         Decision::AwaitApprovalBeforeApply
     );
 }
+
+#[tokio::test]
+async fn outside_the_window_a_drift_is_reported_once_not_at_every_resync() {
+    use chrono::Timelike as _;
+    let cp = Arc::new(MemoryControlPlane::default());
+    cp.add(
+        "a",
+        InstanceStatus::Created,
+        &[],
+        Some(json!({"v": 1})),
+        None,
+    );
+    // A one-minute window twelve hours from now: closed for the whole test.
+    let hour = (chrono::Utc::now().hour() + 12) % 24;
+    let rule: Rule = toml::from_str(&format!(
+        "name = \"nightly\"\nwindow = {{ start = \"{hour:02}:00\", end = \"{hour:02}:01\" }}"
+    ))
+    .unwrap();
+    let c = controller(cp, vec![rule]);
+    for _ in 0..3 {
+        let _ = c.reconcile("a".into()).await.unwrap();
+    }
+    assert!(matches!(
+        c.plan("a").await.unwrap().decision,
+        Decision::OutsideWindow { .. }
+    ));
+    assert_eq!(
+        condition(&c, "a", ConditionType::Synced),
+        Some((false, "OutsideWindow".into()))
+    );
+    assert_eq!(audit_count(&c, "a", "outside the maintenance window"), 1);
+    assert_eq!(drift_count(&c, "missing"), 1.0);
+}
