@@ -441,7 +441,12 @@ async fn converges(world: &World, daemon: &Setpoint, id: &str, level: &str, what
 }
 
 /// Run a test body with an overall bound, so a hang fails instead of blocking the run.
+/// The `setpoint` binary is built first, outside the bound: on a fresh checkout that
+/// build takes minutes, and it is not what the bound is for.
 async fn bounded(limit: Duration, body: impl Future<Output = ()>) {
+    tokio::task::spawn_blocking(setpoint_bin)
+        .await
+        .expect("building the setpoint binary");
     tokio::time::timeout(limit, body)
         .await
         .unwrap_or_else(|_| panic!("test did not finish within {limit:?}"));
