@@ -1068,11 +1068,7 @@ impl Store {
     /// was aborted); returns how many there were.
     pub fn withdraw_approvals(&self, instance_id: &str) -> Result<usize> {
         self.write("withdraw approvals", |tx| {
-            tx.execute(
-                "DELETE FROM approvals WHERE instance_id = ?1 AND consumed_at IS NULL",
-                [instance_id],
-            )
-            .during("withdraw approvals")
+            withdraw_approvals_in(tx, instance_id)
         })
     }
 
@@ -1117,13 +1113,7 @@ impl Store {
     /// earlier one).
     pub fn give_up(&self, instance_id: &str, digest: &str, reason: &str) -> Result<()> {
         self.write("record given-up revision", |tx| {
-            tx.execute(
-                "INSERT INTO given_up (instance_id, digest, reason, at) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (instance_id) DO UPDATE SET digest = ?2, reason = ?3, at = ?4",
-                params![instance_id, digest, reason, to_millis(SystemTime::now())],
-            )
-            .during("record given-up revision")?;
-            Ok(())
+            give_up_in(tx, instance_id, digest, reason)
         })
     }
 
@@ -1195,11 +1185,7 @@ impl Store {
             }
             tx.execute("DELETE FROM rollouts WHERE instance_id = ?1", [instance_id])
                 .during(OP)?;
-            tx.execute(
-                "DELETE FROM approvals WHERE instance_id = ?1 AND consumed_at IS NULL",
-                [instance_id],
-            )
-            .during(OP)?;
+            withdraw_approvals_in(tx, instance_id)?;
             Ok(true)
         })
     }
@@ -1237,18 +1223,8 @@ impl Store {
                 [instance_id],
             )
             .during(OP)?;
-            tx.execute(
-                "DELETE FROM approvals WHERE instance_id = ?1 AND consumed_at IS NULL",
-                [instance_id],
-            )
-            .during(OP)?;
-            tx.execute(
-                "INSERT INTO given_up (instance_id, digest, reason, at) VALUES (?1, ?2, ?3, ?4) \
-                 ON CONFLICT (instance_id) DO UPDATE SET digest = ?2, reason = ?3, at = ?4",
-                params![instance_id, digest, reason, to_millis(SystemTime::now())],
-            )
-            .during(OP)?;
-            Ok(())
+            withdraw_approvals_in(tx, instance_id)?;
+            give_up_in(tx, instance_id, digest, reason)
         })
     }
 
@@ -1417,6 +1393,31 @@ fn conditions_with(conn: &Connection, instance_id: &str) -> Result<Vec<Condition
         .collect::<Result<Vec<_>>>()?;
     conditions.sort_by_key(|c| c.type_);
     Ok(conditions)
+}
+
+/// Withdraws the unused approval requests of `instance_id` inside `tx`.
+fn withdraw_approvals_in(tx: &rusqlite::Transaction<'_>, instance_id: &str) -> Result<usize> {
+    tx.execute(
+        "DELETE FROM approvals WHERE instance_id = ?1 AND consumed_at IS NULL",
+        [instance_id],
+    )
+    .during("withdraw approvals")
+}
+
+/// Records revision `digest` of `instance_id` as given up inside `tx`.
+fn give_up_in(
+    tx: &rusqlite::Transaction<'_>,
+    instance_id: &str,
+    digest: &str,
+    reason: &str,
+) -> Result<()> {
+    tx.execute(
+        "INSERT INTO given_up (instance_id, digest, reason, at) VALUES (?1, ?2, ?3, ?4) \
+         ON CONFLICT (instance_id) DO UPDATE SET digest = ?2, reason = ?3, at = ?4",
+        params![instance_id, digest, reason, to_millis(SystemTime::now())],
+    )
+    .during("record given-up revision")?;
+    Ok(())
 }
 
 fn insert_audit(tx: &rusqlite::Transaction<'_>, entry: &AuditEntry) -> Result<(i64, SystemTime)> {
