@@ -165,6 +165,9 @@ impl Daemon {
 
         let (stop, stop_rx) = watch::channel(false);
         let ready = Arc::new(AtomicBool::new(false));
+        // The feed finds its starting point before the first listing, so every change
+        // after the listing is in the feed and nothing before it is replayed.
+        let (positioned, positioned_rx) = watch::channel(false);
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(resync_loop(
             cp.clone(),
@@ -173,12 +176,14 @@ impl Daemon {
             queue.clone(),
             settings.controller.resync_interval,
             ready.clone(),
+            positioned_rx,
             stop_rx.clone(),
         )));
         tasks.push(tokio::spawn(feed_loop(
             cp.clone(),
             controller.clone(),
             queue.clone(),
+            positioned,
             stop_rx.clone(),
         )));
         tasks.push(tokio::spawn(plugin_watch::run(
@@ -285,7 +290,9 @@ fn error_policy(
 }
 
 /// Every `interval`: list the instances and queue every one, plus those this host has a
-/// rollout for (so orphans are noticed).
+/// rollout for (so orphans are noticed). The first listing waits until the change feed
+/// has its starting point (`positioned`).
+#[allow(clippy::too_many_arguments)]
 async fn resync_loop(
     cp: Arc<dyn ControlPlane>,
     controller: Arc<Controller>,
@@ -293,8 +300,14 @@ async fn resync_loop(
     queue: WorkQueue,
     interval: Duration,
     ready: Arc<AtomicBool>,
+    mut positioned: watch::Receiver<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => return,
+        // An error means the feed task ended without positioning: list anyway.
+        _ = positioned.wait_for(|p| *p) => {}
+    }
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -358,10 +371,16 @@ async fn bulk_running(
 /// Follow the control plane's change feed and queue every instance that changed. Uses
 /// the sequence cursor with long-poll; resyncs everything when told the cursor fell
 /// behind; falls back to polling the original `since=` route when there is no cursor.
+///
+/// It starts at the feed's head, read before the first resync lists (it says so on
+/// `positioned`): the listing covers what came before. Without a head (the control plane
+/// is unreachable at start, or does not say), the first batch holds everything retained
+/// and is queued too, so a change between the listing and that batch is not missed.
 async fn feed_loop(
     cp: Arc<dyn ControlPlane>,
     controller: Arc<Controller>,
     queue: WorkQueue,
+    positioned: watch::Sender<bool>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut cursor: Option<u64> = None;
@@ -369,6 +388,16 @@ async fn feed_loop(
     // A control plane known to lack the sequence feed is polled by timestamp from the
     // start, without asking for a cursor it cannot give.
     let mut use_fallback = cp.capabilities().await.is_ok_and(|c| !c.sequence_feed);
+    if !use_fallback {
+        match cp.feed_head().await {
+            Ok(head) => cursor = head,
+            Err(client::Error::FeedUnsupported { .. }) => use_fallback = true,
+            Err(error) => {
+                tracing::debug!(error = %crate::error_chain(&error), "change feed head unavailable; reading the feed from its start");
+            }
+        }
+    }
+    positioned.send_replace(true);
     let mut failures = 0u32;
     loop {
         if *stop.borrow() {
@@ -402,14 +431,10 @@ async fn feed_loop(
                         }
                     }
                 }
-                // The first batch is enqueued too: a change made between the initial
-                // resync's listing and this first request is only here.
-                {
-                    for change in &changes {
-                        tracing::debug!(instance.id = %change.instance_id, status = %change.status.as_str(), "change feed event");
-                        controller.note_change(&change.instance_id, change.timestamp);
-                        queue.enqueue(change.instance_id.clone());
-                    }
+                for change in &changes {
+                    tracing::debug!(instance.id = %change.instance_id, status = %change.status.as_str(), "change feed event");
+                    controller.note_change(&change.instance_id, change.timestamp);
+                    queue.enqueue(change.instance_id.clone());
                 }
                 if let Some(newest) = changes.iter().map(|c| c.timestamp).max() {
                     since = since.max(newest);
@@ -441,5 +466,206 @@ async fn feed_loop(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::sync::atomic::AtomicUsize;
+
+    use async_trait::async_trait;
+    use serde_json::{Value, json};
+
+    use super::*;
+    use crate::client::{
+        Capabilities, ChangeBatch, Instance, InstanceStatus, PlatformType, RuntimeInfo,
+        StatusChange, Timestamp,
+    };
+    use crate::config::Overrides;
+
+    /// A converged fleet whose feed retains each instance's history (created, running),
+    /// each change stamped with the instance's `lastModifiedAt`. Counts the reads that a
+    /// resync's listing and bulk running configurations make unnecessary.
+    struct Fleet {
+        instances: Vec<Instance>,
+        history: Vec<StatusChange>,
+        per_instance_reads: AtomicUsize,
+        feed_requests: AtomicUsize,
+    }
+
+    const DESIRED: fn() -> Value = || json!({"logLevel": "info"});
+
+    impl Fleet {
+        fn new(n: usize) -> Fleet {
+            let at = Timestamp::default() + chrono::Duration::seconds(60);
+            let mut instances = Vec::new();
+            let mut history = Vec::new();
+            for i in 0..n {
+                let id = format!("i{i}");
+                for (k, status) in [InstanceStatus::Created, InstanceStatus::Running]
+                    .into_iter()
+                    .enumerate()
+                {
+                    history.push(StatusChange {
+                        sequence: Some((2 * i + k + 1) as u64),
+                        instance_id: id.clone(),
+                        status,
+                        previous_status: None,
+                        source: "controlplane".into(),
+                        timestamp: at,
+                        metadata: Default::default(),
+                    });
+                }
+                instances.push(Instance {
+                    id: id.clone(),
+                    name: id,
+                    description: String::new(),
+                    platform_type: PlatformType::Simulated,
+                    created_at: at,
+                    last_modified_at: Some(at),
+                    status: InstanceStatus::Running,
+                    metadata: Default::default(),
+                });
+            }
+            Fleet {
+                instances,
+                history,
+                per_instance_reads: AtomicUsize::new(0),
+                feed_requests: AtomicUsize::new(0),
+            }
+        }
+        fn read_one(&self, id: &str) -> client::Result<Instance> {
+            self.per_instance_reads.fetch_add(1, Ordering::SeqCst);
+            self.instances
+                .iter()
+                .find(|i| i.id == id)
+                .cloned()
+                .ok_or_else(|| client::Error::NotFound {
+                    call: format!("GET {id}"),
+                    body: String::new(),
+                })
+        }
+    }
+
+    #[async_trait]
+    impl ControlPlane for Fleet {
+        async fn list_instances(&self) -> client::Result<Vec<Instance>> {
+            Ok(self.instances.clone())
+        }
+        async fn get_instance(&self, id: &str) -> client::Result<Instance> {
+            self.read_one(id)
+        }
+        async fn desired_configuration(&self, _: &str) -> client::Result<Value> {
+            Ok(DESIRED())
+        }
+        async fn runtime_status(&self, id: &str) -> client::Result<RuntimeInfo> {
+            Err(client::Error::NotFound {
+                call: format!("status {id}"),
+                body: String::new(),
+            })
+        }
+        async fn start(&self, _: &str, _: Option<&Value>) -> client::Result<()> {
+            Ok(())
+        }
+        async fn stop(&self, _: &str) -> client::Result<()> {
+            Ok(())
+        }
+        async fn restart(&self, _: &str) -> client::Result<()> {
+            Ok(())
+        }
+        async fn changes_after(
+            &self,
+            cursor: Option<u64>,
+            wait: Duration,
+        ) -> client::Result<ChangeBatch> {
+            self.feed_requests.fetch_add(1, Ordering::SeqCst);
+            let after = cursor.unwrap_or(0);
+            let changes: Vec<_> = self
+                .history
+                .iter()
+                .filter(|c| c.sequence > Some(after))
+                .cloned()
+                .collect();
+            if changes.is_empty() {
+                tokio::time::sleep(wait.min(Duration::from_millis(20))).await;
+            }
+            Ok(ChangeBatch {
+                changes,
+                latest_sequence: Some(self.history.len() as u64),
+                oldest_sequence: Some(1),
+                truncated: false,
+            })
+        }
+        async fn changes_since(&self, _: Timestamp) -> client::Result<Vec<StatusChange>> {
+            Ok(Vec::new())
+        }
+        async fn running_configuration(&self, id: &str) -> client::Result<Option<Value>> {
+            self.read_one(id).map(|_| Some(DESIRED()))
+        }
+        async fn running_configurations(&self) -> client::Result<HashMap<String, Value>> {
+            Ok(self
+                .instances
+                .iter()
+                .map(|i| (i.id.clone(), DESIRED()))
+                .collect())
+        }
+        async fn capabilities(&self) -> client::Result<Capabilities> {
+            Ok(Capabilities {
+                sequence_feed: true,
+                running_configuration: true,
+                ..Capabilities::default()
+            })
+        }
+    }
+
+    fn reconciles(daemon: &Daemon) -> f64 {
+        daemon
+            .controller()
+            .metrics()
+            .encode()
+            .lines()
+            .filter(|l| l.starts_with("setpoint_reconciles_total{"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+
+    #[tokio::test]
+    async fn a_start_up_resync_uses_its_listing_and_does_not_replay_the_feed_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let plugins = dir.path().join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        let settings = Settings::load(
+            None,
+            Vec::<(String, String)>::new(),
+            &Overrides::new()
+                .set("control_plane.url", "http://127.0.0.1:9")
+                .set("plugins.dir", plugins.display().to_string())
+                .set("store.path", dir.path().join("s.db").display().to_string())
+                .set("admin.listen", "127.0.0.1:0")
+                .set("controller.resync_interval", "1h"),
+        )
+        .unwrap();
+        let fleet = Arc::new(Fleet::new(40));
+        let daemon = Daemon::start_with(settings, fleet.clone()).await.unwrap();
+        // Every instance reconciled, and the feed past its first answer (a replayed
+        // history would be queued by then) with nothing left running.
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while reconciles(&daemon) < 40.0
+                || fleet.feed_requests.load(Ordering::SeqCst) < 3
+                || daemon.queue().in_flight() > 0
+            {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .expect("every instance is reconciled");
+        assert_eq!(reconciles(&daemon), 40.0, "each instance once");
+        assert_eq!(
+            fleet.per_instance_reads.load(Ordering::SeqCst),
+            0,
+            "the listing and the bulk running configurations stand in for per-instance reads"
+        );
+        daemon.shutdown().await.unwrap();
     }
 }

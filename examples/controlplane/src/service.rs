@@ -448,6 +448,7 @@ impl ControlPlane {
         let change = self.new_change(
             &current,
             &Transition::new(InstanceStatus::Stopped, SOURCE_CONTROL_PLANE).with(metadata),
+            Utc::now(),
         );
         self.store()
             .apply(&[Write::Delete(id), Write::Change(&change, self.retain())])?;
@@ -1096,7 +1097,7 @@ impl ControlPlane {
     ) -> Result<(InstanceRecord, Option<StatusChange>)> {
         let now = Utc::now();
         let change = transition.map(|t| {
-            let change = self.new_change(&record, &t);
+            let change = self.new_change(&record, &t, now);
             let mut info = runtime_info(&record);
             info.status = t.status;
             info.runtime_metadata.extend(t.metadata.clone());
@@ -1143,7 +1144,14 @@ impl ControlPlane {
         Ok((record, change))
     }
 
-    fn new_change(&self, record: &InstanceRecord, t: &Transition) -> StatusChange {
+    /// The change made at `now`, the instance's new `lastModifiedAt`: a listing that shows
+    /// the change's effect carries its timestamp, so a follower can tell it saw it.
+    fn new_change(
+        &self,
+        record: &InstanceRecord,
+        t: &Transition,
+        now: chrono::DateTime<Utc>,
+    ) -> StatusChange {
         StatusChange {
             sequence: self.inner.feed.next_sequence(),
             instance_id: record.instance.id.clone(),
@@ -1151,7 +1159,7 @@ impl ControlPlane {
             previous_status: (t.status != InstanceStatus::Created)
                 .then_some(record.instance.status),
             source: t.source.clone(),
-            timestamp: Utc::now(),
+            timestamp: now,
             metadata: t.metadata.clone(),
         }
     }

@@ -438,6 +438,29 @@ impl ControlPlane for DraasClient {
         decode_value(&answer.call, value)
     }
 
+    async fn feed_head(&self) -> Result<Option<u64>> {
+        // The reference control plane's discovery document carries the head of its feed;
+        // reading it spares downloading every retained change.
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct Info {
+            latest_sequence: Option<u64>,
+        }
+        match self
+            .get::<Info>(self.url(&self.config.routes.info, &[]))
+            .await
+        {
+            Ok(Info {
+                latest_sequence: Some(head),
+            }) => Ok(Some(head)),
+            Ok(_) | Err(Error::NotFound { .. }) | Err(Error::Decode { .. }) => Ok(self
+                .changes_after(None, Duration::ZERO)
+                .await?
+                .next_cursor()),
+            Err(error) => Err(error),
+        }
+    }
+
     async fn changes_since(&self, since: Timestamp) -> Result<Vec<StatusChange>> {
         let mut url = self.url(&self.config.routes.status, &["recent-changes"]);
         url.query_pairs_mut().append_pair(
@@ -1061,6 +1084,34 @@ mod tests {
         assert!(!batch.truncated);
         assert_eq!(batch.latest_sequence, Some(12));
         assert_eq!(batch.changes[1].sequence, Some(12));
+    }
+
+    #[tokio::test]
+    async fn feed_head_comes_from_the_discovery_document_or_else_from_the_feed() {
+        let info = Router::new().route(
+            "/api/extensions/info",
+            get(|| async {
+                axum::Json(json!({"extensions": ["sequenceFeed"], "latestSequence": 41}))
+            }),
+        );
+        assert_eq!(
+            client(&serve(info).await).feed_head().await.unwrap(),
+            Some(41)
+        );
+
+        // Without a discovery document, the feed read from its start gives the cursor.
+        let feed = Router::new().route(
+            "/api/status/recent-changes",
+            get(|Query(q): Query<HashMap<String, String>>| async move {
+                assert_eq!(q["after"], "0");
+                axum::Json(json!({"latestSequence": 12, "truncated": false,
+                                  "changes": [change_json(12, json!("Running"))]}))
+            }),
+        );
+        assert_eq!(
+            client(&serve(feed).await).feed_head().await.unwrap(),
+            Some(12)
+        );
     }
 
     #[tokio::test]

@@ -76,6 +76,18 @@ pub trait ControlPlane: Send + Sync + 'static {
     /// DRaaS (reference control plane): `GET /api/status/recent-changes?after={seq}&wait={seconds}`.
     async fn changes_after(&self, cursor: Option<u64>, wait: Duration) -> Result<ChangeBatch>;
 
+    /// The cursor of the newest change, for a follower that is about to list every
+    /// instance and needs only what happens after that. `None`: the control plane did
+    /// not say. The default reads [`changes_after`](Self::changes_after) from the start
+    /// and keeps only its cursor; a control plane that reports its head more cheaply
+    /// overrides it.
+    async fn feed_head(&self) -> Result<Option<u64>> {
+        Ok(self
+            .changes_after(None, Duration::ZERO)
+            .await?
+            .next_cursor())
+    }
+
     /// Changes recorded at or after `since`, the seed API's feed. It cannot tell the
     /// caller that changes were lost (its buffer holds the last 1,000), so the host uses
     /// it only when [`changes_after`](Self::changes_after) is unsupported.
