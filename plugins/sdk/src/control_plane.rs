@@ -7,6 +7,7 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// Why a control-plane call did not succeed.
@@ -91,7 +92,10 @@ pub struct Health {
 }
 
 /// Request counters of an instance since it started.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+///
+/// Serialised as `{"requests": n, "errors": n}`, so strategies can keep a reading in
+/// their state (see [`crate::analysis`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstanceMetrics {
     /// Requests served.
     pub requests: u64,
@@ -100,12 +104,25 @@ pub struct InstanceMetrics {
 }
 
 /// One backend of a traffic endpoint and its share of requests.
-#[derive(Debug, Clone, PartialEq, Eq)]
+///
+/// Serialised as `{"instance_id": "...", "weight": n}`, as in
+/// [`RolloutStatus::weights`](crate::RolloutStatus::weights).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BackendWeight {
     /// The instance that serves this share.
     pub instance_id: String,
     /// Relative weight; the weights of an endpoint need not sum to 100.
     pub weight: u32,
+}
+
+impl BackendWeight {
+    /// `weight` for `instance_id`.
+    pub fn new(instance_id: impl Into<String>, weight: u32) -> Self {
+        Self {
+            instance_id: instance_id.into(),
+            weight,
+        }
+    }
 }
 
 /// Control-plane calls a strategy may make. The host scopes every call to the instance

@@ -107,10 +107,12 @@
 
 // The arena is the global allocator only on wasm32 with the `arena` feature; natively
 // its logic is compiled for its unit tests alone.
+pub mod analysis;
 #[cfg_attr(not(all(target_arch = "wasm32", feature = "arena")), allow(dead_code))]
 mod arena;
 mod control_plane;
 mod drift;
+pub mod duration;
 mod error;
 pub mod log;
 // Word-at-a-time `memcmp` for wasm32-unknown-unknown; natively only its tests use it.
@@ -122,6 +124,8 @@ mod memcmp;
 mod metadata;
 pub mod pointer;
 mod rollout;
+pub mod status;
+pub mod steps;
 pub mod testing;
 
 #[doc(hidden)]
@@ -134,8 +138,12 @@ pub use control_plane::{
 pub use drift::{Drift, DriftKind, WireDrift};
 pub use error::PluginError;
 pub use metadata::{Metadata, PluginKind};
-pub use rollout::{Progress, Rollout};
+pub use rollout::{
+    APPROVAL_PARAM, Approval, PROMOTE_PARAM, Progress, Promote, RESERVED_PARAM_PREFIX, Rollout,
+    is_reserved_param,
+};
 pub use serde_json::{self, Value};
+pub use status::{AnalysisFigures, RolloutStatus, Verdict};
 
 #[cfg(all(
     target_arch = "wasm32",

@@ -1,4 +1,17 @@
 //! A strategy's unit of work ([`Rollout`]) and its answer ([`Progress`]).
+//!
+//! # Parameters the host adds
+//!
+//! Besides what policy sets, the host puts *reserved* parameters into `rollout.params`,
+//! under keys that start with `$` (policy cannot set them):
+//!
+//! | Key | Values | Meaning | Accessor |
+//! |---|---|---|---|
+//! | `$approval` | `"none"`, `"before-apply"`, `"before-promote"` | The policy's approval gate. | [`Rollout::approval`], [`Rollout::approval_before_promote`] |
+//! | `$promote` | `"step"`, `"full"` | Present only on the one `step` call that delivers an operator's `setpoint promote`. | [`Rollout::promote`] |
+//!
+//! A strategy must accept `$` keys it does not know when it validates its parameters
+//! ([`Rollout::check_params`] does), so a newer host can add more.
 
 use std::time::Duration;
 
@@ -7,6 +20,62 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::{Drift, PluginError};
+
+/// Keys of `rollout.params` that start with this are the host's, not policy's.
+pub const RESERVED_PARAM_PREFIX: char = '$';
+/// The reserved parameter that carries the policy's approval gate.
+pub const APPROVAL_PARAM: &str = "$approval";
+/// The reserved parameter that carries an operator's `setpoint promote`.
+pub const PROMOTE_PARAM: &str = "$promote";
+
+/// Whether `key` is a parameter the host reserves (it starts with `$`).
+pub fn is_reserved_param(key: &str) -> bool {
+    key.starts_with(RESERVED_PARAM_PREFIX)
+}
+
+/// What an operator's `setpoint promote` asks for (`$promote`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Promote {
+    /// `"step"`: end the current pause, analysis or approval wait and go on to the next
+    /// step.
+    Step,
+    /// `"full"`: skip every remaining step, pause and analysis and go straight to full
+    /// promotion.
+    Full,
+}
+
+impl Promote {
+    /// The value of `$promote`: `step` or `full`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Step => "step",
+            Self::Full => "full",
+        }
+    }
+}
+
+/// The approval gate of the policy rule that applies (`$approval`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Approval {
+    /// `"none"`: no gate.
+    None,
+    /// `"before-apply"`: the host held the change before the rollout's first step.
+    BeforeApply,
+    /// `"before-promote"`: the strategy should ask (return `await-approval`) before it
+    /// promotes the change fully.
+    BeforePromote,
+}
+
+impl Approval {
+    /// The value of `$approval`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::BeforeApply => "before-apply",
+            Self::BeforePromote => "before-promote",
+        }
+    }
+}
 
 /// One unit of work for a strategy, parsed from the contract's `rollout` record.
 ///
@@ -84,6 +153,108 @@ impl Rollout {
         self.step = step;
         self.elapsed = elapsed;
         self
+    }
+
+    /// With the reserved parameter `$promote` set to `promote` (what the host sends on the
+    /// step call that delivers `setpoint promote`); `None` removes it.
+    #[must_use]
+    pub fn with_promote(self, promote: Option<Promote>) -> Self {
+        self.with_reserved(PROMOTE_PARAM, promote.map(Promote::as_str))
+    }
+
+    /// With the reserved parameter `$approval` set to `approval`; `None` removes it.
+    #[must_use]
+    pub fn with_approval(self, approval: Option<Approval>) -> Self {
+        self.with_reserved(APPROVAL_PARAM, approval.map(Approval::as_str))
+    }
+
+    fn with_reserved(mut self, key: &str, value: Option<&str>) -> Self {
+        if !self.params.is_object() {
+            self.params = Value::Object(serde_json::Map::new());
+        }
+        if let Value::Object(params) = &mut self.params {
+            match value {
+                Some(value) => params.insert(key.to_owned(), Value::String(value.to_owned())),
+                None => params.remove(key),
+            };
+        }
+        self
+    }
+
+    /// [`Rollout::elapsed`] in whole milliseconds (the host's `elapsed-ms`).
+    pub fn elapsed_ms(&self) -> u64 {
+        u64::try_from(self.elapsed.as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// What an operator's `setpoint promote` asks for, on the one step call that
+    /// delivers it (`$promote`); `None` on every other call. A value this SDK does not
+    /// know is `None` too.
+    pub fn promote(&self) -> Option<Promote> {
+        match self.params.get(PROMOTE_PARAM)?.as_str()? {
+            "step" => Some(Promote::Step),
+            "full" => Some(Promote::Full),
+            _ => None,
+        }
+    }
+
+    /// The policy's approval gate (`$approval`); `None` when the host does not say (an
+    /// older host) or says something this SDK does not know.
+    pub fn approval(&self) -> Option<Approval> {
+        match self.params.get(APPROVAL_PARAM)?.as_str()? {
+            "none" => Some(Approval::None),
+            "before-apply" => Some(Approval::BeforeApply),
+            "before-promote" => Some(Approval::BeforePromote),
+            _ => None,
+        }
+    }
+
+    /// Whether the policy asks for an approval before full promotion
+    /// (`$approval == "before-promote"`). A strategy that promotes asks for it with
+    /// `await-approval` then, and only then (or when its own params ask).
+    pub fn approval_before_promote(&self) -> bool {
+        self.approval() == Some(Approval::BeforePromote)
+    }
+
+    /// Check that params are a JSON object whose keys are all in `accepted`, ignoring the
+    /// host's reserved `$` keys. An unknown key is [`PluginError::InvalidParams`] naming
+    /// it and listing what the strategy accepts (`strategy` names the strategy there).
+    pub fn check_params(&self, strategy: &str, accepted: &[&str]) -> Result<(), PluginError> {
+        let Value::Object(params) = &self.params else {
+            return Err(PluginError::invalid_params(format!(
+                "params must be a JSON object, got {}",
+                self.params
+            )));
+        };
+        match params
+            .keys()
+            .find(|key| !is_reserved_param(key) && !accepted.contains(&key.as_str()))
+        {
+            None => Ok(()),
+            Some(unknown) => {
+                let list: Vec<String> = accepted.iter().map(|k| format!("`{k}`")).collect();
+                Err(PluginError::invalid_params(format!(
+                    "unknown parameter `{unknown}`; {strategy} accepts {}",
+                    if list.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        list.join(", ")
+                    }
+                )))
+            }
+        }
+    }
+
+    /// The duration parameter `name` ([`crate::duration`]: `"500ms"`, `"10s"`, `"2m"`,
+    /// `"1h"` or a number of milliseconds), or `default` when policy does not set it.
+    pub fn duration_param_or(
+        &self,
+        name: &str,
+        default: Duration,
+    ) -> Result<Duration, PluginError> {
+        match self.param::<Value>(name)? {
+            None => Ok(default),
+            Some(value) => crate::duration::from_param(name, &value),
+        }
     }
 
     /// The state of the previous step as `T`; `Ok(None)` at the first step.
@@ -276,6 +447,68 @@ mod tests {
             panic!("expected invalid params");
         };
         assert!(message.contains("`b`"), "{message}");
+    }
+
+    #[test]
+    fn reserved_params_are_read_and_skipped_by_check_params() {
+        let rollout = Rollout::new("i", json!({}))
+            .with_params(json!({"a": 1, "$approval": "before-promote", "$future": {"x": 1}}))
+            .with_promote(Some(Promote::Full));
+        assert_eq!(rollout.promote(), Some(Promote::Full));
+        assert_eq!(rollout.approval(), Some(Approval::BeforePromote));
+        assert!(rollout.approval_before_promote());
+        rollout.check_params("test", &["a"]).unwrap();
+
+        let Err(PluginError::InvalidParams(message)) = rollout.check_params("test", &["b", "c"])
+        else {
+            panic!("`a` is unknown");
+        };
+        assert_eq!(message, "unknown parameter `a`; test accepts `b`, `c`");
+
+        let plain = rollout
+            .clone()
+            .with_promote(None)
+            .with_approval(Some(Approval::BeforeApply));
+        assert_eq!(plain.promote(), None);
+        assert!(!plain.approval_before_promote());
+        assert_eq!(plain.params["$approval"], "before-apply");
+
+        let odd = Rollout::new("i", json!({})).with_params(json!({"$promote": "sideways"}));
+        assert_eq!(odd.promote(), None);
+        assert_eq!(odd.approval(), None);
+        assert!(matches!(
+            Rollout::new("i", json!({}))
+                .with_params(json!([1]))
+                .check_params("test", &[]),
+            Err(PluginError::InvalidParams(_))
+        ));
+    }
+
+    #[test]
+    fn duration_params_take_strings_numbers_and_defaults() {
+        let rollout =
+            Rollout::new("i", json!({})).with_params(json!({"drain": "2s", "n": 5, "bad": "x"}));
+        assert_eq!(
+            rollout.duration_param_or("drain", Duration::ZERO).unwrap(),
+            Duration::from_secs(2)
+        );
+        assert_eq!(
+            rollout.duration_param_or("n", Duration::ZERO).unwrap(),
+            Duration::from_millis(5)
+        );
+        assert_eq!(
+            rollout
+                .duration_param_or("missing", Duration::from_secs(1))
+                .unwrap(),
+            Duration::from_secs(1)
+        );
+        assert!(
+            rollout
+                .duration_param_or("bad", Duration::ZERO)
+                .unwrap_err()
+                .to_string()
+                .contains("`bad`")
+        );
     }
 
     #[test]

@@ -14,8 +14,14 @@
 //! cp.stop("db").unwrap();
 //! assert_eq!(cp.mutations(), [&Call::Stop { instance_id: "db".into() }]);
 //! ```
+//!
+//! For strategies that clone and move traffic it keeps the world they act on: clones
+//! (created `Created`, labelled [`CLONE_OF_LABEL`], gone after `delete_clone`), each
+//! endpoint's current weights ([`FakeControlPlane::weights`]), and every time traffic was
+//! sent to an instance that was not running or had last probed unhealthy
+//! ([`FakeControlPlane::traffic_violations`]).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use serde_json::Value;
 
@@ -37,6 +43,10 @@ pub fn take_logs() -> Vec<(Level, String)> {
         Vec::new()
     }
 }
+
+/// The label a clone carries, naming the instance it was cloned from (as the reference
+/// control plane sets it).
+pub const CLONE_OF_LABEL: &str = "setpoint.io/clone-of";
 
 /// One control-plane operation, for scripting failures with
 /// [`FakeControlPlane::fail_next`].
@@ -167,11 +177,14 @@ impl Call {
 /// A scriptable in-memory [`ControlPlane`] that records every call.
 ///
 /// Unscripted behaviour: lifecycle calls succeed and update the status that
-/// `get_runtime_status` reports; `probe_health` answers healthy; `get_metrics` answers
+/// `get_runtime_status` reports; `probe_health` answers healthy, except for an instance
+/// the fake knows as `Created`, `Stopped` or `Error` (unhealthy); `get_metrics` answers
 /// zeros; `get_instance` and `get_desired_configuration` answer
 /// [`ControlPlaneError::NotFound`] for instances not added with
 /// [`FakeControlPlane::with_instance`] / [`FakeControlPlane::with_desired_configuration`];
-/// clones get the identifiers `<instance>-clone-<n>`.
+/// clones get the identifiers `<instance>-clone-<n>`, start out `Created` and carry the
+/// label [`CLONE_OF_LABEL`]. Once deleted, every call naming a clone answers
+/// [`ControlPlaneError::NotFound`] (a scripted failure still comes first).
 #[derive(Debug, Default)]
 pub struct FakeControlPlane {
     calls: Vec<Call>,
@@ -182,6 +195,11 @@ pub struct FakeControlPlane {
     metrics: BTreeMap<String, VecDeque<InstanceMetrics>>,
     failures: BTreeMap<Operation, VecDeque<ControlPlaneError>>,
     clones: u32,
+    live_clones: Vec<String>,
+    deleted: BTreeSet<String>,
+    last_health: BTreeMap<String, bool>,
+    weights: BTreeMap<String, Vec<BackendWeight>>,
+    violations: Vec<String>,
 }
 
 impl FakeControlPlane {
@@ -244,6 +262,24 @@ impl FakeControlPlane {
         self
     }
 
+    /// From now on answer `probe_health(instance_id)` with `healthy` (replaces the script).
+    pub fn set_health(&mut self, instance_id: impl Into<String>, healthy: bool) -> &mut Self {
+        let script = Self::new().with_health(instance_id, [healthy]).health;
+        self.health.extend(script);
+        self
+    }
+
+    /// From now on answer `get_metrics(instance_id)` with `metrics` (replaces the script).
+    pub fn set_metrics(
+        &mut self,
+        instance_id: impl Into<String>,
+        metrics: InstanceMetrics,
+    ) -> &mut Self {
+        self.metrics
+            .insert(instance_id.into(), VecDeque::from([metrics]));
+        self
+    }
+
     /// Make the next call of `operation` fail with `error` (queued: calling this twice
     /// fails the next two calls).
     pub fn fail_next(&mut self, operation: Operation, error: ControlPlaneError) -> &mut Self {
@@ -271,16 +307,56 @@ impl FakeControlPlane {
         self.statuses.get(instance_id).copied()
     }
 
+    /// The clones created and not deleted yet, in the order they were created.
+    pub fn clones(&self) -> &[String] {
+        &self.live_clones
+    }
+
+    /// How many clones were created in all (deleted or not).
+    pub fn clones_created(&self) -> u32 {
+        self.clones
+    }
+
+    /// The weights last set on `endpoint`; `None` if none were.
+    pub fn weights(&self, endpoint: &str) -> Option<&[BackendWeight]> {
+        self.weights.get(endpoint).map(Vec::as_slice)
+    }
+
+    /// Every time a `set_traffic_weights` call gave a weight above 0 to an instance that
+    /// was deleted, known as not `Running`, or whose last health probe answered
+    /// unhealthy, described. Empty when traffic only ever went where it should.
+    pub fn traffic_violations(&self) -> &[String] {
+        &self.violations
+    }
+
     fn record(&mut self, call: Call) -> Result<(), ControlPlaneError> {
         let operation = call.operation();
+        let target = match &call {
+            Call::SetTrafficWeights { .. } => None,
+            Call::GetInstance { instance_id }
+            | Call::GetRuntimeStatus { instance_id }
+            | Call::GetDesiredConfiguration { instance_id }
+            | Call::Start { instance_id, .. }
+            | Call::Stop { instance_id }
+            | Call::Restart { instance_id }
+            | Call::CloneInstance { instance_id, .. }
+            | Call::DeleteClone { instance_id }
+            | Call::ProbeHealth { instance_id }
+            | Call::GetMetrics { instance_id } => Some(instance_id.clone()),
+        };
         self.calls.push(call);
-        match self
+        if let Some(error) = self
             .failures
             .get_mut(&operation)
             .and_then(VecDeque::pop_front)
         {
-            Some(error) => Err(error),
-            None => Ok(()),
+            return Err(error);
+        }
+        match target {
+            Some(id) if self.deleted.contains(&id) => {
+                Err(ControlPlaneError::NotFound(format!("instance {id}")))
+            }
+            _ => Ok(()),
         }
     }
 }
@@ -382,8 +458,18 @@ impl ControlPlane for FakeControlPlane {
         })?;
         self.clones += 1;
         let clone = format!("{instance_id}-clone-{}", self.clones);
-        self.statuses.insert(clone.clone(), InstanceStatus::Running);
+        let source = self.instances.get(instance_id);
+        let info = InstanceInfo {
+            id: clone.clone(),
+            name: source.map_or_else(|| clone.clone(), |s| format!("{}-clone", s.name)),
+            status: InstanceStatus::Created,
+            platform_type: source.map_or_else(|| "Process".to_owned(), |s| s.platform_type.clone()),
+            labels: vec![(CLONE_OF_LABEL.to_owned(), instance_id.to_owned())],
+        };
+        self.instances.insert(clone.clone(), info);
+        self.statuses.insert(clone.clone(), InstanceStatus::Created);
         self.desired.insert(clone.clone(), configuration.clone());
+        self.live_clones.push(clone.clone());
         Ok(clone)
     }
 
@@ -393,6 +479,9 @@ impl ControlPlane for FakeControlPlane {
         })?;
         self.statuses.remove(instance_id);
         self.desired.remove(instance_id);
+        self.instances.remove(instance_id);
+        self.live_clones.retain(|c| c != instance_id);
+        self.deleted.insert(instance_id.to_owned());
         Ok(())
     }
 
@@ -404,19 +493,57 @@ impl ControlPlane for FakeControlPlane {
         self.record(Call::SetTrafficWeights {
             endpoint: endpoint.to_owned(),
             weights: weights.to_vec(),
-        })
+        })?;
+        for backend in weights.iter().filter(|w| w.weight > 0) {
+            let id = &backend.instance_id;
+            let why = if self.deleted.contains(id) {
+                Some("deleted".to_owned())
+            } else if let Some(status) = self
+                .statuses
+                .get(id)
+                .filter(|s| **s != InstanceStatus::Running)
+            {
+                Some(format!("{status}"))
+            } else if self.last_health.get(id) == Some(&false) {
+                Some("unhealthy at its last probe".to_owned())
+            } else {
+                None
+            };
+            if let Some(why) = why {
+                self.violations.push(format!(
+                    "call {}: weight {} to {id} on endpoint {endpoint}, which is {why}",
+                    self.calls.len(),
+                    backend.weight
+                ));
+            }
+        }
+        self.weights.insert(endpoint.to_owned(), weights.to_vec());
+        Ok(())
     }
 
     fn probe_health(&mut self, instance_id: &str) -> Result<Health, ControlPlaneError> {
         self.record(Call::ProbeHealth {
             instance_id: instance_id.to_owned(),
         })?;
-        Ok(
-            next_answer(self.health.get_mut(instance_id)).unwrap_or_else(|| Health {
-                healthy: true,
-                detail: "fake probe: healthy (unscripted)".to_owned(),
-            }),
-        )
+        let health = next_answer(self.health.get_mut(instance_id)).unwrap_or_else(|| {
+            match self.statuses.get(instance_id) {
+                Some(
+                    status @ (InstanceStatus::Created
+                    | InstanceStatus::Stopped
+                    | InstanceStatus::Error),
+                ) => Health {
+                    healthy: false,
+                    detail: format!("fake probe: unhealthy (unscripted, {status})"),
+                },
+                _ => Health {
+                    healthy: true,
+                    detail: "fake probe: healthy (unscripted)".to_owned(),
+                },
+            }
+        });
+        self.last_health
+            .insert(instance_id.to_owned(), health.healthy);
+        Ok(health)
     }
 
     fn get_metrics(&mut self, instance_id: &str) -> Result<InstanceMetrics, ControlPlaneError> {
@@ -460,6 +587,57 @@ mod tests {
             cp.get_desired_configuration(&clone),
             Err(ControlPlaneError::NotFound(_))
         ));
+    }
+
+    #[test]
+    fn clones_are_labelled_created_and_gone_once_deleted() {
+        let mut cp = FakeControlPlane::new();
+        let clone = cp.clone_instance("a", &json!({})).unwrap();
+        assert_eq!(cp.status(&clone), Some(InstanceStatus::Created));
+        assert!(!cp.probe_health(&clone).unwrap().healthy);
+        let info = cp.get_instance(&clone).unwrap();
+        assert_eq!(info.labels, [(CLONE_OF_LABEL.to_owned(), "a".to_owned())]);
+        assert_eq!(cp.clones(), std::slice::from_ref(&clone));
+        cp.delete_clone(&clone).unwrap();
+        assert!(cp.clones().is_empty());
+        assert_eq!(cp.clones_created(), 1);
+        assert!(matches!(
+            cp.delete_clone(&clone),
+            Err(ControlPlaneError::NotFound(_))
+        ));
+        assert!(matches!(
+            cp.probe_health(&clone),
+            Err(ControlPlaneError::NotFound(_))
+        ));
+    }
+
+    #[test]
+    fn weights_are_kept_and_traffic_to_a_bad_backend_is_reported() {
+        let mut cp = FakeControlPlane::new().with_health("b", [false]);
+        let both = [BackendWeight::new("a", 90), BackendWeight::new("b", 10)];
+        cp.set_traffic_weights("a", &both).unwrap();
+        assert!(cp.traffic_violations().is_empty(), "b was never probed");
+        assert!(!cp.probe_health("b").unwrap().healthy);
+        cp.stop("a").unwrap();
+        cp.set_traffic_weights("a", &both).unwrap();
+        assert_eq!(cp.weights("a"), Some(&both[..]));
+        assert_eq!(
+            cp.traffic_violations(),
+            [
+                "call 4: weight 90 to a on endpoint a, which is Stopped",
+                "call 4: weight 10 to b on endpoint a, which is unhealthy at its last probe"
+            ]
+        );
+        cp.set_health("b", true);
+        cp.set_metrics(
+            "b",
+            InstanceMetrics {
+                requests: 3,
+                errors: 1,
+            },
+        );
+        assert!(cp.probe_health("b").unwrap().healthy);
+        assert_eq!(cp.get_metrics("b").unwrap().requests, 3);
     }
 
     #[test]
