@@ -16,7 +16,11 @@
 //!
 //! Parameters (a JSON object, all optional): `health_poll_ms` (default 500, at least 1),
 //! `health_deadline_ms` (default 30000). An invalid or unknown parameter fails the
-//! rollout, not retryable, naming the parameter.
+//! rollout, not retryable, naming the parameter; the host's reserved `$` keys
+//! (`$approval`, `$promote`) are accepted and have nothing to act on here.
+//!
+//! The state carries a `status` object for the host ([`RolloutStatus`]): phase
+//! `restarting`, waiting for the instance to become healthy.
 
 use std::time::Duration;
 
@@ -24,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use setpoint_plugin::serde_json::Value;
 use setpoint_plugin::{
     ControlPlane, ControlPlaneError, InstanceStatus, Metadata, PluginError, Progress, Rollout,
-    Strategy, log,
+    RolloutStatus, Strategy, log,
 };
 
 /// The `restart` strategy.
@@ -48,15 +52,7 @@ struct Params {
 
 impl Params {
     fn parse(rollout: &Rollout) -> Result<Self, PluginError> {
-        if let Value::Object(map) = &rollout.params
-            && let Some(unknown) = map
-                .keys()
-                .find(|k| !matches!(k.as_str(), "health_poll_ms" | "health_deadline_ms"))
-        {
-            return Err(PluginError::invalid_params(format!(
-                "unknown parameter `{unknown}`; restart accepts `health_poll_ms` and `health_deadline_ms`"
-            )));
-        }
+        rollout.check_params("restart", &["health_poll_ms", "health_deadline_ms"])?;
         let params = Self {
             health_poll_ms: rollout.param_or("health_poll_ms", DEFAULT_HEALTH_POLL_MS)?,
             health_deadline_ms: rollout
@@ -78,6 +74,9 @@ impl Params {
 /// What `restart` carries from step to step.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct State {
+    /// What the host shows (`setpoint status`).
+    #[serde(default)]
+    status: RolloutStatus,
     /// The configuration the instance ran before the restart (`None`: unknown), for
     /// `abort`.
     previous: Option<Value>,
@@ -139,7 +138,10 @@ impl Strategy for Restart {
 /// First step: remember the running configuration, stop, start with the desired one.
 fn restart(rollout: &Rollout, cp: &mut dyn ControlPlane, params: &Params) -> Progress {
     let id = &rollout.instance_id;
+    let mut status = RolloutStatus::new("restart", "restarting");
+    status.waiting_for = Some(format!("{id} to become healthy"));
     let state = State {
+        status,
         previous: rollout.actual.clone(),
     };
     log::info(&format!("restarting {id} with the desired configuration"));
@@ -361,6 +363,7 @@ mod tests {
             (json!({"health_poll_ms": 0}), "health_poll_ms"),
             (json!({"health_deadline_ms": -1}), "health_deadline_ms"),
             (json!({"health_deadlin_ms": 5}), "health_deadlin_ms"),
+            (json!([5]), "JSON object"),
         ] {
             let mut cp = FakeControlPlane::new();
             let progress = Restart::step(&first_step().with_params(params), &mut cp);
@@ -371,6 +374,20 @@ mod tests {
             assert!(reason.contains(name), "{reason}");
             assert!(cp.calls().is_empty());
         }
+    }
+
+    #[test]
+    fn reserved_host_params_are_accepted() {
+        let mut cp = FakeControlPlane::new();
+        let rollout = first_step().with_params(json!({
+            "health_poll_ms": 100, "$approval": "before-promote", "$promote": "full", "$later": 1
+        }));
+        let progress = Restart::step(&rollout, &mut cp);
+        assert!(matches!(progress, Progress::Requeue { .. }), "{progress:?}");
+        let state: setpoint_plugin::Value =
+            setpoint_plugin::serde_json::from_str(progress.state().unwrap()).unwrap();
+        assert_eq!(state["status"]["strategy"], "restart");
+        assert_eq!(state["status"]["phase"], "restarting");
     }
 
     #[test]
