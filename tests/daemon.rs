@@ -360,9 +360,21 @@ comparator = "fixture-trap-on-change"
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_strategy_stopping_another_instance_is_denied_and_audited() {
+async fn a_strategy_stopping_another_instance_or_steering_its_endpoint_is_denied_and_audited() {
     let mut world = World::new(&["escape"]).await;
     let victim = world.create("victim", json!({})).await;
+    // The victim's traffic address: the endpoint named after it.
+    let put = world
+        .http
+        .put(format!(
+            "{}/api/extensions/endpoints/{victim}",
+            world.cp_url()
+        ))
+        .json(&json!({ "backends": [{ "instanceId": victim, "weight": 100 }] }))
+        .send()
+        .await
+        .unwrap();
+    assert!(put.status().is_success(), "{put:?}");
     world
         .start_daemon(
             "30s",
@@ -392,10 +404,23 @@ strategy_params = {{ target = "{victim}" }}
         .filter(|(k, _)| *k == AuditKind::Denied)
         .map(|(_, m)| m)
         .collect();
-    assert_eq!(denied.len(), 1, "{audit:#?}");
+    assert_eq!(denied.len(), 2, "{audit:#?}");
     assert!(
         denied[0].contains("stop") && denied[0].contains(&victim),
         "{denied:?}"
+    );
+    assert!(
+        denied[1].contains("set-traffic-weights")
+            && denied[1].contains(&format!("endpoint {victim}")),
+        "{denied:?}"
+    );
+    let endpoint = world
+        .get(&format!("/api/extensions/endpoints/{victim}"))
+        .await;
+    assert_eq!(
+        endpoint["backends"],
+        json!([{ "instanceId": victim, "weight": 100 }]),
+        "the victim's endpoint must be left as it was"
     );
     assert_eq!(
         world.status(&victim).await,
@@ -409,7 +434,7 @@ strategy_params = {{ target = "{victim}" }}
         .await
         .unwrap();
     assert!(
-        metrics.contains("setpoint_denied_control_plane_calls_total 1"),
+        metrics.contains("setpoint_denied_control_plane_calls_total 2"),
         "{metrics}"
     );
     world.stop_daemon().await;

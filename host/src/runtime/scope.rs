@@ -137,6 +137,20 @@ pub struct ImportCall {
     /// document.
     #[serde(skip)]
     pub configuration: Option<serde_json::Value>,
+    /// The weights a `set-traffic-weights` call carried (audited with it); `None` for
+    /// every other call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weights: Option<Vec<Weight>>,
+}
+
+/// One backend's weight as a `set-traffic-weights` call set it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Weight {
+    /// The instance serving this share.
+    pub instance_id: String,
+    /// Its relative weight.
+    pub weight: u32,
 }
 
 /// The JSON a configuration argument holds, or its text when it is not JSON.
@@ -194,6 +208,7 @@ impl ScopedControlPlane {
             mutating,
             outcome,
             configuration: configuration.map(parse_configuration),
+            weights: None,
         });
     }
 
@@ -377,13 +392,42 @@ impl control_plane::Host for HostState {
         weights: Vec<BackendWeight>,
     ) -> Result<(), CpError> {
         let cp = self.scoped("set-traffic-weights")?;
-        for w in &weights {
-            cp.check_scope("set-traffic-weights", &w.instance_id, true)?;
-        }
         let target = format!("endpoint {endpoint}");
-        // The endpoint itself is not an instance: scope is checked on its backends above.
+        let sent: Vec<Weight> = weights
+            .iter()
+            .map(|w| Weight {
+                instance_id: w.instance_id.clone(),
+                weight: w.weight,
+            })
+            .collect();
+        let record = |cp: &mut ScopedControlPlane, outcome: CallOutcome| {
+            cp.record("set-traffic-weights", &target, true, outcome);
+            if let Some(last) = cp.calls.last_mut() {
+                last.weights = Some(sent.clone());
+            }
+        };
+        // An instance's traffic address is the endpoint named after it: a rollout may
+        // steer only its own instance's endpoint, and only to its instance and clones.
+        if endpoint != cp.scope.instance_id {
+            let why = format!(
+                "`set-traffic-weights` on endpoint {endpoint} denied: this rollout may set weights only on its instance's endpoint, `{}`",
+                cp.scope.instance_id
+            );
+            tracing::warn!(endpoint, instance = %cp.scope.instance_id, "strategy set weights on another endpoint; denied");
+            record(cp, CallOutcome::Denied(why.clone()));
+            return Err(CpError::Denied(why));
+        }
+        if let Some(w) = weights.iter().find(|w| !cp.scope.allows(&w.instance_id)) {
+            let why = format!(
+                "`set-traffic-weights` naming instance {} denied: this rollout may send traffic only to instance {} and the clones it created",
+                w.instance_id, cp.scope.instance_id
+            );
+            tracing::warn!(target = %w.instance_id, instance = %cp.scope.instance_id, "strategy weights name an instance out of scope; denied");
+            record(cp, CallOutcome::Denied(why.clone()));
+            return Err(CpError::Denied(why));
+        }
         if cp.dry_run {
-            cp.record("set-traffic-weights", &target, true, CallOutcome::Simulated);
+            record(cp, CallOutcome::Simulated);
             return Ok(());
         }
         let result = cp.on_host(|h| h.set_traffic_weights(&endpoint, &weights));
@@ -391,7 +435,7 @@ impl control_plane::Host for HostState {
             Ok(()) => CallOutcome::Ok,
             Err(e) => CallOutcome::Failed(describe(e)),
         };
-        cp.record("set-traffic-weights", &target, true, outcome);
+        record(cp, outcome);
         result
     }
 
