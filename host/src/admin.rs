@@ -59,6 +59,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/instances/{id}/reconcile", post(reconcile))
         .route("/v1/instances/{id}/approve", post(approve))
         .route("/v1/instances/{id}/abort", post(abort))
+        .route("/v1/instances/{id}/promote", post(promote))
         .route("/v1/instances/{id}/retry", post(retry))
         .route("/v1/instances/{id}/rollback", post(rollback))
         .route("/v1/instances/{id}/history", get(history))
@@ -230,6 +231,7 @@ async fn get_instance(
         "givenUp": given_up,
         "abortRequested": abort,
         "approval": approval,
+        "progress": state.controller.rollout_progress(&id).map_err(internal)?,
         "lastDecision": state.controller.last_decision(&id),
     })))
 }
@@ -286,6 +288,8 @@ struct OperatorBody {
     digest: Option<String>,
     /// The revision a rollback goes to.
     to: Option<String>,
+    /// A promotion skips every remaining step.
+    full: Option<bool>,
 }
 
 fn operator(body: &Option<Json<OperatorBody>>) -> String {
@@ -350,6 +354,33 @@ async fn abort(
     Ok((
         StatusCode::ACCEPTED,
         Json(json!({ "aborting": id, "digest": digest })),
+    )
+        .into_response())
+}
+
+async fn promote(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Option<Json<OperatorBody>>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let by = operator(&body);
+    let full = body.as_ref().and_then(|Json(b)| b.full).unwrap_or(false);
+    let Some(digest) = state
+        .controller
+        .promote(&id, full, &by)
+        .map_err(from_controller)?
+    else {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("instance {id} has no rollout in progress to promote"),
+        ));
+    };
+    state.queue.enqueue(id.clone());
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(json!({ "promoting": id, "digest": digest, "full": full })),
     )
         .into_response())
 }

@@ -85,6 +85,24 @@ pub enum Error {
         #[source]
         source: PluginRefError,
     },
+    /// A strategy parameter uses the host's reserved `$` prefix.
+    #[error(
+        "rule \"{rule}\": strategy_params.{key}: names starting with `$` are reserved for what the host passes (`$approval`, `$promote`); rename the parameter"
+    )]
+    ReservedParam {
+        /// The rule.
+        rule: String,
+        /// The parameter's name.
+        key: String,
+    },
+    /// `progress_deadline` is zero.
+    #[error(
+        "rule \"{rule}\": progress_deadline: must be longer than zero (for example \"10m\"); remove it for the default of 10 minutes"
+    )]
+    ZeroProgressDeadline {
+        /// The rule.
+        rule: String,
+    },
     /// `window` can never be open.
     #[error("rule \"{rule}\": window: {reason}")]
     BadWindow {
@@ -279,7 +297,19 @@ pub struct Rule {
     /// Maintenance window outside which no change is applied.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub window: Option<Window>,
+    /// A rollout that makes no progress for this long is aborted; default
+    /// [`DEFAULT_PROGRESS_DEADLINE`]. Time waiting for an approval or in a pause the
+    /// strategy reports does not count.
+    #[serde(
+        default,
+        with = "optional_duration",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub progress_deadline: Option<std::time::Duration>,
 }
+
+/// How long a rollout may go without progress unless a rule says otherwise.
+pub const DEFAULT_PROGRESS_DEADLINE: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The gates that decide whether and how a change may be applied.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -339,6 +369,42 @@ pub struct Selection {
     pub strategy_params: Map<String, Value>,
     /// Gates before acting.
     pub gates: Gates,
+    /// How long a rollout may go without progress before it is aborted.
+    #[serde(serialize_with = "serialize_duration")]
+    pub progress_deadline: std::time::Duration,
+}
+
+fn serialize_duration<S: serde::Serializer>(
+    value: &std::time::Duration,
+    serializer: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    serializer.collect_str(&humantime::format_duration(*value))
+}
+
+/// Serde for an optional duration written as humantime text (`"10m"`, `"1h 30m"`).
+mod optional_duration {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error};
+
+    pub fn serialize<S: Serializer>(
+        value: &Option<Duration>,
+        serializer: S,
+    ) -> Result<S::Ok, S::Error> {
+        match value {
+            Some(d) => serializer.collect_str(&humantime::format_duration(*d)),
+            None => serializer.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_duration(text.trim())
+            .map(Some)
+            .map_err(|_| D::Error::custom(format!("expected a duration like \"10m\", got {text:?}")))
+    }
 }
 
 fn serialize_display<S: serde::Serializer, T: fmt::Display>(
@@ -793,6 +859,7 @@ fn default_rule() -> CompiledRule {
             strategy: PluginRef::any(DEFAULT_STRATEGY),
             strategy_params: Map::new(),
             gates: Gates::default(),
+            progress_deadline: DEFAULT_PROGRESS_DEADLINE,
         },
     }
 }
@@ -856,6 +923,15 @@ impl Policy {
                 rule.strategy.as_deref(),
                 DEFAULT_STRATEGY,
             )?;
+            if let Some(key) = rule.strategy_params.keys().find(|k| k.starts_with('$')) {
+                return Err(Error::ReservedParam {
+                    rule: rule.name,
+                    key: key.clone(),
+                });
+            }
+            if rule.progress_deadline.is_some_and(|d| d.is_zero()) {
+                return Err(Error::ZeroProgressDeadline { rule: rule.name });
+            }
             if let Some(window) = &rule.window {
                 if window.start == window.end {
                     return Err(Error::BadWindow {
@@ -886,6 +962,7 @@ impl Policy {
                     comparator_params: rule.comparator_params,
                     strategy,
                     strategy_params: rule.strategy_params,
+                    progress_deadline: rule.progress_deadline.unwrap_or(DEFAULT_PROGRESS_DEADLINE),
                     gates: Gates {
                         dry_run: rule.dry_run,
                         skip_destructive: rule.skip_destructive,
@@ -1158,6 +1235,49 @@ selected rule \"default\":
         assert!(
             text.ends_with("gates      approval before-promote, window sat,sun 22:00-02:00 UTC")
         );
+    }
+
+    #[test]
+    fn progress_deadline_defaults_to_ten_minutes_and_reserved_params_are_refused() {
+        let policy = Policy::from_rules(rules_from_toml(
+            r#"
+            [[rules]]
+            name = "slow"
+            match = { labels = { tier = "db" } }
+            progress_deadline = "30m"
+            "#,
+        ))
+        .unwrap();
+        let db = InstanceFacts {
+            labels: [("tier".to_owned(), "db".to_owned())].into(),
+            ..InstanceFacts::default()
+        };
+        assert_eq!(
+            policy.select(&db).progress_deadline,
+            Duration::from_secs(1800)
+        );
+        assert_eq!(
+            policy.select(&InstanceFacts::default()).progress_deadline,
+            DEFAULT_PROGRESS_DEADLINE
+        );
+
+        let error = Policy::from_rules(rules_from_toml(
+            r#"
+            [[rules]]
+            name = "sneaky"
+            strategy_params = { "$promote" = "full" }
+            "#,
+        ))
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "rule \"sneaky\": strategy_params.$promote: names starting with `$` are reserved for what the host passes (`$approval`, `$promote`); rename the parameter"
+        );
+        let error = Policy::from_rules(rules_from_toml(
+            "[[rules]]\nname = \"never\"\nprogress_deadline = \"0s\"",
+        ))
+        .unwrap_err();
+        assert!(matches!(error, Error::ZeroProgressDeadline { .. }), "{error}");
     }
 
     #[test]

@@ -131,6 +131,20 @@ pub const MIGRATIONS: &[&str] = &[
         at           INTEGER NOT NULL
     );
     "#,
+    // 3: progressive delivery. An operator's promotion is a durable row of its own, like
+    // an abort request, so no step in flight can overwrite it; an abort request says
+    // whether finishing it gives the revision up (an operator's abort, a missed progress
+    // deadline) or not (a rollout superseded by a newer revision, undone by its strategy).
+    r#"
+    CREATE TABLE promote_requests (
+        instance_id   TEXT    PRIMARY KEY,
+        digest        TEXT    NOT NULL,
+        full          INTEGER NOT NULL,
+        requested_by  TEXT    NOT NULL,
+        at            INTEGER NOT NULL
+    );
+    ALTER TABLE abort_requests ADD COLUMN give_up INTEGER NOT NULL DEFAULT 1;
+    "#,
 ];
 
 /// Errors from the store.
@@ -354,6 +368,26 @@ pub struct AbortRequest {
     pub requested_by: String,
     /// When.
     pub at: SystemTime,
+    /// Whether finishing the abort gives the revision up (`false`: the rollout was
+    /// superseded by a newer revision and is undone so the newer one can start).
+    pub give_up: bool,
+}
+
+/// An operator's request to promote a rollout (`setpoint promote`), until the step that
+/// delivers it to the strategy has been saved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PromoteRequest {
+    /// The instance.
+    pub instance_id: String,
+    /// Digest of the desired configuration whose rollout is to be promoted.
+    pub digest: String,
+    /// `true`: skip every remaining step; `false`: end the current pause or analysis.
+    pub full: bool,
+    /// Who asked.
+    pub requested_by: String,
+    /// When, in Unix milliseconds (also its identity: a step records which request it
+    /// delivered).
+    pub at_ms: u64,
 }
 
 /// The persisted state of a rollout in progress, enough to resume it after a restart with
@@ -486,6 +520,8 @@ pub struct InstanceRecords {
     pub approval: Option<ApprovalRecord>,
     /// Whether this host's strategy stopped it last.
     pub host_stopped: bool,
+    /// A pending promotion.
+    pub promote: Option<PromoteRequest>,
 }
 
 /// The durable state of one setpoint host. See the module documentation for concurrency.
@@ -658,38 +694,40 @@ impl Store {
         let rollout = rollouts_with(&conn, Some(instance_id))?.pop();
         let conditions = conditions_with(&conn, instance_id)?;
         type Rare = (
-            Option<String>,
-            Option<String>,
-            Option<i64>,
-            Option<String>,
-            Option<String>,
-            Option<i64>,
+            (Option<String>, Option<String>, Option<i64>),
+            (Option<String>, Option<String>, Option<i64>, Option<bool>),
+            (Option<String>, Option<bool>, Option<String>, Option<i64>),
             bool,
             bool,
         );
         let rare: Rare = conn
             .prepare_cached(
-                "SELECT g.digest, g.reason, g.at, a.digest, a.requested_by, a.at, \
+                "SELECT g.digest, g.reason, g.at, a.digest, a.requested_by, a.at, a.give_up, \
+                 p.digest, p.full, p.requested_by, p.at, \
                  EXISTS (SELECT 1 FROM host_stops WHERE instance_id = ?1), \
                  EXISTS (SELECT 1 FROM approvals WHERE instance_id = ?1 AND consumed_at IS NULL) \
                  FROM (SELECT 1) LEFT JOIN given_up g ON g.instance_id = ?1 \
-                 LEFT JOIN abort_requests a ON a.instance_id = ?1",
+                 LEFT JOIN abort_requests a ON a.instance_id = ?1 \
+                 LEFT JOIN promote_requests p ON p.instance_id = ?1",
             )
             .during(OP)?
             .query_row([instance_id], |row| {
                 Ok((
-                    row.get(0)?,
-                    row.get(1)?,
-                    row.get(2)?,
-                    row.get(3)?,
-                    row.get(4)?,
-                    row.get(5)?,
-                    row.get(6)?,
-                    row.get(7)?,
+                    (row.get(0)?, row.get(1)?, row.get(2)?),
+                    (row.get(3)?, row.get(4)?, row.get(5)?, row.get(6)?),
+                    (row.get(7)?, row.get(8)?, row.get(9)?, row.get(10)?),
+                    row.get(11)?,
+                    row.get(12)?,
                 ))
             })
             .during(OP)?;
-        let (g_digest, g_reason, g_at, a_digest, a_by, a_at, host_stopped, has_approval) = rare;
+        let (
+            (g_digest, g_reason, g_at),
+            (a_digest, a_by, a_at, a_give_up),
+            (p_digest, p_full, p_by, p_at),
+            host_stopped,
+            has_approval,
+        ) = rare;
         let approval = if has_approval {
             query_approvals(
                 &conn,
@@ -715,9 +753,17 @@ impl Store {
                 digest,
                 requested_by: a_by.unwrap_or_default(),
                 at: from_millis(a_at.unwrap_or_default()),
+                give_up: a_give_up.unwrap_or(true),
             }),
             approval,
             host_stopped,
+            promote: p_digest.map(|digest| PromoteRequest {
+                instance_id: instance_id.to_owned(),
+                digest,
+                full: p_full.unwrap_or(false),
+                requested_by: p_by.unwrap_or_default(),
+                at_ms: p_at.unwrap_or_default().max(0) as u64,
+            }),
         })
         .and_then(|records| {
             conn.commit().during(OP)?;
@@ -760,6 +806,7 @@ impl Store {
                 "rollouts",
                 "given_up",
                 "abort_requests",
+                "promote_requests",
                 "host_stops",
             ] {
                 n += tx
@@ -815,6 +862,11 @@ impl Store {
             let deleted = tx
                 .execute("DELETE FROM rollouts WHERE instance_id = ?1", [instance_id])
                 .during("clear rollout")?;
+            tx.execute(
+                "DELETE FROM promote_requests WHERE instance_id = ?1",
+                [instance_id],
+            )
+            .during("clear rollout")?;
             Ok(deleted > 0)
         })
     }
@@ -1155,16 +1207,76 @@ impl Store {
     /// [`Store::complete_rollout`] refuses to end a rollout with a pending abort, so an
     /// abort and a finishing step cannot pass each other.
     pub fn request_abort(&self, instance_id: &str, digest: &str, by: &str) -> Result<bool> {
+        self.insert_abort(instance_id, digest, by, true)
+    }
+
+    /// Records that the rollout of revision `digest` is to be undone by its strategy
+    /// because a newer revision superseded it: an abort that does not give the revision
+    /// up. An operator's abort already pending is kept as it is.
+    pub fn request_supersede(&self, instance_id: &str, digest: &str, by: &str) -> Result<bool> {
+        self.insert_abort(instance_id, digest, by, false)
+    }
+
+    fn insert_abort(
+        &self,
+        instance_id: &str,
+        digest: &str,
+        by: &str,
+        give_up: bool,
+    ) -> Result<bool> {
         self.write("record abort request", |tx| {
+            let conflict = if give_up {
+                "DO UPDATE SET digest = ?2, requested_by = ?3, at = ?4, give_up = 1"
+            } else {
+                "DO NOTHING"
+            };
             let n = tx
                 .execute(
-                    "INSERT INTO abort_requests (instance_id, digest, requested_by, at) \
-                     SELECT ?1, ?2, ?3, ?4 WHERE EXISTS (SELECT 1 FROM rollouts WHERE instance_id = ?1) \
-                     ON CONFLICT (instance_id) DO UPDATE SET digest = ?2, requested_by = ?3, at = ?4",
-                    params![instance_id, digest, by, to_millis(SystemTime::now())],
+                    &format!(
+                        "INSERT INTO abort_requests (instance_id, digest, requested_by, at, give_up) \
+                         SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM rollouts WHERE instance_id = ?1) \
+                         ON CONFLICT (instance_id) {conflict}"
+                    ),
+                    params![instance_id, digest, by, to_millis(SystemTime::now()), give_up],
                 )
                 .during("record abort request")?;
             Ok(n > 0)
+        })
+    }
+
+    /// Records an operator's request to promote the rollout of revision `digest`
+    /// (`full`: skip every remaining step), if a rollout is in progress (`false`: there
+    /// is none). A newer request replaces a pending one.
+    pub fn request_promote(
+        &self,
+        instance_id: &str,
+        digest: &str,
+        full: bool,
+        by: &str,
+    ) -> Result<bool> {
+        self.write("record promote request", |tx| {
+            let n = tx
+                .execute(
+                    "INSERT INTO promote_requests (instance_id, digest, full, requested_by, at) \
+                     SELECT ?1, ?2, ?3, ?4, ?5 WHERE EXISTS (SELECT 1 FROM rollouts WHERE instance_id = ?1) \
+                     ON CONFLICT (instance_id) DO UPDATE SET digest = ?2, full = ?3, requested_by = ?4, at = ?5",
+                    params![instance_id, digest, full, by, to_millis(SystemTime::now())],
+                )
+                .during("record promote request")?;
+            Ok(n > 0)
+        })
+    }
+
+    /// Drops the promote request of `instance_id` made at `at_ms` (delivered to the
+    /// strategy and saved with its state); a newer request is kept.
+    pub fn clear_promote(&self, instance_id: &str, at_ms: u64) -> Result<()> {
+        self.write("clear promote request", |tx| {
+            tx.execute(
+                "DELETE FROM promote_requests WHERE instance_id = ?1 AND at = ?2",
+                params![instance_id, at_ms as i64],
+            )
+            .during("clear promote request")?;
+            Ok(())
         })
     }
 
@@ -1185,6 +1297,11 @@ impl Store {
             }
             tx.execute("DELETE FROM rollouts WHERE instance_id = ?1", [instance_id])
                 .during(OP)?;
+            tx.execute(
+                "DELETE FROM promote_requests WHERE instance_id = ?1",
+                [instance_id],
+            )
+            .during(OP)?;
             withdraw_approvals_in(tx, instance_id)?;
             Ok(true)
         })
@@ -1195,7 +1312,7 @@ impl Store {
         const OP: &str = "read abort request";
         self.lock()
             .prepare_cached(
-                "SELECT digest, requested_by, at FROM abort_requests WHERE instance_id = ?1",
+                "SELECT digest, requested_by, at, give_up FROM abort_requests WHERE instance_id = ?1",
             )
             .during(OP)?
             .query_row([instance_id], |row| {
@@ -1204,6 +1321,7 @@ impl Store {
                     digest: row.get(0)?,
                     requested_by: row.get(1)?,
                     at: from_millis(row.get(2)?),
+                    give_up: row.get(3)?,
                 })
             })
             .optional()
@@ -1223,8 +1341,30 @@ impl Store {
                 [instance_id],
             )
             .during(OP)?;
+            tx.execute(
+                "DELETE FROM promote_requests WHERE instance_id = ?1",
+                [instance_id],
+            )
+            .during(OP)?;
             withdraw_approvals_in(tx, instance_id)?;
             give_up_in(tx, instance_id, digest, reason)
+        })
+    }
+
+    /// Ends the undoing of a superseded rollout: the rollout record, the abort request
+    /// and any promotion go, nothing is given up, and the newer revision is decided next.
+    pub fn finish_supersede(&self, instance_id: &str) -> Result<()> {
+        const OP: &str = "finish superseded rollout";
+        self.write(OP, |tx| {
+            for table in ["rollouts", "abort_requests", "promote_requests"] {
+                tx.execute(
+                    &format!("DELETE FROM {table} WHERE instance_id = ?1"),
+                    [instance_id],
+                )
+                .during(OP)?;
+            }
+            withdraw_approvals_in(tx, instance_id)?;
+            Ok(())
         })
     }
 

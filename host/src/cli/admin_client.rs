@@ -161,15 +161,50 @@ pub(super) async fn status(admin: &Admin, id: Option<String>) -> Result<(), CliE
             c["message"].as_str().unwrap_or("")
         );
     }
-    if !v["rollout"].is_null() {
-        let r = &v["rollout"];
+    if let Some(p) = v["progress"].as_object() {
         println!(
-            "  rollout:  {}@{} step {} ({})",
-            r["strategy"].as_str().unwrap_or(""),
-            r["plugin_version"].as_str().unwrap_or(""),
-            r["step"],
-            r["phase"].as_str().unwrap_or("")
+            "  rollout:  {} revision {} ({}, {} step calls)",
+            p["strategy"].as_str().unwrap_or(""),
+            short(p["revision"].as_str().unwrap_or("")),
+            p["phase"].as_str().unwrap_or(""),
+            p["steps"]
         );
+        if let Some(summary) = p["summary"].as_str() {
+            println!("  progress: {summary}");
+        }
+        if let Some(weights) = p["weights"].as_array() {
+            let text: Vec<String> = weights
+                .iter()
+                .map(|w| format!("{} {}", w["instanceId"].as_str().unwrap_or(""), w["weight"]))
+                .collect();
+            println!("  traffic:  endpoint {id}: {}", text.join(", "));
+        }
+        if let Some(a) = p["status"]["analysis"].as_object() {
+            let figure = |k: &str| a.get(k).map(Value::to_string).unwrap_or("-".into());
+            println!(
+                "  analysis: {} requests, {} errors, error rate {} (max {}), {} of {} consecutive failures",
+                figure("requests"),
+                figure("errors"),
+                figure("error_rate"),
+                figure("max_error_rate"),
+                figure("consecutive_failures"),
+                figure("failure_limit")
+            );
+        }
+        if let Some(waiting) = p["status"]["waiting_for"].as_str() {
+            println!("  waits:    {waiting}");
+        }
+        if let Some(promote) = p["promote"].as_object() {
+            println!(
+                "  promote:  {}requested by {}",
+                if promote["full"] == true {
+                    "full, "
+                } else {
+                    ""
+                },
+                promote["by"].as_str().unwrap_or("")
+            );
+        }
     }
     println!("  backups:  {}", v["backups"]);
     if let Some(a) = v["approval"].as_object() {
@@ -203,6 +238,43 @@ pub(super) async fn status(admin: &Admin, id: Option<String>) -> Result<(), CliE
             "  decided:  {} (revision {})",
             d["decision"]["decision"].as_str().unwrap_or(""),
             short(d["desired_digest"].as_str().unwrap_or(""))
+        );
+    }
+    Ok(())
+}
+
+/// `status ID --watch`: redraw every second while the rollout moves; return once the
+/// instance has no rollout (after drawing its final state).
+pub(super) async fn watch(admin: &Admin, id: &str) -> Result<(), CliError> {
+    loop {
+        let v = admin.get(&format!("/v1/instances/{id}")).await?;
+        if !admin.json() {
+            // Clear the screen and home the cursor, as `watch(1)` does.
+            print!("\x1b[2J\x1b[H");
+        }
+        status(admin, Some(id.to_owned())).await?;
+        if v["progress"].is_null() {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
+}
+
+/// `setpoint promote ID [--full]`.
+pub(super) async fn promote(admin: &Admin, id: &str, full: bool) -> Result<(), CliError> {
+    let v = admin
+        .post_json(
+            &format!("/v1/instances/{id}/promote"),
+            &serde_json::json!({ "full": full }),
+        )
+        .await?;
+    if admin.json() {
+        print_json(&v);
+    } else {
+        println!(
+            "{}promotion of {id}'s revision {} requested; its next step runs now",
+            if full { "full " } else { "" },
+            short(v["digest"].as_str().unwrap_or(""))
         );
     }
     Ok(())

@@ -40,6 +40,9 @@ pub enum Command {
     Status {
         /// One instance.
         id: Option<String>,
+        /// Redraw every second while the instance's rollout moves (until it ends).
+        #[arg(long, requires = "id")]
+        watch: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -79,6 +82,17 @@ pub enum Command {
     Abort {
         /// The instance.
         id: String,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Promote an instance's rollout: end the pause, approval or analysis it waits in
+    /// and go to the next step (`--full`: skip every remaining step).
+    Promote {
+        /// The instance.
+        id: String,
+        /// Skip every remaining step, pause and analysis.
+        #[arg(long)]
+        full: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -159,7 +173,16 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
 async fn admin_command(command: Command) -> Result<(), CliError> {
     use admin_client::Admin;
     match command {
-        Command::Status { id, admin } => admin_client::status(&Admin::new(admin), id).await,
+        Command::Status { id, watch, admin } => {
+            let admin = Admin::new(admin);
+            match id {
+                Some(id) if watch => admin_client::watch(&admin, &id).await,
+                id => admin_client::status(&admin, id).await,
+            }
+        }
+        Command::Promote { id, full, admin } => {
+            admin_client::promote(&Admin::new(admin), &id, full).await
+        }
         Command::Explain { id, admin } => admin_client::explain(&Admin::new(admin), &id).await,
         Command::Diff { id, admin } => admin_client::diff(&Admin::new(admin), &id).await,
         Command::Reconcile { id, admin } => {

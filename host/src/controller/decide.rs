@@ -175,6 +175,9 @@ pub struct RolloutFacts<'a> {
     pub phase: RolloutPhase,
     /// Unix milliseconds before which the strategy asked not to be stepped.
     pub not_before_ms: Option<u64>,
+    /// An operator's promotion of this revision is waiting to be delivered: the
+    /// strategy is stepped now, whatever delay it asked for.
+    pub promote: bool,
 }
 
 /// Everything [`decide`] weighs.
@@ -321,7 +324,7 @@ pub fn decide(facts: &Facts<'_>) -> Decision {
                 }
             }
             RolloutPhase::Running => match rollout.not_before_ms {
-                Some(at) if at > facts.now_ms => Decision::NotYet {
+                Some(at) if at > facts.now_ms && !rollout.promote => Decision::NotYet {
                     wait: Duration::from_millis(at - facts.now_ms),
                 },
                 _ => Decision::StepRollout { approved: false },
@@ -644,6 +647,7 @@ mod tests {
             digest: "d1",
             phase: RolloutPhase::Running,
             not_before_ms: None,
+            promote: false,
         };
         let mut f = facts(Classification::Drifted, &gates);
         f.rollout = Some(rollout);
@@ -654,6 +658,7 @@ mod tests {
             digest: "d1".into(),
             requested_by: "alice".into(),
             at: SystemTime::UNIX_EPOCH,
+            give_up: true,
         };
         f.abort = Some(&abort);
         assert_eq!(decide(&f), Decision::Abort, "abort beats supersede");
@@ -670,6 +675,14 @@ mod tests {
                 wait: Duration::from_millis(500)
             }
         );
+        // An operator's promotion steps it before the delay it asked for is over.
+        f.rollout = Some(RolloutFacts {
+            digest: "d2",
+            not_before_ms: Some(1_500),
+            promote: true,
+            ..rollout
+        });
+        assert_eq!(decide(&f), Decision::StepRollout { approved: false });
         f.now_ms = 2_000;
         assert_eq!(decide(&f), Decision::StepRollout { approved: false });
         // A rollout continues whatever the instance looks like mid-way.
@@ -685,6 +698,7 @@ mod tests {
             digest: "d2",
             phase: RolloutPhase::AwaitingApproval,
             not_before_ms: None,
+            promote: false,
         });
         assert_eq!(decide(&f), Decision::AwaitApprovalToPromote);
         let stale = approval("d1", true);

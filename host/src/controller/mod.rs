@@ -43,11 +43,11 @@ use crate::policy::{InstanceFacts, Policy, Selection};
 use crate::queue::Action;
 use crate::registry::{PluginRegistry, ResolveError};
 use crate::runtime::{
-    CallError, Drift, DriftKind, ImportCall, Plugin, PluginRuntime, RolloutScope, World,
+    CallError, Drift, DriftKind, ImportCall, Plugin, PluginRuntime, RolloutScope, Weight, World,
 };
 use crate::store::{
-    AbortRequest, AppliedConfig, ApprovalRecord, AuditKind, ConditionType, GivenUp, RolloutRecord,
-    Store,
+    AbortRequest, AppliedConfig, ApprovalRecord, AuditKind, ConditionType, GivenUp, PromoteRequest,
+    RolloutRecord, Store,
 };
 
 /// The label the reference control plane puts on a clone, naming the instance it was
@@ -267,6 +267,20 @@ struct Envelope {
     /// change-feed event during a requeue delay does not step the rollout early.
     #[serde(default)]
     not_before_ms: Option<u64>,
+    /// The promote request (its time, Unix milliseconds) handed to the strategy and saved
+    /// with the state it returned: a request is delivered once, even across a crash.
+    #[serde(default)]
+    promote_delivered_ms: Option<u64>,
+    /// The weights the rollout last set on its instance's endpoint.
+    #[serde(default)]
+    weights: Option<Vec<Weight>>,
+    /// When the rollout last made progress (Unix milliseconds) and what it was, for the
+    /// progress deadline: the strategy's reported status without its analysis figures,
+    /// or its message.
+    #[serde(default)]
+    progress_at_ms: Option<u64>,
+    #[serde(default)]
+    progress_key: Option<String>,
 }
 
 impl Envelope {
@@ -278,7 +292,20 @@ impl Envelope {
             desired: None,
             drifts: Vec::new(),
             not_before_ms: None,
+            promote_delivered_ms: None,
+            weights: None,
+            progress_at_ms: None,
+            progress_key: None,
         })
+    }
+
+    /// The status object the strategy reports in its state (`{"status": {...}}`), if any.
+    fn status(&self) -> Option<Value> {
+        let state: Value = serde_json::from_str(self.plugin_state.as_deref()?).ok()?;
+        match state.get("status") {
+            Some(status @ Value::Object(_)) => Some(status.clone()),
+            _ => None,
+        }
     }
 }
 
@@ -361,6 +388,8 @@ struct Observation {
     abort: Option<AbortRequest>,
     given_up: Option<GivenUp>,
     approval: Option<ApprovalRecord>,
+    /// An operator's pending promotion.
+    promote: Option<PromoteRequest>,
     stopped_by_host: bool,
     /// The instance's conditions when observed.
     conditions: Vec<crate::store::Condition>,
@@ -561,10 +590,15 @@ impl Controller {
             self.remember(id, &decision, &observation.desired_digest);
             match decision {
                 Decision::Supersede { from } => {
-                    self.supersede(&observation, &from).await?;
+                    if self.supersede(&observation, &from).await? {
+                        // Its strategy undoes it first (an abort that gives nothing up).
+                        observation.abort = self.store.abort_request(id)?;
+                        continue;
+                    }
                     superseded = true;
                     observation.rollout = None;
                     observation.abort = None;
+                    observation.promote = None;
                     observation.approval = self.store.open_approval(id)?;
                 }
                 decision => return self.act(&observation, judged, decision).await,
@@ -621,6 +655,7 @@ impl Controller {
             abort: records.abort,
             given_up: records.given_up,
             approval: records.approval,
+            promote: records.promote,
             stopped_by_host: instance.status == client::InstanceStatus::Stopped
                 && records.host_stopped,
             conditions: records.conditions,
@@ -701,6 +736,9 @@ impl Controller {
                 digest: &e.desired_digest,
                 phase: r.phase,
                 not_before_ms: e.not_before_ms,
+                promote: o.promote.as_ref().is_some_and(|p| {
+                    p.digest == e.desired_digest && e.promote_delivered_ms != Some(p.at_ms)
+                }),
             }),
             abort: o.abort.as_ref(),
             given_up: o.given_up.as_ref(),
@@ -775,6 +813,74 @@ impl Controller {
             return Ok(Some(approval.digest));
         }
         Ok(None)
+    }
+
+    /// Promote the rollout of `id` (`setpoint promote`): end the pause or analysis it
+    /// waits in (`full`: skip every remaining step). Durable like an abort request and
+    /// handed to the strategy once, as the `$promote` parameter of its next step. A
+    /// rollout waiting for approval is approved (its revision only); `full` also skips
+    /// what follows. Returns the revision promoted, `None` when no rollout is in progress.
+    pub fn promote(&self, id: &str, full: bool, by: &str) -> Result<Option<String>> {
+        let Some(record) = self.store.load_rollout(id)? else {
+            return Ok(None);
+        };
+        let envelope = Envelope::read(&record);
+        let digest = envelope.desired_digest;
+        let waiting = record.phase == crate::store::RolloutPhase::AwaitingApproval;
+        if waiting {
+            self.store.approve(id, Some(&digest), by)?;
+        }
+        if (full || !waiting) && !self.store.request_promote(id, &digest, full, by)? {
+            return Ok(None);
+        }
+        self.audit(
+            id,
+            AuditKind::Approval,
+            format!(
+                "promotion{} of revision {} requested by {by}{}",
+                if full { " (full)" } else { "" },
+                crate::store::short_digest(&digest),
+                if waiting {
+                    "; the approval it waited for is given"
+                } else {
+                    ""
+                }
+            ),
+            serde_json::json!({ "digest": digest, "full": full, "by": by }),
+        )?;
+        Ok(Some(digest))
+    }
+
+    /// Where the rollout of `id` stands, for `setpoint status` and a dashboard: its
+    /// strategy, revision, phase and step count, the status its strategy reports (step n
+    /// of N, analysis figures, what it waits for), the weights it last set on the
+    /// instance's endpoint, a pending promotion and the progress deadline.
+    pub fn rollout_progress(&self, id: &str) -> Result<Option<Value>> {
+        let Some(record) = self.store.load_rollout(id)? else {
+            return Ok(None);
+        };
+        let envelope = Envelope::read(&record);
+        let status = envelope.status();
+        let facts = self
+            .store
+            .instance_records(id)
+            .map(|r| (r.promote, r.abort))?;
+        Ok(Some(serde_json::json!({
+            "strategy": format!("{}@{}", record.strategy, record.plugin_version),
+            "revision": envelope.desired_digest,
+            "phase": record.phase,
+            "steps": record.step,
+            "startedAt": chrono::DateTime::<chrono::Utc>::from(record.started_at).to_rfc3339(),
+            "status": status,
+            "summary": status.as_ref().map(rollout::describe_status),
+            "endpoint": envelope.weights.as_ref().map(|_| id),
+            "weights": envelope.weights,
+            "clones": envelope.scope.clones,
+            "nextStepAt": envelope.not_before_ms,
+            "lastProgressAt": envelope.progress_at_ms,
+            "promote": facts.0.map(|p| serde_json::json!({"full": p.full, "by": p.requested_by})),
+            "aborting": facts.1.map(|a| serde_json::json!({"by": a.requested_by, "givesUp": a.give_up})),
+        })))
     }
 
     /// Forget a given-up revision (failed for good or aborted) so the next reconcile

@@ -353,6 +353,10 @@ impl Controller {
             desired: Some(self.apply_document(o)),
             drifts: judged.drifts.iter().map(Into::into).collect(),
             not_before_ms: None,
+            promote_delivered_ms: None,
+            weights: None,
+            progress_at_ms: Some(unix_ms(now)),
+            progress_key: None,
         };
         let record = RolloutRecord {
             instance_id: id.to_owned(),
@@ -393,6 +397,19 @@ impl Controller {
         approved: bool,
     ) -> Result<(Action, Outcome)> {
         let id = o.instance.id.as_str();
+        // A promotion already handed to the strategy (the daemon stopped before it could
+        // drop the request) is not handed over twice.
+        if let Some(p) = &o.promote
+            && envelope.promote_delivered_ms == Some(p.at_ms)
+        {
+            self.store.clear_promote(id, p.at_ms)?;
+        }
+        let before = envelope.status();
+        // Waiting for an approval or in a pause the strategy reported is not a lack of
+        // progress: the deadline counts from the end of the wait.
+        if approved || before.as_ref().is_some_and(paused) {
+            envelope.progress_at_ms = Some(unix_ms(SystemTime::now()));
+        }
         if approved {
             if let Some(approval) = self.store.take_approval(id, &envelope.desired_digest)? {
                 self.audit(
@@ -435,7 +452,84 @@ impl Controller {
                 return Err(Error::Plugin(error));
             }
         };
-        self.after_progress(o, &strategy, record, envelope, progress)
+        let delivered = envelope.promote_delivered_ms;
+        self.audit_status(id, before.as_ref(), &envelope)?;
+        let result = self.after_progress(o, &strategy, record, envelope, progress)?;
+        if let Some(at_ms) = delivered
+            && o.promote.as_ref().is_some_and(|p| p.at_ms == at_ms)
+        {
+            self.store.clear_promote(id, at_ms)?;
+        }
+        Ok(result)
+    }
+
+    /// Audit the strategy's reported status when it changed at this step: a finished
+    /// rollout reads back step by step, analysis figures included (`setpoint audit ID`).
+    fn audit_status(&self, id: &str, before: Option<&Value>, envelope: &Envelope) -> Result<()> {
+        let Some(status) = envelope.status() else {
+            return Ok(());
+        };
+        if before == Some(&status) {
+            return Ok(());
+        }
+        self.audit(
+            id,
+            AuditKind::Observation,
+            format!("rollout progress: {}", describe_status(&status)),
+            serde_json::json!({ "status": status, "digest": envelope.desired_digest }),
+        )
+    }
+
+    /// The progress deadline: a step that reports the same status (or, without one, the
+    /// same message) as before moves nothing; after `progress_deadline` of that the
+    /// rollout is aborted. Returns whether it was.
+    fn check_progress(
+        &self,
+        o: &Observation,
+        envelope: &mut Envelope,
+        message: &str,
+    ) -> Result<bool> {
+        let id = o.instance.id.as_str();
+        let now = unix_ms(SystemTime::now());
+        let status = envelope.status();
+        let key = match &status {
+            Some(status) => status.to_string(),
+            None => message.to_owned(),
+        };
+        if envelope.progress_key.as_deref() != Some(key.as_str())
+            || status.as_ref().is_some_and(paused)
+        {
+            envelope.progress_key = Some(key);
+            envelope.progress_at_ms = Some(now);
+            return Ok(false);
+        }
+        let since = envelope.progress_at_ms.unwrap_or(now);
+        let deadline = o.selection.progress_deadline;
+        if now.saturating_sub(since) <= deadline.as_millis() as u64 {
+            return Ok(false);
+        }
+        let by = format!(
+            "{PROGRESS_DEADLINE} (no progress for {}, rule `{}`)",
+            humantime::format_duration(deadline),
+            o.selection.rule_name
+        );
+        if !self
+            .store
+            .request_abort(id, &envelope.desired_digest, &by)?
+        {
+            return Ok(false);
+        }
+        self.audit(
+            id,
+            AuditKind::Decision,
+            format!(
+                "rollout of revision {} made no progress for {}: aborting it",
+                short_digest(&envelope.desired_digest),
+                humantime::format_duration(deadline)
+            ),
+            serde_json::json!({ "digest": envelope.desired_digest, "status": status, "message": message }),
+        )?;
+        Ok(true)
     }
 
     fn after_progress(
@@ -485,6 +579,12 @@ impl Controller {
                 envelope.not_before_ms = Some(unix_ms(SystemTime::now()) + requeue.after_ms);
                 record.step += 1;
                 record.phase = RolloutPhase::Running;
+                if self.check_progress(o, &mut envelope, &requeue.message)? {
+                    record.phase = RolloutPhase::Aborting;
+                    envelope.not_before_ms = None;
+                    self.save_envelope(&mut record, &envelope)?;
+                    return Ok((Action::requeue(Duration::ZERO), Outcome::Progressing));
+                }
                 self.save_envelope(&mut record, &envelope)?;
                 let message = format!("revision {revision}: {}", requeue.message);
                 self.conditions(
@@ -508,24 +608,8 @@ impl Controller {
                 envelope.plugin_state = Some(wait.state);
                 envelope.not_before_ms = None;
                 record.step += 1;
-                if o.selection.gates.approval != Approval::BeforePromote {
-                    // Only `approval = "before-promote"` pauses where the strategy asks.
-                    record.phase = RolloutPhase::Running;
-                    self.save_envelope(&mut record, &envelope)?;
-                    self.audit(
-                        id,
-                        AuditKind::Decision,
-                        format!(
-                            "{} asked for approval ({}); rule `{}` has approval = \"{}\", so it continues without one",
-                            strategy.label(),
-                            wait.message,
-                            o.selection.rule_name,
-                            o.selection.gates.approval
-                        ),
-                        serde_json::json!({ "digest": envelope.desired_digest }),
-                    )?;
-                    return Ok((Action::requeue(Duration::ZERO), Outcome::Progressing));
-                }
+                // A strategy asks only where it means to (its parameters, or the rule's
+                // `approval = "before-promote"` it is told as `$approval`): it waits.
                 record.phase = RolloutPhase::AwaitingApproval;
                 self.save_envelope(&mut record, &envelope)?;
                 let message = format!(
@@ -656,6 +740,28 @@ impl Controller {
                     Progress::AwaitApproval(a) => (a.message, false),
                     Progress::Requeue(_) => unreachable!("handled above"),
                 };
+                if o.abort.as_ref().is_some_and(|a| !a.give_up) {
+                    // Undone because a newer revision superseded it: nothing is given
+                    // up, and the newer revision is decided right away.
+                    self.store.finish_supersede(id)?;
+                    self.audit(
+                        id,
+                        AuditKind::Outcome,
+                        format!(
+                            "rollout of revision {revision} undone by its strategy ({by}): {message}"
+                        ),
+                        serde_json::json!({ "digest": envelope.desired_digest, "failed": failed }),
+                    )?;
+                    self.conditions(
+                        id,
+                        &[
+                            (ConditionType::Progressing, false, "Superseded", &message),
+                            (ConditionType::AwaitingApproval, false, "Superseded", ""),
+                        ],
+                    )?;
+                    return Ok((Action::requeue(Duration::ZERO), Outcome::Progressing));
+                }
+                let deadline = by.starts_with(PROGRESS_DEADLINE);
                 let reason = format!("aborted by {by}: {message}");
                 self.store
                     .finish_abort(id, &envelope.desired_digest, &reason)?;
@@ -676,9 +782,15 @@ impl Controller {
                         (ConditionType::AwaitingApproval, false, "Aborted", ""),
                         (
                             ConditionType::Degraded,
-                            failed,
-                            if failed { "AbortFailed" } else { "Aborted" },
-                            if failed { &message } else { "" },
+                            failed || deadline,
+                            if failed {
+                                "AbortFailed"
+                            } else if deadline {
+                                "ProgressDeadlineExceeded"
+                            } else {
+                                "Aborted"
+                            },
+                            if failed || deadline { &reason } else { "" },
                         ),
                     ],
                 )?;
@@ -691,11 +803,38 @@ impl Controller {
     /// ends (its clones deleted, so nothing it made outlives it), and the caller decides
     /// again for the new revision. Nothing of the old rollout is recorded as applied
     /// beyond what its strategy sent.
-    pub(super) async fn supersede(&self, o: &Observation, from: &str) -> Result<()> {
+    pub(super) async fn supersede(&self, o: &Observation, from: &str) -> Result<bool> {
         let id = o.instance.id.as_str();
         let Some((record, envelope)) = &o.rollout else {
-            return Ok(());
+            return Ok(false);
         };
+        // A rollout that made clones or steered traffic is undone by its strategy, which
+        // knows how to move traffic back before a clone goes: an abort that gives nothing
+        // up. The newer revision is decided when it is done.
+        if (envelope.weights.is_some() || !envelope.scope.clones.is_empty())
+            && self.store.request_supersede(
+                id,
+                from,
+                &format!(
+                    "setpoint: revision {} supersedes it",
+                    short_digest(&o.desired_digest)
+                ),
+            )?
+        {
+            self.audit(
+                id,
+                AuditKind::Observation,
+                format!(
+                    "desired configuration changed during the rollout of revision {} (after {} step(s) of {}): its strategy undoes it, then revision {} is decided",
+                    short_digest(from),
+                    record.step,
+                    record.strategy,
+                    short_digest(&o.desired_digest)
+                ),
+                serde_json::json!({ "from": from, "to": o.desired_digest }),
+            )?;
+            return Ok(true);
+        }
         for clone in &envelope.scope.clones {
             let outcome = match self.cp.delete_instance(clone).await {
                 Ok(()) => "deleted".to_owned(),
@@ -726,7 +865,7 @@ impl Controller {
             ),
             serde_json::json!({ "from": from, "to": o.desired_digest }),
         )?;
-        Ok(())
+        Ok(false)
     }
 
     fn save_envelope(&self, record: &mut RolloutRecord, envelope: &Envelope) -> Result<()> {
@@ -765,12 +904,36 @@ impl Controller {
             .duration_since(record.started_at)
             .unwrap_or_default()
             .as_millis() as u64;
+        let mut params = strategy_params(o);
+        if !abort
+            && let Some(p) = o.promote.as_ref().filter(|p| {
+                p.digest == envelope.desired_digest
+                    && envelope.promote_delivered_ms != Some(p.at_ms)
+            })
+        {
+            params.insert(
+                PROMOTE_PARAM.into(),
+                Value::String(if p.full { "full" } else { "step" }.into()),
+            );
+            envelope.promote_delivered_ms = Some(p.at_ms);
+            self.audit(
+                &record.instance_id,
+                AuditKind::Approval,
+                format!(
+                    "promotion{} by {} handed to {}",
+                    if p.full { " (full)" } else { "" },
+                    p.requested_by,
+                    strategy.label()
+                ),
+                serde_json::json!({ "digest": p.digest, "full": p.full }),
+            )?;
+        }
         let rollout = Rollout {
             instance_id: record.instance_id.clone(),
             desired: desired.to_string(),
             actual: o.actual.as_ref().map(Value::to_string),
             drifts: envelope.drifts.iter().map(|d| d.to_drift()).collect(),
-            params: Value::Object(o.selection.strategy_params.clone()).to_string(),
+            params: Value::Object(params).to_string(),
             state: envelope.plugin_state.clone(),
             step: record.step,
             elapsed_ms,
@@ -786,6 +949,15 @@ impl Controller {
             .await?;
         self.record_sent(&record.instance_id, &outcome.calls, &desired, &strategy)?;
         self.audit_calls(&record.instance_id, &strategy, &outcome.calls)?;
+        if let Some(weights) = outcome
+            .calls
+            .iter()
+            .rev()
+            .find(|c| c.call == "set-traffic-weights" && c.outcome == CallOutcome::Ok)
+            .and_then(|c| c.weights.clone())
+        {
+            envelope.weights = Some(weights);
+        }
         envelope.scope = outcome.scope;
         Ok((strategy, outcome.progress))
     }
@@ -880,7 +1052,7 @@ impl Controller {
                 desired: desired.to_string(),
                 actual: o.actual.as_ref().map(Value::to_string),
                 drifts: drifts.to_vec(),
-                params: Value::Object(o.selection.strategy_params.clone()).to_string(),
+                params: Value::Object(strategy_params(o)).to_string(),
                 state: state.clone(),
                 step,
                 elapsed_ms,
@@ -907,6 +1079,82 @@ impl Controller {
             calls,
             format!("still in progress after {MAX_PLAN_STEPS} simulated steps"),
         ))
+    }
+}
+
+/// The reserved parameter that hands an operator's promotion to the strategy.
+pub const PROMOTE_PARAM: &str = "$promote";
+/// The reserved parameter that tells the strategy the rule's approval gate.
+pub const APPROVAL_PARAM: &str = "$approval";
+/// Who an abort for a missed progress deadline is requested by.
+const PROGRESS_DEADLINE: &str = "the progress deadline";
+
+/// The parameters a strategy is given: the rule's, and the host's `$approval`.
+fn strategy_params(o: &Observation) -> serde_json::Map<String, Value> {
+    let mut params = o.selection.strategy_params.clone();
+    params.insert(
+        APPROVAL_PARAM.into(),
+        Value::String(o.selection.gates.approval.to_string()),
+    );
+    params
+}
+
+/// Whether a reported status says the rollout waits in a pause or for an approval.
+fn paused(status: &Value) -> bool {
+    status.get("paused").and_then(Value::as_bool) == Some(true)
+}
+
+/// One line for a reported status: `canary step 2/5, weights a=90 b=10, waiting for ...`.
+pub(super) fn describe_status(status: &Value) -> String {
+    let mut parts = Vec::new();
+    let phase = status.get("phase").and_then(Value::as_str);
+    match (
+        status.get("step").and_then(Value::as_u64),
+        status.get("steps").and_then(Value::as_u64),
+    ) {
+        (Some(step), Some(steps)) => {
+            parts.push(format!("{} step {step}/{steps}", phase.unwrap_or("step")))
+        }
+        _ => parts.extend(phase.map(str::to_owned)),
+    }
+    if let Some(weights) = status.get("weights").and_then(Value::as_array) {
+        let text: Vec<String> = weights
+            .iter()
+            .filter_map(|w| {
+                Some(format!(
+                    "{}={}",
+                    w.get("instance_id")?.as_str()?,
+                    w.get("weight")?.as_u64()?
+                ))
+            })
+            .collect();
+        if !text.is_empty() {
+            parts.push(format!("weights {}", text.join(" ")));
+        }
+    }
+    if let Some(a) = status.get("analysis").filter(|a| a.is_object()) {
+        let rate = a.get("error_rate").and_then(Value::as_f64);
+        let max = a.get("max_error_rate").and_then(Value::as_f64);
+        let requests = a.get("requests").and_then(Value::as_u64);
+        let errors = a.get("errors").and_then(Value::as_u64);
+        let verdict = a
+            .get("verdict")
+            .and_then(Value::as_str)
+            .unwrap_or("measuring");
+        parts.push(match (rate, max, requests, errors) {
+            (Some(rate), Some(max), Some(requests), Some(errors)) => format!(
+                "analysis {verdict}: error rate {rate:.3} ({errors} of {requests}) against max {max:.3}"
+            ),
+            _ => format!("analysis {verdict}"),
+        });
+    }
+    if let Some(waiting) = status.get("waiting_for").and_then(Value::as_str) {
+        parts.push(format!("waiting for {waiting}"));
+    }
+    if parts.is_empty() {
+        status.to_string()
+    } else {
+        parts.join(", ")
     }
 }
 

@@ -40,7 +40,7 @@ pub use error::{BoxError, CallError, CallFailure, Error, Phase, Result};
 use gate::Gate;
 use host::HostState;
 pub use inspect::{ComponentShape, World};
-pub use scope::{CallOutcome, ImportCall, RolloutScope, ScopedControlPlane, StrategyHost};
+pub use scope::{CallOutcome, ImportCall, RolloutScope, ScopedControlPlane, StrategyHost, Weight};
 
 /// Default cap on a plugin's linear memory. Configurations are kilobytes; 64 MiB leaves
 /// room for JSON work on documents of megabytes and still stops a runaway guest long
