@@ -1,6 +1,9 @@
 //! `setpoint demo`: the reference control plane and the daemon with the shipped plugins,
 //! three instances on the Process platform, and one configuration change followed from
-//! drift to convergence, printed as it happens.
+//! drift to convergence, printed as it happens; then a canary under live traffic through
+//! the instance's endpoint: a good change promoted step by step, and a bad one (the new
+//! configuration makes the stub fail 30 % of requests) rolled back by the analysis, with
+//! the weights and error rates printed as they move.
 //!
 //! The control plane runs as its own process (`setpoint-controlplane`, found next to this
 //! executable); the daemon runs in this process. Ctrl-C stops both and every stub
@@ -124,7 +127,10 @@ fn start_control_plane(bin: &Path, dir: &Path) -> Result<ControlPlaneProcess, Cl
 
 pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
     let plugins = args.plugins.clone().unwrap_or_else(default_plugin_dir);
-    if !plugins.join("field-diff.wasm").is_file() || !plugins.join("restart.wasm").is_file() {
+    if ["field-diff", "restart", "canary"]
+        .iter()
+        .any(|p| !plugins.join(format!("{p}.wasm")).is_file())
+    {
         return Err(format!(
             "no shipped plugins in {}: run ./scripts/build-plugins first, or pass --plugins DIR",
             plugins.display()
@@ -152,8 +158,10 @@ pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
     let cp = start_control_plane(&bin, &dir)?;
     say(&format!("control plane at {}", cp.url));
 
+    let policy = dir.join("demo-policy.toml");
+    std::fs::write(&policy, CANARY_POLICY)?;
     let settings = Settings::load(
-        None,
+        Some(&policy),
         Vec::<(String, String)>::new(),
         &Overrides::new()
             .set("control_plane.url", cp.url.clone())
@@ -169,8 +177,12 @@ pub(super) async fn run(args: DemoArgs) -> Result<(), CliError> {
     ));
     let store = daemon.controller().store().clone();
 
+    let controller = daemon.controller().clone();
     let result = tokio::select! {
-        r = script(&cp.url, &store, args.timeout) => r,
+        r = async {
+            let ids = script(&cp.url, &store, args.timeout).await?;
+            canary(&cp.url, &controller, &ids[1], args.timeout).await
+        } => r,
         _ = super::daemon::shutdown_signal() => {
             say("interrupted");
             Ok(())
@@ -194,7 +206,23 @@ fn say(text: &str) {
     println!("==> {text}");
 }
 
-async fn script(url: &str, store: &Store, timeout: Duration) -> Result<(), CliError> {
+/// Instances labelled `delivery = canary` (the demo labels `sensors` once it runs) roll
+/// changes out with the `canary` strategy: 20 % of the traffic, a pause and an analysis,
+/// then 50 %, the same again, then full promotion.
+const CANARY_POLICY: &str = r#"
+[[policy.rules]]
+name = "canary"
+match = { labels = { delivery = "canary" } }
+strategy = "canary"
+strategy_params = { drain = "500ms", health_poll_ms = 200, steps = [
+  { weight = 20 }, { pause = "2s" },
+  { analysis = { interval = "2s", max_error_rate = 0.05, min_requests = 20 } },
+  { weight = 50 }, { pause = "2s" },
+  { analysis = { interval = "2s", max_error_rate = 0.05, min_requests = 20 } },
+] }
+"#;
+
+async fn script(url: &str, store: &Store, timeout: Duration) -> Result<Vec<String>, CliError> {
     let http = reqwest::Client::new();
     let mut ids = Vec::new();
     for (name, level) in [("orders", "info"), ("sensors", "info"), ("billing", "warn")] {
@@ -279,7 +307,147 @@ async fn script(url: &str, store: &Store, timeout: Duration) -> Result<(), CliEr
         return Err("the stub does not serve the new configuration".into());
     }
     say("drift detected -> strategy steps -> converged");
+    Ok(ids)
+}
+
+/// Requests sent through an endpoint's proxy, and how many failed.
+#[derive(Debug, Default)]
+struct Traffic {
+    sent: std::sync::atomic::AtomicU64,
+    failed: std::sync::atomic::AtomicU64,
+}
+
+impl Traffic {
+    fn figures(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.sent.load(Relaxed), self.failed.load(Relaxed))
+    }
+}
+
+/// The canary part: label `sensors` for the canary rule, publish its endpoint, send it
+/// traffic, then a good change (promoted step by step) and a bad one (rolled back).
+async fn canary(
+    url: &str,
+    controller: &std::sync::Arc<crate::controller::Controller>,
+    id: &str,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let http = reqwest::Client::new();
+    say(&format!(
+        "labelling sensors ({id}) delivery=canary: policy now rolls its changes out with the canary strategy"
+    ));
+    http.put(format!("{url}/api/server/instances/{id}/metadata"))
+        .json(&json!({ "app": "demo", "tier": "sensors", "delivery": "canary" }))
+        .send()
+        .await?
+        .error_for_status()?;
+    http.put(format!("{url}/api/extensions/endpoints/{id}"))
+        .json(&json!({ "backends": [{ "instanceId": id, "weight": 100 }] }))
+        .send()
+        .await?
+        .error_for_status()?;
+    let traffic = std::sync::Arc::new(Traffic::default());
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let proxy = format!("{url}/api/extensions/endpoints/{id}/proxy/query");
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (http, proxy, traffic, mut stopped) =
+            (http.clone(), proxy.clone(), traffic.clone(), stopped.clone());
+        load.push(tokio::spawn(async move {
+            use std::sync::atomic::Ordering::Relaxed;
+            while !*stopped.borrow() {
+                let ok = http
+                    .get(&proxy)
+                    .send()
+                    .await
+                    .is_ok_and(|r| r.status().is_success());
+                traffic.sent.fetch_add(1, Relaxed);
+                if !ok {
+                    traffic.failed.fetch_add(1, Relaxed);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+                    _ = stopped.changed() => {}
+                }
+            }
+        }));
+    }
+    say(&format!(
+        "sending traffic to its endpoint {proxy} (about 200 requests/s)"
+    ));
+
+    say("good change to sensors: logLevel -> debug");
+    patch(&http, url, id, json!([{ "op": "replace", "path": "/logLevel", "value": "debug" }])).await?;
+    follow(controller, id, &traffic, timeout).await?;
+    let (sent, failed) = traffic.figures();
+    say(&format!(
+        "promoted: sensors runs logLevel=debug at 100 % of its endpoint; {failed} of {sent} requests failed so far"
+    ));
+
+    say("bad change to sensors: the new configuration makes the stub fail 30 % of its requests (stub.failRate)");
+    patch(&http, url, id, json!([{ "op": "add", "path": "/stub", "value": { "failRate": 0.3 } }])).await?;
+    follow(controller, id, &traffic, timeout).await?;
+    let _ = stop.send(true);
+    for task in load {
+        let _ = task.await;
+    }
+    let (sent, failed) = traffic.figures();
+    let given_up = controller
+        .store()
+        .given_up(id)?
+        .ok_or("the bad change was not rolled back")?;
+    say(&format!(
+        "rolled back automatically: {}; {failed} of {sent} requests failed in all (the canary's share while it was measured)",
+        given_up.reason
+    ));
     Ok(())
+}
+
+async fn patch(http: &reqwest::Client, url: &str, id: &str, ops: Value) -> Result<(), CliError> {
+    http.patch(format!("{url}/api/configuration/instances/{id}"))
+        .json(&ops)
+        .send()
+        .await?
+        .error_for_status()?;
+    Ok(())
+}
+
+/// Print the rollout's progress (step, weights, analysis) whenever it changes, until a
+/// rollout has started and ended.
+async fn follow(
+    controller: &crate::controller::Controller,
+    id: &str,
+    traffic: &Traffic,
+    timeout: Duration,
+) -> Result<(), CliError> {
+    let deadline = Instant::now() + timeout;
+    let mut seen = false;
+    let mut last = String::new();
+    loop {
+        match controller.rollout_progress(id)? {
+            Some(progress) => {
+                seen = true;
+                let line = progress["summary"]
+                    .as_str()
+                    .map(str::to_owned)
+                    .unwrap_or_else(|| format!("{} {}", progress["strategy"], progress["phase"]));
+                if line != last {
+                    let (sent, failed) = traffic.figures();
+                    println!("    [canary] {line}   (traffic: {sent} sent, {failed} failed)");
+                    last = line;
+                }
+            }
+            None if seen => return Ok(()),
+            None => {}
+        }
+        if Instant::now() > deadline {
+            return Err(format!(
+                "the canary of {id} did not finish within {timeout:?}; see `setpoint audit {id}`"
+            )
+            .into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Print the audit log as it grows until every instance in `ids` has converged (an

@@ -1149,7 +1149,7 @@ pub(super) fn describe_status(status: &Value) -> String {
         });
     }
     if let Some(waiting) = status.get("waiting_for").and_then(Value::as_str) {
-        parts.push(format!("waiting for {waiting}"));
+        parts.push(format!("waiting: {waiting}"));
     }
     if parts.is_empty() {
         status.to_string()
