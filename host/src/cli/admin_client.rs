@@ -339,17 +339,26 @@ pub(super) async fn diff(admin: &Admin, id: &str) -> Result<(), CliError> {
     } else {
         println!("plan (dry-run, nothing sent):");
         for (n, c) in calls.iter().enumerate() {
-            println!(
-                "  {}. {} {}{}",
-                n + 1,
-                c["call"].as_str().unwrap_or(""),
-                c["target"].as_str().unwrap_or(""),
-                if c["mutating"] == true {
-                    ""
-                } else {
-                    "   (read)"
+            let call = c["call"].as_str().unwrap_or("");
+            let target = c["target"].as_str().unwrap_or("");
+            let line = match call {
+                "wait" => format!("wait {target}"),
+                "await-approval" => format!("pause for approval: {target}"),
+                "set-traffic-weights" => {
+                    let weights: Vec<String> = c["weights"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .map(|w| {
+                            format!("{}={}", w["instanceId"].as_str().unwrap_or(""), w["weight"])
+                        })
+                        .collect();
+                    format!("{call} {target}: {}", weights.join(" "))
                 }
-            );
+                _ if c["mutating"] == true => format!("{call} {target}"),
+                _ => format!("{call} {target}   (read)"),
+            };
+            println!("  {}. {line}", n + 1);
         }
     }
     println!("outcome: {}", v["outcome"].as_str().unwrap_or(""));

@@ -193,7 +193,10 @@ pub struct Plan {
     pub decision: Decision,
     /// What the comparator found.
     pub drifts: Vec<DriftView>,
-    /// What the strategy would do, in order (mutating calls simulated, reads real).
+    /// What the strategy would do, in order (mutating calls simulated, reads real;
+    /// a clone dry-run pretended to make answers healthy, with error-free traffic), with
+    /// the waits it asks for (`wait`) and its pauses for approval (`await-approval`) as
+    /// entries of their own: a canary's whole plan, step by step.
     pub calls: Vec<ImportCall>,
     /// How the simulated rollout ended.
     pub outcome: String,

@@ -28,7 +28,7 @@ use crate::store::{AuditKind, ConditionType, RolloutPhase, RolloutRecord, short_
 
 /// Most steps `plan` simulates before it stops (a strategy that never finishes in
 /// dry-run must not hang `setpoint diff`).
-const MAX_PLAN_STEPS: u32 = 20;
+const MAX_PLAN_STEPS: u32 = 500;
 
 /// Delay before a strategy picked by policy is chosen again when the registry swapped
 /// it out while the reconcile ran.
@@ -292,14 +292,20 @@ impl Controller {
             let (calls, outcome) = self
                 .simulate(id, &strategy, o, &desired, &judged.drifts)
                 .await?;
-            self.audit_calls(id, &strategy, &calls)?;
+            // The plan's waits and approval pauses are markers, not calls.
+            let made: Vec<ImportCall> = calls
+                .iter()
+                .filter(|c| !is_plan_marker(c))
+                .cloned()
+                .collect();
+            self.audit_calls(id, &strategy, &made)?;
             self.audit(
                 id,
                 AuditKind::Decision,
                 format!(
                     "dry-run: {} would make {} control-plane call(s); nothing sent",
                     strategy.label(),
-                    calls.len()
+                    made.len()
                 ),
                 serde_json::json!({ "plan": calls, "outcome": outcome }),
             )?;
@@ -1067,9 +1073,32 @@ impl Controller {
                 Ok(Progress::Done(m)) => return Ok((calls, format!("done: {m}"))),
                 Ok(Progress::Failed(f)) => return Ok((calls, format!("failed: {}", f.reason))),
                 Ok(Progress::AwaitApproval(a)) => {
-                    return Ok((calls, format!("would await approval: {}", a.message)));
+                    // The plan shows the pause and goes on as if it were approved.
+                    calls.push(ImportCall {
+                        call: "await-approval".into(),
+                        target: a.message,
+                        mutating: false,
+                        outcome: CallOutcome::Simulated,
+                        configuration: None,
+                        weights: None,
+                    });
+                    state = Some(a.state);
                 }
                 Ok(Progress::Requeue(r)) => {
+                    if r.after_ms > 0 {
+                        calls.push(ImportCall {
+                            call: "wait".into(),
+                            target: format!(
+                                "{}: {}",
+                                humantime::format_duration(Duration::from_millis(r.after_ms)),
+                                r.message
+                            ),
+                            mutating: false,
+                            outcome: CallOutcome::Simulated,
+                            configuration: None,
+                            weights: None,
+                        });
+                    }
                     state = Some(r.state);
                     elapsed_ms += r.after_ms;
                 }
@@ -1080,6 +1109,13 @@ impl Controller {
             format!("still in progress after {MAX_PLAN_STEPS} simulated steps"),
         ))
     }
+}
+
+/// A plan entry that is not a control-plane call: a wait the strategy asked for, or a
+/// pause for approval.
+fn is_plan_marker(call: &ImportCall) -> bool {
+    call.outcome == CallOutcome::Simulated
+        && matches!(call.call.as_str(), "wait" | "await-approval")
 }
 
 /// The reserved parameter that hands an operator's promotion to the strategy.
