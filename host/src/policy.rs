@@ -403,7 +403,9 @@ mod optional_duration {
         let text = String::deserialize(deserializer)?;
         humantime::parse_duration(text.trim())
             .map(Some)
-            .map_err(|_| D::Error::custom(format!("expected a duration like \"10m\", got {text:?}")))
+            .map_err(|_| {
+                D::Error::custom(format!("expected a duration like \"10m\", got {text:?}"))
+            })
     }
 }
 
@@ -1277,7 +1279,10 @@ selected rule \"default\":
             "[[rules]]\nname = \"never\"\nprogress_deadline = \"0s\"",
         ))
         .unwrap_err();
-        assert!(matches!(error, Error::ZeroProgressDeadline { .. }), "{error}");
+        assert!(
+            matches!(error, Error::ZeroProgressDeadline { .. }),
+            "{error}"
+        );
     }
 
     #[test]

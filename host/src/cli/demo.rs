@@ -351,8 +351,12 @@ async fn canary(
     let proxy = format!("{url}/api/extensions/endpoints/{id}/proxy/query");
     let mut load = Vec::new();
     for _ in 0..4 {
-        let (http, proxy, traffic, mut stopped) =
-            (http.clone(), proxy.clone(), traffic.clone(), stopped.clone());
+        let (http, proxy, traffic, mut stopped) = (
+            http.clone(),
+            proxy.clone(),
+            traffic.clone(),
+            stopped.clone(),
+        );
         load.push(tokio::spawn(async move {
             use std::sync::atomic::Ordering::Relaxed;
             while !*stopped.borrow() {
@@ -377,15 +381,29 @@ async fn canary(
     ));
 
     say("good change to sensors: logLevel -> debug");
-    patch(&http, url, id, json!([{ "op": "replace", "path": "/logLevel", "value": "debug" }])).await?;
+    patch(
+        &http,
+        url,
+        id,
+        json!([{ "op": "replace", "path": "/logLevel", "value": "debug" }]),
+    )
+    .await?;
     follow(controller, id, &traffic, timeout).await?;
     let (sent, failed) = traffic.figures();
     say(&format!(
         "promoted: sensors runs logLevel=debug at 100 % of its endpoint; {failed} of {sent} requests failed so far"
     ));
 
-    say("bad change to sensors: the new configuration makes the stub fail 30 % of its requests (stub.failRate)");
-    patch(&http, url, id, json!([{ "op": "add", "path": "/stub", "value": { "failRate": 0.3 } }])).await?;
+    say(
+        "bad change to sensors: the new configuration makes the stub fail 30 % of its requests (stub.failRate)",
+    );
+    patch(
+        &http,
+        url,
+        id,
+        json!([{ "op": "add", "path": "/stub", "value": { "failRate": 0.3 } }]),
+    )
+    .await?;
     follow(controller, id, &traffic, timeout).await?;
     let _ = stop.send(true);
     for task in load {
