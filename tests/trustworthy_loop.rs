@@ -444,6 +444,127 @@ async fn orphans_unmanaged_instances_and_leaked_clones_are_found() {
     world.stop_daemon().await;
 }
 
+/// Ask the daemon to reconcile `id` now and wait until it has decided again.
+async fn reconcile_now(world: &World, id: &str) {
+    let last = || world.daemon().controller().last_decision(id).map(|d| d.at);
+    let before = last();
+    let (code, body) = world
+        .admin(true, &format!("/v1/instances/{id}/reconcile"), Value::Null)
+        .await;
+    assert_eq!(code, 202, "{body}");
+    eventually(Duration::from_secs(10), "the reconcile", async || {
+        last() > before
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_running_instance_without_a_desired_configuration_is_unwanted_and_left_alone() {
+    let mut world = World::new(&[]).await;
+    world.start_daemon("300ms", "").await;
+    let id = world.create("orders", json!({})).await;
+    converged(&world, &[&id]).await;
+    // Read while the desired configuration still names them.
+    let port = world.port(&id).await;
+    let pid = world.get(&format!("/api/status/{id}/status")).await["processId"].clone();
+    assert!(pid.is_string(), "{pid}");
+    let running = format!("/api/extensions/instances/{id}/running-configuration");
+    let before = world.get(&running).await;
+    assert_eq!(before["running"], true, "{before}");
+    // The stub's own port: `World::stub_config` finds it through the desired configuration.
+    let stub_config = async || {
+        let response = world
+            .http
+            .get(format!("http://127.0.0.1:{port}/config"))
+            .timeout(Duration::from_secs(1))
+            .send()
+            .await
+            .ok()?;
+        response.json::<Value>().await.ok()
+    };
+    let actions = |world: &World| {
+        world
+            .audit(&id)
+            .into_iter()
+            .filter(|(k, _)| *k == AuditKind::Action)
+            .count()
+    };
+    let actions_before = actions(&world);
+
+    // Someone removes the desired configuration; the instance keeps running.
+    let configuration = format!("{}/api/configuration/instances/{id}", world.cp_url());
+    let removed = world.http.delete(&configuration).send().await.unwrap();
+    assert_eq!(removed.status(), 204);
+    eventually(
+        Duration::from_secs(10),
+        "the instance reported unwanted",
+        async || {
+            world
+                .condition(&id, ConditionType::Synced)
+                .is_some_and(|c| !c.0 && c.1 == "Unwanted")
+        },
+    )
+    .await;
+    let synced = world.condition(&id, ConditionType::Synced).unwrap();
+    assert!(
+        synced.2.contains("has no desired configuration"),
+        "{synced:?}"
+    );
+    // Several reconciles later (two asked for, several resyncs): counted and audited once.
+    reconcile_now(&world, &id).await;
+    reconcile_now(&world, &id).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(
+        world
+            .metric("setpoint_drift_detected_total{classification=\"unwanted\"}")
+            .await,
+        1.0
+    );
+    let audit = world.audit(&id);
+    let unwanted: Vec<_> = audit
+        .iter()
+        .filter(|(k, m)| *k == AuditKind::Observation && m.contains("instance is unwanted"))
+        .collect();
+    assert_eq!(unwanted.len(), 1, "{audit:#?}");
+    // Left alone: no call made, same process, same running configuration, still serving.
+    assert_eq!(actions(&world), actions_before, "{audit:#?}");
+    assert_eq!(world.get(&running).await, before);
+    assert_eq!(
+        world.get(&format!("/api/status/{id}/status")).await["processId"],
+        pid
+    );
+    let served = stub_config().await.expect("the stub still serves");
+    assert_eq!(served["logLevel"], "info", "{served}");
+    assert_eq!(world.status(&id).await, "ConfigurationChanged");
+    assert_eq!(
+        world
+            .condition(&id, ConditionType::Synced)
+            .map(|c| c.1)
+            .as_deref(),
+        Some("Unwanted")
+    );
+
+    // A desired configuration again (PUT): it converges as any change does.
+    let mut restored = before["configuration"].clone();
+    restored["logLevel"] = json!("debug");
+    let put = world
+        .http
+        .put(&configuration)
+        .json(&restored)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 200);
+    eventually(
+        Duration::from_secs(20),
+        "the restored configuration to run, synced",
+        async || serves(&world, &id, "debug").await && world.synced(&id),
+    )
+    .await;
+    assert_eq!(world.status(&id).await, "Running");
+    world.stop_daemon().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn conditions_say_when_a_plugin_is_missing_or_the_control_plane_is_unreachable() {
     let mut world = World::new(&[]).await;

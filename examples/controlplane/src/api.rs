@@ -48,10 +48,11 @@ pub struct ApiOptions {
     /// Write the enum fields of model objects as integers, like the .NET original.
     pub enum_as_int: bool,
     /// Serve only the DRaaS seed's routes, with the seed's answer shapes: no
-    /// `/api/extensions/...`, no metadata routes, no `PUT` of a configuration, no
-    /// `/healthz`; `recent-changes` is timestamp-based only (`after=` is a 400, `wait=` is
-    /// ignored) and its changes carry no `sequence`; `start`, `stop` and `restart` answer
-    /// the seed's message string; a status update answers 202 with no body.
+    /// `/api/extensions/...`, no metadata routes, no `PUT` or `DELETE` of a
+    /// configuration, no `/healthz`; `recent-changes` is timestamp-based only (`after=` is
+    /// a 400, `wait=` is ignored) and its changes carry no `sequence`; `start`, `stop` and
+    /// `restart` answer the seed's message string; a status update answers 202 with no
+    /// body.
     pub seed_api_only: bool,
 }
 
@@ -76,7 +77,9 @@ pub fn router_with(cp: ControlPlane, options: ApiOptions) -> Router {
     };
     let mut configuration = get(get_configuration).patch(patch_configuration);
     if !seed_only {
-        configuration = configuration.put(put_configuration);
+        configuration = configuration
+            .put(put_configuration)
+            .delete(delete_configuration);
     }
     // The DRaaS seed's routes, served in both modes.
     let mut router = Router::new()
@@ -92,7 +95,7 @@ pub fn router_with(cp: ControlPlane, options: ApiOptions) -> Router {
         .route("/api/server/instances/{id}/start", post(start_instance))
         .route("/api/server/instances/{id}/stop", post(stop_instance))
         .route("/api/server/instances/{id}/restart", post(restart_instance))
-        // DRaaS: desired configuration (PUT is an extension).
+        // DRaaS: desired configuration (PUT and DELETE are extensions).
         .route("/api/configuration/instances/{id}", configuration)
         // DRaaS: status and the change feed.
         .route("/api/status/updates", post(post_status_update))
@@ -162,7 +165,9 @@ impl From<Error> for ApiError {
 impl ApiError {
     fn status(&self) -> StatusCode {
         match &self.0 {
-            Error::InstanceNotFound(_) | Error::EndpointNotFound(_) => StatusCode::NOT_FOUND,
+            Error::InstanceNotFound(_)
+            | Error::EndpointNotFound(_)
+            | Error::ConfigurationNotFound(_) => StatusCode::NOT_FOUND,
             Error::BadRequest(_) => StatusCode::BAD_REQUEST,
             Error::Patch(failure) if failure.malformed => StatusCode::BAD_REQUEST,
             Error::Patch(_) | Error::Unprocessable(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -361,6 +366,13 @@ async fn put_configuration(
     ))
 }
 
+/// `DELETE /api/configuration/instances/{id}`: 204; the instance has no desired
+/// configuration until a PUT gives it one (what runs keeps running).
+async fn delete_configuration(State(api): State<Api>, Path(id): Path<String>) -> ApiResult {
+    api.cp.delete_configuration(&id)?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
 // ----- status ------------------------------------------------------------------------
 
 async fn post_status_update(State(api): State<Api>, body: Bytes) -> ApiResult {
@@ -506,7 +518,7 @@ async fn info(State(api): State<Api>) -> Response {
             "platforms": ["Process", "Simulated"],
             "extensions": ["sequenceFeed", "longPoll", "metadata", "clone", "health",
                            "metrics", "runningConfiguration", "runningConfigurations",
-                           "endpoints"],
+                           "endpoints", "deleteConfiguration"],
         }),
     )
 }

@@ -46,6 +46,9 @@ pub enum Error {
     /// No such endpoint (404).
     #[error("endpoint '{0}' not found")]
     EndpointNotFound(String),
+    /// The instance exists but its desired configuration was removed (404).
+    #[error("instance '{0}' has no desired configuration")]
+    ConfigurationNotFound(String),
     /// The request is malformed or has a wrong type (400).
     #[error("{0}")]
     BadRequest(String),
@@ -384,7 +387,7 @@ impl ControlPlane {
                 status: InstanceStatus::Created,
                 metadata: labels,
             },
-            desired: config.clone(),
+            desired: Some(config.clone()),
             runtime: Runtime::default(),
         };
         let mut writes = Vec::new();
@@ -480,8 +483,9 @@ impl ControlPlane {
     // ----- lifecycle -------------------------------------------------------------------
 
     /// Starts an instance with `configuration` (normalised; missing keys filled from the
-    /// desired configuration) or, without one, its desired configuration. A running
-    /// instance is stopped first. On failure the instance is `Error` and the error says why.
+    /// desired configuration) or, without one, its desired configuration (a 409 when it
+    /// has none). A running instance is stopped first. On failure the instance is `Error`
+    /// and the error says why.
     pub async fn start(&self, id: &str, configuration: Option<Value>) -> Result<Instance> {
         let lock = self.op_lock(id);
         let _guard = lock.lock().await;
@@ -491,11 +495,13 @@ impl ControlPlane {
     async fn start_locked(&self, id: &str, configuration: Option<Value>) -> Result<Instance> {
         let record = self.record(id)?;
         let config = match configuration {
-            None | Some(Value::Null) => record.desired.clone(),
+            None | Some(Value::Null) => desired_or_conflict(&record, "start it with")?,
             Some(config) => {
                 let mut config = normalize_configuration(config)
                     .map_err(|e| Error::BadRequest(format!("configuration: {e}")))?;
-                fill_missing(&mut config, &record.desired);
+                if let Some(desired) = &record.desired {
+                    fill_missing(&mut config, desired);
+                }
                 config
             }
         };
@@ -584,11 +590,13 @@ impl ControlPlane {
         Ok(self.commit(record, Some(transition))?.0.instance)
     }
 
-    /// Stops (if running) and starts with the desired configuration.
+    /// Stops (if running) and starts with the desired configuration. Without one it is a
+    /// 409 and the instance is not stopped.
     pub async fn restart(&self, id: &str) -> Result<Instance> {
         let lock = self.op_lock(id);
         let _guard = lock.lock().await;
         let record = self.record(id)?;
+        desired_or_conflict(&record, "restart it with")?;
         if record.runtime.running_configuration.is_some() || self.inner.process.is_tracked(id) {
             self.stop_locked(id).await?;
         }
@@ -597,18 +605,21 @@ impl ControlPlane {
 
     // ----- configuration ---------------------------------------------------------------
 
-    /// The desired configuration.
+    /// The desired configuration; [`Error::ConfigurationNotFound`] once it was removed.
     pub fn configuration(&self, id: &str) -> Result<Value> {
-        Ok(self.record(id)?.desired)
+        self.record(id)?
+            .desired
+            .ok_or_else(|| Error::ConfigurationNotFound(id.to_owned()))
     }
 
     /// Applies an RFC 6902 patch to the desired configuration atomically and records
-    /// `ConfigurationChanged`. Returns the new configuration.
+    /// `ConfigurationChanged`. Returns the new configuration. A removed configuration
+    /// cannot be patched (409): `PUT` one.
     pub fn patch_configuration(&self, id: &str, document: &Value) -> Result<Value> {
         let patch = Patch::parse(document)?;
         let mut state = self.state();
         let record = Self::lookup(&state, id)?;
-        let patched = patch.apply(&record.desired)?;
+        let patched = patch.apply(&desired_or_conflict(&record, "patch (PUT one instead)")?)?;
         let patched = normalize_configuration(patched).map_err(|e| {
             Error::Unprocessable(format!("the patched configuration is invalid: {e}"))
         })?;
@@ -625,6 +636,23 @@ impl ControlPlane {
         self.replace_desired(&mut state, record, configuration, Labels::new())
     }
 
+    /// Removes the desired configuration and records `ConfigurationChanged` (metadata
+    /// `desiredConfiguration=removed`). What runs keeps running; the port stays the
+    /// instance's. A second removal is [`Error::ConfigurationNotFound`].
+    pub fn delete_configuration(&self, id: &str) -> Result<()> {
+        let mut state = self.state();
+        let mut record = Self::lookup(&state, id)?;
+        if record.desired.take().is_none() {
+            return Err(Error::ConfigurationNotFound(id.to_owned()));
+        }
+        let transition =
+            Transition::new(InstanceStatus::ConfigurationChanged, SOURCE_CONTROL_PLANE).with(
+                Labels::from([("desiredConfiguration".into(), "removed".into())]),
+            );
+        self.commit_locked(&mut state, record, Some(transition), Vec::new())?;
+        Ok(())
+    }
+
     fn replace_desired(
         &self,
         state: &mut State,
@@ -632,12 +660,12 @@ impl ControlPlane {
         configuration: Value,
         metadata: Labels,
     ) -> Result<Value> {
-        record.desired = configuration;
+        record.desired = Some(configuration.clone());
         let transition =
             Transition::new(InstanceStatus::ConfigurationChanged, SOURCE_CONTROL_PLANE)
                 .with(metadata);
-        let (record, _) = self.commit_locked(state, record, Some(transition), Vec::new())?;
-        Ok(record.desired)
+        self.commit_locked(state, record, Some(transition), Vec::new())?;
+        Ok(configuration)
     }
 
     // ----- status ----------------------------------------------------------------------
@@ -715,11 +743,13 @@ impl ControlPlane {
     pub fn clone_instance(&self, id: &str, request: CloneInstance) -> Result<Instance> {
         let source = self.record(id)?;
         let mut config = match request.configuration {
-            None | Some(Value::Null) => source.desired.clone(),
+            None | Some(Value::Null) => desired_or_conflict(&source, "clone from")?,
             Some(config) => {
                 let mut config = normalize_configuration(config)
                     .map_err(|e| Error::BadRequest(format!("configuration: {e}")))?;
-                fill_missing(&mut config, &source.desired);
+                if let Some(desired) = &source.desired {
+                    fill_missing(&mut config, desired);
+                }
                 config
             }
         };
@@ -1180,6 +1210,16 @@ fn runtime_info(record: &InstanceRecord) -> RuntimeInfo {
     });
     info.status = record.instance.status;
     info
+}
+
+/// The record's desired configuration, or a 409 saying it has none to `what` with.
+fn desired_or_conflict(record: &InstanceRecord, what: &str) -> Result<Value> {
+    record.desired.clone().ok_or_else(|| {
+        Error::Conflict(format!(
+            "instance '{}' has no desired configuration to {what}",
+            record.instance.id
+        ))
+    })
 }
 
 fn endpoint_view(name: &str, spec: &EndpointSpec) -> Endpoint {

@@ -64,8 +64,10 @@ pub struct InstanceRecord {
     pub order: u64,
     /// The API object.
     pub instance: Instance,
-    /// The desired configuration.
-    pub desired: Value,
+    /// The desired configuration; `None` once it was removed (`DELETE
+    /// /api/configuration/instances/{id}`), until a `PUT` gives it one again. Stored as
+    /// JSON `null`.
+    pub desired: Option<Value>,
     /// The runtime record.
     pub runtime: Runtime,
 }
@@ -288,7 +290,7 @@ mod tests {
                 status: InstanceStatus::Created,
                 metadata: Labels::from([("team".into(), "a".into())]),
             },
-            desired: serde_json::json!({"port": 1}),
+            desired: Some(serde_json::json!({"port": 1})),
             runtime: Runtime::default(),
         }
     }
@@ -325,6 +327,20 @@ mod tests {
         assert_eq!(loaded.latest_sequence, 5);
         let kept: Vec<u64> = loaded.feed.iter().map(|c| c.sequence).collect();
         assert_eq!(kept, vec![3, 4, 5]);
+    }
+
+    #[test]
+    fn a_removed_desired_configuration_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cp.db");
+        let mut removed = record("a", 1);
+        removed.desired = None;
+        Store::open(&path)
+            .unwrap()
+            .apply(&[Write::Upsert(&removed)])
+            .unwrap();
+        let loaded = Store::open(&path).unwrap().load().unwrap();
+        assert_eq!(loaded.instances[0].desired, None);
     }
 
     fn record_with_time(loaded: &InstanceRecord) -> InstanceRecord {

@@ -241,6 +241,42 @@ async fn a_reattached_process_that_dies_becomes_error() {
 }
 
 #[tokio::test]
+async fn a_removed_desired_configuration_stays_removed_after_a_crash() {
+    let dir = tempfile::tempdir().unwrap();
+    let range = port_range();
+    let mut first = CpProcess::spawn(dir.path(), &range).await;
+    let a = id_of(&first.client, json!({"name": "a"})).await;
+    first.client.start(&a).await;
+    let pa = first.client.pid(&a).await;
+    first.cleanup.push(pa);
+    let desired = first.client.configuration(&a).await;
+    let configuration = format!("/api/configuration/instances/{a}");
+    let (status, _) = first.client.delete(&configuration).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    first.signal(Signal::SIGKILL);
+    first.wait().await;
+
+    let mut second = CpProcess::spawn(dir.path(), &range).await;
+    second.cleanup.push(pa);
+    let cp = second.client.clone();
+    let (status, body) = cp.get(&configuration).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    // Re-attached, running what it ran.
+    assert_eq!(cp.pid(&a).await, pa);
+    let (_, running) = cp
+        .get(&format!(
+            "/api/extensions/instances/{a}/running-configuration"
+        ))
+        .await;
+    assert_eq!(running, json!({"running": true, "configuration": desired}));
+    let (status, body) = cp.put(&configuration, &desired).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(cp.configuration(&a).await, desired);
+    second.signal(Signal::SIGTERM);
+    second.wait().await;
+}
+
+#[tokio::test]
 async fn help_documents_every_flag_with_its_default() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_setpoint-controlplane"))
         .arg("--help")

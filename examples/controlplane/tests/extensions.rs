@@ -258,3 +258,105 @@ async fn running_configurations_lists_what_each_running_instance_runs() {
     );
     cp.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_removed_desired_configuration_is_404_until_a_put_and_what_runs_keeps_running() {
+    let cp = TestCp::start().await;
+    let id = cp
+        .create(json!({"name": "orders", "serverConfiguration": {"logLevel": "warn"}}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cp.start(&id).await;
+    let pid = cp.pid(&id).await;
+    let desired = cp.configuration(&id).await;
+    let configuration = format!("/api/configuration/instances/{id}");
+    let running = format!("/api/extensions/instances/{id}/running-configuration");
+    let (_, before) = cp.get(&running).await;
+    let latest = cp.changes_after(0).await["latestSequence"]
+        .as_u64()
+        .unwrap();
+
+    let (status, body) = cp.delete(&configuration).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{body}");
+    assert_eq!(body, serde_json::Value::Null);
+    let (status, body) = cp.get(&configuration).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        body,
+        json!({"error": format!("instance '{id}' has no desired configuration")})
+    );
+    // What runs keeps running, and says so.
+    let (status, after) = cp.get(&running).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(after, before);
+    assert_eq!(after["configuration"], desired);
+    assert!(common::alive(pid));
+    assert_eq!(cp.pid(&id).await, pid);
+    let (_, health) = cp
+        .get(&format!("/api/extensions/instances/{id}/health"))
+        .await;
+    assert_eq!(health["healthy"], true, "{health}");
+    // The removal is a change of the feed.
+    let page = cp.changes_after(latest).await;
+    let changes = page["changes"].as_array().unwrap();
+    assert_eq!(changes.len(), 1, "{page}");
+    assert_eq!(changes[0]["status"], "ConfigurationChanged");
+    assert_eq!(changes[0]["metadata"]["desiredConfiguration"], "removed");
+    let (_, info) = cp.get("/api/extensions/info").await;
+    assert!(
+        info["extensions"]
+            .as_array()
+            .unwrap()
+            .contains(&json!("deleteConfiguration")),
+        "{info}"
+    );
+
+    // Nothing needs a desired configuration silently: each says it has none, and the
+    // process is not touched.
+    let (status, body) = cp.delete(&configuration).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    let (status, body) = cp
+        .patch(
+            &configuration,
+            &json!([{"op": "replace", "path": "/logLevel", "value": "debug"}]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("PUT one"),
+        "{body}"
+    );
+    for action in ["start", "restart"] {
+        let (status, body) = cp
+            .post(&format!("/api/server/instances/{id}/{action}"), None)
+            .await;
+        assert_eq!(status, StatusCode::CONFLICT, "{action}: {body}");
+    }
+    let (status, body) = cp
+        .post(&format!("/api/extensions/instances/{id}/clone"), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(cp.pid(&id).await, pid);
+    assert_eq!(cp.get(&running).await.1, before);
+    let (status, _) = cp.delete("/api/configuration/instances/nope").await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // A PUT gives it one again; PATCH works on it from then on.
+    let mut restored = desired.clone();
+    restored["logLevel"] = json!("error");
+    let (status, body) = cp.put(&configuration, &restored).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(cp.configuration(&id).await, restored);
+    let (status, body) = cp
+        .patch(
+            &configuration,
+            &json!([{"op": "replace", "path": "/logLevel", "value": "debug"}]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["logLevel"], "debug");
+    assert_eq!(cp.get(&running).await.1, before, "a PUT does not restart");
+    cp.shutdown().await;
+}

@@ -43,12 +43,16 @@ async fn extensions_are_not_served() {
         let (status, body) = cp.send(method.clone(), &path, Some(&json!({}))).await;
         assert_eq!(status, StatusCode::NOT_FOUND, "{method} {path}: {body}");
     }
-    // The seed has GET and PATCH of a configuration, not PUT.
+    // The seed has GET and PATCH of a configuration, not PUT or DELETE.
     let (status, body) = cp
         .put(
             &format!("/api/configuration/instances/{id}"),
             &json!({"logLevel": "debug"}),
         )
+        .await;
+    assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
+    let (status, body) = cp
+        .delete(&format!("/api/configuration/instances/{id}"))
         .await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{body}");
     assert_eq!(cp.configuration(&id).await["logLevel"], "info");
