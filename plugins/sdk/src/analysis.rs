@@ -564,14 +564,14 @@ impl AnalysisRun {
         }
     }
 
-    /// What the analysis waits for, for people: `analysis: measuring interval 2 of 10s
-    /// (1 of 3 passes, 0 of 2 failures in a row, 0 of 3 inconclusive), 4s left`.
+    /// What the analysis waits for, for people: `analysis: measuring interval 2, 10s
+    /// each (1 of 3 passes, 0 of 2 failures in a row, 0 of 3 inconclusive), 4s left`.
     pub fn waiting_for(&self, spec: &AnalysisSpec, now_ms: u64) -> String {
         let left = self
             .due_in(spec, now_ms)
             .map_or_else(String::new, |d| format!(", {} left", duration::format(d)));
         format!(
-            "analysis: measuring interval {} of {} ({} of {} passes, {} of {} failures in a row, {} of {} inconclusive){left}",
+            "analysis: measuring interval {}, {} each ({} of {} passes, {} of {} failures in a row, {} of {} inconclusive){left}",
             self.measurements + 1,
             duration::format(spec.interval),
             self.passes,

@@ -83,6 +83,40 @@
 //! strategy with [`testing::FakeControlPlane`], which answers from a script and records
 //! every call, and read log lines back with [`testing::take_logs`].
 //!
+//! # Writing a strategy
+//!
+//! A strategy's `step` is called until it returns done or failed; it never blocks and
+//! has no clock, so it measures every wait with [`Rollout::elapsed`] and returns
+//! [`Progress::requeue`]. The host may call the same step again with the same state
+//! after a crash, so a step must be safe to replay (record a clone's id in the state as
+//! soon as `clone_instance` returns, and treat `not-found` on a recorded clone as
+//! already deleted). What the SDK offers for it:
+//!
+//! - **Parameters.** [`Rollout::param_or`], [`Rollout::duration_param_or`] (module
+//!   [`duration`]: `"500ms"`, `"10s"`, `"2m"`, `"1h"` or a number of milliseconds) and
+//!   [`Rollout::check_params`], which refuses unknown keys but accepts the host's
+//!   reserved `$` keys.
+//! - **Reserved parameters.** The host adds `$approval` (the policy's approval gate,
+//!   [`Rollout::approval`], [`Rollout::approval_before_promote`]) and, on the one call
+//!   that delivers an operator's `setpoint promote`, `$promote`
+//!   ([`Rollout::promote`]: [`Promote::Step`] ends the current pause, analysis or
+//!   approval wait; [`Promote::Full`] skips to full promotion). An `await-approval` always
+//!   holds until an operator approves or promotes, so ask only when you mean it: in a
+//!   step the params ask for, and before full promotion when `$approval` is
+//!   `before-promote` (or your own params say so).
+//! - **Status.** Put a [`RolloutStatus`] under the top-level `"status"` key of your state
+//!   (module [`status`]): the host shows it, audits its changes and does not count a
+//!   `paused` wait against the rollout's progress deadline.
+//! - **Canary building blocks.** [`steps::CanarySteps`] parses a list of weight, pause
+//!   and analysis steps; [`analysis::AnalysisRun`] measures an error rate over intervals
+//!   from two counter readings and judges it.
+//! - **Tests.** [`testing::FakeControlPlane`] keeps clones, endpoint weights and every
+//!   time traffic went to an instance that was not running or healthy;
+//!   [`testing::Driver`] plays the host, step after step.
+//!
+//! The shipped `blue-green` and `canary` strategies are built from these, on a shared
+//! engine (`plugins/progressive`); `docs/strategies.md` describes them for operators.
+//!
 //! # Without the SDK
 //!
 //! The contract is plain WIT, so the SDK is a convenience, not a requirement. The raw

@@ -74,7 +74,8 @@ pub struct RolloutStatus {
     /// What the rollout waits for, for people (`"clone db-clone-1 to become healthy"`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub waiting_for: Option<String>,
-    /// The figures of the analysis in progress (or of the one that just ended).
+    /// The figures of the analysis in progress, or of the last one that ended (with its
+    /// verdict) until the next one starts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub analysis: Option<AnalysisFigures>,
 }

@@ -14,7 +14,7 @@
 //!
 //! - `{"weight": w}`, `w` an integer from 0 to 100: send `w` % of the endpoint's requests
 //!   to the clone and the rest to the original;
-//! - `{"pause": d}`: wait `d` (a [duration](crate::duration)), or `{"pause": "approval"}`:
+//! - `{"pause": d}`: wait `d` (a duration, see [`crate::duration`]), or `{"pause": "approval"}`:
 //!   wait for an operator's approval;
 //! - `{"analysis": {...}}`: measure the clone's error rate ([`AnalysisSpec`]).
 //!

@@ -15,13 +15,19 @@
 //! assert_eq!(cp.mutations(), [&Call::Stop { instance_id: "db".into() }]);
 //! ```
 //!
-//! For strategies that clone and move traffic it keeps the world they act on: clones
+//! [`Driver`] plays the host: it calls a strategy's `step` (or `abort`) again and again,
+//! feeding back the state each call returns and advancing `elapsed` by the delay each
+//! requeue asked for.
+//!
+//! For strategies that clone and move traffic the fake keeps the world they act on: clones
 //! (created `Created`, labelled [`CLONE_OF_LABEL`], gone after `delete_clone`), each
 //! endpoint's current weights ([`FakeControlPlane::weights`]), and every time traffic was
 //! sent to an instance that was not running or had last probed unhealthy
 //! ([`FakeControlPlane::traffic_violations`]).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::marker::PhantomData;
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -30,6 +36,7 @@ use crate::control_plane::{
     InstanceStatus, RuntimeStatus,
 };
 use crate::log::Level;
+use crate::{Progress, Promote, Rollout, RolloutStatus, Strategy};
 
 /// The log lines this thread wrote since the last call (native builds only; on wasm32
 /// lines go to the host and this is always empty).
@@ -551,6 +558,180 @@ impl ControlPlane for FakeControlPlane {
             instance_id: instance_id.to_owned(),
         })?;
         Ok(next_answer(self.metrics.get_mut(instance_id)).unwrap_or_default())
+    }
+}
+
+/// Plays the host for strategy `S`: calls `step` or `abort` with the state the previous
+/// call returned.
+///
+/// Time: [`Driver::step`] comes when the previous call's requeue asked (`elapsed`
+/// advances by its delay; an approval advances nothing); [`Driver::promote`] and the
+/// first [`Driver::abort`] come at once, as an operator's command does; an `abort` after
+/// an abort's requeue waits for its delay. [`Driver::wait`] adds time before the next
+/// call.
+///
+/// ```
+/// use setpoint_plugin::testing::{Driver, FakeControlPlane};
+/// use setpoint_plugin::{ControlPlane, Metadata, Progress, Rollout, Strategy};
+/// use setpoint_plugin::serde_json::json;
+/// use std::time::Duration;
+///
+/// struct TwoSteps;
+/// impl Strategy for TwoSteps {
+///     fn metadata() -> Metadata { Metadata::strategy("two-steps", "0.1.0", "") }
+///     fn step(r: &Rollout, _: &mut dyn ControlPlane) -> Progress {
+///         match r.raw_state { None => Progress::requeue(Duration::from_secs(1), &1, "wait"), Some(_) => Progress::done("ok") }
+///     }
+///     fn abort(_: &Rollout, _: &mut dyn ControlPlane) -> Progress { Progress::done("nothing") }
+/// }
+///
+/// let mut driver = Driver::<TwoSteps>::new(Rollout::new("db", json!({})), FakeControlPlane::new());
+/// assert!(matches!(driver.step(), Progress::Requeue { .. }));
+/// assert_eq!(driver.step(), Progress::done("ok"));
+/// assert_eq!(driver.elapsed_ms(), 1000);
+/// ```
+#[derive(Debug)]
+pub struct Driver<S> {
+    /// The control plane the strategy acts on.
+    pub cp: FakeControlPlane,
+    /// The rollout of the last call (of the first, before any): params, desired and
+    /// actual configurations can be changed between calls.
+    pub rollout: Rollout,
+    last_input: Option<Rollout>,
+    last: Option<Progress>,
+    last_was_abort: bool,
+    extra: Duration,
+    calls: u32,
+    strategy: PhantomData<fn() -> S>,
+}
+
+impl<S: Strategy> Driver<S> {
+    /// A rollout about to take its first step against `cp`.
+    pub fn new(rollout: Rollout, cp: FakeControlPlane) -> Self {
+        Self {
+            cp,
+            rollout,
+            last_input: None,
+            last: None,
+            last_was_abort: false,
+            extra: Duration::ZERO,
+            calls: 0,
+            strategy: PhantomData,
+        }
+    }
+
+    /// Call `step` with the state of the previous call, once its requeue delay passed.
+    ///
+    /// # Panics
+    ///
+    /// When the previous call ended the rollout (done or failed).
+    pub fn step(&mut self) -> Progress {
+        let input = self.next_input(true);
+        self.call(input, S::step, false)
+    }
+
+    /// Call `step` at once with `$promote` set to `promote`, for this one call (as the
+    /// host delivers `setpoint promote`).
+    ///
+    /// # Panics
+    ///
+    /// When the previous call ended the rollout.
+    pub fn promote(&mut self, promote: Promote) -> Progress {
+        let input = self.next_input(false).with_promote(Some(promote));
+        self.call(input, S::step, false)
+    }
+
+    /// Call `abort` with the state of the previous call: at once after a `step`, after
+    /// the requeue delay after an `abort`.
+    ///
+    /// # Panics
+    ///
+    /// When the previous call ended the rollout.
+    pub fn abort(&mut self) -> Progress {
+        let input = self.next_input(self.last_was_abort);
+        self.call(input, S::abort, true)
+    }
+
+    /// Call `step` again with exactly the input of the previous call, as a host does
+    /// after it was killed before it saved what that call returned.
+    ///
+    /// # Panics
+    ///
+    /// Before the first call.
+    pub fn replay(&mut self) -> Progress {
+        let input = self
+            .last_input
+            .clone()
+            .expect("replay needs a previous call");
+        let abort = self.last_was_abort;
+        self.call(input, if abort { S::abort } else { S::step }, abort)
+    }
+
+    /// Let `time` pass before the next call (on top of any requeue delay).
+    pub fn wait(&mut self, time: Duration) {
+        self.extra += time;
+    }
+
+    /// `elapsed` of the last call, in milliseconds.
+    pub fn elapsed_ms(&self) -> u64 {
+        self.rollout.elapsed_ms()
+    }
+
+    /// How many calls were made.
+    pub fn calls(&self) -> u32 {
+        self.calls
+    }
+
+    /// What the last call returned.
+    pub fn last(&self) -> Option<&Progress> {
+        self.last.as_ref()
+    }
+
+    /// The state the last call returned, parsed; `None` if it ended the rollout.
+    pub fn state(&self) -> Option<Value> {
+        self.last
+            .as_ref()?
+            .state()
+            .map(|text| serde_json::from_str(text).expect("the state is JSON"))
+    }
+
+    /// The `status` object of the state the last call returned.
+    pub fn status(&self) -> Option<RolloutStatus> {
+        serde_json::from_value(self.state()?.get("status")?.clone()).ok()
+    }
+
+    fn next_input(&mut self, after_requeue: bool) -> Rollout {
+        let mut input = self.rollout.clone();
+        let Some(last) = &self.last else {
+            input.elapsed += std::mem::take(&mut self.extra);
+            return input;
+        };
+        assert!(
+            !last.is_terminal(),
+            "the rollout ended with {last:?}; there is no next call"
+        );
+        input.raw_state = last.state().map(str::to_owned);
+        input.step += 1;
+        if after_requeue && let Progress::Requeue { after, .. } = last {
+            input.elapsed += *after;
+        }
+        input.elapsed += std::mem::take(&mut self.extra);
+        input
+    }
+
+    fn call(
+        &mut self,
+        input: Rollout,
+        f: fn(&Rollout, &mut dyn ControlPlane) -> Progress,
+        abort: bool,
+    ) -> Progress {
+        let progress = f(&input, &mut self.cp);
+        self.calls += 1;
+        self.rollout = input.clone().with_promote(None);
+        self.last_input = Some(input);
+        self.last = Some(progress.clone());
+        self.last_was_abort = abort;
+        progress
     }
 }
 
