@@ -799,6 +799,35 @@ fn replaying_the_clone_start_does_not_start_it_twice() {
 }
 
 #[test]
+fn a_clone_without_a_reported_status_is_started_and_one_that_is_gone_fails_retryably() {
+    // Dry-run: the host pretends to make the clone; the control plane does not know it.
+    let mut d = driver(json!({"steps": [{"weight": 20}]}));
+    d.step();
+    d.cp.fail_next(
+        Operation::GetRuntimeStatus,
+        ControlPlaneError::NotFound("no such instance".into()),
+    );
+    assert!(matches!(d.step(), Progress::Requeue { .. }));
+    assert_eq!(d.cp.status(CLONE), Some(InstanceStatus::Running));
+
+    let mut d = driver(json!({"steps": [{"weight": 20}]}));
+    d.step();
+    d.cp.fail_next(
+        Operation::Start,
+        ControlPlaneError::NotFound("no such instance".into()),
+    );
+    let p = d.step();
+    assert_eq!(
+        p,
+        Progress::failed(
+            "clone drasi-1-clone-1 disappeared before it was started",
+            true
+        )
+    );
+    assert_clean(&d.cp);
+}
+
+#[test]
 fn a_transient_control_plane_error_is_retried() {
     let mut d = driver(json!({"steps": [{"weight": 20}, {"pause": "1s"}]}));
     d.step();

@@ -782,27 +782,24 @@ impl Machine<'_> {
 
     fn clone_created(&mut self, st: &mut State) -> Result<Option<Exit>, Fault> {
         let clone = Self::clone_id(st)?;
-        match self.cp.get_runtime_status(&clone) {
-            // Started by an earlier attempt of this call.
-            Ok(s) if s.status == InstanceStatus::Running => {}
-            Ok(_) | Err(ControlPlaneError::Unavailable(_)) => {
-                self.cp
-                    .start(&clone, None)
-                    .map_err(fault(format!("starting clone {clone}")))?;
-                log::info(&format!("started clone {clone}"));
-            }
-            Err(ControlPlaneError::NotFound(_)) => {
-                return Ok(Some(self.fail_before_touch(
-                    st,
-                    format!("clone {clone} disappeared before it was started"),
-                    true,
-                )));
-            }
-            Err(error) => {
-                return Err(Fault {
-                    action: format!("reading the status of clone {clone}"),
-                    error,
-                });
+        // Started by an earlier attempt of this call (replayed after a crash)? Any other
+        // answer, including none (a clone dry-run only pretends to make is unknown to the
+        // control plane), means start it.
+        let running = matches!(
+            self.cp.get_runtime_status(&clone),
+            Ok(s) if s.status == InstanceStatus::Running
+        );
+        if !running {
+            match self.cp.start(&clone, None) {
+                Ok(()) => log::info(&format!("started clone {clone}")),
+                Err(ControlPlaneError::NotFound(_)) => {
+                    return Ok(Some(self.fail_before_touch(
+                        st,
+                        format!("clone {clone} disappeared before it was started"),
+                        true,
+                    )));
+                }
+                Err(e) => return Err(fault(format!("starting clone {clone}"))(e)),
             }
         }
         st.at = At::CloneStarting { since_ms: self.now };
