@@ -463,3 +463,23 @@ async fn outside_the_window_a_drift_is_reported_once_not_at_every_resync() {
     assert_eq!(audit_count(&c, "a", "outside the maintenance window"), 1);
     assert_eq!(drift_count(&c, "missing"), 1.0);
 }
+
+#[test]
+fn a_reported_status_reads_as_one_line() {
+    let status = json!({
+        "strategy": "canary", "phase": "canary", "step": 3, "steps": 5,
+        "weights": [{"instance_id": "orders", "weight": 80}, {"instance_id": "orders-c1", "weight": 20}],
+        "paused": false,
+        "waiting_for": "analysis: measuring interval 2",
+        "analysis": {"requests": 412, "errors": 1, "error_rate": 0.0024, "max_error_rate": 0.05, "verdict": "pass"}
+    });
+    assert_eq!(
+        rollout::describe_status(&status),
+        "canary step 3/5, weights orders=80 orders-c1=20, analysis pass: error rate 0.002 (1 of 412) against max 0.050, waiting: analysis: measuring interval 2"
+    );
+    assert_eq!(
+        rollout::describe_status(&json!({"phase": "converging"})),
+        "converging"
+    );
+    assert_eq!(rollout::describe_status(&json!({})), "{}");
+}
