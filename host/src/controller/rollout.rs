@@ -459,7 +459,19 @@ impl Controller {
             }
         };
         let delivered = envelope.promote_delivered_ms;
-        self.audit_status(id, before.as_ref(), &envelope)?;
+        // The status the strategy reports now is in the state it just returned.
+        let reported = match &progress {
+            Progress::Requeue(r) => Some(r.state.clone()),
+            Progress::AwaitApproval(a) => Some(a.state.clone()),
+            Progress::Done(_) | Progress::Failed(_) => None,
+        };
+        if let Some(state) = reported {
+            let next = Envelope {
+                plugin_state: Some(state),
+                ..envelope.clone()
+            };
+            self.audit_status(id, before.as_ref(), &next)?;
+        }
         let result = self.after_progress(o, &strategy, record, envelope, progress)?;
         if let Some(at_ms) = delivered
             && o.promote.as_ref().is_some_and(|p| p.at_ms == at_ms)
@@ -710,6 +722,7 @@ impl Controller {
             record.phase = RolloutPhase::Aborting;
             self.save_envelope(&mut record, &envelope)?;
         }
+        let before = envelope.status();
         let (_, progress) = self.rollout_call(&record, &mut envelope, o, true).await?;
         let by = o
             .abort
@@ -725,6 +738,7 @@ impl Controller {
                 envelope.plugin_state = Some(requeue.state);
                 record.step += 1;
                 self.save_envelope(&mut record, &envelope)?;
+                self.audit_status(id, before.as_ref(), &envelope)?;
                 self.conditions(
                     id,
                     &[(
