@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+pub mod traffic;
 pub mod world;
 
 /// The workspace root.
