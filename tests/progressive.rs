@@ -1395,3 +1395,305 @@ async fn settled_level(world: &World, daemon: &Setpoint, id: &str, level: &str) 
             .await
             .is_some_and(|c| c["logLevel"] == level)
 }
+
+// ----- 8. the world moves under a canary ----------------------------------------------------
+
+/// A canary with a long pause at 25 %, for a change that arrives while it holds there.
+const CANARY_SUPERSEDED: &str = r#"
+[[policy.rules]]
+name = "canary"
+match = { labels = { delivery = "canary" } }
+strategy = "canary"
+strategy_params = { drain = "500ms", health_poll_ms = 100, steps = [
+  { weight = 25 }, { pause = "30s" },
+  { weight = 100 },
+] }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_change_during_a_canary_is_undone_by_the_canary_then_rolled_out() {
+    bounded(Duration::from_secs(90), false, async {
+        let world = world_with(CANARY_SUPERSEDED).await;
+        let id = published_instance(&world, "orders", "canary").await;
+        let load = load_on(&world, &id, LoadSpec::default()).await;
+
+        world.patch(&id, set_level("debug")).await;
+        let holding = within(Duration::from_secs(20), async || {
+            status_weights(&status(&world, &id).await)
+                .iter()
+                .any(|(b, w)| *b != id && *w == 25)
+        })
+        .await;
+        assert!(
+            holding,
+            "the canary never held at 25 %\n{}",
+            explain(&world, &id).await
+        );
+        let first_clone = status(&world, &id).await["clone"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+
+        // A newer revision while the first holds at 25 %: the first is undone by the
+        // canary itself (traffic back to the instance before its clone goes), nothing is
+        // given up, and the newer one is rolled out with a clone of its own.
+        world.patch(&id, set_level("warn")).await;
+        let second = within(Duration::from_secs(20), async || {
+            let s = status(&world, &id).await;
+            s["clone"].as_str().is_some_and(|c| c != first_clone)
+                && status_weights(&s).iter().any(|(b, w)| *b != id && *w == 25)
+        })
+        .await;
+        assert!(
+            second,
+            "the newer revision's canary never started\n{}",
+            explain(&world, &id).await
+        );
+        let audit = world.audit(&id);
+        assert!(
+            audit
+                .iter()
+                .any(|(_, m)| m.contains("its strategy undoes it")),
+            "no audit of the supersede\n{}",
+            explain(&world, &id).await
+        );
+        assert!(
+            audit
+                .iter()
+                .any(|(_, m)| m.contains("undone by its strategy")),
+            "the first rollout was not undone by its strategy\n{}",
+            explain(&world, &id).await
+        );
+        assert!(
+            instance(&world, &id).await["givenUp"].is_null(),
+            "a superseded revision is not given up"
+        );
+        assert!(
+            !clones(&world).await.iter().any(|(c, _)| *c == first_clone),
+            "the first canary's clone is left"
+        );
+
+        let (code, body) = world
+            .admin(
+                true,
+                &format!("/v1/instances/{id}/promote"),
+                json!({ "full": true }),
+            )
+            .await;
+        assert_eq!(code, 202, "{body}");
+        rollout_ends(&world, &id, Duration::from_secs(30), "superseded canary").await;
+        let totals = load.stop().await;
+        eprintln!("superseded canary: {totals}");
+        no_failures(&world, &id, &totals, "superseded canary").await;
+        left_clean(&world, &id, "warn", false, "superseded canary").await;
+
+        // Traffic left the first clone before it was deleted: no weights call after the
+        // undo names it.
+        let calls = weight_calls(&world, &id);
+        let last_with_first = calls
+            .iter()
+            .rposition(|c| c.iter().any(|(b, _)| *b == first_clone))
+            .expect("the first clone got traffic");
+        assert_eq!(
+            calls[last_with_first + 1],
+            vec![(id.clone(), 100)],
+            "after the first clone's last weights, all traffic went back to the instance: {calls:?}"
+        );
+    })
+    .await;
+}
+
+/// A canary whose clone never becomes healthy (its configuration says so) and would wait
+/// a minute for it, under a rule that allows 3 s without progress.
+const CANARY_STUCK: &str = r#"
+[[policy.rules]]
+name = "canary"
+match = { labels = { delivery = "canary" } }
+strategy = "canary"
+progress_deadline = "3s"
+strategy_params = { drain = "300ms", health_poll_ms = 100, health_deadline_ms = 60000, steps = [
+  { weight = 25 }, { pause = "1s" },
+  { weight = 100 },
+] }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_that_stops_moving_is_aborted_at_its_progress_deadline() {
+    bounded(Duration::from_secs(60), false, async {
+        let world = world_with(CANARY_STUCK).await;
+        let id = published_instance(&world, "orders", "canary").await;
+        let load = load_on(&world, &id, LoadSpec::default()).await;
+
+        let started = Instant::now();
+        world
+            .patch(
+                &id,
+                json!([
+                    { "op": "replace", "path": "/logLevel", "value": "debug" },
+                    { "op": "add", "path": "/stub", "value": { "unhealthy": true } }
+                ]),
+            )
+            .await;
+        rollout_ends(&world, &id, Duration::from_secs(20), "stuck canary").await;
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_secs(3) && took < Duration::from_secs(12),
+            "aborted after {took:?}, expected soon after the 3 s deadline"
+        );
+        let (degraded, reason, message) = world.condition(&id, ConditionType::Degraded).unwrap();
+        assert!(degraded, "not Degraded: {reason}: {message}");
+        assert_eq!(reason, "ProgressDeadlineExceeded", "{message}");
+        assert!(message.contains("no progress for 3s"), "{message}");
+        assert!(
+            !instance(&world, &id).await["givenUp"].is_null(),
+            "the revision is given up"
+        );
+        assert!(
+            world
+                .audit(&id)
+                .iter()
+                .any(|(_, m)| m.contains("made no progress for 3s")),
+            "no audit of the deadline"
+        );
+        let totals = load.stop().await;
+        no_failures(&world, &id, &totals, "stuck canary").await;
+        left_clean(&world, &id, "info", false, "stuck canary").await;
+    })
+    .await;
+}
+
+/// A canary held at the before-apply gate, with a pause for approval among its steps.
+const CANARY_PLANNED: &str = r#"
+[[policy.rules]]
+name = "canary"
+match = { labels = { delivery = "canary" } }
+strategy = "canary"
+approval = "before-apply"
+strategy_params = { drain = "300ms", health_poll_ms = 100, steps = [
+  { weight = 10 }, { pause = "1s" },
+  { pause = "approval" },
+  { weight = 50 }, { pause = "1s" },
+] }
+"#;
+
+/// The weights a plan's or a rollout's calls set, with the clone's id written `CLONE`.
+fn with_clone_named(calls: Vec<Vec<(String, u64)>>, id: &str) -> Vec<Vec<(String, u64)>> {
+    calls
+        .into_iter()
+        .map(|c| {
+            c.into_iter()
+                .map(|(b, w)| (if b == id { b } else { "CLONE".to_owned() }, w))
+                .collect()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn setpoint_diff_shows_the_whole_canary_plan_and_the_rollout_follows_it() {
+    bounded(Duration::from_secs(60), false, async {
+        let world = world_with(CANARY_PLANNED).await;
+        let id = published_instance(&world, "orders", "canary").await;
+
+        world.patch(&id, set_level("debug")).await;
+        let gated = within(Duration::from_secs(10), async || {
+            world
+                .condition(&id, ConditionType::AwaitingApproval)
+                .is_some_and(|c| c.0)
+        })
+        .await;
+        assert!(gated, "the change never waited at the before-apply gate");
+
+        let (code, plan) = world
+            .admin(false, &format!("/v1/instances/{id}/diff"), Value::Null)
+            .await;
+        assert_eq!(code, 200, "{plan}");
+        assert_eq!(
+            plan["decision"]["decision"], "await_approval_before_apply",
+            "{plan}"
+        );
+        let entries: Vec<(String, String)> = plan["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["call"].as_str().unwrap().to_owned(),
+                    c["target"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect();
+        let names: Vec<&str> = entries.iter().map(|(c, _)| c.as_str()).collect();
+        for needed in [
+            "clone-instance",
+            "set-traffic-weights",
+            "wait",
+            "await-approval",
+            "stop",
+            "start",
+            "delete-clone",
+        ] {
+            assert!(
+                names.contains(&needed),
+                "the plan lacks {needed}: {names:?}"
+            );
+        }
+        assert!(
+            plan["outcome"].as_str().unwrap_or("").starts_with("done"),
+            "the plan runs to the end: {plan}"
+        );
+        let planned: Vec<Vec<(String, u64)>> = plan["calls"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["call"] == "set-traffic-weights")
+            .map(|c| {
+                c["weights"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|w| {
+                        (
+                            w["instanceId"].as_str().unwrap().to_owned(),
+                            w["weight"].as_u64().unwrap(),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        // Nothing was sent for the plan.
+        assert!(
+            weight_calls(&world, &id).is_empty(),
+            "the plan sent weights"
+        );
+        assert!(clones(&world).await.is_empty(), "the plan made a clone");
+
+        // Approve the change, then the canary's own pause for approval.
+        for gate in ["before apply", "the canary's pause"] {
+            let (code, body) = world
+                .admin(true, &format!("/v1/instances/{id}/approve"), json!({}))
+                .await;
+            assert_eq!(code, 200, "approving {gate}: {body}");
+            if gate == "before apply" {
+                let paused = within(Duration::from_secs(20), async || {
+                    status(&world, &id).await["waiting_for"]
+                        .as_str()
+                        .is_some_and(|w| w.starts_with("approval"))
+                })
+                .await;
+                assert!(
+                    paused,
+                    "the canary never paused for approval\n{}",
+                    explain(&world, &id).await
+                );
+            }
+        }
+        rollout_ends(&world, &id, Duration::from_secs(30), "planned canary").await;
+        left_clean(&world, &id, "debug", false, "planned canary").await;
+        assert_eq!(
+            with_clone_named(weight_calls(&world, &id), &id),
+            with_clone_named(planned, &id),
+            "the rollout set the weights the plan showed, in order"
+        );
+    })
+    .await;
+}
