@@ -266,6 +266,11 @@ struct Envelope {
     desired: Option<Value>,
     /// Drifts the rollout was started for.
     drifts: Vec<DriftView>,
+    /// What the instance ran when the rollout started: given to the strategy as
+    /// `actual` when the instance runs nothing at a later step (a step stopped it and the
+    /// daemon died before it could save what it remembered), so an abort can restore it.
+    #[serde(default)]
+    previous: Option<Value>,
     /// Unix milliseconds before which the strategy asked not to be stepped again: a
     /// change-feed event during a requeue delay does not step the rollout early.
     #[serde(default)]
@@ -294,6 +299,7 @@ impl Envelope {
             desired_digest: String::new(),
             desired: None,
             drifts: Vec::new(),
+            previous: None,
             not_before_ms: None,
             promote_delivered_ms: None,
             weights: None,

@@ -358,6 +358,7 @@ impl Controller {
             desired_digest: o.desired_digest.clone(),
             desired: Some(self.apply_document(o)),
             drifts: judged.drifts.iter().map(Into::into).collect(),
+            previous: o.actual.clone(),
             not_before_ms: None,
             promote_delivered_ms: None,
             weights: None,
@@ -951,7 +952,11 @@ impl Controller {
         let rollout = Rollout {
             instance_id: record.instance_id.clone(),
             desired: desired.to_string(),
-            actual: o.actual.as_ref().map(Value::to_string),
+            actual: o
+                .actual
+                .as_ref()
+                .or(envelope.previous.as_ref())
+                .map(Value::to_string),
             drifts: envelope.drifts.iter().map(|d| d.to_drift()).collect(),
             params: Value::Object(params).to_string(),
             state: envelope.plugin_state.clone(),
