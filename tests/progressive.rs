@@ -993,7 +993,7 @@ fn cli(world: &World, args: &[&str]) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn setpoint_status_shows_the_canary_step_and_weights() {
+async fn setpoint_status_shows_the_canary_step_and_weights_and_watch_follows_it() {
     bounded(Duration::from_secs(90), true, async {
         let world = world_with(CANARY_HOLD_AT_25).await;
         let id = published_instance(&world, "orders", "canary").await;
@@ -1027,7 +1027,16 @@ async fn setpoint_status_shows_the_canary_step_and_weights() {
             );
         }
 
-        // And `setpoint promote --full` ends it.
+        // `setpoint status --watch` redraws while the rollout moves and returns once it
+        // has ended; `setpoint promote --full` ends it.
+        let watch = Command::new(setpoint_bin())
+            .args(["status", &id, "--watch", "--endpoint"])
+            .arg(format!("http://{}", world.daemon().admin_addr()))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("setpoint status --watch runs");
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         let out = cli(&world, &["promote", &id, "--full"]);
         eprintln!("setpoint promote {id} --full:\n{out}");
         rollout_ends(
@@ -1037,6 +1046,24 @@ async fn setpoint_status_shows_the_canary_step_and_weights() {
             "promoted from the CLI",
         )
         .await;
+        let watched = tokio::time::timeout(
+            Duration::from_secs(10),
+            tokio::task::spawn_blocking(move || watch.wait_with_output()),
+        )
+        .await
+        .expect("`status --watch` returns once the rollout has ended")
+        .unwrap()
+        .unwrap();
+        let frames = String::from_utf8_lossy(&watched.stdout).into_owned();
+        assert!(watched.status.success(), "{frames}");
+        let redraws = frames.matches("\x1b[2J").count();
+        assert!(redraws >= 3, "{redraws} frames:\n{frames}");
+        assert!(frames.contains("canary step 2/3"), "{frames}");
+        let last = frames.rsplit("\x1b[2J").next().unwrap();
+        assert!(
+            !last.contains("rollout:") && last.contains("Synced"),
+            "the last frame shows the instance after its rollout:\n{last}"
+        );
         left_clean(&world, &id, "debug", false, "promoted from the CLI").await;
     })
     .await;
