@@ -1718,8 +1718,40 @@ async fn setpoint_diff_shows_the_whole_canary_plan_and_the_rollout_follows_it() 
         left_clean(&world, &id, "debug", false, "planned canary").await;
         assert_eq!(
             with_clone_named(weight_calls(&world, &id), &id),
-            with_clone_named(planned, &id),
+            with_clone_named(planned.clone(), &id),
             "the rollout set the weights the plan showed, in order"
+        );
+        // The audit has the plan too, written after the rollout's first step.
+        let records = audit_records(&world, &id);
+        let plans: Vec<&AuditRecord> = records
+            .iter()
+            .filter(|r| r.entry.message.starts_with("rollout plan of revision"))
+            .collect();
+        assert_eq!(plans.len(), 1, "one plan per rollout");
+        let audited: Vec<Vec<(String, u64)>> = plans[0].entry.details["plan"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|c| c["call"] == "set-traffic-weights")
+            .map(|c| {
+                c["weights"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|w| {
+                        (
+                            w["instanceId"].as_str().unwrap().to_owned(),
+                            w["weight"].as_u64().unwrap(),
+                        )
+                    })
+                    .collect()
+            })
+            .collect();
+        assert_eq!(
+            with_clone_named(audited, &id),
+            with_clone_named(planned, &id),
+            "the audited plan is the one `diff` showed: {}",
+            plans[0].entry.message
         );
     })
     .await;

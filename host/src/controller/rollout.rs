@@ -466,20 +466,73 @@ impl Controller {
             Progress::AwaitApproval(a) => Some(a.state.clone()),
             Progress::Done(_) | Progress::Failed(_) => None,
         };
+        let mut plan_for = None;
         if let Some(state) = reported {
             let next = Envelope {
                 plugin_state: Some(state),
                 ..envelope.clone()
             };
             self.audit_status(id, before.as_ref(), &next)?;
+            // A strategy that walks steps (its status counts them) gets its whole plan
+            // written to the audit after its first step, so a finished rollout reads
+            // back against what was planned.
+            if record.step == 0 && next.status().is_some_and(|s| s.get("steps").is_some()) {
+                plan_for = Some((
+                    envelope.desired.clone().unwrap_or(Value::Null),
+                    envelope
+                        .drifts
+                        .iter()
+                        .map(|d| d.to_drift())
+                        .collect::<Vec<_>>(),
+                    envelope.desired_digest.clone(),
+                ));
+            }
         }
         let result = self.after_progress(o, &strategy, record, envelope, progress)?;
+        if let Some((desired, drifts, digest)) = plan_for {
+            self.audit_plan(id, &strategy, o, &desired, &drifts, &digest)
+                .await?;
+        }
         if let Some(at_ms) = delivered
             && o.promote.as_ref().is_some_and(|p| p.at_ms == at_ms)
         {
             self.store.clear_promote(id, at_ms)?;
         }
         Ok(result)
+    }
+
+    /// Simulate the rollout from its start (as `setpoint diff` does) and audit the plan.
+    /// A plan that cannot be simulated is said so in the audit; the rollout goes on.
+    async fn audit_plan(
+        &self,
+        id: &str,
+        strategy: &Arc<Plugin>,
+        o: &Observation,
+        desired: &Value,
+        drifts: &[Drift],
+        digest: &str,
+    ) -> Result<()> {
+        let (calls, outcome) = match self.simulate(id, strategy, o, desired, drifts).await {
+            Ok(plan) => plan,
+            Err(error) => (
+                Vec::new(),
+                format!("cannot be simulated: {}", crate::error_chain(&error)),
+            ),
+        };
+        let count = |marker: &str| calls.iter().filter(|c| c.call == marker).count();
+        let made = calls.iter().filter(|c| !is_plan_marker(c)).count();
+        self.audit(
+            id,
+            AuditKind::Decision,
+            format!(
+                "rollout plan of revision {} with {} (simulated): {made} control-plane call(s), {} wait(s), {} pause(s) for approval; {outcome}",
+                short_digest(digest),
+                strategy.label(),
+                count("wait"),
+                count("await-approval"),
+            ),
+            serde_json::json!({ "plan": calls, "outcome": outcome, "digest": digest }),
+        )
     }
 
     /// Audit the strategy's reported status when it changed at this step: a finished
