@@ -4,11 +4,12 @@
 //! `run` and `demo` run the daemon in this process; `status`, `explain`, `diff`,
 //! `reconcile`, `approve`, `abort`, `retry`, `history`, `rollback` and `audit` talk to a
 //! running daemon's admin API;
-//! `plugins` inspects files with the same runtime the daemon uses.
+//! `plugins` inspects and runs files with the same runtime the daemon uses.
 
 mod admin_client;
 mod daemon;
 mod demo;
+mod plugin_run;
 mod plugins;
 
 use std::process::ExitCode;

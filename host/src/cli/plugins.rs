@@ -1,6 +1,7 @@
-//! `setpoint plugins check|list|install`: what a plugin file or directory holds,
+//! `setpoint plugins check|list|install|run`: what a plugin file or directory holds,
 //! validated by the same runtime and rules the daemon uses, what a running daemon
-//! serves, and installing a file into a plugin directory atomically.
+//! serves, installing a file into a plugin directory atomically, and calling a file on
+//! given documents (`run`, in `plugin_run.rs`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,34 @@ pub enum PluginsCommand {
         #[arg(long, short = 'c', value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Call a plugin file on given documents, loaded as the daemon would load it: a
+    /// comparator compares them and prints the drifts; a strategy is stepped in dry-run
+    /// against a simulated control plane (nothing is sent anywhere) and its plan printed.
+    /// Exits non-zero on bad input, a failed call, and a strategy that does not end done.
+    Run {
+        /// The `.wasm` file.
+        file: PathBuf,
+        /// The desired configuration, a JSON file.
+        #[arg(long, value_name = "FILE")]
+        desired: PathBuf,
+        /// The actual configuration (what the instance runs), a JSON file.
+        #[arg(long, value_name = "FILE")]
+        actual: PathBuf,
+        /// The plugin's parameters, a JSON file holding an object (default `{}`).
+        #[arg(long, value_name = "FILE")]
+        params: Option<PathBuf>,
+        /// The instance id the strategy is given and the simulated control plane knows.
+        #[arg(long, value_name = "ID", default_value = "instance-1")]
+        instance_id: String,
+        /// The daemon's TOML configuration file, to call the plugin with its
+        /// `plugins.call_deadline` and `plugins.max_memory_bytes` (default: the defaults,
+        /// as `plugins check`).
+        #[arg(long, short = 'c', value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// Print the drifts (comparator) or the plan and outcome (strategy) as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 pub(super) fn run(cmd: PluginsCommand) -> Result<ExitCode, CliError> {
@@ -91,6 +120,23 @@ pub(super) fn run(cmd: PluginsCommand) -> Result<ExitCode, CliError> {
             let runtime = PluginRuntime::new(RuntimeConfig::default())?;
             install(&runtime, &file, &dir)
         }
+        PluginsCommand::Run {
+            file,
+            desired,
+            actual,
+            params,
+            instance_id,
+            config,
+            json,
+        } => super::plugin_run::run(super::plugin_run::RunArgs {
+            file,
+            desired,
+            actual,
+            params,
+            instance_id,
+            config,
+            json,
+        }),
     }
 }
 

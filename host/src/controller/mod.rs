@@ -36,6 +36,7 @@ use sha2::Digest as _;
 
 pub use bridge::Bridge;
 pub use decide::{ActualSource, Classification, Decision};
+pub use rollout::APPROVAL_PARAM;
 
 use crate::client::{self, ControlPlane};
 use crate::metrics::Metrics;
