@@ -859,6 +859,15 @@ async fn aborting_a_canary_at_50_percent_restores_the_instance_without_a_failed_
             )
             .await;
         assert_eq!(code, 202, "{body}");
+        // An abort wins: promoting what is being undone is refused.
+        let (code, body) = world
+            .admin(
+                true,
+                &format!("/v1/instances/{id}/promote"),
+                json!({ "full": true }),
+            )
+            .await;
+        assert_eq!(code, 409, "{body}");
         let ended = within(Duration::from_secs(20), async || {
             world
                 .daemon()

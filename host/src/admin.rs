@@ -374,7 +374,9 @@ async fn promote(
     else {
         return Err(ApiError(
             StatusCode::CONFLICT,
-            format!("instance {id} has no rollout in progress to promote"),
+            format!(
+                "instance {id} has no rollout in progress to promote (or it is being aborted); `setpoint status {id}` shows where it stands"
+            ),
         ));
     };
     state.queue.enqueue(id.clone());

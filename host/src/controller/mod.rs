@@ -283,11 +283,12 @@ struct Envelope {
     /// The weights the rollout last set on its instance's endpoint.
     #[serde(default)]
     weights: Option<Vec<Weight>>,
-    /// When the rollout last made progress (Unix milliseconds) and what it was, for the
-    /// progress deadline: the strategy's reported status without its analysis figures,
-    /// or its message.
+    /// When the rollout last made progress (Unix milliseconds), for the progress
+    /// deadline.
     #[serde(default)]
     progress_at_ms: Option<u64>,
+    /// What that progress was: the strategy's reported status (analysis figures
+    /// included: a new measurement is progress), or its message when it reports none.
     #[serde(default)]
     progress_key: Option<String>,
 }
@@ -829,11 +830,16 @@ impl Controller {
     /// waits in (`full`: skip every remaining step). Durable like an abort request and
     /// handed to the strategy once, as the `$promote` parameter of its next step. A
     /// rollout waiting for approval is approved (its revision only); `full` also skips
-    /// what follows. Returns the revision promoted, `None` when no rollout is in progress.
+    /// what follows. Returns the revision promoted, `None` when no rollout is in progress
+    /// (or it is being aborted).
     pub fn promote(&self, id: &str, full: bool, by: &str) -> Result<Option<String>> {
         let Some(record) = self.store.load_rollout(id)? else {
             return Ok(None);
         };
+        if self.store.abort_request(id)?.is_some() {
+            // An abort wins; promoting what is being undone would do nothing.
+            return Ok(None);
+        }
         let envelope = Envelope::read(&record);
         let digest = envelope.desired_digest;
         let waiting = record.phase == crate::store::RolloutPhase::AwaitingApproval;
