@@ -1406,6 +1406,14 @@ async fn a_canary_resumes_after_the_daemon_is_sigkilled_at_any_step() {
             "crash: {} rollouts, {cloned} clones created, {leaked} deleted by the leak sweep",
             rounds.len() * ids.len()
         );
+        // A repeated clone-instance never changes the outcome: every clone beyond one per
+        // rollout was found and deleted by the sweep (clones whose call a kill kept out
+        // of the audit only make the left side smaller).
+        assert!(
+            cloned <= rounds.len() * ids.len() + leaked,
+            "{cloned} clones created for {} rollouts, only {leaked} swept",
+            rounds.len() * ids.len()
+        );
         assert!(
             trials.len() >= 20,
             "only {} trials: {by_point:?}",
