@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use setpoint::controller::config_digest;
 use setpoint::store::{AuditKind, ConditionType, RolloutPhase};
-use setpoint_tests::world::{World, converged, eventually};
+use setpoint_tests::world::{World, converged, eventually, set_level};
 
 /// Instances labelled `env = prod` roll out with the fixture, pausing where it asks.
 const PROMOTE_GATED: &str = r#"
@@ -36,29 +36,9 @@ const ASKS: &str = "promote the new configuration?";
 /// How long a test watches that nothing moves.
 const STILL: Duration = Duration::from_millis(1500);
 
-async fn serves(world: &World, id: &str, level: &str) -> bool {
-    world
-        .stub_config(id)
-        .await
-        .is_some_and(|c| c["logLevel"] == level)
-}
-
-fn set_level(level: &str) -> Value {
-    json!([{ "op": "replace", "path": "/logLevel", "value": level }])
-}
-
-/// The admin API's view of one instance.
-async fn instance(world: &World, id: &str) -> Value {
-    let (code, body) = world
-        .admin(false, &format!("/v1/instances/{id}"), Value::Null)
-        .await;
-    assert_eq!(code, 200, "{body}");
-    body
-}
-
 /// The revision whose approval is requested and not yet given, if any.
 async fn pending(world: &World, id: &str) -> Option<String> {
-    let v = instance(world, id).await;
+    let v = world.admin_instance(id).await;
     if !v["approval"]["approved_at"].is_null() {
         return None;
     }
@@ -118,7 +98,7 @@ async fn created_and_running(world: &World) -> (String, String) {
     let (code, body) = approve(world, &id, &first).await;
     assert_eq!(code, 200, "{body}");
     converged(world, &[&id]).await;
-    assert!(serves(world, &id, "info").await);
+    assert!(world.serves(&id, "info").await);
     (id, first)
 }
 
@@ -163,7 +143,7 @@ async fn before_promote_pauses_at_the_strategys_request_and_only_there() {
 
     // Nothing moves while it waits, through several resyncs.
     tokio::time::sleep(STILL).await;
-    assert!(serves(&world, &id, "info").await, "nothing was released");
+    assert!(world.serves(&id, "info").await, "nothing was released");
     assert_eq!(pending(&world, &id).await.as_deref(), Some(&*revision));
     assert_eq!(
         world
@@ -177,7 +157,7 @@ async fn before_promote_pauses_at_the_strategys_request_and_only_there() {
         "the paused rollout is not stepped"
     );
     assert_eq!(
-        instance(&world, &id).await["lastDecision"]["decision"]["decision"],
+        world.admin_instance(&id).await["lastDecision"]["decision"]["decision"],
         "await_approval_to_promote"
     );
 
@@ -188,7 +168,7 @@ async fn before_promote_pauses_at_the_strategys_request_and_only_there() {
     eventually(
         Duration::from_secs(20),
         "the approved revision to run, synced",
-        async || serves(&world, &id, "debug").await && world.synced(&id),
+        async || world.serves(&id, "debug").await && world.synced(&id),
     )
     .await;
     let (status, reason, _) = world
@@ -224,7 +204,7 @@ async fn without_before_promote_the_strategy_is_told_so_and_nothing_pauses() {
     eventually(
         Duration::from_secs(20),
         "the change to run without an approval",
-        async || serves(&world, &id, "debug").await && world.synced(&id),
+        async || world.serves(&id, "debug").await && world.synced(&id),
     )
     .await;
 
@@ -235,7 +215,7 @@ async fn without_before_promote_the_strategy_is_told_so_and_nothing_pauses() {
         "{audit:#?}"
     );
     assert_eq!(count(&audit, AuditKind::Approval, ""), 0, "{audit:#?}");
-    assert!(instance(&world, &id).await["approval"].is_null());
+    assert!(world.admin_instance(&id).await["approval"].is_null());
     assert!(
         world
             .condition(&id, ConditionType::AwaitingApproval)
@@ -287,7 +267,7 @@ async fn approving_a_superseded_revision_at_the_promote_pause_does_nothing() {
         assert_eq!(code, 409, "{given}: {body}");
     }
     tokio::time::sleep(STILL).await;
-    assert!(serves(&world, &id, "info").await, "nothing was released");
+    assert!(world.serves(&id, "info").await, "nothing was released");
     assert_eq!(
         pending(&world, &id).await.as_deref(),
         Some(&*revision_b),
@@ -303,7 +283,7 @@ async fn approving_a_superseded_revision_at_the_promote_pause_does_nothing() {
     eventually(
         Duration::from_secs(20),
         "revision B to run, synced",
-        async || serves(&world, &id, "warn").await && world.synced(&id),
+        async || world.serves(&id, "warn").await && world.synced(&id),
     )
     .await;
     let applied = world
@@ -355,8 +335,8 @@ async fn abort_at_the_promote_pause_gives_the_revision_up_and_survives_a_restart
         async || given_up(&world).await,
     )
     .await;
-    assert!(serves(&world, &id, "info").await);
-    let v = instance(&world, &id).await;
+    assert!(world.serves(&id, "info").await);
+    let v = world.admin_instance(&id).await;
     assert_eq!(v["givenUp"]["digest"], revision.as_str(), "{v}");
     assert!(
         v["givenUp"]["reason"]
@@ -399,10 +379,10 @@ async fn abort_at_the_promote_pause_gives_the_revision_up_and_survives_a_restart
             .unwrap()
             .is_none()
     );
-    assert!(serves(&world, &id, "info").await);
+    assert!(world.serves(&id, "info").await);
     assert!(pending(&world, &id).await.is_none());
     assert_eq!(
-        instance(&world, &id).await["lastDecision"]["decision"]["decision"],
+        world.admin_instance(&id).await["lastDecision"]["decision"]["decision"],
         "given_up"
     );
 
@@ -419,13 +399,13 @@ async fn abort_at_the_promote_pause_gives_the_revision_up_and_survives_a_restart
             .condition(&id, ConditionType::AwaitingApproval)
             .is_some_and(|c| c.0 && c.1 == "ApprovalRequested")
     );
-    assert!(serves(&world, &id, "info").await);
+    assert!(world.serves(&id, "info").await);
     let (code, body) = approve(&world, &id, &again).await;
     assert_eq!(code, 200, "{body}");
     eventually(
         Duration::from_secs(20),
         "the retried revision to run",
-        async || serves(&world, &id, "debug").await && world.synced(&id),
+        async || world.serves(&id, "debug").await && world.synced(&id),
     )
     .await;
     world.stop_daemon().await;

@@ -5,20 +5,16 @@
 //! admin API, as an operator's would.
 
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use setpoint_tests::world::World;
-use setpoint_tests::{free_port, setpoint_bin};
+use setpoint_tests::process::Setpoint;
+use setpoint_tests::setpoint_bin;
+use setpoint_tests::world::{World, set_level, within};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
-
-const TOKEN: &str = "crash-token";
 
 /// `restart` waits long between health probes, so a rollout spends most of its life
 /// between steps and a kill can land before, during or after any of them.
@@ -29,185 +25,23 @@ match = {}
 strategy_params = { health_poll_ms = 700 }
 "#;
 
-/// One `setpoint run` process. Dropped: SIGKILLed and reaped, so no daemon outlives its
-/// test; when the test is failing, the tail of its log is printed.
-struct Setpoint {
-    child: Child,
-    admin: String,
-    log: PathBuf,
-    http: reqwest::Client,
-}
-
-impl Setpoint {
-    /// Start the daemon binary against the world's control plane, plugin directory and
-    /// database (`setpoint.db` in the world's directory, the same file every time), and
-    /// wait until it is ready.
-    async fn start(world: &World, config: &str) -> Setpoint {
-        Setpoint::start_via(world, &world.cp_url(), config).await
-    }
-
-    /// [`Setpoint::start`], reaching the control plane at `cp_url` (a [`Relay`]).
-    async fn start_via(world: &World, cp_url: &str, config: &str) -> Setpoint {
-        static RUNS: AtomicUsize = AtomicUsize::new(0);
-        let run = RUNS.fetch_add(1, Ordering::SeqCst);
-        let dir = world.dir.path();
-        let config_file = dir.join("setpoint.toml");
-        std::fs::write(&config_file, config).unwrap();
-        let log = dir.join(format!("daemon-{run}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let admin_addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(setpoint_bin())
-            .args(["run", "--control-plane", cp_url, "--admin", &admin_addr])
-            .arg("--config")
-            .arg(&config_file)
-            .arg("--plugins")
-            .arg(world.plugin_dir())
-            .arg("--db")
-            .arg(dir.join("setpoint.db"))
-            .env("SETPOINT_ADMIN_TOKEN", TOKEN)
-            .env("SETPOINT_CONTROLLER_RESYNC_INTERVAL", "1s")
-            .env("SETPOINT_CONTROLLER_BACKOFF_BASE", "100ms")
-            .env("SETPOINT_CONTROLLER_BACKOFF_CAP", "1s")
-            .env("SETPOINT_LOG", "info")
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .expect("setpoint run starts");
-        let mut daemon = Setpoint {
-            child,
-            admin: format!("http://{admin_addr}"),
-            log,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap(),
-        };
-        let until = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = daemon.child.try_wait().unwrap() {
-                panic!(
-                    "setpoint run exited before it was ready ({status}):\n{}",
-                    tail(&daemon.log)
-                );
-            }
-            let ready = daemon
-                .http
-                .get(format!("{}/readyz", daemon.admin))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                return daemon;
-            }
-            assert!(
-                Instant::now() < until,
-                "setpoint run not ready within 60 s:\n{}",
-                tail(&daemon.log)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGKILL: no shutdown, no checkpoint, whatever it was doing.
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL setpoint run");
-        self.child.wait().expect("reap setpoint run");
-    }
-
-    /// `GET /v1/instances/{id}`; `Value::Null` when it does not answer.
-    async fn instance(&self, id: &str) -> Value {
-        match self
-            .http
-            .get(format!("{}/v1/instances/{id}", self.admin))
-            .send()
-            .await
-        {
-            Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
-            _ => Value::Null,
-        }
-    }
-
-    async fn post(&self, path: &str, body: Value) -> (u16, Value) {
-        let response = self
-            .http
-            .post(format!("{}{path}", self.admin))
-            .bearer_auth(TOKEN)
-            .json(&body)
-            .send()
-            .await
-            .expect("admin API answers");
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
-    }
-
-    /// The instance's audit log, one line per entry, for failure messages.
-    async fn audit(&self, id: &str) -> String {
-        let records: Value = match self
-            .http
-            .get(format!("{}/v1/audit?instance={id}&limit=1000", self.admin))
-            .send()
-            .await
-        {
-            Ok(r) => r.json().await.unwrap_or(Value::Null),
-            Err(e) => return format!("(audit unavailable: {e})"),
-        };
-        records
-            .as_array()
-            .map(|records| {
-                records[records.len().saturating_sub(40)..]
-                    .iter()
-                    .map(|r| {
-                        let e = if r["entry"].is_object() {
-                            &r["entry"]
-                        } else {
-                            r
-                        };
-                        format!("  {}: {}", e["kind"], e["message"])
-                    })
-                    .collect::<Vec<_>>()
-                    .join("\n")
-            })
-            .unwrap_or_else(|| records.to_string())
-    }
-
-    /// What a failure message needs: the instance as the admin API shows it, and its audit.
-    async fn explain(&self, world: &World, id: &str) -> String {
-        let status = self.instance(id).await;
-        format!(
-            "desired logLevel {}, stub serves {:?}\nadmin view: {:#}\naudit:\n{}",
-            desired_level(world, id).await,
-            world.stub_config(id).await.map(|c| c["logLevel"].clone()),
-            json!({
-                "status": status["instance"]["status"],
-                "conditions": status["conditions"],
-                "rollout": status["rollout"],
-                "givenUp": status["givenUp"],
-                "abortRequested": status["abortRequested"],
-                "lastDecision": status["lastDecision"],
-            }),
-            self.audit(id).await
-        )
-    }
-}
-
-impl Drop for Setpoint {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- {} (last lines) ---\n{}",
-                self.log.display(),
-                tail(&self.log)
-            );
-        }
-    }
-}
-
-fn tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
+/// What a failure message needs: the instance as the admin API shows it, and its audit.
+async fn explain(daemon: &Setpoint, world: &World, id: &str) -> String {
+    let status = daemon.instance(id).await;
+    format!(
+        "desired logLevel {}, stub serves {:?}\nadmin view: {:#}\naudit:\n{}",
+        desired_level(world, id).await,
+        world.stub_config(id).await.map(|c| c["logLevel"].clone()),
+        json!({
+            "status": status["instance"]["status"],
+            "conditions": status["conditions"],
+            "rollout": status["rollout"],
+            "givenUp": status["givenUp"],
+            "abortRequested": status["abortRequested"],
+            "lastDecision": status["lastDecision"],
+        }),
+        daemon.audit_tail(id).await
+    )
 }
 
 /// When a test kills the daemon, after a change.
@@ -375,10 +209,6 @@ async fn relay(client: TcpStream, upstream: SocketAddr, armed: Armed) {
     down.abort();
 }
 
-fn set_level(level: &str) -> Value {
-    json!([{ "op": "replace", "path": "/logLevel", "value": level }])
-}
-
 fn condition<'a>(status: &'a Value, type_: &str) -> Option<&'a Value> {
     status["conditions"]
         .as_array()?
@@ -398,13 +228,6 @@ fn in_sync(status: &Value) -> bool {
             .is_some_and(|c| c["status"] == true && c["reason"] == "InSync")
 }
 
-async fn serves(world: &World, id: &str, level: &str) -> bool {
-    world
-        .stub_config(id)
-        .await
-        .is_some_and(|c| c["logLevel"] == level)
-}
-
 async fn desired_level(world: &World, id: &str) -> Value {
     world
         .get(&format!("/api/configuration/instances/{id}"))
@@ -412,31 +235,17 @@ async fn desired_level(world: &World, id: &str) -> Value {
         .clone()
 }
 
-/// Poll `check` every 20 ms until it holds (true) or `limit` passes (false).
-async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let until = Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 /// Wait until the instance runs `level`, in sync and with no rollout; fail with what the
 /// daemon says otherwise.
 async fn converges(world: &World, daemon: &Setpoint, id: &str, level: &str, what: &str) {
     let ok = within(Duration::from_secs(30), async || {
-        serves(world, id, level).await && in_sync(&daemon.instance(id).await)
+        world.serves(id, level).await && in_sync(&daemon.instance(id).await)
     })
     .await;
     assert!(
         ok,
         "{what}: not converged on logLevel={level} within 30 s\n{}",
-        daemon.explain(world, id).await
+        explain(daemon, world, id).await
     );
 }
 
@@ -492,7 +301,7 @@ async fn a_daemon_killed_mid_rollout_resumes_and_converges_on_the_last_desired_c
                     assert!(
                         started,
                         "{round}: no rollout within 10 s\n{}",
-                        daemon.explain(&world, &id).await
+                        explain(&daemon, &world, &id).await
                     );
                 }
                 Moment::InstanceStopped => {
@@ -503,7 +312,7 @@ async fn a_daemon_killed_mid_rollout_resumes_and_converges_on_the_last_desired_c
                         assert!(
                             Instant::now() < until,
                             "{round}: the instance was never seen stopped\n{}",
-                            daemon.explain(&world, &id).await
+                            explain(&daemon, &world, &id).await
                         );
                     }
                 }
@@ -536,7 +345,7 @@ async fn a_daemon_killed_mid_rollout_resumes_and_converges_on_the_last_desired_c
                 if forward {
                     start.forward();
                     let landed = within(wait, async || {
-                        world.status(&id).await == "Running" && serves(&world, &id, during).await
+                        world.status(&id).await == "Running" && world.serves(&id, during).await
                     })
                     .await;
                     assert!(
@@ -578,7 +387,7 @@ async fn an_abort_requested_just_before_a_sigkill_is_carried_out_after_restart()
         assert!(
             under_way,
             "the rollout never reached its health wait\n{}",
-            daemon.explain(&world, &id).await
+            explain(&daemon, &world, &id).await
         );
         let (code, body) = daemon
             .post(
@@ -592,7 +401,7 @@ async fn an_abort_requested_just_before_a_sigkill_is_carried_out_after_restart()
         let daemon = Setpoint::start(&world, SLOW_HEALTH).await;
         let aborted = within(Duration::from_secs(20), async || {
             let status = daemon.instance(&id).await;
-            serves(&world, &id, "info").await
+            world.serves(&id, "info").await
                 && status["rollout"].is_null()
                 && status["abortRequested"].is_null()
                 && condition(&status, "Synced")
@@ -602,7 +411,7 @@ async fn an_abort_requested_just_before_a_sigkill_is_carried_out_after_restart()
         assert!(
             aborted,
             "the abort was not carried out after the restart\n{}",
-            daemon.explain(&world, &id).await
+            explain(&daemon, &world, &id).await
         );
         let given_up = daemon.instance(&id).await["givenUp"].clone();
         assert!(
@@ -624,12 +433,12 @@ async fn an_abort_requested_just_before_a_sigkill_is_carried_out_after_restart()
                     && condition(&status, "Synced")
                         .is_some_and(|c| c["status"] == false && c["reason"] == "GivenUp"),
                 "the given-up revision came back after a restart\n{}",
-                daemon.explain(&world, &id).await
+                explain(&daemon, &world, &id).await
             );
             assert!(
-                serves(&world, &id, "info").await,
+                world.serves(&id, "info").await,
                 "the stub no longer serves the previous configuration\n{}",
-                daemon.explain(&world, &id).await
+                explain(&daemon, &world, &id).await
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -709,7 +518,7 @@ async fn killing_the_daemon_repeatedly_never_leaves_it_synced_on_a_configuration
         .await;
         let mut report = String::new();
         for id in &ids {
-            report += &format!("{id}: {}\n", daemon.explain(&world, id).await);
+            report += &format!("{id}: {}\n", explain(&daemon, &world, id).await);
         }
         assert!(settled, "the instances did not settle within 45 s\n{report}");
 
@@ -724,7 +533,7 @@ async fn killing_the_daemon_repeatedly_never_leaves_it_synced_on_a_configuration
                     assert!(
                         running.as_ref() == Some(&desired),
                         "{id} is reported Synced but its stub serves {running:?}, not {desired}\n{}",
-                        daemon.explain(&world, id).await
+                        explain(&daemon, &world, id).await
                     );
                 }
             }
@@ -783,35 +592,35 @@ async fn an_abort_killed_between_stop_and_start_restores_the_previous_configurat
         assert!(
             ended,
             "the abort was not carried out after the restart\n{}",
-            daemon.explain(&world, &id).await
+            explain(&daemon, &world, &id).await
         );
         // The strategy's state was lost with the daemon, but the host still knows what
         // the instance ran when the rollout started: the abort restores it.
         let restored = within(Duration::from_secs(20), async || {
-            serves(&world, &id, "info").await
+            world.serves(&id, "info").await
         })
         .await;
         assert!(
             restored,
             "the abort did not bring back the previous configuration\n{}",
-            daemon.explain(&world, &id).await
+            explain(&daemon, &world, &id).await
         );
         // And the daemon never claims Synced for an instance that does not run its
         // desired configuration, resync after resync.
         let until = Instant::now() + Duration::from_secs(3);
         while Instant::now() < until {
             let status = daemon.instance(&id).await;
-            let runs_desired = serves(&world, &id, "debug").await;
+            let runs_desired = world.serves(&id, "debug").await;
             assert!(
                 runs_desired || !synced(&status),
                 "reported Synced while the stub does not serve the desired logLevel\n{}",
-                daemon.explain(&world, &id).await
+                explain(&daemon, &world, &id).await
             );
             assert!(
                 runs_desired
                     || condition(&status, "Synced").is_some_and(|c| c["reason"] == "GivenUp"),
                 "{}",
-                daemon.explain(&world, &id).await
+                explain(&daemon, &world, &id).await
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

@@ -10,18 +10,17 @@
 //! then labelled for the rule under test; its endpoint (named after it) is published
 //! with 100 % to it before the change, as an operator publishing its address would.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use setpoint::store::{AuditFilter, AuditRecord, ConditionType};
+use setpoint_tests::process::Setpoint;
 use setpoint_tests::traffic::{
     Load, LoadSpec, Totals, Window, endpoint_weights, install_plugins, reading, set_endpoint,
 };
-use setpoint_tests::world::{World, converged};
-use setpoint_tests::{free_port, setpoint_bin, workspace_root};
+use setpoint_tests::world::{World, converged, set_level, within};
+use setpoint_tests::{setpoint_bin, workspace_root};
 
 /// The label that puts an instance under a test's rule once it runs.
 const LABEL: &str = "delivery";
@@ -198,22 +197,9 @@ async fn load_on(world: &World, id: &str, spec: LoadSpec) -> Load {
     load
 }
 
-fn set_level(level: &str) -> Value {
-    json!([{ "op": "replace", "path": "/logLevel", "value": level }])
-}
-
-/// The admin API's view of one instance.
-async fn instance(world: &World, id: &str) -> Value {
-    let (code, body) = world
-        .admin(false, &format!("/v1/instances/{id}"), Value::Null)
-        .await;
-    assert_eq!(code, 200, "{body}");
-    body
-}
-
 /// The strategy's status object while a rollout runs (`Value::Null` otherwise).
 async fn status(world: &World, id: &str) -> Value {
-    instance(world, id).await["progress"]["status"].clone()
+    world.admin_instance(id).await["progress"]["status"].clone()
 }
 
 /// `(instance, weight)` pairs of a status object's `weights` (snake_case, as strategies
@@ -225,20 +211,6 @@ fn status_weights(status: &Value) -> Vec<(String, u64)> {
         .flatten()
         .filter_map(|w| Some((w["instance_id"].as_str()?.to_owned(), w["weight"].as_u64()?)))
         .collect()
-}
-
-/// Poll `check` every 20 ms until it holds (true) or `limit` passes (false).
-async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
-    let until = Instant::now() + limit;
-    loop {
-        if check().await {
-            return true;
-        }
-        if Instant::now() >= until {
-            return false;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 /// Every clone the control plane knows: `(clone, owner)`.
@@ -291,7 +263,7 @@ fn weight_calls(world: &World, id: &str) -> Vec<Vec<(String, u64)>> {
 
 /// What a failure message needs: the admin view, the endpoint, the clones, the audit.
 async fn explain(world: &World, id: &str) -> String {
-    let v = instance(world, id).await;
+    let v = world.admin_instance(id).await;
     let audit = world.audit(id);
     let tail: Vec<String> = audit[audit.len().saturating_sub(60)..]
         .iter()
@@ -457,7 +429,7 @@ async fn measure_pause(
 ) -> (Vec<(String, u64)>, Window) {
     let mut progress = Value::Null;
     let at_step = within(Duration::from_secs(20), async || {
-        progress = instance(world, id).await["progress"].take();
+        progress = world.admin_instance(id).await["progress"].take();
         let s = &progress["status"];
         s["step"].as_u64() == Some(step) && s["paused"] == true
     })
@@ -664,7 +636,7 @@ async fn a_canary_failing_30_percent_is_rolled_back_within_its_analysis_interval
             message.contains("error rate"),
             "Degraded does not name the error rate: {reason}: {message}"
         );
-        let v = instance(&world, &id).await;
+        let v = world.admin_instance(&id).await;
         assert!(
             v["givenUp"].is_object(),
             "the revision was not given up\n{}",
@@ -719,7 +691,7 @@ async fn a_canary_holds_at_its_approval_pause_and_a_full_promotion_skips_the_res
         );
 
         // Nothing moves while it waits: same status, same step count, same weights.
-        let held = instance(&world, &id).await;
+        let held = world.admin_instance(&id).await;
         let weights = endpoint_weights(&world.http, &world.cp_url(), &id).await;
         let clone = held["progress"]["status"]["clone"]
             .as_str()
@@ -729,7 +701,7 @@ async fn a_canary_holds_at_its_approval_pause_and_a_full_promotion_skips_the_res
         assert_eq!(held["rollout"]["phase"], "awaiting-approval", "{held:#}");
         let until = Instant::now() + Duration::from_millis(1500);
         while Instant::now() < until {
-            let now = instance(&world, &id).await;
+            let now = world.admin_instance(&id).await;
             assert_eq!(now["progress"]["status"], held["progress"]["status"]);
             assert_eq!(now["rollout"]["step"], held["rollout"]["step"]);
             assert_eq!(
@@ -893,7 +865,7 @@ async fn aborting_a_canary_at_50_percent_restores_the_instance_without_a_failed_
             totals.by_backend.get(&clone).is_some_and(|n| *n > 0),
             "the clone served nothing before the abort: {totals}"
         );
-        let v = instance(&world, &id).await;
+        let v = world.admin_instance(&id).await;
         assert!(
             v["givenUp"]["reason"]
                 .as_str()
@@ -971,7 +943,7 @@ async fn aborting_a_blue_green_after_the_switch_restores_the_instance_without_a_
             "the clone served nothing: {totals}"
         );
         assert!(
-            instance(&world, &id).await["givenUp"].is_object(),
+            world.admin_instance(&id).await["givenUp"].is_object(),
             "the aborted revision is not given up\n{}",
             explain(&world, &id).await
         );
@@ -1080,164 +1052,28 @@ async fn setpoint_status_shows_the_canary_step_and_weights_and_watch_follows_it(
 
 // ----- 6. SIGKILL of the daemon mid-canary ------------------------------------------------
 
-const TOKEN: &str = "crash-token";
-
-/// One `setpoint run` process (as in `tests/crash.rs`). Dropped: SIGKILLed and reaped;
-/// when the test is failing, the tail of its log is printed.
-struct Setpoint {
-    child: Child,
-    admin: String,
-    log: PathBuf,
-    http: reqwest::Client,
-}
-
-impl Setpoint {
-    /// Start the daemon binary against the world's control plane, plugin directory and
-    /// database (the same file every time), and wait until it is ready.
-    async fn start(world: &World, config: &str) -> Setpoint {
-        static RUNS: AtomicUsize = AtomicUsize::new(0);
-        let run = RUNS.fetch_add(1, Ordering::SeqCst);
-        let dir = world.dir.path();
-        let config_file = dir.join("setpoint.toml");
-        std::fs::write(&config_file, config).unwrap();
-        let log = dir.join(format!("daemon-{run}.log"));
-        let out = std::fs::File::create(&log).unwrap();
-        let admin_addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new(setpoint_bin())
-            .args([
-                "run",
-                "--control-plane",
-                &world.cp_url(),
-                "--admin",
-                &admin_addr,
-            ])
-            .arg("--config")
-            .arg(&config_file)
-            .arg("--plugins")
-            .arg(world.plugin_dir())
-            .arg("--db")
-            .arg(dir.join("setpoint.db"))
-            .env("SETPOINT_ADMIN_TOKEN", TOKEN)
-            .env("SETPOINT_CONTROLLER_RESYNC_INTERVAL", "1s")
-            .env("SETPOINT_CONTROLLER_BACKOFF_BASE", "100ms")
-            .env("SETPOINT_CONTROLLER_BACKOFF_CAP", "1s")
-            .env("SETPOINT_LOG", "info")
-            .stdout(Stdio::from(out.try_clone().unwrap()))
-            .stderr(Stdio::from(out))
-            .spawn()
-            .expect("setpoint run starts");
-        let mut daemon = Setpoint {
-            child,
-            admin: format!("http://{admin_addr}"),
-            log,
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(5))
-                .build()
-                .unwrap(),
-        };
-        let until = Instant::now() + Duration::from_secs(60);
-        loop {
-            if let Some(status) = daemon.child.try_wait().unwrap() {
-                panic!(
-                    "setpoint run exited before it was ready ({status}):\n{}",
-                    tail(&daemon.log)
-                );
-            }
-            let ready = daemon
-                .http
-                .get(format!("{}/readyz", daemon.admin))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success());
-            if ready {
-                return daemon;
-            }
-            assert!(
-                Instant::now() < until,
-                "setpoint run not ready within 60 s:\n{}",
-                tail(&daemon.log)
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-    }
-
-    /// SIGKILL: no shutdown, no checkpoint, whatever it was doing.
-    fn kill(mut self) {
-        self.child.kill().expect("SIGKILL setpoint run");
-        self.child.wait().expect("reap setpoint run");
-    }
-
-    /// `GET /v1/instances/{id}`; `Value::Null` when it does not answer.
-    async fn instance(&self, id: &str) -> Value {
-        match self
-            .http
-            .get(format!("{}/v1/instances/{id}", self.admin))
-            .send()
-            .await
-        {
-            Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
-            _ => Value::Null,
-        }
-    }
-
-    async fn audit(&self, id: &str) -> Vec<Value> {
-        match self
-            .http
-            .get(format!("{}/v1/audit?instance={id}&limit=1000", self.admin))
-            .send()
-            .await
-        {
-            Ok(r) => r
-                .json::<Value>()
-                .await
-                .ok()
-                .and_then(|v| v.as_array().cloned())
-                .unwrap_or_default(),
-            Err(_) => Vec::new(),
-        }
-    }
-
-    async fn explain(&self, world: &World, id: &str) -> String {
-        let v = self.instance(id).await;
-        let audit = self.audit(id).await;
-        let tail: Vec<String> = audit[audit.len().saturating_sub(40)..]
-            .iter()
-            .map(|r| format!("  {}: {}", r["kind"], r["message"]))
-            .collect();
-        format!(
-            "stub serves {:?}\nendpoint {:?}\nclones {:?}\nadmin view: {:#}\naudit:\n{}",
-            world.stub_config(id).await.map(|c| c["logLevel"].clone()),
-            endpoint_weights(&world.http, &world.cp_url(), id).await,
-            clones(world).await,
-            json!({
-                "conditions": v["conditions"],
-                "progress": v["progress"],
-                "givenUp": v["givenUp"],
-                "lastDecision": v["lastDecision"],
-            }),
-            tail.join("\n")
-        )
-    }
-}
-
-impl Drop for Setpoint {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!(
-                "--- {} (last lines) ---\n{}",
-                self.log.display(),
-                tail(&self.log)
-            );
-        }
-    }
-}
-
-fn tail(log: &Path) -> String {
-    let text = std::fs::read_to_string(log).unwrap_or_default();
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(40)..].join("\n")
+/// What a crash test's failure message needs: the stub, the endpoint, the clones, the
+/// daemon's view and audit.
+async fn explain_daemon(daemon: &Setpoint, world: &World, id: &str) -> String {
+    let v = daemon.instance(id).await;
+    let audit = daemon.audit(id).await;
+    let tail: Vec<String> = audit[audit.len().saturating_sub(40)..]
+        .iter()
+        .map(|r| format!("  {}: {}", r["kind"], r["message"]))
+        .collect();
+    format!(
+        "stub serves {:?}\nendpoint {:?}\nclones {:?}\nadmin view: {:#}\naudit:\n{}",
+        world.stub_config(id).await.map(|c| c["logLevel"].clone()),
+        endpoint_weights(&world.http, &world.cp_url(), id).await,
+        clones(world).await,
+        json!({
+            "conditions": v["conditions"],
+            "progress": v["progress"],
+            "givenUp": v["givenUp"],
+            "lastDecision": v["lastDecision"],
+        }),
+        tail.join("\n")
+    )
 }
 
 /// Where a killed daemon left each instance's rollout, read from its database while it
@@ -1299,7 +1135,7 @@ async fn a_canary_resumes_after_the_daemon_is_sigkilled_at_any_step() {
             assert!(
                 up,
                 "{id} did not come up\n{}",
-                daemon.explain(&world, id).await
+                explain_daemon(&daemon, &world, id).await
             );
         }
         let mut loads = Vec::new();
@@ -1362,7 +1198,7 @@ async fn a_canary_resumes_after_the_daemon_is_sigkilled_at_any_step() {
                 assert!(
                     ok,
                     "round {round}: {id} did not settle on {level} after the kills\n{}",
-                    daemon.explain(&world, id).await
+                    explain_daemon(&daemon, &world, id).await
                 );
             }
             let none = within(Duration::from_secs(10), async || {
@@ -1509,7 +1345,7 @@ async fn a_change_during_a_canary_is_undone_by_the_canary_then_rolled_out() {
             explain(&world, &id).await
         );
         assert!(
-            instance(&world, &id).await["givenUp"].is_null(),
+            world.admin_instance(&id).await["givenUp"].is_null(),
             "a superseded revision is not given up"
         );
         assert!(
@@ -1589,7 +1425,7 @@ async fn a_canary_that_stops_moving_is_aborted_at_its_progress_deadline() {
         assert_eq!(reason, "ProgressDeadlineExceeded", "{message}");
         assert!(message.contains("no progress for 3s"), "{message}");
         assert!(
-            !instance(&world, &id).await["givenUp"].is_null(),
+            !world.admin_instance(&id).await["givenUp"].is_null(),
             "the revision is given up"
         );
         assert!(

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 use setpoint::store::{AuditKind, ConditionType};
-use setpoint_tests::world::{World, converged, eventually};
+use setpoint_tests::world::{World, converged, eventually, set_level};
 
 /// `restart` waits long enough between health probes for a test to act mid-rollout.
 const SLOW_HEALTH: &str = r#"
@@ -16,17 +16,6 @@ name = "slow"
 match = {}
 strategy_params = { health_poll_ms = 700 }
 "#;
-
-async fn serves(world: &World, id: &str, level: &str) -> bool {
-    world
-        .stub_config(id)
-        .await
-        .is_some_and(|c| c["logLevel"] == level)
-}
-
-fn set_level(level: &str) -> Value {
-    json!([{ "op": "replace", "path": "/logLevel", "value": level }])
-}
 
 fn rollout_step(world: &World, id: &str) -> Option<u32> {
     world
@@ -57,7 +46,7 @@ async fn a_patch_during_the_health_wait_is_rolled_out_not_recorded_as_applied() 
     eventually(
         Duration::from_secs(20),
         "the stub to serve the last desired configuration, synced",
-        async || serves(&world, &id, "warn").await && world.synced(&id),
+        async || world.serves(&id, "warn").await && world.synced(&id),
     )
     .await;
     let audit = world.audit(&id);
@@ -95,7 +84,7 @@ async fn two_patches_100ms_apart_end_with_the_last_one_running_20_times() {
         eventually(
             Duration::from_secs(20),
             &format!("round {round}: the stub to serve {last}, synced"),
-            async || serves(&world, &id, last).await && world.synced(&id),
+            async || world.serves(&id, last).await && world.synced(&id),
         )
         .await;
     }
@@ -122,7 +111,7 @@ async fn an_out_of_band_start_with_another_configuration_is_repaired_within_one_
     eventually(
         Duration::from_secs(8),
         "the daemon to put the desired configuration back",
-        async || serves(&world, &id, "info").await && world.synced(&id),
+        async || world.serves(&id, "info").await && world.synced(&id),
     )
     .await;
     let audit = world.audit(&id);
@@ -188,7 +177,7 @@ async fn an_abort_mid_rollout_survives_a_restart_and_the_revision_stays_given_up
         Duration::from_secs(20),
         "the abort to restore the previous configuration",
         async || {
-            serves(&world, &id, "info").await
+            world.serves(&id, "info").await
                 && rollout_step(&world, &id).is_none()
                 && world
                     .condition(&id, ConditionType::Synced)
@@ -201,7 +190,7 @@ async fn an_abort_mid_rollout_survives_a_restart_and_the_revision_stays_given_up
     world.stop_daemon().await;
     world.start_daemon("300ms", SLOW_HEALTH).await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(serves(&world, &id, "info").await);
+    assert!(world.serves(&id, "info").await);
     assert!(rollout_step(&world, &id).is_none());
     let given_up = world.daemon().controller().store().given_up(&id).unwrap();
     assert!(given_up.is_some_and(|g| g.reason.contains("alice")));
@@ -214,7 +203,7 @@ async fn an_abort_mid_rollout_survives_a_restart_and_the_revision_stays_given_up
     eventually(
         Duration::from_secs(20),
         "the retried revision",
-        async || serves(&world, &id, "debug").await && world.synced(&id),
+        async || world.serves(&id, "debug").await && world.synced(&id),
     )
     .await;
     world.stop_daemon().await;
@@ -292,7 +281,7 @@ async fn approving_a_stale_revision_does_nothing_and_abort_works_at_the_gate() {
         .await;
     assert_eq!(code, 409, "{body}");
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(serves(&world, &id, "info").await, "nothing was released");
+    assert!(world.serves(&id, "info").await, "nothing was released");
 
     // Abort at the gate: revision B is given up, nothing is sent.
     let (code, body) = world
@@ -309,7 +298,7 @@ async fn approving_a_stale_revision_does_nothing_and_abort_works_at_the_gate() {
     })
     .await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(serves(&world, &id, "info").await);
+    assert!(world.serves(&id, "info").await);
     assert!(
         pending().await.is_none(),
         "no new request for a given-up revision"
@@ -333,7 +322,7 @@ async fn approving_a_stale_revision_does_nothing_and_abort_works_at_the_gate() {
         .await;
     assert_eq!(code, 200);
     eventually(Duration::from_secs(20), "revision C to run", async || {
-        serves(&world, &id, "error").await && world.synced(&id)
+        world.serves(&id, "error").await && world.synced(&id)
     })
     .await;
     world.stop_daemon().await;
@@ -371,7 +360,7 @@ async fn orphans_unmanaged_instances_and_leaked_clones_are_found() {
         },
     )
     .await;
-    assert!(serves(&world, &unmanaged, "error").await, "left alone");
+    assert!(world.serves(&unmanaged, "error").await, "left alone");
     assert!(
         world
             .metric("setpoint_drift_detected_total{classification=\"unmanaged\"}")
@@ -558,7 +547,7 @@ async fn a_running_instance_without_a_desired_configuration_is_unwanted_and_left
     eventually(
         Duration::from_secs(20),
         "the restored configuration to run, synced",
-        async || serves(&world, &id, "debug").await && world.synced(&id),
+        async || world.serves(&id, "debug").await && world.synced(&id),
     )
     .await;
     assert_eq!(world.status(&id).await, "Running");
@@ -659,7 +648,7 @@ skip_destructive = true
     )
     .await;
     assert!(
-        serves(&world, &ignoring, "info").await,
+        world.serves(&ignoring, "info").await,
         "ignored logLevel was overwritten"
     );
 
@@ -680,7 +669,7 @@ skip_destructive = true
             .is_some_and(|c| c.1 == "DestructiveSkipped" && c.2.contains("/sources/0"))
     })
     .await;
-    assert!(serves(&world, &careful, "info").await);
+    assert!(world.serves(&careful, "info").await);
     world.stop_daemon().await;
 }
 
@@ -781,7 +770,7 @@ async fn against_the_seed_api_alone_instances_converge_and_actual_state_comes_fr
     eventually(
         Duration::from_secs(20),
         "the change through the timestamp feed or the resync",
-        async || serves(&world, &id, "debug").await && world.synced(&id),
+        async || world.serves(&id, "debug").await && world.synced(&id),
     )
     .await;
     let (_, plan) = world
@@ -817,7 +806,7 @@ async fn history_lists_applied_revisions_and_rollback_rolls_out_a_kept_one() {
     converged(&world, &[&id]).await;
     world.patch(&id, set_level("debug")).await;
     eventually(Duration::from_secs(20), "debug to run", async || {
-        serves(&world, &id, "debug").await && world.synced(&id)
+        world.serves(&id, "debug").await && world.synced(&id)
     })
     .await;
     let (code, history) = world
@@ -837,7 +826,7 @@ async fn history_lists_applied_revisions_and_rollback_rolls_out_a_kept_one() {
     assert_eq!(code, 202, "{body}");
     assert_eq!(body["digest"], history[1]["digest"]);
     eventually(Duration::from_secs(20), "info to run again", async || {
-        serves(&world, &id, "info").await && world.synced(&id)
+        world.serves(&id, "info").await && world.synced(&id)
     })
     .await;
     let desired = world

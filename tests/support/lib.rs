@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+pub mod process;
 pub mod traffic;
 pub mod world;
 

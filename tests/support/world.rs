@@ -184,6 +184,22 @@ impl World {
         }
     }
 
+    /// Whether the instance's stub process serves `logLevel = level`.
+    pub async fn serves(&self, id: &str, level: &str) -> bool {
+        self.stub_config(id)
+            .await
+            .is_some_and(|c| c["logLevel"] == level)
+    }
+
+    /// The daemon's admin view of one instance (`GET /v1/instances/{id}`).
+    pub async fn admin_instance(&self, id: &str) -> Value {
+        let (code, body) = self
+            .admin(false, &format!("/v1/instances/{id}"), Value::Null)
+            .await;
+        assert_eq!(code, 200, "{body}");
+        body
+    }
+
     pub async fn status(&self, id: &str) -> String {
         self.get(&format!("/api/server/instances/{id}")).await["status"]
             .as_str()
@@ -304,6 +320,26 @@ pub async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut(
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// Poll `check` every 20 ms until it holds (`true`) or `limit` passes (`false`): for a
+/// test that explains a failure itself ([`eventually`] panics with a fixed message).
+pub async fn within(limit: Duration, mut check: impl AsyncFnMut() -> bool) -> bool {
+    let until = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A JSON Patch that sets the desired `logLevel`: the change most tests make.
+pub fn set_level(level: &str) -> Value {
+    json!([{ "op": "replace", "path": "/logLevel", "value": level }])
 }
 
 /// Wait (up to 30 s) until every instance is synced and running.
