@@ -1079,20 +1079,37 @@ impl Machine<'_> {
                 false,
             )));
         }
+        let desired = self.rollout.desired.clone();
+        self.restart_original(st, &desired, "the desired configuration")?;
+        st.at = At::Converging { since_ms: self.now };
+        Ok(Some(self.await_original("the desired configuration")))
+    }
+
+    /// Stop the instance and start it with `configuration` (`which`, for people): the
+    /// one place the instance itself is restarted, forward or back.
+    fn restart_original(
+        &mut self,
+        st: &mut State,
+        configuration: &Value,
+        which: &str,
+    ) -> Result<(), Fault> {
+        let id = self.id;
         st.original_touched = true;
         self.cp.stop(id).map_err(fault(format!("stopping {id}")))?;
         self.cp
-            .start(id, Some(&self.rollout.desired))
-            .map_err(fault(format!(
-                "starting {id} with the desired configuration"
-            )))?;
-        log::info(&format!("restarted {id} with the desired configuration"));
-        st.at = At::Converging { since_ms: self.now };
-        Ok(Some(requeue(
+            .start(id, Some(configuration))
+            .map_err(fault(format!("starting {id} with {which}")))?;
+        log::info(&format!("restarted {id} with {which}"));
+        Ok(())
+    }
+
+    /// The wait after [`Self::restart_original`]: the next health probe.
+    fn await_original(&self, which: &str) -> Exit {
+        requeue(
             self.plan.timing.health_poll,
-            format!("{id} to become healthy with the desired configuration"),
+            format!("{} to become healthy with {which}", self.id),
             false,
-        )))
+        )
     }
 
     fn converging(&mut self, st: &mut State, since_ms: u64) -> Result<Option<Exit>, Fault> {
@@ -1212,23 +1229,13 @@ impl Machine<'_> {
     }
 
     fn undo_restart(&mut self, st: &mut State) -> Result<Option<Exit>, Fault> {
-        let id = self.id;
         let Some(previous) = st.previous.clone() else {
             st.at = At::UndoReturn;
             return Ok(None);
         };
-        st.original_touched = true;
-        self.cp.stop(id).map_err(fault(format!("stopping {id}")))?;
-        self.cp.start(id, Some(&previous)).map_err(fault(format!(
-            "starting {id} with its previous configuration"
-        )))?;
-        log::info(&format!("restarted {id} with its previous configuration"));
+        self.restart_original(st, &previous, "its previous configuration")?;
         st.at = At::UndoRestarting { since_ms: self.now };
-        Ok(Some(requeue(
-            self.plan.timing.health_poll,
-            format!("{id} to become healthy with its previous configuration"),
-            false,
-        )))
+        Ok(Some(self.await_original("its previous configuration")))
     }
 
     fn undo_restarting(&mut self, st: &mut State, since_ms: u64) -> Result<Option<Exit>, Fault> {
