@@ -104,6 +104,14 @@ const POOL_KEEP_RESIDENT_BYTES: usize = 1024 * 1024;
 /// it is reset on every call: the stack, data and first heap pages of a typical call.
 const POOL_KEEP_RESIDENT_BYTES_NO_PAGEMAP: usize = 512 * 1024;
 
+/// Components at least this large are compiled by a second engine without cross-function
+/// inlining and instantiated on demand instead of from the pool. Components from
+/// toolchains that embed a language runtime (JavaScript through componentize-js, Python)
+/// are tens of megabytes: with inlining, compiling one 18 MB component took 19 s and
+/// 8 GB of memory, without it 5.5 s and 373 MB. Rust plugins are well under 1 MiB, and
+/// keep the about 5 % per call that inlining buys.
+pub const LARGE_COMPONENT_BYTES: usize = 4 * 1024 * 1024;
+
 /// Bytes of each pooled table kept resident, for the same reason (tables are small).
 const POOL_TABLE_KEEP_RESIDENT_BYTES: usize = 64 * 1024;
 
@@ -196,6 +204,9 @@ pub struct Plugin {
     digest: String,
     origin: String,
     shape: ComponentShape,
+    /// The engine that compiled it (the runtime's large-component engine for a
+    /// component of [`LARGE_COMPONENT_BYTES`] or more); its stores are made from it.
+    engine: Engine,
     pre: PluginPre,
 }
 
@@ -267,6 +278,9 @@ pub struct StepOutcome {
 pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<HostState>,
+    /// The engine and linker for components of [`LARGE_COMPONENT_BYTES`] or more.
+    large_engine: Engine,
+    large_linker: Linker<HostState>,
     config: RuntimeConfig,
     gate: Gate,
     loaded: Mutex<HashMap<String, Weak<Plugin>>>,
@@ -284,33 +298,46 @@ impl std::fmt::Debug for PluginRuntime {
 impl PluginRuntime {
     /// Set up the engine, the linker and the epoch ticker.
     pub fn new(config: RuntimeConfig) -> Result<Self> {
-        let engine = build_engine(&config)?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
-        // Each version's strategy world imports a superset of its comparator world's
-        // (logging), so one linker serves both worlds; the versions' interfaces have
-        // distinct names (`…@0.1.0`, `…@0.2.0`), so one linker serves both versions.
-        bindings::v0_2::strategy::Strategy::add_to_linker::<HostState, HasSelf<HostState>>(
-            &mut linker,
-            |state| state,
-        )
-        .map_err(engine_error)?;
-        bindings::v0_1::strategy::Strategy::add_to_linker::<HostState, HasSelf<HostState>>(
-            &mut linker,
-            |state| state,
-        )
-        .map_err(engine_error)?;
-        let ticker = EpochTicker::start(engine.clone());
+        let engine = build_engine(&config, false)?;
+        let linker = build_linker(&engine)?;
+        let large_engine = build_engine(&config, true)?;
+        let large_linker = build_linker(&large_engine)?;
+        let ticker = EpochTicker::start(vec![engine.clone(), large_engine.clone()]);
         Ok(PluginRuntime {
             engine,
             linker,
+            large_engine,
+            large_linker,
             gate: Gate::new(config.max_concurrent_calls.max(1)),
             config,
             loaded: Mutex::new(HashMap::new()),
             _ticker: ticker,
         })
     }
+}
 
+/// A linker with every import a plugin may have: WASI with nothing granted, and both
+/// contract versions' interfaces.
+fn build_linker(engine: &Engine) -> Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
+    // Each version's strategy world imports a superset of its comparator world's
+    // (logging), so one linker serves both worlds; the versions' interfaces have
+    // distinct names (`…@0.1.0`, `…@0.2.0`), so one linker serves both versions.
+    bindings::v0_2::strategy::Strategy::add_to_linker::<HostState, HasSelf<HostState>>(
+        &mut linker,
+        |state| state,
+    )
+    .map_err(engine_error)?;
+    bindings::v0_1::strategy::Strategy::add_to_linker::<HostState, HasSelf<HostState>>(
+        &mut linker,
+        |state| state,
+    )
+    .map_err(engine_error)?;
+    Ok(linker)
+}
+
+impl PluginRuntime {
     /// The settings it runs with.
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
@@ -338,7 +365,12 @@ impl PluginRuntime {
             return Ok(plugin);
         }
 
-        let component = Component::new(&self.engine, bytes).map_err(|e| Error::Compile {
+        let (engine, linker) = if bytes.len() >= LARGE_COMPONENT_BYTES {
+            (&self.large_engine, &self.large_linker)
+        } else {
+            (&self.engine, &self.linker)
+        };
+        let component = Component::new(engine, bytes).map_err(|e| Error::Compile {
             origin: origin.to_owned(),
             source: e.into_boxed_dyn_error(),
         })?;
@@ -348,10 +380,7 @@ impl PluginRuntime {
             imports: shape.imports.join(", "),
             source: e.into_boxed_dyn_error(),
         };
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(link_error)?;
+        let instance_pre = linker.instantiate_pre(&component).map_err(link_error)?;
         let pre = match (shape.world, shape.contract) {
             (World::Comparator, Contract::V0_2) => {
                 PluginPre::Comparator(ComparatorPre::new(instance_pre).map_err(link_error)?)
@@ -370,6 +399,7 @@ impl PluginRuntime {
         let label: Arc<str> = format!("{} (loading)", short_origin(origin)).into();
         let raw = self
             .call(
+                engine,
                 self.config.call_deadline,
                 shape.world,
                 &label,
@@ -415,6 +445,7 @@ impl PluginRuntime {
             digest: digest.clone(),
             origin: origin.to_owned(),
             shape,
+            engine: engine.clone(),
             pre,
         });
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
@@ -449,6 +480,7 @@ impl PluginRuntime {
         let label = &plugin.label;
         let result = self
             .call(
+                &plugin.engine,
                 budget,
                 World::Comparator,
                 label,
@@ -502,6 +534,7 @@ impl PluginRuntime {
         }
         let result = self
             .call(
+                &plugin.engine,
                 self.config.call_deadline,
                 World::Comparator,
                 label,
@@ -595,6 +628,7 @@ impl PluginRuntime {
         };
         let cp = ScopedControlPlane::new(host, scope, dry_run);
         let (progress, cp) = self.call(
+            &plugin.engine,
             self.config.call_deadline,
             World::Strategy,
             label,
@@ -644,6 +678,7 @@ impl PluginRuntime {
     #[allow(clippy::too_many_arguments)]
     fn call<R>(
         &self,
+        engine: &Engine,
         budget: Duration,
         world: World,
         label: &Arc<str>,
@@ -658,7 +693,7 @@ impl PluginRuntime {
         let _permit = self.gate.enter();
         let mut state = HostState::new(Arc::clone(label), instance, self.config.max_memory_bytes);
         state.control_plane = control_plane;
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(deadline_ticks(budget));
         if store.data().control_plane.is_some() {
@@ -781,7 +816,9 @@ fn rollout_subject(rollout: &Rollout) -> String {
     }
 }
 
-fn build_engine(config: &RuntimeConfig) -> Result<Engine> {
+/// The engine for plugins; `large`: for components of [`LARGE_COMPONENT_BYTES`] or more
+/// (no inlining, instances allocated on demand rather than from a pool).
+fn build_engine(config: &RuntimeConfig, large: bool) -> Result<Engine> {
     let mut cfg = Config::new();
     cfg.wasm_component_model(true);
     cfg.epoch_interruption(true);
@@ -790,11 +827,15 @@ fn build_engine(config: &RuntimeConfig) -> Result<Engine> {
     // epoch check, so inlining small functions pays for itself: about 5% per field-diff
     // call, for roughly twice the compile time of a component (once per plugin digest,
     // then served from the on-disk cache).
-    cfg.compiler_inlining(wasmtime::Inlining::Yes);
+    cfg.compiler_inlining(if large {
+        wasmtime::Inlining::No
+    } else {
+        wasmtime::Inlining::Yes
+    });
     if config.perf_map {
         cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
     }
-    if config.pooling {
+    if config.pooling && !large {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(POOL_COMPONENT_INSTANCES)
             .total_core_instances(POOL_CORE_INSTANCES)
@@ -957,14 +998,14 @@ fn short_origin(origin: &str) -> &str {
         .unwrap_or(origin)
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] on a background thread until the
+/// Advances the engines' epochs every [`EPOCH_TICK`] on a background thread until the
 /// runtime is dropped.
 struct EpochTicker {
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> Self {
+    fn start(engines: Vec<Engine>) -> Self {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         std::thread::Builder::new()
@@ -972,7 +1013,9 @@ impl EpochTicker {
             .spawn(move || {
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
+                    for engine in &engines {
+                        engine.increment_epoch();
+                    }
                 }
             })
             .expect("spawning the epoch ticker thread");
