@@ -166,24 +166,20 @@ pub mod testing;
 pub mod __private;
 
 pub use control_plane::{
-    BackendWeight, ControlPlane, ControlPlaneError, Health, InstanceInfo, InstanceMetrics,
+    BackendWeight, ControlPlane, ControlPlaneError, Counters, Health, InstanceInfo,
     InstanceStatus, RuntimeStatus,
 };
 pub use drift::{Drift, DriftKind, WireDrift};
 pub use error::PluginError;
 pub use metadata::{Metadata, PluginKind};
 pub use rollout::{
-    APPROVAL_PARAM, Approval, PROMOTE_PARAM, Progress, Promote, RESERVED_PARAM_PREFIX, Rollout,
-    is_reserved_param,
+    APPROVAL_PARAM, Approval, Member, PROMOTE_PARAM, Progress, Promote, RESERVED_PARAM_PREFIX,
+    Rollout, is_reserved_param,
 };
 pub use serde_json::{self, Value};
 pub use status::{AnalysisFigures, RolloutStatus, Verdict};
 
-#[cfg(all(
-    target_arch = "wasm32",
-    feature = "strategy",
-    not(feature = "comparator")
-))]
+#[cfg(target_arch = "wasm32")]
 pub use control_plane::HostControlPlane;
 
 /// A drift comparator: a pure function from two configurations to the list of drifts.
@@ -264,55 +260,69 @@ pub(crate) fn parse_compare_inputs(
     Ok([desired, actual, params])
 }
 
-// The generated bindings. Only on wasm32, and only for the world the cargo feature picks.
-#[cfg(all(target_arch = "wasm32", feature = "comparator", feature = "strategy"))]
-compile_error!(
-    "setpoint-plugin: enable only one of the features `comparator` and `strategy` when \
-     building a plugin for wasm32 (one component implements one world)"
-);
+// The SDK's own bindings: the contract's imports only, so the SDK can call them (log
+// lines, the panic hook, `HostControlPlane`). The world a plugin exports is generated in
+// the plugin's crate by the export macros below, from `__generate_world!` (`build.rs`).
+#[cfg(target_arch = "wasm32")]
+include!(concat!(env!("OUT_DIR"), "/generate_world.rs"));
 
-/// wit-bindgen's output for the world the cargo feature selects. Not a public API: use
-/// the idiomatic types and the export macros instead.
+/// wit-bindgen's output for the contract's imports. Not a public API: use the idiomatic
+/// types and the export macros instead.
+///
+/// The world is `setpoint:sdk/imports`, every import of the contract and no export: the
+/// `component-type` section it leaves in a module merges with the exported world's
+/// without adding an export, and wit-component drops from the component every import
+/// the module does not call.
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 // Generated code: its canonical-ABI glue is `unsafe` by nature and cannot be written
 // otherwise, and it is not ours to restyle.
 #[allow(unsafe_code, missing_debug_implementations, clippy::all)]
 pub mod __bindings {
-    #[cfg(feature = "comparator")]
     wit_bindgen::generate!({
-        path: "../../wit",
-        world: "setpoint:plugin/comparator",
-        pub_export_macro: true,
-        default_bindings_module: "setpoint_plugin::__bindings",
-    });
-
-    #[cfg(all(feature = "strategy", not(feature = "comparator")))]
-    wit_bindgen::generate!({
-        path: "../../wit",
-        world: "setpoint:plugin/strategy",
-        pub_export_macro: true,
-        default_bindings_module: "setpoint_plugin::__bindings",
+        inline: "
+            package setpoint:sdk;
+            world imports {
+                import setpoint:plugin/types@0.2.0;
+                import setpoint:plugin/logging@0.2.0;
+                import setpoint:plugin/instances@0.2.0;
+                import setpoint:plugin/clones@0.2.0;
+                import setpoint:plugin/traffic@0.2.0;
+                import setpoint:plugin/metrics@0.2.0;
+            }
+        ",
+        path: "wit",
+        world: "setpoint:sdk/imports",
+        generate_all,
     });
 }
 
 /// The wasm32 expansion of this macro; see its native documentation.
-#[cfg(all(target_arch = "wasm32", feature = "comparator"))]
+#[cfg(target_arch = "wasm32")]
 #[macro_export]
 macro_rules! comparator {
     ($ty:ty) => {
+        /// The bindings of the `comparator` world, generated in this crate (so that its
+        /// module describes this world only). Types and imports come from the SDK.
+        #[doc(hidden)]
+        #[allow(unsafe_code, missing_debug_implementations, unused, clippy::all)]
+        mod __setpoint_comparator_world {
+            $crate::__generate_world!("comparator", {
+                "setpoint:plugin/types@0.2.0": ::setpoint_plugin::__bindings::setpoint::plugin::types,
+                "setpoint:plugin/logging@0.2.0": ::setpoint_plugin::__bindings::setpoint::plugin::logging,
+            });
+        }
+
         // The export glue wit-bindgen generates (`#[export_name]` functions, raw
         // pointers into linear memory) is `unsafe` by nature; nothing else is here.
         #[allow(unsafe_code)]
         const _: () = {
             struct __SetpointComparatorExport;
 
-            impl $crate::__bindings::exports::setpoint::plugin::drift_comparator::Guest
+            impl __setpoint_comparator_world::exports::setpoint::plugin::drift_comparator::Guest
                 for __SetpointComparatorExport
             {
-                fn metadata()
-                -> $crate::__bindings::exports::setpoint::plugin::drift_comparator::PluginMetadata
-                {
+                fn metadata() -> $crate::__bindings::setpoint::plugin::types::PluginMetadata {
                     $crate::__private::metadata_to_wire(<$ty as $crate::Comparator>::metadata())
                 }
 
@@ -328,7 +338,9 @@ macro_rules! comparator {
                 }
             }
 
-            $crate::__bindings::export!(__SetpointComparatorExport with_types_in $crate::__bindings);
+            __setpoint_comparator_world::export!(
+                __SetpointComparatorExport with_types_in __setpoint_comparator_world
+            );
         };
     };
 }
@@ -345,9 +357,11 @@ macro_rules! comparator {
 /// setpoint_plugin::comparator!(Nothing);
 /// ```
 ///
-/// On wasm32 (with the SDK's `comparator` feature) it implements the generated `Guest`
-/// trait by converting types and calls the bindings' `export!`; elsewhere it only checks
-/// that the type implements [`Comparator`].
+/// Use it once per crate, at the crate root or in any module. On wasm32 it generates the
+/// `comparator` world's bindings in the calling crate (a hidden module
+/// `__setpoint_comparator_world`), implements their `Guest` trait by converting types,
+/// and exports it; elsewhere it only checks that the type implements [`Comparator`].
+/// The expansion names the SDK as `::setpoint_plugin`: depend on it under that name.
 #[cfg(not(target_arch = "wasm32"))]
 #[macro_export]
 macro_rules! comparator {
@@ -359,37 +373,35 @@ macro_rules! comparator {
     };
 }
 
-/// Export a [`Comparator`] implementation (wasm32 without the `comparator` feature).
-#[cfg(all(target_arch = "wasm32", not(feature = "comparator")))]
-#[macro_export]
-macro_rules! comparator {
-    ($ty:ty) => {
-        ::core::compile_error!(
-            "setpoint_plugin::comparator! needs the `comparator` feature of setpoint-plugin"
-        );
-    };
-}
-
 /// The wasm32 expansion of this macro; see its native documentation.
-#[cfg(all(
-    target_arch = "wasm32",
-    feature = "strategy",
-    not(feature = "comparator")
-))]
+#[cfg(target_arch = "wasm32")]
 #[macro_export]
 macro_rules! strategy {
     ($ty:ty) => {
+        /// The bindings of the `strategy` world, generated in this crate (so that its
+        /// module describes this world only). Types and imports come from the SDK.
+        #[doc(hidden)]
+        #[allow(unsafe_code, missing_debug_implementations, unused, clippy::all)]
+        mod __setpoint_strategy_world {
+            $crate::__generate_world!("strategy", {
+                "setpoint:plugin/types@0.2.0": ::setpoint_plugin::__bindings::setpoint::plugin::types,
+                "setpoint:plugin/logging@0.2.0": ::setpoint_plugin::__bindings::setpoint::plugin::logging,
+                "setpoint:plugin/instances@0.2.0": ::setpoint_plugin::__bindings::setpoint::plugin::instances,
+                "setpoint:plugin/clones@0.2.0": ::setpoint_plugin::__bindings::setpoint::plugin::clones,
+                "setpoint:plugin/traffic@0.2.0": ::setpoint_plugin::__bindings::setpoint::plugin::traffic,
+                "setpoint:plugin/metrics@0.2.0": ::setpoint_plugin::__bindings::setpoint::plugin::metrics,
+            });
+        }
+
         // See `comparator!`: the generated export glue is `unsafe` by nature.
         #[allow(unsafe_code)]
         const _: () = {
             struct __SetpointStrategyExport;
 
-            impl $crate::__bindings::exports::setpoint::plugin::rollout_strategy::Guest
+            impl __setpoint_strategy_world::exports::setpoint::plugin::rollout_strategy::Guest
                 for __SetpointStrategyExport
             {
-                fn metadata()
-                -> $crate::__bindings::exports::setpoint::plugin::rollout_strategy::PluginMetadata
-                {
+                fn metadata() -> $crate::__bindings::setpoint::plugin::types::PluginMetadata {
                     $crate::__private::metadata_to_wire(<$ty as $crate::Strategy>::metadata())
                 }
 
@@ -406,7 +418,9 @@ macro_rules! strategy {
                 }
             }
 
-    $crate::__bindings::export!(__SetpointStrategyExport with_types_in $crate::__bindings);
+            __setpoint_strategy_world::export!(
+                __SetpointStrategyExport with_types_in __setpoint_strategy_world
+            );
         };
     };
 }
@@ -424,9 +438,11 @@ macro_rules! strategy {
 /// setpoint_plugin::strategy!(Noop);
 /// ```
 ///
-/// On wasm32 (with the SDK's `strategy` feature) it implements the generated `Guest`
-/// trait, handing the strategy a [`ControlPlane`] over the real imports; elsewhere it only
-/// checks that the type implements [`Strategy`].
+/// Use it once per crate. On wasm32 it generates the `strategy` world's bindings in the
+/// calling crate (a hidden module `__setpoint_strategy_world`) and implements their
+/// `Guest` trait, handing the strategy a [`ControlPlane`] over the real imports;
+/// elsewhere it only checks that the type implements [`Strategy`]. The expansion names
+/// the SDK as `::setpoint_plugin`: depend on it under that name.
 #[cfg(not(target_arch = "wasm32"))]
 #[macro_export]
 macro_rules! strategy {
@@ -435,20 +451,5 @@ macro_rules! strategy {
             fn __setpoint_assert_strategy<T: $crate::Strategy>() {}
             let _: fn() = __setpoint_assert_strategy::<$ty>;
         };
-    };
-}
-
-/// Export a [`Strategy`] implementation (wasm32 without the `strategy` feature).
-#[cfg(all(
-    target_arch = "wasm32",
-    any(not(feature = "strategy"), feature = "comparator")
-))]
-#[macro_export]
-macro_rules! strategy {
-    ($ty:ty) => {
-        ::core::compile_error!(
-            "setpoint_plugin::strategy! needs the `strategy` feature of setpoint-plugin \
-             (and not `comparator`)"
-        );
     };
 }
