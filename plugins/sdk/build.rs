@@ -8,7 +8,8 @@
 use std::path::PathBuf;
 
 fn main() {
-    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
+    let manifest_dir =
+        PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it"));
     let wit_path = manifest_dir.join("wit").join("setpoint.wit");
     println!("cargo::rerun-if-changed={}", wit_path.display());
     println!("cargo::rerun-if-changed=build.rs");
@@ -38,6 +39,7 @@ macro_rules! __generate_world {{
 }}
 "#
     );
-    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it")).join("generate_world.rs");
+    let out = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets it"))
+        .join("generate_world.rs");
     std::fs::write(&out, source).unwrap_or_else(|e| panic!("writing {}: {e}", out.display()));
 }

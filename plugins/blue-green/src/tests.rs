@@ -10,8 +10,8 @@ use std::time::Duration;
 use setpoint_plugin::serde_json::{Value, json};
 use setpoint_plugin::testing::{Call, Driver, FakeControlPlane};
 use setpoint_plugin::{
-    Approval, BackendWeight, InstanceInfo, Counters, InstanceStatus, Progress, Promote,
-    Rollout, Verdict,
+    Approval, BackendWeight, Counters, InstanceInfo, InstanceStatus, Progress, Promote, Rollout,
+    Verdict,
 };
 
 use super::*;

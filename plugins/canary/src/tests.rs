@@ -9,8 +9,8 @@ use std::time::Duration;
 use setpoint_plugin::serde_json::{Value, json};
 use setpoint_plugin::testing::{Call, Driver, FakeControlPlane, Operation};
 use setpoint_plugin::{
-    Approval, BackendWeight, ControlPlaneError, InstanceInfo, Counters, InstanceStatus,
-    Progress, Promote, Rollout, Verdict,
+    Approval, BackendWeight, ControlPlaneError, Counters, InstanceInfo, InstanceStatus, Progress,
+    Promote, Rollout, Verdict,
 };
 
 use super::*;

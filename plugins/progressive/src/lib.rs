@@ -382,7 +382,8 @@ pub fn abort(plan: &Plan, rollout: &Rollout, cp: &mut dyn ControlPlane) -> Progr
     if !state.at.is_undo() {
         log::info(&format!(
             "abort: undoing the rollout of {} from {:?}",
-            rollout.instance_id(), state.at
+            rollout.instance_id(),
+            state.at
         ));
         state.at = At::UndoCheck;
         state.error_since_ms = None;

@@ -216,7 +216,9 @@ pub use host::HostControlPlane;
 mod host {
     use serde_json::Value;
 
-    use super::{ControlPlane, ControlPlaneError, Health, InstanceInfo, InstanceStatus, RuntimeStatus};
+    use super::{
+        ControlPlane, ControlPlaneError, Health, InstanceInfo, InstanceStatus, RuntimeStatus,
+    };
     use crate::__bindings::setpoint::plugin::instances as wire;
 
     /// [`ControlPlane`] over the component's real imports: `instances`, and `clones`,
@@ -340,7 +342,10 @@ mod host {
         }
 
         #[cfg(feature = "metrics")]
-        fn get_counters(&mut self, instance_id: &str) -> Result<super::Counters, ControlPlaneError> {
+        fn get_counters(
+            &mut self,
+            instance_id: &str,
+        ) -> Result<super::Counters, ControlPlaneError> {
             use crate::__bindings::setpoint::plugin::metrics;
             let counters = metrics::get_counters(instance_id).map_err(error)?;
             Ok(super::Counters {
@@ -350,7 +355,11 @@ mod host {
         }
 
         #[cfg(feature = "metrics")]
-        fn query(&mut self, name: &str, instance_id: &str) -> Result<Option<f64>, ControlPlaneError> {
+        fn query(
+            &mut self,
+            name: &str,
+            instance_id: &str,
+        ) -> Result<Option<f64>, ControlPlaneError> {
             use crate::__bindings::setpoint::plugin::metrics;
             metrics::query(name, instance_id).map_err(error)
         }

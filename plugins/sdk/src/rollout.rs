@@ -682,7 +682,11 @@ mod tests {
         );
         assert_eq!(rollout.group(), Some("app=orders"));
         assert!(rollout.is_group());
-        let ids: Vec<&str> = rollout.members().iter().map(|m| m.instance_id.as_str()).collect();
+        let ids: Vec<&str> = rollout
+            .members()
+            .iter()
+            .map(|m| m.instance_id.as_str())
+            .collect();
         assert_eq!(ids, ["a", "b"]);
         assert_eq!(rollout.instance_id(), "a");
         assert_eq!(rollout.actual(), Some(&json!({"v": 1})));

@@ -32,8 +32,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::control_plane::{
-    BackendWeight, ControlPlane, ControlPlaneError, Counters, Health, InstanceInfo,
-    InstanceStatus, RuntimeStatus,
+    BackendWeight, ControlPlane, ControlPlaneError, Counters, Health, InstanceInfo, InstanceStatus,
+    RuntimeStatus,
 };
 use crate::log::Level;
 use crate::{Progress, Promote, Rollout, RolloutStatus, Strategy};
@@ -241,7 +241,8 @@ impl FakeControlPlane {
     /// documentation), that knows each member as a `Running` `Process` instance whose
     /// stored desired configuration is the member's `desired`.
     pub fn for_rollout(rollout: &Rollout) -> Self {
-        let mut cp = Self::new().with_scope(rollout.members().iter().map(|m| m.instance_id.clone()));
+        let mut cp =
+            Self::new().with_scope(rollout.members().iter().map(|m| m.instance_id.clone()));
         for member in rollout.members() {
             cp = cp
                 .with_instance(InstanceInfo {
@@ -336,8 +337,10 @@ impl FakeControlPlane {
         instance_id: impl Into<String>,
         values: impl IntoIterator<Item = Option<f64>>,
     ) -> Self {
-        self.queries
-            .insert((name.into(), instance_id.into()), values.into_iter().collect());
+        self.queries.insert(
+            (name.into(), instance_id.into()),
+            values.into_iter().collect(),
+        );
         self
     }
 
@@ -350,7 +353,11 @@ impl FakeControlPlane {
 
     /// From now on answer `get_counters(instance_id)` with `counters` (replaces the
     /// script).
-    pub fn set_counters(&mut self, instance_id: impl Into<String>, counters: Counters) -> &mut Self {
+    pub fn set_counters(
+        &mut self,
+        instance_id: impl Into<String>,
+        counters: Counters,
+    ) -> &mut Self {
         self.counters
             .insert(instance_id.into(), VecDeque::from([counters]));
         self
@@ -672,8 +679,11 @@ impl ControlPlane for FakeControlPlane {
             name: name.to_owned(),
             instance_id: instance_id.to_owned(),
         })?;
-        next_answer(self.queries.get_mut(&(name.to_owned(), instance_id.to_owned())))
-            .ok_or_else(|| ControlPlaneError::NotFound(format!("no query named {name}")))
+        next_answer(
+            self.queries
+                .get_mut(&(name.to_owned(), instance_id.to_owned())),
+        )
+        .ok_or_else(|| ControlPlaneError::NotFound(format!("no query named {name}")))
     }
 }
 
@@ -935,6 +945,66 @@ mod tests {
         );
         assert!(cp.probe_health("b").unwrap().healthy);
         assert_eq!(cp.get_counters("b").unwrap().requests, 3);
+    }
+
+    #[test]
+    fn a_fake_for_a_group_knows_its_members_and_denies_other_instances() {
+        let rollout = Rollout::for_group(
+            "app=orders",
+            [
+                crate::Member::new("b", json!({"v": 2})),
+                crate::Member::new("a", json!({"v": 2})),
+            ],
+        );
+        let mut cp = FakeControlPlane::for_rollout(&rollout);
+        assert_eq!(cp.get_desired_configuration("a").unwrap(), json!({"v": 2}));
+        assert_eq!(
+            cp.get_instance("b").unwrap().status,
+            InstanceStatus::Running
+        );
+        cp.stop("b").unwrap();
+        assert!(matches!(cp.stop("c"), Err(ControlPlaneError::Denied(_))));
+        let clone = cp.clone_instance("a", &json!({"v": 2})).unwrap();
+        cp.set_traffic_weights(
+            "a",
+            &[BackendWeight::new("a", 50), BackendWeight::new(&clone, 50)],
+        )
+        .unwrap();
+        assert!(matches!(
+            cp.set_traffic_weights("a", &[BackendWeight::new("c", 1)]),
+            Err(ControlPlaneError::Denied(_))
+        ));
+        assert_eq!(cp.denied().len(), 2, "{:?}", cp.denied());
+        assert!(cp.denied()[0].contains("names c"), "{:?}", cp.denied());
+        // Unscoped, the fake lets every instance be named.
+        assert!(FakeControlPlane::new().stop("c").is_ok());
+    }
+
+    #[test]
+    fn queries_answer_from_their_script_and_unknown_names_are_not_found() {
+        let mut cp = FakeControlPlane::new().with_query("error-rate", "a", [None, Some(0.5)]);
+        assert_eq!(cp.query("error-rate", "a"), Ok(None));
+        assert_eq!(cp.query("error-rate", "a"), Ok(Some(0.5)));
+        assert_eq!(cp.query("error-rate", "a"), Ok(Some(0.5)));
+        assert!(matches!(
+            cp.query("latency", "a"),
+            Err(ControlPlaneError::NotFound(_))
+        ));
+        cp.fail_next(
+            Operation::Query,
+            ControlPlaneError::Invalid("two series".into()),
+        );
+        assert!(matches!(
+            cp.query("error-rate", "a"),
+            Err(ControlPlaneError::Invalid(_))
+        ));
+        assert_eq!(
+            cp.calls().last(),
+            Some(&Call::Query {
+                name: "error-rate".into(),
+                instance_id: "a".into()
+            })
+        );
     }
 
     #[test]
