@@ -358,7 +358,7 @@ pub fn step(plan: &Plan, rollout: &Rollout, cp: &mut dyn ControlPlane) -> Progre
         rollout,
         cp,
         now: rollout.elapsed_ms(),
-        id: &rollout.instance_id(),
+        id: rollout.instance_id(),
     };
     match state {
         None => machine.begin(),
@@ -393,7 +393,7 @@ pub fn abort(plan: &Plan, rollout: &Rollout, cp: &mut dyn ControlPlane) -> Progr
         rollout,
         cp,
         now: rollout.elapsed_ms(),
-        id: &rollout.instance_id(),
+        id: rollout.instance_id(),
     };
     machine.run(state, Entry::Abort)
 }

@@ -118,7 +118,7 @@ impl Strategy for Restart {
                 false,
             );
         };
-        let id = &rollout.instance_id();
+        let id = rollout.instance_id();
         log::info(&format!(
             "abort: restarting {id} with its previous configuration"
         ));
@@ -137,7 +137,7 @@ impl Strategy for Restart {
 
 /// First step: remember the running configuration, stop, start with the desired one.
 fn restart(rollout: &Rollout, cp: &mut dyn ControlPlane, params: &Params) -> Progress {
-    let id = &rollout.instance_id();
+    let id = rollout.instance_id();
     let mut status = RolloutStatus::new("restart", "restarting");
     status.waiting_for = Some(format!("{id} to become healthy"));
     let state = State {
@@ -168,7 +168,7 @@ fn wait_for_health(
     params: &Params,
     state: &State,
 ) -> Progress {
-    let id = &rollout.instance_id();
+    let id = rollout.instance_id();
     let seen = match cp.probe_health(id) {
         Ok(health) if health.healthy => {
             return Progress::done(format!(

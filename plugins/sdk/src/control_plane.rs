@@ -143,8 +143,12 @@ impl BackendWeight {
 /// [`ControlPlaneError::Denied`]. In dry-run the mutating calls are recorded and answered
 /// with a simulated success.
 ///
-/// The methods under "capability" exist only with the SDK feature named there (see the
-/// [module documentation](self)).
+/// The methods marked "capability" exist only with the SDK's cargo feature of that name
+/// (`clones`, `traffic`, `metrics`; additive, none by default). A strategy's component
+/// imports a capability's interface only when built with its feature, and the host
+/// refuses at load time a strategy that needs a capability its control plane lacks:
+/// declare what the strategy uses, for example
+/// `setpoint-plugin = { workspace = true, features = ["clones", "traffic"] }`.
 pub trait ControlPlane {
     /// Describe an instance.
     fn get_instance(&mut self, instance_id: &str) -> Result<InstanceInfo, ControlPlaneError>;
