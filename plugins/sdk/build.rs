@@ -30,6 +30,9 @@ fn main() {
 macro_rules! __generate_world {{
     ($world:tt, {{ $($with:tt)* }}) => {{
         $crate::__private::wit_bindgen::generate!({{
+            // No directory: without this wit-bindgen would also parse the plugin
+            // crate's own `wit/`, if it has one.
+            path: [],
             inline: r{hashes}"{wit}"{hashes},
             world: $world,
             runtime_path: "::setpoint_plugin::__private::wit_bindgen::rt",
