@@ -63,6 +63,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/instances/{id}/retry", post(retry))
         .route("/v1/instances/{id}/rollback", post(rollback))
         .route("/v1/instances/{id}/history", get(history))
+        .route("/v1/groups/{name}", get(get_group))
         .route("/v1/audit", get(audit))
         .route("/v1/plugins", get(plugins))
         .with_state(state)
@@ -234,6 +235,29 @@ async fn get_instance(
         "progress": state.controller.rollout_progress(&id).map_err(internal)?,
         "lastDecision": state.controller.last_decision(&id),
     })))
+}
+
+/// Every group of that name (`app=orders`), one per rule that groups instances: its
+/// members, whether each is converged, and the group rollout in flight with the status
+/// its strategy reports.
+async fn get_group(
+    State(state): State<AdminState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let groups = state
+        .controller
+        .groups_named(&name)
+        .await
+        .map_err(internal)?;
+    if groups.is_empty() {
+        return Err(ApiError(
+            StatusCode::NOT_FOUND,
+            format!(
+                "no group named {name:?}: a group is the label values a rule's group_by keys take, written key=value[,key=value], for example app=orders"
+            ),
+        ));
+    }
+    Ok(Json(json!({ "groups": groups })))
 }
 
 async fn explain(

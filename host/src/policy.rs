@@ -103,6 +103,14 @@ pub enum Error {
         /// The rule.
         rule: String,
     },
+    /// `group_by` is not a list of distinct label keys.
+    #[error("rule \"{rule}\": group_by: {reason}")]
+    BadGroupBy {
+        /// The rule.
+        rule: String,
+        /// What is wrong and what to write instead.
+        reason: String,
+    },
     /// `window` can never be open.
     #[error("rule \"{rule}\": window: {reason}")]
     BadWindow {
@@ -306,6 +314,12 @@ pub struct Rule {
         skip_serializing_if = "Option::is_none"
     )]
     pub progress_deadline: Option<std::time::Duration>,
+    /// Label keys that group the instances this rule matches: those that share the
+    /// values of every key form one group, and a change that reaches several of them is
+    /// rolled out as one group rollout by a strategy that supports groups (`rolling`).
+    /// An instance without one of the keys is reconciled on its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub group_by: Vec<String>,
 }
 
 /// How long a rollout may go without progress unless a rule says otherwise.
@@ -372,6 +386,26 @@ pub struct Selection {
     /// How long a rollout may go without progress before it is aborted.
     #[serde(serialize_with = "serialize_duration")]
     pub progress_deadline: std::time::Duration,
+    /// Label keys that group the instances of this rule (empty: no groups).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub group_by: Vec<String>,
+}
+
+impl Selection {
+    /// The group an instance with `labels` belongs to under this selection: the values
+    /// of the `group_by` keys as `key=value` pairs joined by `,`, in the rule's key
+    /// order (for example `app=orders`). `None` when the rule groups nothing or the
+    /// instance lacks one of the keys.
+    pub fn group_of(&self, labels: &BTreeMap<String, String>) -> Option<String> {
+        if self.group_by.is_empty() {
+            return None;
+        }
+        let mut pairs = Vec::with_capacity(self.group_by.len());
+        for key in &self.group_by {
+            pairs.push(format!("{key}={}", labels.get(key)?));
+        }
+        Some(pairs.join(","))
+    }
 }
 
 fn serialize_duration<S: serde::Serializer>(
@@ -862,6 +896,7 @@ fn default_rule() -> CompiledRule {
             strategy_params: Map::new(),
             gates: Gates::default(),
             progress_deadline: DEFAULT_PROGRESS_DEADLINE,
+            group_by: Vec::new(),
         },
     }
 }
@@ -934,6 +969,26 @@ impl Policy {
             if rule.progress_deadline.is_some_and(|d| d.is_zero()) {
                 return Err(Error::ZeroProgressDeadline { rule: rule.name });
             }
+            let mut keys = HashSet::new();
+            for key in &rule.group_by {
+                let reason = if key.trim().is_empty() {
+                    Some("a key is empty; list label keys, for example [\"app\"]".to_owned())
+                } else if key.contains(['=', ',']) {
+                    Some(format!(
+                        "{key:?} is not a label key (no `=` or `,`); list keys only, for example [\"app\"]"
+                    ))
+                } else if !keys.insert(key.as_str()) {
+                    Some(format!("{key:?} is listed twice"))
+                } else {
+                    None
+                };
+                if let Some(reason) = reason {
+                    return Err(Error::BadGroupBy {
+                        rule: rule.name,
+                        reason,
+                    });
+                }
+            }
             if let Some(window) = &rule.window {
                 if window.start == window.end {
                     return Err(Error::BadWindow {
@@ -965,6 +1020,7 @@ impl Policy {
                     strategy,
                     strategy_params: rule.strategy_params,
                     progress_deadline: rule.progress_deadline.unwrap_or(DEFAULT_PROGRESS_DEADLINE),
+                    group_by: rule.group_by,
                     gates: Gates {
                         dry_run: rule.dry_run,
                         skip_destructive: rule.skip_destructive,
@@ -978,6 +1034,14 @@ impl Policy {
         }
         compiled.push(default_rule());
         Ok(Policy { rules: compiled })
+    }
+
+    /// The names of the rules that group instances (`group_by`), in order.
+    pub fn grouping_rules(&self) -> impl Iterator<Item = &str> {
+        self.rules
+            .iter()
+            .filter(|r| !r.selection.group_by.is_empty())
+            .map(|r| r.name.as_str())
     }
 
     /// The selection of the first rule that matches `facts` (the default rule if none does).

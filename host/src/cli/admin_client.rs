@@ -245,6 +245,64 @@ pub(super) async fn status(admin: &Admin, id: Option<String>) -> Result<(), CliE
 
 /// `status ID --watch`: redraw every second while the rollout moves; return once the
 /// instance has no rollout (after drawing its final state).
+/// `setpoint status --group app=orders`: each group of that name, its rollout and members.
+pub(super) async fn group_status(admin: &Admin, name: &str) -> Result<(), CliError> {
+    let v = admin.get(&format!("/v1/groups/{name}")).await?;
+    if admin.json() {
+        print_json(&v);
+        return Ok(());
+    }
+    for g in v["groups"].as_array().into_iter().flatten() {
+        let members = g["members"].as_array().cloned().unwrap_or_default();
+        let converged = members.iter().filter(|m| m["converged"] == true).count();
+        println!(
+            "group {} (rule {}): {converged} of {} members converged",
+            g["group"].as_str().unwrap_or(""),
+            g["rule"].as_str().unwrap_or(""),
+            members.len()
+        );
+        match g["rollout"].as_object() {
+            Some(r) => println!(
+                "  rollout:  {} step {} ({})",
+                r["strategy"].as_str().unwrap_or(""),
+                r["step"],
+                r["phase"].as_str().unwrap_or("")
+            ),
+            None => println!("  rollout:  none"),
+        }
+        let status = &g["status"];
+        if status.is_object() {
+            println!("  progress: {}", crate::controller::describe_status(status));
+        }
+        // What the strategy reports per member, where it does; else converged or not.
+        let in_list = |key: &str, id: &str| {
+            status[key]
+                .as_array()
+                .is_some_and(|l| l.iter().any(|m| m == id))
+        };
+        println!("  {:<38} {:<20} {:<10} STATE", "MEMBER", "NAME", "STATUS");
+        for m in &members {
+            let id = m["id"].as_str().unwrap_or("");
+            let state = if in_list("in_progress", id) {
+                "in progress"
+            } else if in_list("failed", id) {
+                "failed"
+            } else if m["converged"] == true {
+                "converged"
+            } else {
+                "waiting"
+            };
+            println!(
+                "  {:<38} {:<20} {:<10} {state}",
+                id,
+                m["name"].as_str().unwrap_or(""),
+                m["status"].as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
 pub(super) async fn watch(admin: &Admin, id: &str) -> Result<(), CliError> {
     loop {
         let v = admin.get(&format!("/v1/instances/{id}")).await?;

@@ -44,6 +44,10 @@ pub enum Command {
         /// Redraw every second while the instance's rollout moves (until it ends).
         #[arg(long, requires = "id")]
         watch: bool,
+        /// A group of instances (`app=orders`: the label values a rule's `group_by`
+        /// keys take): its members converged, in progress and waiting, and its rollout.
+        #[arg(long, value_name = "KEY=VALUE[,…]", conflicts_with_all = ["id", "watch"])]
+        group: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -174,11 +178,17 @@ pub fn run(cli: Cli) -> Result<ExitCode, CliError> {
 async fn admin_command(command: Command) -> Result<(), CliError> {
     use admin_client::Admin;
     match command {
-        Command::Status { id, watch, admin } => {
+        Command::Status {
+            id,
+            watch,
+            group,
+            admin,
+        } => {
             let admin = Admin::new(admin);
-            match id {
-                Some(id) if watch => admin_client::watch(&admin, &id).await,
-                id => admin_client::status(&admin, id).await,
+            match (id, group) {
+                (_, Some(group)) => admin_client::group_status(&admin, &group).await,
+                (Some(id), None) if watch => admin_client::watch(&admin, &id).await,
+                (id, None) => admin_client::status(&admin, id).await,
             }
         }
         Command::Promote { id, full, admin } => {

@@ -21,6 +21,7 @@
 
 mod bridge;
 pub mod decide;
+mod group;
 mod records;
 mod rollout;
 #[cfg(test)]
@@ -36,7 +37,8 @@ use sha2::Digest as _;
 
 pub use bridge::Bridge;
 pub use decide::{ActualSource, Classification, Decision};
-pub use rollout::APPROVAL_PARAM;
+pub use group::{GROUP_KEY_PREFIX, group_key, parse_group_key};
+pub use rollout::{APPROVAL_PARAM, describe_status};
 
 use crate::client::{self, ControlPlane};
 use crate::metrics::Metrics;
@@ -348,6 +350,8 @@ pub struct Controller {
     snapshots: Mutex<Snapshots>,
     /// The last decision per instance (`GET /v1/instances/{id}`).
     decisions: Mutex<HashMap<String, LastDecision>>,
+    /// One lock per group key: a group is reconciled by one member at a time.
+    group_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 /// Listing snapshots and the newest change seen per instance (see
@@ -436,6 +440,7 @@ impl Controller {
             pins: Mutex::new(()),
             snapshots: Mutex::new(Snapshots::default()),
             decisions: Mutex::new(HashMap::new()),
+            group_locks: Mutex::new(HashMap::new()),
         }
     }
 
@@ -587,11 +592,21 @@ impl Controller {
     }
 
     async fn reconcile_inner(&self, id: &str) -> Result<(Action, Outcome)> {
+        if parse_group_key(id).is_some() {
+            return self.reconcile_group(id).await;
+        }
         let Some(mut observation) = self.observe(id, true).await? else {
             return self.orphaned(id);
         };
         if let Some(owner) = observation.instance.metadata.get(CLONE_OF_LABEL).cloned() {
             return self.clone_seen(&observation.instance, &owner).await;
+        }
+        if let Some(group) = observation
+            .selection
+            .group_of(&observation.instance.metadata)
+            && observation.rollout.is_none()
+        {
+            return self.reconcile_member(&observation, &group).await;
         }
         // A superseded rollout ends here and the instance is decided again, once.
         let mut superseded = false;

@@ -949,7 +949,7 @@ impl Controller {
         Ok(())
     }
 
-    fn pinned(&self, record: &RolloutRecord) -> Result<Arc<Plugin>> {
+    pub(super) fn pinned(&self, record: &RolloutRecord) -> Result<Arc<Plugin>> {
         self.plugins()
             .by_digest(&record.plugin_digest)
             .ok_or_else(|| Error::PinnedPluginGone {
@@ -1047,7 +1047,7 @@ impl Controller {
     /// instance itself (a `start` without a configuration starts the desired one the
     /// strategy was given), and whether its last lifecycle call stopped it: an instance
     /// this host stopped is brought back, never "left alone" as a stopped one.
-    fn record_sent(
+    pub(super) fn record_sent(
         &self,
         id: &str,
         calls: &[ImportCall],
@@ -1219,7 +1219,7 @@ fn paused(status: &Value) -> bool {
 }
 
 /// One line for a reported status: `canary step 2/5, weights a=90 b=10, waiting for ...`.
-pub(super) fn describe_status(status: &Value) -> String {
+pub fn describe_status(status: &Value) -> String {
     let mut parts = Vec::new();
     let phase = status.get("phase").and_then(Value::as_str);
     match (
