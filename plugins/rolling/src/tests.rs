@@ -1,0 +1,306 @@
+use std::time::Duration;
+
+use setpoint_plugin::serde_json::{Value, json};
+use setpoint_plugin::testing::{Call, Driver, FakeControlPlane};
+use setpoint_plugin::{Drift, Member, Progress, Rollout};
+
+use super::*;
+
+fn ids(n: usize) -> Vec<String> {
+    (1..=n).map(|i| format!("m{i}")).collect()
+}
+
+fn member(id: &str) -> Member {
+    Member::new(id, json!({"logLevel": "debug"}))
+        .with_actual(json!({"logLevel": "info"}))
+        .with_drifts(vec![Drift::changed(
+            "/logLevel",
+            json!("debug"),
+            json!("info"),
+        )])
+}
+
+fn group(n: usize, params: Value) -> Rollout {
+    Rollout::for_group("app=orders", ids(n).iter().map(|id| member(id))).with_params(params)
+}
+
+/// The instances each call of the last step stopped or started, in order.
+fn touched(calls: &[Call]) -> Vec<String> {
+    calls
+        .iter()
+        .filter_map(|c| match c {
+            Call::Stop { instance_id } | Call::Start { instance_id, .. } => {
+                Some(instance_id.clone())
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+fn driver(rollout: Rollout) -> Driver<Rolling> {
+    let cp = FakeControlPlane::for_rollout(&rollout);
+    Driver::new(rollout, cp)
+}
+
+/// Step until done, failed or an approval; the host drops a member's drift once it
+/// runs its desired configuration, as it does here after every step. `breaks` turns
+/// unhealthy once it is updated (its new configuration is bad).
+fn run(d: &mut Driver<Rolling>, max: usize, breaks: &str) -> Progress {
+    for _ in 0..max {
+        let progress = d.step();
+        for id in touched(&d.cp.take_calls()) {
+            if id == breaks {
+                d.cp.set_health(breaks, false);
+            }
+            if let Some(m) = d
+                .rollout
+                .members_mut()
+                .iter_mut()
+                .find(|m| m.instance_id == id)
+            {
+                m.drifts.clear();
+            }
+        }
+        if !matches!(progress, Progress::Requeue { .. }) {
+            return progress;
+        }
+    }
+    panic!("not finished after {max} steps");
+}
+
+#[test]
+fn six_members_two_at_a_time_never_more_than_two_down() {
+    let mut d = driver(group(
+        6,
+        json!({"max_unavailable": 2, "health_gate": "0s", "health_poll": "100ms"}),
+    ));
+    let mut batches = Vec::new();
+    for _ in 0..50 {
+        let progress = d.step();
+        let calls = d.cp.take_calls();
+        let mut batch: Vec<String> = touched(&calls);
+        batch.dedup();
+        if !batch.is_empty() {
+            assert!(
+                batch.len() <= 4,
+                "one stop and one start per member: {batch:?}"
+            );
+            batches.push(batch.clone());
+        }
+        for id in &batch {
+            d.rollout
+                .members_mut()
+                .iter_mut()
+                .find(|m| &m.instance_id == id)
+                .unwrap()
+                .drifts
+                .clear();
+        }
+        if let Progress::Done(message) = &progress {
+            assert!(message.contains("6 members in 3 batches"), "{message}");
+            break;
+        }
+        assert!(matches!(progress, Progress::Requeue { .. }), "{progress:?}");
+    }
+    let members: Vec<Vec<String>> = batches
+        .iter()
+        .map(|b| {
+            let mut m = b.clone();
+            m.sort();
+            m.dedup();
+            m
+        })
+        .collect();
+    assert_eq!(
+        members,
+        vec![vec!["m1", "m2"], vec!["m3", "m4"], vec!["m5", "m6"]]
+    );
+}
+
+#[test]
+fn a_percentage_of_the_group_sizes_the_batches() {
+    let rollout = group(8, json!({"max_unavailable": "25%"}));
+    assert_eq!(Params::parse(&rollout).unwrap().batch, 2);
+    let rollout = group(3, json!({"max_unavailable": "10%"}));
+    assert_eq!(Params::parse(&rollout).unwrap().batch, 1, "at least one");
+}
+
+#[test]
+fn a_third_member_that_fails_its_gate_pauses_with_the_rest_untouched() {
+    let rollout = group(
+        6,
+        json!({"health_gate": "0s", "health_deadline": "1s", "health_poll": "200ms"}),
+    );
+    let cp = FakeControlPlane::for_rollout(&rollout);
+    let mut d = Driver::<Rolling>::new(rollout, cp);
+    let progress = run(&mut d, 40, "m3");
+    let Progress::AwaitApproval { message, .. } = &progress else {
+        panic!("expected a pause, got {progress:?}");
+    };
+    assert!(
+        message.contains("m3") && message.contains("untouched: m4, m5, m6"),
+        "{message}"
+    );
+    let status = d.state().unwrap()["status"].clone();
+    assert_eq!(status["failed"], json!(["m3"]));
+    assert_eq!(status["converged"], json!(["m1", "m2"]));
+    assert_eq!(status["waiting"], json!(["m4", "m5", "m6"]));
+    assert_eq!(status["paused"], true);
+}
+
+#[test]
+fn a_third_member_that_fails_its_gate_rolls_the_first_three_back() {
+    let rollout = group(
+        6,
+        json!({"health_gate": "0s", "health_deadline": "1s", "health_poll": "200ms", "on_failure": "rollback"}),
+    );
+    let cp = FakeControlPlane::for_rollout(&rollout);
+    let mut d = Driver::<Rolling>::new(rollout, cp);
+    let mut started_with = Vec::new();
+    let mut progress;
+    loop {
+        progress = d.step();
+        for call in d.cp.take_calls() {
+            if let Call::Start {
+                instance_id,
+                configuration,
+            } = call
+            {
+                let level = configuration.unwrap()["logLevel"].clone();
+                // m3's new configuration is bad; its old one is fine.
+                if instance_id == "m3" {
+                    d.cp.set_health("m3", level == "info");
+                }
+                if level == "debug" && instance_id != "m3" {
+                    d.rollout
+                        .members_mut()
+                        .iter_mut()
+                        .find(|m| m.instance_id == instance_id)
+                        .unwrap()
+                        .drifts
+                        .clear();
+                }
+                started_with.push((instance_id, level));
+            }
+        }
+        if !matches!(progress, Progress::Requeue { .. }) {
+            break;
+        }
+    }
+    let Progress::Failed { reason, retryable } = &progress else {
+        panic!("expected a failure, got {progress:?}");
+    };
+    assert!(!retryable);
+    assert!(reason.contains("rolled back m3, m2, m1"), "{reason}");
+    let rolled_back: Vec<_> = started_with
+        .iter()
+        .filter(|(_, level)| *level == "info")
+        .map(|(id, _)| id.as_str())
+        .collect();
+    assert_eq!(rolled_back, ["m3", "m2", "m1"]);
+    assert!(
+        started_with
+            .iter()
+            .all(|(id, _)| ["m1", "m2", "m3"].contains(&id.as_str())),
+        "members 4 to 6 untouched: {started_with:?}"
+    );
+}
+
+#[test]
+fn a_step_replayed_after_a_crash_does_not_touch_a_member_that_no_longer_drifts() {
+    let mut d = driver(group(
+        3,
+        json!({"health_gate": "0s", "health_poll": "100ms"}),
+    ));
+    assert!(matches!(d.step(), Progress::Requeue { .. }));
+    assert_eq!(touched(&d.cp.take_calls()), ["m1", "m1"]);
+    // The host was killed before it saved what that step returned: it calls the first
+    // step again, and m1 now runs its desired configuration (no drift).
+    let mut again = group(3, json!({"health_gate": "0s", "health_poll": "100ms"}));
+    again.members_mut()[0].drifts.clear();
+    let mut d = driver(again);
+    assert!(matches!(d.step(), Progress::Requeue { .. }));
+    assert_eq!(
+        touched(&d.cp.take_calls()),
+        ["m2", "m2"],
+        "m1 is converged and is not restarted again"
+    );
+    // Within a batch too: a member of the batch already converged is skipped.
+    let mut batch = group(3, json!({"max_unavailable": 2, "health_gate": "0s"}));
+    batch.members_mut()[1].drifts.clear();
+    batch.members_mut()[0].drifts.clear();
+    let mut d = driver(batch);
+    assert!(matches!(d.step(), Progress::Requeue { .. }));
+    assert_eq!(touched(&d.cp.take_calls()), ["m3", "m3"]);
+}
+
+#[test]
+fn abort_restores_what_the_updated_members_ran() {
+    let mut d = driver(group(
+        4,
+        json!({"max_unavailable": 2, "health_gate": "0s", "health_poll": "100ms"}),
+    ));
+    assert!(matches!(d.step(), Progress::Requeue { .. }));
+    d.cp.take_calls();
+    let mut progress = d.abort();
+    let mut restored = Vec::new();
+    for _ in 0..20 {
+        for call in d.cp.take_calls() {
+            if let Call::Start {
+                instance_id,
+                configuration,
+            } = call
+            {
+                restored.push((instance_id, configuration.unwrap()["logLevel"].clone()));
+            }
+        }
+        if !matches!(progress, Progress::Requeue { .. }) {
+            break;
+        }
+        progress = d.abort();
+    }
+    assert!(
+        matches!(&progress, Progress::Done(m) if m.contains("rolled back")),
+        "{progress:?}"
+    );
+    assert_eq!(
+        restored,
+        [
+            ("m1".to_owned(), json!("info")),
+            ("m2".to_owned(), json!("info"))
+        ]
+    );
+}
+
+#[test]
+fn bad_params_fail_with_the_parameter_named() {
+    for (params, needle) in [
+        (json!({"max_unavailable": "lots"}), "max_unavailable"),
+        (json!({"max_surge": 1}), "max_surge"),
+        (json!({"on_failure": "explode"}), "on_failure"),
+        (json!({"health_poll": "0s"}), "health_poll"),
+        (json!({"surge": 1}), "surge"),
+    ] {
+        let mut d = driver(group(2, params.clone()));
+        let progress = d.step();
+        let Progress::Failed { reason, retryable } = &progress else {
+            panic!("{params}: {progress:?}");
+        };
+        assert!(!retryable && reason.contains(needle), "{params}: {reason}");
+    }
+}
+
+#[test]
+fn nothing_drifts_nothing_is_done() {
+    let rollout = Rollout::for_group("app=x", [Member::new("a", json!({}))]);
+    let mut d = driver(rollout);
+    assert!(matches!(d.step(), Progress::Done(_)));
+    assert!(d.cp.calls().is_empty());
+}
+
+#[test]
+fn metadata_says_it_rolls_out_groups() {
+    let meta = Rolling::metadata();
+    assert_eq!(meta.name, "rolling");
+    let _ = Duration::ZERO;
+}
