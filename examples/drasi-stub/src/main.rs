@@ -17,6 +17,7 @@
 //! ```yaml
 //! stub:
 //!   unhealthy: true    # /health answers 503
+//!   readyAfterMs: 500  # /health answers 503 for this long after start (a slow start)
 //!   failRate: 0.3      # this fraction of traffic requests answers 500 (deterministic:
 //!                      # request n fails when floor(n*rate) > floor((n-1)*rate))
 //!   exitAfterMs: 500   # exit by itself after this long ...
@@ -44,6 +45,7 @@ const EXIT_STARTUP_FAILURE: i32 = 2;
 #[serde(rename_all = "camelCase", default)]
 struct StubSettings {
     unhealthy: bool,
+    ready_after_ms: Option<u64>,
     fail_rate: f64,
     exit_after_ms: Option<u64>,
     exit_code: Option<i32>,
@@ -57,6 +59,7 @@ struct Stub {
     requests: AtomicU64,
     errors: AtomicU64,
     shutdown: tokio::sync::Notify,
+    started: std::time::Instant,
 }
 
 fn main() {
@@ -155,6 +158,7 @@ async fn run() -> Result<i32> {
         requests: AtomicU64::new(0),
         errors: AtomicU64::new(0),
         shutdown: tokio::sync::Notify::new(),
+        started: std::time::Instant::now(),
     });
     let app = Router::new()
         .route("/health", get(health))
@@ -200,6 +204,18 @@ async fn run() -> Result<i32> {
 }
 
 async fn health(State(stub): State<Arc<Stub>>) -> (StatusCode, Json<Value>) {
+    let warming = stub
+        .settings
+        .ready_after_ms
+        .is_some_and(|ms| stub.started.elapsed() < Duration::from_millis(ms));
+    if warming {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                json!({"status": "starting", "id": stub.id, "detail": "stub.readyAfterMs has not passed yet"}),
+            ),
+        );
+    }
     if stub.settings.unhealthy {
         (
             StatusCode::SERVICE_UNAVAILABLE,

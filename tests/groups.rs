@@ -1,0 +1,390 @@
+//! Group rollouts end to end: a policy rule groups instances by label (`group_by`), and
+//! the `rolling` strategy rolls one change across the group in batches, on the real
+//! reference control plane with a real stub process per member, the real plugin and
+//! the daemon (in process, or as a process that is killed).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use setpoint_tests::plugin;
+use setpoint_tests::process::Setpoint;
+use setpoint_tests::world::{World, converged, eventually, set_level, within};
+
+/// `rolling` over the instances labelled `app=orders`, grouped by `app`.
+fn rule(params: &str) -> String {
+    format!(
+        r#"
+[[policy.rules]]
+name = "orders"
+match = {{ labels = {{ app = "orders" }} }}
+strategy = "rolling"
+group_by = ["app"]
+strategy_params = {{ health_poll = "100ms", {params} }}
+"#
+    )
+}
+
+/// A world with `rolling` in its plugin directory.
+async fn world() -> World {
+    let world = World::new(&[]).await;
+    std::fs::copy(plugin("rolling"), world.plugin_dir().join("rolling.wasm")).unwrap();
+    world
+}
+
+/// `n` instances of the group, ordered by id (the order the group rolls out in).
+async fn members(world: &World, n: usize) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in 0..n {
+        ids.push(
+            world
+                .create(&format!("orders-{i}"), json!({ "app": "orders" }))
+                .await,
+        );
+    }
+    ids.sort();
+    ids
+}
+
+/// The stub process id of each member.
+async fn pids(world: &World, ids: &[String]) -> BTreeMap<String, String> {
+    let mut pids = BTreeMap::new();
+    for id in ids {
+        let status = world.get(&format!("/api/status/{id}/status")).await;
+        pids.insert(
+            id.clone(),
+            status["processId"].as_str().unwrap_or("").to_owned(),
+        );
+    }
+    pids
+}
+
+/// Samples every member's `/health` every 20 ms until stopped: the most members seen
+/// unhealthy or unreachable at one moment.
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    worst: Arc<AtomicUsize>,
+    samples: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Sampler {
+    async fn start(world: &World, ids: &[String]) -> Sampler {
+        let mut ports = Vec::new();
+        for id in ids {
+            ports.push(world.port(id).await);
+        }
+        let (stop, worst, samples) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        let http = reqwest::Client::builder()
+            .timeout(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let task = tokio::spawn({
+            let (stop, worst, samples) = (stop.clone(), worst.clone(), samples.clone());
+            async move {
+                let mut tick = tokio::time::interval(Duration::from_millis(20));
+                while !stop.load(Ordering::SeqCst) {
+                    tick.tick().await;
+                    // One probe per member, side by side, so a sample is one moment.
+                    let probes: Vec<_> = ports
+                        .iter()
+                        .map(|port| {
+                            let request = http.get(format!("http://127.0.0.1:{port}/health"));
+                            tokio::spawn(async move {
+                                request.send().await.is_ok_and(|r| r.status().is_success())
+                            })
+                        })
+                        .collect();
+                    let mut down = 0;
+                    for probe in probes {
+                        if !probe.await.unwrap_or(false) {
+                            down += 1;
+                        }
+                    }
+                    worst.fetch_max(down, Ordering::SeqCst);
+                    samples.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        });
+        Sampler {
+            stop,
+            worst,
+            samples,
+            task,
+        }
+    }
+
+    async fn finish(self) -> (usize, usize) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.task.await.unwrap();
+        (
+            self.worst.load(Ordering::SeqCst),
+            self.samples.load(Ordering::SeqCst),
+        )
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_group_of_six_rolls_out_two_at_a_time_never_more_than_two_down() {
+    let mut world = world().await;
+    world
+        .start_daemon(
+            "30s",
+            &rule(r#"max_unavailable = 2, health_gate = "500ms""#),
+        )
+        .await;
+    let ids = members(&world, 6).await;
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    eventually(
+        Duration::from_secs(60),
+        "the group's first rollout to start every member",
+        async || {
+            for id in &ids {
+                if !world.serves(id, "info").await {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    converged(&world, &refs).await;
+
+    let sampler = Sampler::start(&world, &ids).await;
+    // A change whose instances take 600 ms to become healthy after they start, so a
+    // member being updated is visibly down.
+    let change = json!([
+        { "op": "replace", "path": "/logLevel", "value": "debug" },
+        { "op": "add", "path": "/stub", "value": { "readyAfterMs": 600 } },
+    ]);
+    for id in &ids {
+        world.patch(id, change.clone()).await;
+    }
+    eventually(
+        Duration::from_secs(60),
+        "every member to serve the change",
+        async || {
+            for id in &ids {
+                if !world.serves(id, "debug").await {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    converged(&world, &refs).await;
+    let (worst, samples) = sampler.finish().await;
+    assert_eq!(
+        worst, 2,
+        "never more than 2 members unhealthy or stopped at a sampled moment, and 2 at times"
+    );
+    assert!(samples > 50, "sampled {samples} times");
+
+    let (code, group) = world
+        .admin(false, "/v1/groups/app=orders", Value::Null)
+        .await;
+    assert_eq!(code, 200, "{group}");
+    let members = group["groups"][0]["members"].as_array().unwrap().clone();
+    assert_eq!(members.len(), 6);
+    assert!(members.iter().all(|m| m["converged"] == true), "{group:#}");
+    let audit = world.audit("group:orders/app=orders");
+    let batches: Vec<&String> = audit
+        .iter()
+        .map(|(_, m)| m)
+        .filter(|m| m.contains("group rollout progress"))
+        .collect();
+    assert!(
+        batches.iter().any(|m| m.contains("step 3/3")),
+        "the audit shows the batches: {audit:#?}"
+    );
+    world.stop_daemon().await;
+}
+
+/// The change most members get, and the one that makes a member fail its health gate.
+fn bad_change() -> Value {
+    json!([
+        { "op": "replace", "path": "/logLevel", "value": "debug" },
+        { "op": "add", "path": "/stub", "value": { "unhealthy": true } },
+    ])
+}
+
+/// Start a group of six, converge it, then change every member, the third one badly.
+async fn six_with_a_bad_third(world: &World) -> (Vec<String>, BTreeMap<String, String>) {
+    let ids = members(world, 6).await;
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    converged(world, &refs).await;
+    let before = pids(world, &ids).await;
+    for (i, id) in ids.iter().enumerate() {
+        let change = if i == 2 {
+            bad_change()
+        } else {
+            set_level("debug")
+        };
+        world.patch(id, change).await;
+    }
+    (ids, before)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_third_member_failing_its_health_gate_pauses_the_group_with_four_to_six_untouched() {
+    let mut world = world().await;
+    world
+        .start_daemon(
+            "30s",
+            &rule(r#"health_gate = "300ms", health_deadline = "3s""#),
+        )
+        .await;
+    let (ids, before) = six_with_a_bad_third(&world).await;
+    eventually(
+        Duration::from_secs(60),
+        "the group rollout to pause for an operator",
+        async || {
+            let (_, group) = world
+                .admin(false, "/v1/groups/app=orders", Value::Null)
+                .await;
+            group["groups"][0]["rollout"]["phase"] == "awaiting-approval"
+        },
+    )
+    .await;
+    // Members 1 and 2 run the change; 3 was tried; 4 to 6 were never touched.
+    for id in &ids[..2] {
+        assert!(world.serves(id, "debug").await, "{id} was updated");
+    }
+    let after = pids(&world, &ids).await;
+    for id in &ids[3..] {
+        assert_eq!(before[id], after[id], "{id} untouched");
+        assert!(
+            world.serves(id, "info").await,
+            "{id} still runs the old configuration"
+        );
+    }
+    // And it stays paused: nothing more happens without an operator.
+    assert!(
+        !within(Duration::from_secs(3), async || {
+            pids(&world, &ids).await[&ids[3]] != before[&ids[3]]
+        })
+        .await,
+        "member 4 was touched while the rollout was paused"
+    );
+    let (_, group) = world
+        .admin(false, "/v1/groups/app=orders", Value::Null)
+        .await;
+    let status = &group["groups"][0]["status"];
+    assert_eq!(status["failed"], json!([ids[2]]), "{group:#}");
+    assert_eq!(status["waiting"], json!(ids[3..]), "{group:#}");
+    world.stop_daemon().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_third_member_failing_its_health_gate_rolls_members_one_to_three_back() {
+    let mut world = world().await;
+    world
+        .start_daemon(
+            "30s",
+            &rule(r#"health_gate = "300ms", health_deadline = "3s", on_failure = "rollback""#),
+        )
+        .await;
+    let (ids, before) = six_with_a_bad_third(&world).await;
+    eventually(
+        Duration::from_secs(60),
+        "the group rollout to fail after rolling back",
+        async || {
+            let (_, group) = world
+                .admin(false, "/v1/groups/app=orders", Value::Null)
+                .await;
+            group["groups"][0]["conditions"]
+                .as_array()
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type_"] == "Degraded" && c["status"] == true)
+                })
+        },
+    )
+    .await;
+    for id in &ids[..3] {
+        assert!(
+            world.serves(id, "info").await,
+            "{id} was rolled back to its previous configuration"
+        );
+    }
+    let after = pids(&world, &ids).await;
+    for id in &ids[3..] {
+        assert_eq!(before[id], after[id], "{id} untouched");
+    }
+    let audit = world.audit("group:orders/app=orders");
+    assert!(
+        audit
+            .iter()
+            .any(|(_, m)| m.contains("failed") && m.contains("rolled back")),
+        "{audit:#?}"
+    );
+    world.stop_daemon().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_daemon_killed_mid_group_resumes_without_repeating_a_finished_member() {
+    let world = world().await;
+    let config = rule(r#"health_gate = "1s""#);
+    let daemon = Setpoint::start(&world, &config).await;
+    let ids = members(&world, 6).await;
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    eventually(Duration::from_secs(60), "the first rollout", async || {
+        for id in &ids {
+            if !world.serves(id, "info").await {
+                return false;
+            }
+        }
+        true
+    })
+    .await;
+    for id in &ids {
+        world.patch(id, set_level("debug")).await;
+    }
+    // Kill it once two members run the change.
+    eventually(Duration::from_secs(60), "two members updated", async || {
+        let mut n = 0;
+        for id in &ids {
+            if world.serves(id, "debug").await {
+                n += 1;
+            }
+        }
+        n >= 2
+    })
+    .await;
+    let mut finished = Vec::new();
+    for id in &ids {
+        if world.serves(id, "debug").await {
+            finished.push(id.clone());
+        }
+    }
+    let before = pids(&world, &finished).await;
+    daemon.kill();
+    let daemon = Setpoint::start(&world, &config).await;
+    eventually(
+        Duration::from_secs(60),
+        "every member updated",
+        async || {
+            for id in &ids {
+                if !world.serves(id, "debug").await {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    let after = pids(&world, &finished).await;
+    assert_eq!(
+        before, after,
+        "members finished before the kill were not restarted"
+    );
+    let _ = refs;
+    daemon.kill();
+}
