@@ -48,6 +48,47 @@ async fn members(world: &World, n: usize) -> Vec<String> {
     ids
 }
 
+/// Wait until the group's rollout has ended and every member is converged: a member
+/// reports `Synced` as soon as it runs its desired configuration, while its group's
+/// rollout may still be holding the last health gate.
+async fn group_settled(world: &World, n: usize) {
+    let daemon = Daemon::InProcess(world);
+    settled(&daemon, n).await;
+}
+
+/// The daemon a test talks to.
+enum Daemon<'a> {
+    InProcess(&'a World),
+    Process(&'a Setpoint),
+}
+
+impl Daemon<'_> {
+    async fn group(&self) -> Value {
+        match self {
+            Daemon::InProcess(world) => {
+                world
+                    .admin(false, "/v1/groups/app=orders", Value::Null)
+                    .await
+                    .1
+            }
+            Daemon::Process(daemon) => daemon.get("/v1/groups/app=orders").await,
+        }
+    }
+}
+
+async fn settled(daemon: &Daemon<'_>, n: usize) {
+    eventually(Duration::from_secs(60), "the group to settle", async || {
+        let group = daemon.group().await;
+        let g = &group["groups"][0];
+        g.is_object()
+            && g["rollout"].is_null()
+            && g["members"]
+                .as_array()
+                .is_some_and(|m| m.len() == n && m.iter().all(|m| m["converged"] == true))
+    })
+    .await;
+}
+
 /// The stub process id of each member.
 async fn pids(world: &World, ids: &[String]) -> BTreeMap<String, String> {
     let mut pids = BTreeMap::new();
@@ -155,6 +196,7 @@ async fn a_group_of_six_rolls_out_two_at_a_time_never_more_than_two_down() {
     )
     .await;
     converged(&world, &refs).await;
+    group_settled(&world, 6).await;
 
     let sampler = Sampler::start(&world, &ids).await;
     // A change whose instances take 600 ms to become healthy after they start, so a
@@ -195,13 +237,14 @@ async fn a_group_of_six_rolls_out_two_at_a_time_never_more_than_two_down() {
     assert_eq!(members.len(), 6);
     assert!(members.iter().all(|m| m["converged"] == true), "{group:#}");
     let audit = world.audit("group:orders/app=orders");
-    let batches: Vec<&String> = audit
+    // The batches read back from the audit: the strategy's status at each change.
+    let batches: std::collections::BTreeSet<&str> = audit
         .iter()
-        .map(|(_, m)| m)
-        .filter(|m| m.contains("group rollout progress"))
+        .filter(|(_, m)| m.contains("group rollout progress"))
+        .filter_map(|(_, m)| m.split("rolling step ").nth(1)?.split(',').next())
         .collect();
     assert!(
-        batches.iter().any(|m| m.contains("step 3/3")),
+        batches.len() >= 2,
         "the audit shows the batches: {audit:#?}"
     );
     world.stop_daemon().await;
@@ -219,6 +262,7 @@ fn bad_change() -> Value {
 async fn six_with_a_bad_third(world: &World) -> (Vec<String>, BTreeMap<String, String>) {
     let ids = members(world, 6).await;
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    group_settled(world, 6).await;
     converged(world, &refs).await;
     let before = pids(world, &ids).await;
     for (i, id) in ids.iter().enumerate() {
@@ -259,7 +303,12 @@ async fn a_third_member_failing_its_health_gate_pauses_the_group_with_four_to_si
     }
     let after = pids(&world, &ids).await;
     for id in &ids[3..] {
-        assert_eq!(before[id], after[id], "{id} untouched");
+        assert_eq!(
+            before[id],
+            after[id],
+            "{id} untouched; the group's audit: {:#?}",
+            world.audit("group:orders/app=orders")
+        );
         assert!(
             world.serves(id, "info").await,
             "{id} still runs the old configuration"
@@ -279,6 +328,77 @@ async fn a_third_member_failing_its_health_gate_pauses_the_group_with_four_to_si
     let status = &group["groups"][0]["status"];
     assert_eq!(status["failed"], json!([ids[2]]), "{group:#}");
     assert_eq!(status["waiting"], json!(ids[3..]), "{group:#}");
+
+    // An operator aborts: the strategy restarts the updated members with what they ran.
+    let (code, body) = world
+        .admin(true, "/v1/groups/app=orders/abort", Value::Null)
+        .await;
+    assert_eq!(code, 202, "{body}");
+    eventually(
+        Duration::from_secs(30),
+        "members 1 to 3 to run their previous configuration",
+        async || {
+            for id in &ids[..3] {
+                if !world.serves(id, "info").await {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    let after = pids(&world, &ids).await;
+    for id in &ids[3..] {
+        assert_eq!(before[id], after[id], "{id} untouched by the abort");
+    }
+    eventually(
+        Duration::from_secs(10),
+        "the abort to be audited",
+        async || {
+            world
+                .audit("group:orders/app=orders")
+                .iter()
+                .any(|(_, m)| m.contains("aborted by"))
+        },
+    )
+    .await;
+    world.stop_daemon().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_approved_pause_goes_on_past_the_failed_member() {
+    let mut world = world().await;
+    world
+        .start_daemon(
+            "30s",
+            &rule(r#"health_gate = "300ms", health_deadline = "2s""#),
+        )
+        .await;
+    let (ids, _) = six_with_a_bad_third(&world).await;
+    eventually(Duration::from_secs(60), "the pause", async || {
+        let (_, group) = world
+            .admin(false, "/v1/groups/app=orders", Value::Null)
+            .await;
+        group["groups"][0]["rollout"]["phase"] == "awaiting-approval"
+    })
+    .await;
+    let (code, body) = world
+        .admin(true, "/v1/groups/app=orders/approve", Value::Null)
+        .await;
+    assert_eq!(code, 200, "{body}");
+    eventually(
+        Duration::from_secs(60),
+        "members 4 to 6 to run the change",
+        async || {
+            for id in &ids[3..] {
+                if !world.serves(id, "debug").await {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
     world.stop_daemon().await;
 }
 
@@ -316,7 +436,12 @@ async fn a_third_member_failing_its_health_gate_rolls_members_one_to_three_back(
     }
     let after = pids(&world, &ids).await;
     for id in &ids[3..] {
-        assert_eq!(before[id], after[id], "{id} untouched");
+        assert_eq!(
+            before[id],
+            after[id],
+            "{id} untouched; the group's audit: {:#?}",
+            world.audit("group:orders/app=orders")
+        );
     }
     let audit = world.audit("group:orders/app=orders");
     assert!(
@@ -344,6 +469,7 @@ async fn a_daemon_killed_mid_group_resumes_without_repeating_a_finished_member()
         true
     })
     .await;
+    settled(&Daemon::Process(&daemon), 6).await;
     for id in &ids {
         world.patch(id, set_level("debug")).await;
     }
@@ -358,14 +484,28 @@ async fn a_daemon_killed_mid_group_resumes_without_repeating_a_finished_member()
         n >= 2
     })
     .await;
+    daemon.kill();
+    // With the daemon dead nothing moves: the members that run the change now, and
+    // their processes (once the control plane has recorded each one).
     let mut finished = Vec::new();
     for id in &ids {
         if world.serves(id, "debug").await {
             finished.push(id.clone());
         }
     }
+    assert!(finished.len() >= 2, "{finished:?}");
+    eventually(
+        Duration::from_secs(10),
+        "the processes recorded",
+        async || {
+            pids(&world, &finished)
+                .await
+                .values()
+                .all(|p| !p.is_empty())
+        },
+    )
+    .await;
     let before = pids(&world, &finished).await;
-    daemon.kill();
     let daemon = Setpoint::start(&world, &config).await;
     eventually(
         Duration::from_secs(60),

@@ -64,6 +64,8 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/instances/{id}/rollback", post(rollback))
         .route("/v1/instances/{id}/history", get(history))
         .route("/v1/groups/{name}", get(get_group))
+        .route("/v1/groups/{name}/approve", post(approve_group))
+        .route("/v1/groups/{name}/abort", post(abort_group))
         .route("/v1/audit", get(audit))
         .route("/v1/plugins", get(plugins))
         .with_state(state)
@@ -258,6 +260,67 @@ async fn get_group(
         ));
     }
     Ok(Json(json!({ "groups": groups })))
+}
+
+/// Let a group rollout that waits for an operator (paused after a failed health gate,
+/// or asking before it goes on) go on.
+async fn approve_group(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Option<Json<OperatorBody>>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let by = operator(&body);
+    let store = state.controller.store();
+    let mut approved = Vec::new();
+    for key in state.controller.group_keys_named(&name) {
+        if store.open_approval(&key).map_err(internal)?.is_some() {
+            store
+                .approve(&key, None, &by)
+                .map_err(|e| ApiError(StatusCode::CONFLICT, crate::error_chain(&e)))?;
+            state.queue.enqueue(key.clone());
+            approved.push(key);
+        }
+    }
+    if approved.is_empty() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("no rollout of a group named {name:?} waits for approval"),
+        ));
+    }
+    Ok((StatusCode::OK, Json(json!({ "approved": approved }))).into_response())
+}
+
+/// Abort a group's rollout: its strategy undoes what it did (the `rolling` strategy
+/// restarts the updated members with what they ran before) and the change is given up
+/// until a member's desired configuration changes again.
+async fn abort_group(
+    State(state): State<AdminState>,
+    headers: HeaderMap,
+    Path(name): Path<String>,
+    body: Option<Json<OperatorBody>>,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers)?;
+    let by = operator(&body);
+    let mut aborting = Vec::new();
+    for key in state.controller.group_keys_named(&name) {
+        if state
+            .controller
+            .request_group_abort(&key, &by)
+            .map_err(from_controller)?
+        {
+            state.queue.enqueue(key.clone());
+            aborting.push(key);
+        }
+    }
+    if aborting.is_empty() {
+        return Err(ApiError(
+            StatusCode::CONFLICT,
+            format!("no group named {name:?} has a rollout in progress to abort"),
+        ));
+    }
+    Ok((StatusCode::ACCEPTED, Json(json!({ "aborting": aborting }))).into_response())
 }
 
 async fn explain(

@@ -103,12 +103,12 @@ impl Setpoint {
 
     /// `GET /v1/instances/{id}`; `Value::Null` when it does not answer.
     pub async fn instance(&self, id: &str) -> Value {
-        match self
-            .http
-            .get(format!("{}/v1/instances/{id}", self.admin))
-            .send()
-            .await
-        {
+        self.get(&format!("/v1/instances/{id}")).await
+    }
+
+    /// `GET {path}` on the admin API; `Value::Null` when it does not answer with success.
+    pub async fn get(&self, path: &str) -> Value {
+        match self.http.get(format!("{}{path}", self.admin)).send().await {
             Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
             _ => Value::Null,
         }

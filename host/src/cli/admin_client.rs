@@ -245,6 +245,28 @@ pub(super) async fn status(admin: &Admin, id: Option<String>) -> Result<(), CliE
 
 /// `status ID --watch`: redraw every second while the rollout moves; return once the
 /// instance has no rollout (after drawing its final state).
+/// `setpoint approve --group NAME` / `setpoint abort --group NAME`.
+pub(super) async fn group_action(admin: &Admin, name: &str, action: &str) -> Result<(), CliError> {
+    let v = admin.post(&format!("/v1/groups/{name}/{action}")).await?;
+    if admin.json() {
+        print_json(&v);
+    } else {
+        let keys = v["approved"].as_array().or(v["aborting"].as_array());
+        for key in keys.into_iter().flatten() {
+            println!(
+                "{} {}",
+                if action == "approve" {
+                    "approved"
+                } else {
+                    "aborting"
+                },
+                key.as_str().unwrap_or("")
+            );
+        }
+    }
+    Ok(())
+}
+
 /// `setpoint status --group app=orders`: each group of that name, its rollout and members.
 pub(super) async fn group_status(admin: &Admin, name: &str) -> Result<(), CliError> {
     let v = admin.get(&format!("/v1/groups/{name}")).await?;

@@ -74,8 +74,11 @@ pub enum Command {
     },
     /// Approve the revision an instance waits with (shows its digest and drift first).
     Approve {
-        /// The instance.
+        /// The instance (or, with `--group`, the group's name: `app=orders`).
         id: String,
+        /// `ID` names a group: let its paused rollout go on.
+        #[arg(long, conflicts_with = "digest")]
+        group: bool,
         /// Approve only this revision (digest or prefix, as `status` shows it).
         #[arg(long)]
         digest: Option<String>,
@@ -85,8 +88,12 @@ pub enum Command {
     /// Abort an instance's rollout (or the change waiting for approval): the strategy
     /// rolls it back and the revision is given up.
     Abort {
-        /// The instance.
+        /// The instance (or, with `--group`, the group's name: `app=orders`).
         id: String,
+        /// `ID` names a group: abort its rollout (the strategy rolls the updated
+        /// members back).
+        #[arg(long)]
+        group: bool,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -199,9 +206,15 @@ async fn admin_command(command: Command) -> Result<(), CliError> {
         Command::Reconcile { id, admin } => {
             admin_client::mutate(&Admin::new(admin), &id, "reconcile").await
         }
-        Command::Approve { id, digest, admin } => {
-            admin_client::approve(&Admin::new(admin), &id, digest).await
-        }
+        Command::Approve {
+            id,
+            group: true,
+            admin,
+            ..
+        } => admin_client::group_action(&Admin::new(admin), &id, "approve").await,
+        Command::Approve {
+            id, digest, admin, ..
+        } => admin_client::approve(&Admin::new(admin), &id, digest).await,
         Command::Retry { id, admin } => {
             admin_client::mutate(&Admin::new(admin), &id, "retry").await
         }
@@ -209,7 +222,12 @@ async fn admin_command(command: Command) -> Result<(), CliError> {
         Command::Rollback { id, to, admin } => {
             admin_client::rollback(&Admin::new(admin), &id, to).await
         }
-        Command::Abort { id, admin } => {
+        Command::Abort {
+            id,
+            group: true,
+            admin,
+        } => admin_client::group_action(&Admin::new(admin), &id, "abort").await,
+        Command::Abort { id, admin, .. } => {
             admin_client::mutate(&Admin::new(admin), &id, "abort").await
         }
         Command::Audit { id, limit, admin } => {

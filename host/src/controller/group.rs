@@ -10,11 +10,11 @@
 //! whichever member is looked at first moves the group on, and a change to any member
 //! is seen within one event.
 //!
-//! The rollout is bound to a revision set: the desired digest of every member. When a
-//! member's desired configuration changes, or a member joins or leaves, the rollout in
-//! flight ends (audited as superseded) and a new one starts from the members as they
-//! are: members already converged have no drift then, so the strategy does not repeat
-//! them. After a crash, the step is called again with the state saved before the last
+//! The rollout keeps every member's desired digest (its revision set). When a member's
+//! desired configuration changes, or a member joins or leaves, the rollout in flight
+//! goes on (audited) with the members as they are now, as a rolling update does: the
+//! strategy keeps track of the members it has taken down and sees each member's drift
+//! afresh at every step. After a crash, the step is called again with the state saved before the last
 //! wait; a strategy judges each member by its drift, so a member finished before the
 //! crash is not touched again.
 
@@ -83,6 +83,17 @@ impl GroupEnvelope {
 struct Seen {
     observation: Observation,
     drifts: Vec<crate::runtime::Drift>,
+}
+
+/// The members whose revision differs between two revision sets (changed, joined or left).
+fn changed_members(was: &BTreeMap<String, String>, now: &BTreeMap<String, String>) -> Vec<String> {
+    let mut changed: Vec<String> = now
+        .iter()
+        .filter(|(id, digest)| was.get(*id) != Some(*digest))
+        .map(|(id, _)| id.clone())
+        .collect();
+    changed.extend(was.keys().filter(|id| !now.contains_key(*id)).cloned());
+    changed
 }
 
 /// One digest for a revision set, for approvals and given-up records.
@@ -166,20 +177,44 @@ impl Controller {
 
         let mut record = match record {
             Some(record) => {
-                let envelope = GroupEnvelope::read(&record);
-                if envelope.revisions == revisions {
-                    Some((record, envelope))
-                } else {
-                    self.store.clear_rollout(key)?;
+                let mut envelope = GroupEnvelope::read(&record);
+                if envelope.revisions != revisions {
+                    // A member's desired configuration changed, or a member joined or
+                    // left: the rollout goes on towards the newest revisions (the
+                    // strategy sees each member's drift as it is now), like a rolling
+                    // update does, instead of starting over and losing track of the
+                    // members it has already taken down.
                     self.audit(
                         key,
-                        AuditKind::Outcome,
+                        AuditKind::Decision,
                         format!(
-                            "group rollout of {group} superseded: a member's desired configuration changed, or a member joined or left"
+                            "group rollout of {group} goes on with changed members: {}",
+                            changed_members(&envelope.revisions, &revisions).join(", ")
                         ),
                         serde_json::json!({ "was": envelope.revisions, "now": revisions }),
                     )?;
-                    None
+                    envelope.revisions = revisions.clone();
+                    for m in &members {
+                        let id = &m.observation.instance.id;
+                        if let (false, Some(actual)) =
+                            (envelope.previous.contains_key(id), &m.observation.actual)
+                        {
+                            envelope.previous.insert(id.clone(), actual.clone());
+                        }
+                    }
+                    if let Some(scope) = &mut envelope.scope {
+                        scope.members = members
+                            .iter()
+                            .map(|m| m.observation.instance.id.clone())
+                            .filter(|id| *id != scope.instance_id)
+                            .collect();
+                    }
+                    let mut record = record;
+                    record.state = serde_json::to_value(&envelope).expect("envelope serialises");
+                    self.store.save_rollout(&record)?;
+                    Some((record, envelope))
+                } else {
+                    Some((record, envelope))
                 }
             }
             None => None,
@@ -286,6 +321,18 @@ impl Controller {
         }
         let (mut record, mut envelope) = record.expect("set above");
 
+        if let Some(abort) = self.store.abort_request(key)? {
+            return self
+                .abort_group(
+                    key,
+                    &selection,
+                    &members,
+                    &mut record,
+                    &mut envelope,
+                    &abort.requested_by,
+                )
+                .await;
+        }
         if record.phase == RolloutPhase::AwaitingApproval {
             let digest = revision_digest(&envelope.revisions);
             if self.store.take_approval(key, &digest)?.is_none() {
@@ -306,16 +353,14 @@ impl Controller {
             .await
     }
 
-    async fn step_group(
-        &self,
-        key: &str,
+    /// The rollout handed to the strategy: every member with its drifts, the rule's
+    /// parameters and `$approval`, and the state of the last step.
+    fn group_rollout(
         selection: &Selection,
         members: &[Seen],
-        record: &mut RolloutRecord,
-        envelope: &mut GroupEnvelope,
-    ) -> Result<(Action, Outcome)> {
-        let group = envelope.group.clone();
-        let strategy: Arc<Plugin> = self.pinned(record)?;
+        record: &RolloutRecord,
+        envelope: &GroupEnvelope,
+    ) -> Rollout {
         let ignored = decide::ignored_paths(&selection.comparator_params);
         let rollout_members = members
             .iter()
@@ -343,14 +388,30 @@ impl Controller {
             .duration_since(record.started_at)
             .unwrap_or_default()
             .as_millis() as u64;
-        let rollout = Rollout {
-            group: Some(group.clone()),
+        Rollout {
+            group: Some(envelope.group.clone()),
             members: rollout_members,
             params: Value::Object(params).to_string(),
             state: envelope.plugin_state.clone(),
             step: record.step,
             elapsed_ms,
-        };
+        }
+    }
+
+    /// Run the strategy's `step` (or `abort`) for the group, audit the calls under the
+    /// group and each member, and record what it sent; returns the strategy and its
+    /// answer, with the envelope's scope updated.
+    async fn call_group(
+        &self,
+        key: &str,
+        selection: &Selection,
+        members: &[Seen],
+        record: &RolloutRecord,
+        envelope: &mut GroupEnvelope,
+        abort: bool,
+    ) -> Result<(Arc<Plugin>, Result<Progress>)> {
+        let strategy: Arc<Plugin> = self.pinned(record)?;
+        let rollout = Self::group_rollout(selection, members, record, envelope);
         let scope = envelope.scope.clone().unwrap_or_else(|| {
             RolloutScope::group(
                 members[0].observation.instance.id.clone(),
@@ -358,9 +419,8 @@ impl Controller {
             )
         });
         let dry_run = selection.gates.dry_run || self.settings.dry_run;
-        let before = envelope.status();
         let outcome = self
-            .run_strategy(strategy.clone(), rollout, scope, dry_run, false)
+            .run_strategy(strategy.clone(), rollout, scope, dry_run, abort)
             .await?;
         envelope.scope = Some(outcome.scope);
         // Each member's own audit shows what was done to it, the group's shows it all.
@@ -378,11 +438,27 @@ impl Controller {
                 self.record_sent(id, &mine, desired, &strategy)?;
             }
         }
-        let progress = match outcome.progress {
+        Ok((strategy, outcome.progress.map_err(Error::Plugin)))
+    }
+
+    async fn step_group(
+        &self,
+        key: &str,
+        selection: &Selection,
+        members: &[Seen],
+        record: &mut RolloutRecord,
+        envelope: &mut GroupEnvelope,
+    ) -> Result<(Action, Outcome)> {
+        let group = envelope.group.clone();
+        let before = envelope.status();
+        let (strategy, progress) = self
+            .call_group(key, selection, members, record, envelope, false)
+            .await?;
+        let progress = match progress {
             Ok(progress) => progress,
             Err(error) => {
                 self.save_group(record, envelope)?;
-                return Err(Error::Plugin(error));
+                return Err(error);
             }
         };
         match progress {
@@ -504,6 +580,81 @@ impl Controller {
                 Ok((Action::await_change(), Outcome::Degraded))
             }
         }
+    }
+
+    /// An operator aborted the group's rollout: its strategy undoes it (possibly over
+    /// several calls), then the revision set is given up until a member changes.
+    async fn abort_group(
+        &self,
+        key: &str,
+        selection: &Selection,
+        members: &[Seen],
+        record: &mut RolloutRecord,
+        envelope: &mut GroupEnvelope,
+        by: &str,
+    ) -> Result<(Action, Outcome)> {
+        let group = envelope.group.clone();
+        let digest = revision_digest(&envelope.revisions);
+        if record.phase != RolloutPhase::Aborting {
+            record.phase = RolloutPhase::Aborting;
+            self.save_group(record, envelope)?;
+        }
+        let (strategy, progress) = self
+            .call_group(key, selection, members, record, envelope, true)
+            .await?;
+        let message = match progress {
+            Err(error) => {
+                self.save_group(record, envelope)?;
+                return Err(error);
+            }
+            Ok(Progress::Requeue(requeue)) => {
+                envelope.plugin_state = Some(requeue.state);
+                record.step += 1;
+                self.save_group(record, envelope)?;
+                return Ok((
+                    Action::requeue(Duration::from_millis(requeue.after_ms)),
+                    Outcome::Progressing,
+                ));
+            }
+            Ok(Progress::Done(m)) => m,
+            Ok(Progress::AwaitApproval(a)) => a.message,
+            Ok(Progress::Failed(f)) => format!("abort failed: {}", f.reason),
+        };
+        let reason = format!("aborted by {by}: {message}");
+        self.store.finish_abort(key, &digest, &reason)?;
+        self.audit(
+            key,
+            AuditKind::Outcome,
+            format!("group rollout of {group} {reason} ({})", strategy.label()),
+            serde_json::json!({ "revisions": envelope.revisions }),
+        )?;
+        self.conditions(
+            key,
+            &[
+                (ConditionType::Degraded, true, "Aborted", &reason),
+                (ConditionType::Progressing, false, "Aborted", &reason),
+                (ConditionType::AwaitingApproval, false, "Aborted", ""),
+            ],
+        )?;
+        Ok((Action::await_change(), Outcome::Degraded))
+    }
+
+    /// The keys of the groups named `name`, one per rule that groups instances.
+    pub fn group_keys_named(&self, name: &str) -> Vec<String> {
+        self.policy
+            .grouping_rules()
+            .map(|rule| group_key(rule, name))
+            .collect()
+    }
+
+    /// Ask for the group rollout of `key` to be aborted; `false` when none is in flight.
+    pub fn request_group_abort(&self, key: &str, by: &str) -> Result<bool> {
+        let Some(record) = self.store.load_rollout(key)? else {
+            return Ok(false);
+        };
+        let digest = revision_digest(&GroupEnvelope::read(&record).revisions);
+        self.store.request_abort(key, &digest, by)?;
+        Ok(true)
     }
 
     fn save_group(&self, record: &mut RolloutRecord, envelope: &GroupEnvelope) -> Result<()> {

@@ -375,6 +375,25 @@ fn update(
 ) -> Progress {
     let now = rollout.elapsed_ms();
     if state.batch.is_empty() {
+        // The host hands over the members as they are now: a member that drifts again
+        // (its desired configuration changed once more) or newly (it joined, or changed
+        // after the rollout started) is updated too.
+        for member in rollout.members() {
+            let id = &member.instance_id;
+            if !member.has_drift() || state.accepted.contains(id) {
+                continue;
+            }
+            state.done.retain(|d| d != id);
+            if !state.order.contains(id) {
+                state.order.push(id.clone());
+                if let Some(actual) = &member.actual {
+                    state
+                        .previous
+                        .entry(id.clone())
+                        .or_insert_with(|| actual.clone());
+                }
+            }
+        }
         // Members that no longer drift (converged meanwhile, or updated by a step
         // replayed after a crash) are done without being touched.
         let converged: Vec<String> = state
@@ -522,7 +541,7 @@ fn update(
             state.healthy_since_ms = None;
             let deadline = params.health_deadline.as_millis() as u64;
             if now.saturating_sub(state.batch_started_ms) < deadline {
-                state.refresh_status(rollout, params, format!("{why}"));
+                state.refresh_status(rollout, params, why.clone());
                 return Progress::requeue(poll(params), &state, format!("waiting: {why}"));
             }
             state.failure = Some(why.clone());
