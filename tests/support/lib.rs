@@ -119,10 +119,18 @@ pub fn controlplane_bin() -> PathBuf {
 }
 
 /// Build a binary of this workspace with the same cargo (honouring `CARGO_TARGET_DIR`)
-/// and return its path, from cargo's own report.
+/// and in the tests' own profile (`--release` under `cargo test --release`, so a release
+/// test run builds no second, debug copy of the host), and return its path, from cargo's
+/// own report.
 pub fn build_bin(package: &str, name: &str) -> PathBuf {
+    let profile: &[&str] = if cfg!(debug_assertions) {
+        &[]
+    } else {
+        &["--release"]
+    };
     let output = std::process::Command::new(env!("CARGO"))
         .args(["build", "-p", package, "--message-format=json"])
+        .args(profile)
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stderr(std::process::Stdio::inherit())
         .output()
