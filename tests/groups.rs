@@ -258,13 +258,22 @@ fn bad_change() -> Value {
     ])
 }
 
-/// Start a group of six, converge it, then change every member, the third one badly.
-async fn six_with_a_bad_third(world: &World) -> (Vec<String>, BTreeMap<String, String>) {
+/// Start a group of six under `config`, converge it, then change every member, the
+/// third one badly. The daemon is stopped while the six changes are made, so it sees
+/// them as one change and rolls the members out in their order (a change it sees
+/// member by member is rolled out in the order it sees them, which the other tests
+/// exercise).
+async fn six_with_a_bad_third(
+    world: &mut World,
+    config: &str,
+) -> (Vec<String>, BTreeMap<String, String>) {
+    world.start_daemon("30s", config).await;
     let ids = members(world, 6).await;
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     group_settled(world, 6).await;
     converged(world, &refs).await;
     let before = pids(world, &ids).await;
+    world.stop_daemon().await;
     for (i, id) in ids.iter().enumerate() {
         let change = if i == 2 {
             bad_change()
@@ -273,19 +282,15 @@ async fn six_with_a_bad_third(world: &World) -> (Vec<String>, BTreeMap<String, S
         };
         world.patch(id, change).await;
     }
+    world.start_daemon("30s", config).await;
     (ids, before)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_third_member_failing_its_health_gate_pauses_the_group_with_four_to_six_untouched() {
     let mut world = world().await;
-    world
-        .start_daemon(
-            "30s",
-            &rule(r#"health_gate = "300ms", health_deadline = "3s""#),
-        )
-        .await;
-    let (ids, before) = six_with_a_bad_third(&world).await;
+    let config = rule(r#"health_gate = "300ms", health_deadline = "3s""#);
+    let (ids, before) = six_with_a_bad_third(&mut world, &config).await;
     eventually(
         Duration::from_secs(60),
         "the group rollout to pause for an operator",
@@ -368,13 +373,8 @@ async fn a_third_member_failing_its_health_gate_pauses_the_group_with_four_to_si
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_approved_pause_goes_on_past_the_failed_member() {
     let mut world = world().await;
-    world
-        .start_daemon(
-            "30s",
-            &rule(r#"health_gate = "300ms", health_deadline = "2s""#),
-        )
-        .await;
-    let (ids, _) = six_with_a_bad_third(&world).await;
+    let config = rule(r#"health_gate = "300ms", health_deadline = "2s""#);
+    let (ids, _) = six_with_a_bad_third(&mut world, &config).await;
     eventually(Duration::from_secs(60), "the pause", async || {
         let (_, group) = world
             .admin(false, "/v1/groups/app=orders", Value::Null)
@@ -405,13 +405,8 @@ async fn an_approved_pause_goes_on_past_the_failed_member() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_third_member_failing_its_health_gate_rolls_members_one_to_three_back() {
     let mut world = world().await;
-    world
-        .start_daemon(
-            "30s",
-            &rule(r#"health_gate = "300ms", health_deadline = "3s", on_failure = "rollback""#),
-        )
-        .await;
-    let (ids, before) = six_with_a_bad_third(&world).await;
+    let config = rule(r#"health_gate = "300ms", health_deadline = "3s", on_failure = "rollback""#);
+    let (ids, before) = six_with_a_bad_third(&mut world, &config).await;
     eventually(
         Duration::from_secs(60),
         "the group rollout to fail after rolling back",
