@@ -47,22 +47,30 @@ pub fn prometheus_bin() -> Option<PathBuf> {
         .find(|path| path.is_file())
 }
 
+/// The Prometheus executable, or `None` after a loud "SKIPPED" message when it is
+/// missing and `CI` is unset; panics when it is missing and `CI` is set. Call it before
+/// setting anything else up, so a skipped test starts nothing.
+pub fn require() -> Option<PathBuf> {
+    if let Some(bin) = prometheus_bin() {
+        return Some(bin);
+    }
+    let message = "Prometheus is not installed (no `prometheus` on PATH, PROMETHEUS_BIN unset): \
+         install it with `apt-get install -y prometheus` (scripts/setup does)";
+    if std::env::var_os("CI").is_some() {
+        panic!("{message}; CI is set, so this test fails instead of skipping");
+    }
+    eprintln!(
+        "\n==================== SKIPPED ====================\n{message}.\nThis test did NOT run.\n=================================================\n"
+    );
+    None
+}
+
 impl Prometheus {
     /// Start Prometheus scraping `targets` (path `/metrics`, every second) and wait until
     /// it is ready. `None` (after a loud message) when the binary is missing and `CI` is
     /// unset; panics when it is missing and `CI` is set, or when it does not start.
     pub async fn start(targets: &[Target]) -> Option<Prometheus> {
-        let Some(bin) = prometheus_bin() else {
-            let message = "Prometheus is not installed (no `prometheus` on PATH, PROMETHEUS_BIN unset): \
-                 install it with `apt-get install -y prometheus` (scripts/setup does)";
-            if std::env::var_os("CI").is_some() {
-                panic!("{message}; CI is set, so this test fails instead of skipping");
-            }
-            eprintln!(
-                "\n==================== SKIPPED ====================\n{message}.\nThis test did NOT run.\n=================================================\n"
-            );
-            return None;
-        };
+        let bin = require()?;
         let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("prometheus.yml");
         // JSON is YAML, and serde_json quotes label values of any content correctly.
