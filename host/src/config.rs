@@ -111,6 +111,9 @@ pub enum Error {
     /// The policy rules are well-formed but invalid (bad glob, duplicate names, …).
     #[error("invalid policy.rules")]
     Policy(#[source] policy::Error),
+    /// The `[metrics]` settings are invalid (the error names the key).
+    #[error(transparent)]
+    Metrics(#[from] crate::metrics_provider::Error),
 }
 
 /// Result alias for loading settings.
@@ -150,6 +153,42 @@ pub struct Settings {
     pub dry_run: bool,
     /// Which plugins and gates apply to which instances.
     pub policy: PolicySettings,
+    /// Named metric queries for strategies' analysis, and where they run.
+    pub metrics: MetricsSettings,
+}
+
+/// `[metrics]`: the named queries a strategy may ask for (`metrics.query`), and the
+/// provider that runs them (see [`crate::metrics_provider`]).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsSettings {
+    /// The Prometheus server queries run on.
+    pub prometheus: PrometheusSettings,
+    /// Query name → PromQL template with `{{instance.id}}`, `{{instance.name}}`,
+    /// `{{instance.labels.KEY}}` placeholders.
+    pub queries: std::collections::BTreeMap<String, String>,
+}
+
+/// `[metrics.prometheus]`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct PrometheusSettings {
+    /// Base URL of the Prometheus HTTP API; `None`: no Prometheus.
+    pub url: Option<String>,
+    /// Timeout of one query.
+    #[serde(with = "duration_text")]
+    pub timeout: Duration,
+}
+
+impl Default for PrometheusSettings {
+    fn default() -> Self {
+        PrometheusSettings {
+            url: None,
+            // An instant query of an error rate answers in milliseconds; 2 s means the
+            // server is in trouble, and the strategy's call should not wait longer.
+            timeout: Duration::from_secs(2),
+        }
+    }
 }
 
 /// `[control_plane]`: the DRaaS API. Enums that the control plane sends as integers (as the
@@ -459,9 +498,12 @@ impl Settings {
         self.policy().map(drop)
     }
 
-    /// The validated policy of these settings.
+    /// The validated policy of these settings, with the named metric queries.
     pub fn policy(&self) -> Result<Policy> {
-        Policy::from_rules(self.policy.rules.clone()).map_err(Error::Policy)
+        let queries = crate::metrics_provider::MetricQueries::new(&self.metrics)?;
+        Ok(Policy::from_rules(self.policy.rules.clone())
+            .map_err(Error::Policy)?
+            .with_metric_queries(queries))
     }
 
     /// Where compiled plugins are cached: `plugins.cache_dir`, or `plugin-cache` in the
@@ -533,11 +575,13 @@ enum Kind {
     Path,
     OptionalPath,
     Url,
+    OptionalUrl,
     BasePath,
     SocketAddr,
     Secret,
     Rules,
     Api,
+    Queries,
 }
 
 impl Kind {
@@ -547,13 +591,23 @@ impl Kind {
             Kind::Integer => "a whole number",
             Kind::Bool => "true or false",
             Kind::Path | Kind::OptionalPath => "a path",
-            Kind::Url => "an http:// or https:// URL like \"http://127.0.0.1:8080\"",
+            Kind::Url | Kind::OptionalUrl => {
+                "an http:// or https:// URL like \"http://127.0.0.1:8080\""
+            }
             Kind::BasePath => "a path starting with \"/\" like \"/api\"",
             Kind::SocketAddr => "an address and port like \"127.0.0.1:9187\"",
             Kind::Secret => "a string",
             Kind::Rules => "an array of [[policy.rules]] tables",
             Kind::Api => "one of \"auto\", \"seed\", \"reference\"",
+            Kind::Queries => {
+                "a [metrics.queries] table of names to PromQL strings, like error-rate = 'sum(...)'"
+            }
         }
+    }
+
+    /// Settings too structured for one variable or flag: the file is the place for them.
+    fn file_only(self) -> bool {
+        matches!(self, Kind::Rules | Kind::Queries)
     }
 
     /// Parses text from an environment variable or flag. `Ok(None)` unsets the setting (an
@@ -574,9 +628,9 @@ impl Kind {
                 _ => None,
             },
             Kind::Path => (!text.is_empty()).then(|| Some(toml::Value::String(text.to_owned()))),
-            Kind::OptionalPath | Kind::Secret if text.is_empty() => Some(None),
+            Kind::OptionalPath | Kind::Secret | Kind::OptionalUrl if text.is_empty() => Some(None),
             Kind::OptionalPath | Kind::Secret => string(),
-            Kind::Url => {
+            Kind::Url | Kind::OptionalUrl => {
                 let valid = (text.starts_with("http://") || text.starts_with("https://"))
                     && text
                         .split_once("://")
@@ -588,7 +642,7 @@ impl Kind {
                 .then(|| Some(toml::Value::String(text.to_owned()))),
             Kind::SocketAddr => text.trim().parse::<SocketAddr>().ok().and(string()),
             // Rules are too structured for one variable; the file is the place for them.
-            Kind::Rules => None,
+            Kind::Rules | Kind::Queries => None,
             Kind::Api => matches!(text, "auto" | "seed" | "reference").then(|| string().flatten()),
         }
     }
@@ -598,7 +652,7 @@ impl Kind {
         match (self, value) {
             (Kind::Integer, toml::Value::Integer(n)) if *n >= 0 => Some(Some(value.clone())),
             (Kind::Bool, toml::Value::Boolean(_)) => Some(Some(value.clone())),
-            (Kind::Integer | Kind::Bool | Kind::Rules, _) => None,
+            (Kind::Integer | Kind::Bool | Kind::Rules | Kind::Queries, _) => None,
             (_, toml::Value::String(text)) => self.parse_text(text),
             _ => None,
         }
@@ -750,6 +804,27 @@ static SPECS: &[Spec] = &[
             "Policy rules, first match wins (file only; see the policy documentation).",
         )
     },
+    Spec {
+        default_note: Some("none: no Prometheus"),
+        ..spec(
+            "metrics.prometheus.url",
+            Kind::OptionalUrl,
+            "Base URL of the Prometheus server that runs metrics.queries.",
+        )
+    },
+    spec(
+        "metrics.prometheus.timeout",
+        Kind::Duration,
+        "Timeout of one Prometheus query (a slower one answers `unavailable`).",
+    ),
+    Spec {
+        default_note: Some("none"),
+        ..spec(
+            "metrics.queries",
+            Kind::Queries,
+            "Named PromQL queries strategies may ask for (file only; see docs/metrics-providers.md).",
+        )
+    },
 ];
 
 fn find_spec(key: &str) -> Option<&'static Spec> {
@@ -789,7 +864,7 @@ static REFERENCE: LazyLock<Vec<SettingDoc>> = LazyLock::new(|| {
             };
             SettingDoc {
                 key: spec.key,
-                env: (spec.kind != Kind::Rules).then(|| env_var(spec.key)),
+                env: (!spec.kind.file_only()).then(|| env_var(spec.key)),
                 default,
                 description: spec.description,
             }
@@ -822,18 +897,19 @@ pub fn reference_markdown() -> String {
 }
 
 fn insert(layered: &mut toml::Table, key: &str, value: Option<toml::Value>) {
-    let (section, leaf) = match key.split_once('.') {
-        Some((section, leaf)) => (Some(section), leaf),
+    let (sections, leaf) = match key.rsplit_once('.') {
+        Some((sections, leaf)) => (Some(sections), leaf),
         None => (None, key),
     };
-    let table = match section {
-        Some(section) => layered
+    // Sections nest (`metrics.prometheus.url`).
+    let mut table = layered;
+    for section in sections.into_iter().flat_map(|s| s.split('.')) {
+        table = table
             .entry(section)
             .or_insert_with(|| toml::Value::Table(toml::Table::new()))
             .as_table_mut()
-            .expect("sections are only ever inserted as tables"),
-        None => layered,
-    };
+            .expect("sections are only ever inserted as tables");
+    }
     match value {
         Some(value) => {
             table.insert(leaf.to_owned(), value);
@@ -857,7 +933,7 @@ fn set_text(layered: &mut toml::Table, spec: &Spec, origin: &str, text: &str) ->
 fn layer_env(layered: &mut toml::Table, name: &str, value: &str) -> Result<()> {
     if let Some(spec) = SPECS
         .iter()
-        .find(|s| s.kind != Kind::Rules && env_var(s.key) == name)
+        .find(|s| !s.kind.file_only() && env_var(s.key) == name)
     {
         return set_text(layered, spec, name, value);
     }
@@ -869,7 +945,7 @@ fn layer_env(layered: &mut toml::Table, name: &str, value: &str) -> Result<()> {
     if let Some(section) = section {
         let known: Vec<String> = SPECS
             .iter()
-            .filter(|s| s.kind != Kind::Rules && s.key.starts_with(&format!("{section}.")))
+            .filter(|s| !s.kind.file_only() && s.key.starts_with(&format!("{section}.")))
             .map(|s| env_var(s.key))
             .collect();
         return Err(Error::UnknownEnv {
@@ -887,28 +963,38 @@ fn layer_file(layered: &mut toml::Table, path: &Path, text: &str) -> Result<()> 
         source: Box::new(source),
     })?;
     let origin = path.display().to_string();
+    layer_file_table(layered, &origin, "", &file)
+}
+
+/// Layer the file's table at key path `prefix` (`""` at the top): settings are set,
+/// sections (`controller`, `metrics.prometheus`) are walked into.
+fn layer_file_table(
+    layered: &mut toml::Table,
+    origin: &str,
+    prefix: &str,
+    table: &toml::Table,
+) -> Result<()> {
     let unknown = |key: String| Error::UnknownKey {
-        origin: origin.clone(),
+        origin: origin.to_owned(),
         did_you_mean: closest(&key, SPECS.iter().map(|s| s.key)),
         key,
     };
-    for (name, value) in &file {
-        let is_section = SPECS.iter().any(|s| s.key.starts_with(&format!("{name}.")));
-        if !is_section {
-            let spec = find_spec(name).ok_or_else(|| unknown(name.clone()))?;
-            set_file_value(layered, spec, &origin, value)?;
+    for (name, value) in table {
+        let key = format!("{prefix}{name}");
+        if let Some(spec) = find_spec(&key) {
+            set_file_value(layered, spec, origin, value)?;
             continue;
         }
-        let table = value.as_table().ok_or_else(|| Error::Malformed {
-            origin: format!("{origin}: {name}"),
+        let is_section = SPECS.iter().any(|s| s.key.starts_with(&format!("{key}.")));
+        if !is_section {
+            return Err(unknown(key));
+        }
+        let section = value.as_table().ok_or_else(|| Error::Malformed {
+            origin: format!("{origin}: {key}"),
             expected: "a table",
             got: value.to_string(),
         })?;
-        for (leaf, value) in table {
-            let key = format!("{name}.{leaf}");
-            let spec = find_spec(&key).ok_or_else(|| unknown(key.clone()))?;
-            set_file_value(layered, spec, &origin, value)?;
-        }
+        layer_file_table(layered, origin, &format!("{key}."), section)?;
     }
     Ok(())
 }
@@ -935,6 +1021,20 @@ fn set_file_value(
                     index,
                     detail: error.message().trim().to_owned(),
                 })?;
+        }
+        insert(layered, spec.key, Some(value.clone()));
+        return Ok(());
+    }
+    if spec.kind == Kind::Queries {
+        let queries = value.as_table().ok_or_else(malformed)?;
+        for (name, query) in queries {
+            if !query.is_str() {
+                return Err(Error::Malformed {
+                    origin: format!("{origin}: {}.{name}", spec.key),
+                    expected: "a PromQL string",
+                    got: query.to_string(),
+                });
+            }
         }
         insert(layered, spec.key, Some(value.clone()));
         return Ok(());
@@ -1402,7 +1502,8 @@ mod tests {
     /// Dotted paths of every leaf of the serialized settings (arrays are leaves).
     fn leaf_keys(value: &serde_json::Value, prefix: &str, out: &mut Vec<String>) {
         match value {
-            serde_json::Value::Object(map) => {
+            // An empty object is a table of names (`metrics.queries`): one setting.
+            serde_json::Value::Object(map) if !map.is_empty() => {
                 for (key, value) in map {
                     let path = if prefix.is_empty() {
                         key.clone()
@@ -1479,5 +1580,77 @@ mod tests {
             .collect();
         let s = Settings::load(None, vars, &Overrides::new()).unwrap();
         assert_eq!(s, Settings::default());
+    }
+
+    #[test]
+    fn metric_queries_load_from_the_file_and_env_and_errors_name_the_key() {
+        let q = r#"sum(rate(x_total{instance_id="{{instance.id}}"}[30s]))"#;
+        let s = load_file(&format!(
+            "[metrics.prometheus]\nurl = \"http://127.0.0.1:9090\"\ntimeout = \"3s\"\n[metrics.queries]\nerror-rate = '{q}'\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            s.metrics.prometheus.url.as_deref(),
+            Some("http://127.0.0.1:9090")
+        );
+        assert_eq!(s.metrics.prometheus.timeout, Duration::from_secs(3));
+        let policy = s.policy().unwrap();
+        assert_eq!(
+            policy.metric_queries().names().collect::<Vec<_>>(),
+            ["error-rate"]
+        );
+
+        let s = load_env(&[
+            ("SETPOINT_METRICS_PROMETHEUS_URL", "http://p:9090"),
+            ("SETPOINT_METRICS_PROMETHEUS_TIMEOUT", "500ms"),
+        ])
+        .unwrap();
+        assert_eq!(s.metrics.prometheus.url.as_deref(), Some("http://p:9090"));
+        assert_eq!(s.metrics.prometheus.timeout, Duration::from_millis(500));
+
+        let error = |text: &str| load_file(text).unwrap_err().to_string();
+        let e = error(&format!("[metrics.queries]\nerror-rate = '{q}'\n"));
+        assert!(
+            e.starts_with("metrics.queries.error-rate: no metric provider"),
+            "{e}"
+        );
+        let e = error(
+            "[metrics.prometheus]\nurl = \"http://p\"\n[metrics.queries]\nx = 'up{a=\"{{instance.nam}}\"}'\n",
+        );
+        assert!(
+            e.contains("metrics.queries.x: unknown placeholder `{{instance.nam}}`"),
+            "{e}"
+        );
+        let e = error(
+            "[metrics.prometheus]\nurl = \"http://p\"\n[metrics.queries]\nErrorRate = 'up'\n",
+        );
+        assert!(
+            e.starts_with("metrics.queries.ErrorRate: a query name"),
+            "{e}"
+        );
+        let e = error("[metrics.prometheus]\nurl = \"p:9090\"\n");
+        assert!(
+            e.contains("metrics.prometheus.url: expected an http"),
+            "{e}"
+        );
+        let e = error("[metrics.prometheus]\nurl = \"http://p\"\nuri = 1\n");
+        assert!(
+            e.contains("unknown setting `metrics.prometheus.uri`"),
+            "{e}"
+        );
+        let e = error("[metrics.queries]\nx = 3\n");
+        assert!(
+            e.contains("metrics.queries.x: expected a PromQL string"),
+            "{e}"
+        );
+        let e = load_env(&[("SETPOINT_METRICS_QUERIES_X", "up")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("SETPOINT_METRICS_PROMETHEUS_URL"), "{e}");
+        assert!(
+            reference()
+                .iter()
+                .any(|d| d.key == "metrics.queries" && d.env.is_none())
+        );
     }
 }

@@ -73,15 +73,19 @@ const CAPABILITIES_WAIT: Duration = Duration::from_secs(3);
 /// The optional plugin capabilities the control plane offers, so a strategy that needs
 /// one it lacks is refused when it loads. `None` when the control plane cannot say now
 /// (unreachable at start): strategies then load, and a call it lacks answers
-/// `unavailable`.
-async fn offered_capabilities(cp: &dyn ControlPlane) -> Option<Vec<crate::runtime::Capability>> {
+/// `unavailable`. `metrics` is offered when the control plane has counters or policy
+/// defines named queries (`has_queries`): a strategy may analyse with either.
+async fn offered_capabilities(
+    cp: &dyn ControlPlane,
+    has_queries: bool,
+) -> Option<Vec<crate::runtime::Capability>> {
     use crate::runtime::Capability;
     match tokio::time::timeout(CAPABILITIES_WAIT, cp.capabilities()).await {
         Ok(Ok(c)) => {
             let offered = [
                 (Capability::Clones, c.clone_instance && c.delete_instance),
                 (Capability::Traffic, c.traffic_weights),
-                (Capability::Metrics, c.metrics),
+                (Capability::Metrics, c.metrics || has_queries),
             ];
             Some(
                 offered
@@ -147,7 +151,9 @@ impl Daemon {
             .with_backup_retention(retention);
         let store = Arc::new(store);
 
-        let offered_capabilities = offered_capabilities(cp.as_ref()).await;
+        let policy = Arc::new(settings.policy().map_err(Error::Settings)?);
+        let has_queries = !policy.metric_queries().is_empty();
+        let offered_capabilities = offered_capabilities(cp.as_ref(), has_queries).await;
         let runtime_config = RuntimeConfig {
             offered_capabilities,
             call_deadline: settings.plugins.call_deadline,
@@ -171,7 +177,6 @@ impl Daemon {
         let metrics = Arc::new(Metrics::new());
         plugin_watch::count(&metrics, &registry);
 
-        let policy = Arc::new(settings.policy().map_err(Error::Settings)?);
         let controller = Arc::new(Controller::new(
             cp.clone(),
             runtime.clone(),

@@ -9,6 +9,7 @@ pub mod config;
 pub mod controller;
 pub mod daemon;
 pub mod metrics;
+pub mod metrics_provider;
 pub mod policy;
 pub mod queue;
 pub mod registry;

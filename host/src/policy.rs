@@ -22,11 +22,14 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use globset::{Glob, GlobMatcher};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
+
+use crate::metrics_provider::MetricQueries;
 
 /// Comparator of the built-in default rule and of rules that name none: a structural diff
 /// works for any configuration shape.
@@ -871,6 +874,8 @@ impl CompiledRule {
 pub struct Policy {
     /// Configured rules in order, then the default rule.
     rules: Vec<CompiledRule>,
+    /// The named metric queries strategies may ask for (`[metrics.queries]`).
+    metric_queries: Arc<MetricQueries>,
 }
 
 impl Default for Policy {
@@ -878,6 +883,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             rules: vec![default_rule()],
+            metric_queries: Arc::default(),
         }
     }
 }
@@ -1033,7 +1039,22 @@ impl Policy {
             });
         }
         compiled.push(default_rule());
-        Ok(Policy { rules: compiled })
+        Ok(Policy {
+            rules: compiled,
+            metric_queries: Arc::default(),
+        })
+    }
+
+    /// This policy with the named metric queries strategies may ask for (checked when
+    /// settings load, see [`crate::config::Settings::policy`]).
+    pub fn with_metric_queries(mut self, queries: MetricQueries) -> Policy {
+        self.metric_queries = Arc::new(queries);
+        self
+    }
+
+    /// The named metric queries (empty unless configured).
+    pub fn metric_queries(&self) -> &Arc<MetricQueries> {
+        &self.metric_queries
     }
 
     /// The names of the rules that group instances (`group_by`), in order.

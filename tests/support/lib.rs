@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 pub mod process;
+pub mod prometheus;
 pub mod traffic;
 pub mod world;
 

@@ -8,7 +8,8 @@
 //! |---|---|
 //! | `GET /health` | `200 {"status":"healthy","id":…}`, or `503` when told to be unhealthy |
 //! | `GET /config` | the configuration it runs, as JSON (query text under `queryText`) |
-//! | `GET /metrics` | `{"requests": n, "errors": n}` counted over the traffic routes |
+//! | `GET /metrics` | `{"requests": n, "errors": n}` counted over the traffic routes; the Prometheus text below when the `Accept` header asks for text (as Prometheus's scraper does) and not for JSON |
+//! | `GET /metrics/prometheus` | the same counters in the OpenMetrics text format (`drasi_stub_requests_total`, `drasi_stub_errors_total`, labelled `instance_id`) |
 //! | `ANY /`, `ANY /query`, `ANY /query/{*rest}` | the counted "traffic" route |
 //! | `POST /shutdown` | exits with code 0 (so does SIGTERM or Ctrl-C) |
 //!
@@ -33,8 +34,13 @@ use anyhow::{Context, Result, bail};
 use axum::Json;
 use axum::Router;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 use serde_json::{Value, json};
 
 /// Exit code when the configuration cannot be read or the port cannot be bound.
@@ -60,6 +66,49 @@ struct Stub {
     errors: AtomicU64,
     shutdown: tokio::sync::Notify,
     started: std::time::Instant,
+    exported: Exported,
+}
+
+/// The label of the exported counters: the instance the stub runs as.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct InstanceLabel {
+    instance_id: String,
+}
+
+/// The counters as Prometheus scrapes them, the same counts as `requests`/`errors`.
+#[derive(Debug)]
+struct Exported {
+    registry: Registry,
+    requests: Counter,
+    errors: Counter,
+}
+
+impl Exported {
+    fn new(id: &str) -> Exported {
+        let mut registry = Registry::default();
+        let requests = Family::<InstanceLabel, Counter>::default();
+        let errors = Family::<InstanceLabel, Counter>::default();
+        registry.register(
+            "drasi_stub_requests",
+            "Requests served on the traffic routes",
+            requests.clone(),
+        );
+        registry.register(
+            "drasi_stub_errors",
+            "Traffic requests answered with an (injected) failure",
+            errors.clone(),
+        );
+        // Created now, so both series exist at 0 before the first request (a rate over
+        // them is 0/0, "no value", rather than no series at all).
+        let label = InstanceLabel {
+            instance_id: id.to_owned(),
+        };
+        Exported {
+            requests: requests.get_or_create(&label).clone(),
+            errors: errors.get_or_create(&label).clone(),
+            registry,
+        }
+    }
 }
 
 fn main() {
@@ -152,6 +201,7 @@ async fn run() -> Result<i32> {
     );
 
     let stub = Arc::new(Stub {
+        exported: Exported::new(&id),
         id,
         config,
         settings: settings.clone(),
@@ -164,6 +214,7 @@ async fn run() -> Result<i32> {
         .route("/health", get(health))
         .route("/config", get(config_route))
         .route("/metrics", get(metrics))
+        .route("/metrics/prometheus", get(prometheus_metrics))
         .route("/shutdown", post(shutdown))
         .route("/", any(traffic))
         .route("/query", any(traffic))
@@ -233,11 +284,51 @@ async fn config_route(State(stub): State<Arc<Stub>>) -> Json<Value> {
     Json(stub.config.clone())
 }
 
-async fn metrics(State(stub): State<Arc<Stub>>) -> Json<Value> {
+async fn metrics(State(stub): State<Arc<Stub>>, headers: HeaderMap) -> Response {
+    if wants_text(&headers) {
+        return prometheus_metrics(State(stub)).await;
+    }
     Json(json!({
         "requests": stub.requests.load(Ordering::SeqCst),
         "errors": stub.errors.load(Ordering::SeqCst),
     }))
+    .into_response()
+}
+
+/// Whether `Accept` asks for a text exposition format and not for JSON: Prometheus sends
+/// `application/openmetrics-text;…,text/plain;version=0.0.4;…,*/*;…`; the reference
+/// control plane sends no `Accept` and reads JSON.
+fn wants_text(headers: &HeaderMap) -> bool {
+    let accept = headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect::<Vec<_>>()
+        .join(",")
+        .to_ascii_lowercase();
+    !accept.contains("application/json")
+        && (accept.contains("application/openmetrics-text") || accept.contains("text/plain"))
+}
+
+async fn prometheus_metrics(State(stub): State<Arc<Stub>>) -> Response {
+    let mut text = String::new();
+    if let Err(error) =
+        prometheus_client::encoding::text::encode(&mut text, &stub.exported.registry)
+    {
+        return (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("encoding the metrics: {error}"),
+        )
+            .into_response();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 async fn shutdown(State(stub): State<Arc<Stub>>) -> StatusCode {
@@ -257,8 +348,10 @@ fn should_fail(n: u64, rate: f64) -> bool {
 
 async fn traffic(State(stub): State<Arc<Stub>>) -> (StatusCode, Json<Value>) {
     let n = stub.requests.fetch_add(1, Ordering::SeqCst) + 1;
+    stub.exported.requests.inc();
     if should_fail(n, stub.settings.fail_rate) {
         stub.errors.fetch_add(1, Ordering::SeqCst);
+        stub.exported.errors.inc();
         return (
             StatusCode::INTERNAL_SERVER_ERROR,
             Json(json!({"id": stub.id, "request": n, "error": "injected failure (stub.failRate)"})),
@@ -280,6 +373,44 @@ mod tests {
         assert_eq!(failures, 30);
         assert!(!(1..=50).any(|n| should_fail(n, 0.0)));
         assert!((1..=50).all(|n| should_fail(n, 1.0)));
+    }
+
+    #[test]
+    fn the_counters_are_exported_as_text_with_the_instance_id() {
+        let exported = Exported::new("orders-1");
+        exported.requests.inc();
+        exported.requests.inc();
+        exported.errors.inc();
+        let mut text = String::new();
+        prometheus_client::encoding::text::encode(&mut text, &exported.registry).unwrap();
+        assert!(
+            text.contains("drasi_stub_requests_total{instance_id=\"orders-1\"} 2\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("drasi_stub_errors_total{instance_id=\"orders-1\"} 1\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE drasi_stub_requests counter"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn text_is_served_to_prometheus_and_json_to_everyone_else() {
+        let accept = |v: &str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::ACCEPT, v.parse().unwrap());
+            h
+        };
+        assert!(wants_text(&accept(
+            "application/openmetrics-text;version=1.0.0;q=0.5,application/openmetrics-text;version=0.0.1;q=0.4,text/plain;version=0.0.4;q=0.3,*/*;q=0.2"
+        )));
+        assert!(wants_text(&accept("text/plain")));
+        assert!(!wants_text(&HeaderMap::new()));
+        assert!(!wants_text(&accept("application/json")));
+        assert!(!wants_text(&accept("*/*")));
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use crate::client::{self, ControlPlane};
+use crate::metrics_provider::MetricQueries;
 use crate::runtime::scope::{
     BackendWeight, Counters, CpError, Health, InstanceInfo, InstanceStatus, RuntimeStatus,
     StrategyHost,
@@ -17,6 +18,7 @@ use crate::runtime::scope::{
 pub struct Bridge {
     cp: Arc<dyn ControlPlane>,
     handle: tokio::runtime::Handle,
+    queries: Arc<MetricQueries>,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -28,7 +30,18 @@ impl std::fmt::Debug for Bridge {
 impl Bridge {
     /// Forward to `cp`, blocking on `handle` (call only from a blocking thread).
     pub fn new(cp: Arc<dyn ControlPlane>, handle: tokio::runtime::Handle) -> Self {
-        Bridge { cp, handle }
+        Bridge {
+            cp,
+            handle,
+            queries: Arc::default(),
+        }
+    }
+
+    /// Answer `metrics.query` with these named queries (policy's `[metrics.queries]`);
+    /// without them every query is `not-found`.
+    pub fn with_metric_queries(mut self, queries: Arc<MetricQueries>) -> Self {
+        self.queries = queries;
+        self
     }
 
     fn block<T>(&self, f: impl Future<Output = client::Result<T>>) -> Result<T, CpError> {
@@ -164,5 +177,15 @@ impl StrategyHost for Bridge {
             requests: m.requests,
             errors: m.errors,
         })
+    }
+
+    /// The named query filled in with the instance's id, name and labels (read from the
+    /// control plane now, so a relabelled instance is queried by its new labels) and run
+    /// on the configured provider. An unknown name is `not-found` before anything is
+    /// read or sent.
+    fn query(&self, name: &str, id: &str) -> Result<Option<f64>, CpError> {
+        self.queries.template(name)?;
+        let instance = self.get_instance(id)?;
+        self.handle.block_on(self.queries.evaluate(name, &instance))
     }
 }

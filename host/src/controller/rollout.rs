@@ -1085,10 +1085,10 @@ impl Controller {
         abort: bool,
     ) -> Result<StepOutcome> {
         let runtime = self.runtime.clone();
-        let host = Arc::new(Bridge::new(
-            self.cp.clone(),
-            tokio::runtime::Handle::current(),
-        ));
+        let host = Arc::new(
+            Bridge::new(self.cp.clone(), tokio::runtime::Handle::current())
+                .with_metric_queries(self.policy.metric_queries().clone()),
+        );
         let label = strategy.label();
         let started = Instant::now();
         let outcome = tokio::task::spawn_blocking(move || {
