@@ -124,7 +124,7 @@ cache_dir = {cache:?}
 name = "js-judged"
 match = {{ labels = {{ compare = "js" }} }}
 comparator = "js-comparator"
-comparator_params = {{ ignore = ["/persistConfig"] }}
+comparator_params = {{ ignore = ["/host"] }}
 strategy = "restart"
 "#,
         cache = cache.display().to_string()
@@ -162,7 +162,7 @@ strategy = "restart"
             &id,
             json!([
                 { "op": "replace", "path": "/logLevel", "value": "debug" },
-                { "op": "add", "path": "/persistConfig", "value": true }
+                { "op": "replace", "path": "/host", "value": "0.0.0.0" }
             ]),
         )
         .await;
@@ -184,7 +184,7 @@ strategy = "restart"
         "no drift reported by js-comparator in the audit: {audit:#?}"
     );
     assert!(
-        !audit.iter().any(|(_, m)| m.contains("/persistConfig")),
+        !audit.iter().any(|(_, m)| m.contains("/host")),
         "the ignored path was reported: {audit:#?}"
     );
     assert!(
@@ -195,8 +195,8 @@ strategy = "restart"
                 && message.contains("(rule `js-judged`)")),
         "no rollout with restart under the rule: {audit:#?}"
     );
-    // What the host started keeps the ignored path as the instance ran it: absent.
+    // What the host started keeps the ignored path as the instance ran it.
     let running = world.stub_config(&id).await.expect("the stub serves");
-    assert!(running.get("persistConfig").is_none(), "{running:#}");
+    assert_eq!(running["host"], "127.0.0.1", "{running:#}");
     world.stop_daemon().await;
 }

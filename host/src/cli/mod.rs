@@ -74,11 +74,12 @@ pub enum Command {
     },
     /// Approve the revision an instance waits with (shows its digest and drift first).
     Approve {
-        /// The instance (or, with `--group`, the group's name: `app=orders`).
-        id: String,
-        /// `ID` names a group: let its paused rollout go on.
-        #[arg(long, conflicts_with = "digest")]
-        group: bool,
+        /// The instance.
+        #[arg(required_unless_present = "group")]
+        id: Option<String>,
+        /// Instead of an instance, a group (`app=orders`): let its paused rollout go on.
+        #[arg(long, value_name = "KEY=VALUE[,…]", conflicts_with_all = ["id", "digest"])]
+        group: Option<String>,
         /// Approve only this revision (digest or prefix, as `status` shows it).
         #[arg(long)]
         digest: Option<String>,
@@ -88,12 +89,13 @@ pub enum Command {
     /// Abort an instance's rollout (or the change waiting for approval): the strategy
     /// rolls it back and the revision is given up.
     Abort {
-        /// The instance (or, with `--group`, the group's name: `app=orders`).
-        id: String,
-        /// `ID` names a group: abort its rollout (the strategy rolls the updated
-        /// members back).
-        #[arg(long)]
-        group: bool,
+        /// The instance.
+        #[arg(required_unless_present = "group")]
+        id: Option<String>,
+        /// Instead of an instance, a group (`app=orders`): abort its rollout (the
+        /// strategy rolls the updated members back).
+        #[arg(long, value_name = "KEY=VALUE[,…]", conflicts_with = "id")]
+        group: Option<String>,
         #[command(flatten)]
         admin: AdminArgs,
     },
@@ -207,13 +209,15 @@ async fn admin_command(command: Command) -> Result<(), CliError> {
             admin_client::mutate(&Admin::new(admin), &id, "reconcile").await
         }
         Command::Approve {
-            id,
-            group: true,
+            group: Some(group),
             admin,
             ..
-        } => admin_client::group_action(&Admin::new(admin), &id, "approve").await,
+        } => admin_client::group_action(&Admin::new(admin), &group, "approve").await,
         Command::Approve {
-            id, digest, admin, ..
+            id: Some(id),
+            digest,
+            admin,
+            ..
         } => admin_client::approve(&Admin::new(admin), &id, digest).await,
         Command::Retry { id, admin } => {
             admin_client::mutate(&Admin::new(admin), &id, "retry").await
@@ -223,15 +227,20 @@ async fn admin_command(command: Command) -> Result<(), CliError> {
             admin_client::rollback(&Admin::new(admin), &id, to).await
         }
         Command::Abort {
-            id,
-            group: true,
+            group: Some(group),
             admin,
-        } => admin_client::group_action(&Admin::new(admin), &id, "abort").await,
-        Command::Abort { id, admin, .. } => {
-            admin_client::mutate(&Admin::new(admin), &id, "abort").await
-        }
+            ..
+        } => admin_client::group_action(&Admin::new(admin), &group, "abort").await,
+        Command::Abort {
+            id: Some(id),
+            admin,
+            ..
+        } => admin_client::mutate(&Admin::new(admin), &id, "abort").await,
         Command::Audit { id, limit, admin } => {
             admin_client::audit(&Admin::new(admin), id.as_deref(), limit).await
+        }
+        Command::Approve { .. } | Command::Abort { .. } => {
+            Err("name an instance, or a group with --group".into())
         }
         Command::Run(_) | Command::Demo(_) | Command::Config | Command::Plugins(_) => {
             unreachable!("handled in run")
