@@ -1,5 +1,3 @@
-use std::time::Duration;
-
 use setpoint_plugin::serde_json::{Value, json};
 use setpoint_plugin::testing::{Call, Driver, FakeControlPlane};
 use setpoint_plugin::{Drift, Member, Progress, Rollout};
@@ -302,5 +300,39 @@ fn nothing_drifts_nothing_is_done() {
 fn metadata_says_it_rolls_out_groups() {
     let meta = Rolling::metadata();
     assert_eq!(meta.name, "rolling");
-    let _ = Duration::ZERO;
+    assert!(meta.group_rollouts, "the host hands groups only to a strategy that says so");
+}
+
+#[test]
+fn a_member_that_starts_drifting_mid_rollout_is_updated_too() {
+    // m3 runs its desired configuration when the rollout starts ...
+    let mut rollout = group(3, json!({"health_gate": "0s", "health_poll": "100ms"}));
+    rollout.members_mut()[2].drifts.clear();
+    let mut d = driver(rollout);
+    assert!(matches!(d.step(), Progress::Requeue { .. }));
+    assert_eq!(touched(&d.cp.take_calls()), ["m1", "m1"]);
+    d.rollout.members_mut()[0].drifts.clear();
+    // ... then its desired configuration changes: the host hands it over with a drift.
+    d.rollout.members_mut()[2].drifts =
+        vec![Drift::changed("/logLevel", json!("warn"), json!("info"))];
+    let mut updated = Vec::new();
+    let progress = loop {
+        let progress = d.step();
+        for id in touched(&d.cp.take_calls()) {
+            d.rollout
+                .members_mut()
+                .iter_mut()
+                .find(|m| m.instance_id == id)
+                .unwrap()
+                .drifts
+                .clear();
+            updated.push(id);
+        }
+        if !matches!(progress, Progress::Requeue { .. }) {
+            break progress;
+        }
+    };
+    assert!(matches!(progress, Progress::Done(_)), "{progress:?}");
+    updated.dedup();
+    assert_eq!(updated, ["m2", "m3"]);
 }
