@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use setpoint::runtime::scope::{CpError, Health, InstanceInfo, InstanceStatus, RuntimeStatus};
 use setpoint::runtime::{
-    CallFailure, CallOutcome, DriftKind, Error, Phase, PluginRuntime, Progress, Rollout,
+    CallFailure, CallOutcome, DriftKind, Error, Member, Phase, PluginRuntime, Progress, Rollout,
     RolloutScope, RuntimeConfig, StrategyHost, World,
 };
 use setpoint_tests::{drasi_config, fixture, plugin};
@@ -319,7 +319,7 @@ impl StrategyHost for TestControlPlane {
             id: id.into(),
             name: id.into(),
             status: InstanceStatus::Running,
-            platform_type: "Process".into(),
+            platform: "Process".into(),
             labels: vec![],
         })
     }
@@ -367,10 +367,13 @@ fn rollout(step: u32, elapsed_ms: u64, state: Option<String>, params: Value) -> 
     let mut desired = drasi_config();
     desired["port"] = json!(8081);
     Rollout {
-        instance_id: "inst-r".into(),
-        desired: desired.to_string(),
-        actual: Some(drasi_config().to_string()),
-        drifts: vec![],
+        group: None,
+        members: vec![Member {
+            instance_id: "inst-r".into(),
+            desired: desired.to_string(),
+            actual: Some(drasi_config().to_string()),
+            drifts: vec![],
+        }],
         params: params.to_string(),
         state,
         step,
@@ -530,7 +533,7 @@ fn restart_strategy_in_dry_run_records_its_plan_and_sends_nothing() {
 
 /// The desired configuration of [`rollout`]'s rollouts.
 fn desired() -> Value {
-    serde_json::from_str(&rollout(0, 0, None, json!({})).desired).unwrap()
+    serde_json::from_str(&rollout(0, 0, None, json!({})).members[0].desired).unwrap()
 }
 
 /// The test runtime's call budget, and how long a slow control plane takes to `start`.

@@ -66,6 +66,44 @@ pub enum Error {
     },
 }
 
+/// How long the daemon waits at start for the control plane to say what it offers
+/// before it loads plugins without checking their capabilities.
+const CAPABILITIES_WAIT: Duration = Duration::from_secs(3);
+
+/// The optional plugin capabilities the control plane offers, so a strategy that needs
+/// one it lacks is refused when it loads. `None` when the control plane cannot say now
+/// (unreachable at start): strategies then load, and a call it lacks answers
+/// `unavailable`.
+async fn offered_capabilities(cp: &dyn ControlPlane) -> Option<Vec<crate::runtime::Capability>> {
+    use crate::runtime::Capability;
+    match tokio::time::timeout(CAPABILITIES_WAIT, cp.capabilities()).await {
+        Ok(Ok(c)) => {
+            let offered = [
+                (Capability::Clones, c.clone_instance && c.delete_instance),
+                (Capability::Traffic, c.traffic_weights),
+                (Capability::Metrics, c.metrics),
+            ];
+            Some(
+                offered
+                    .into_iter()
+                    .filter(|(_, has)| *has)
+                    .map(|(c, _)| c)
+                    .collect(),
+            )
+        }
+        Ok(Err(error)) => {
+            tracing::warn!(error = %crate::error_chain(&error), "cannot tell what the control plane offers; strategies' capabilities are checked at their first call instead of at load");
+            None
+        }
+        Err(_) => {
+            tracing::warn!(
+                "the control plane did not say what it offers within {CAPABILITIES_WAIT:?}; strategies' capabilities are checked at their first call instead of at load"
+            );
+            None
+        }
+    }
+}
+
 /// A running daemon.
 #[derive(Debug)]
 pub struct Daemon {
@@ -109,7 +147,9 @@ impl Daemon {
             .with_backup_retention(retention);
         let store = Arc::new(store);
 
+        let offered_capabilities = offered_capabilities(cp.as_ref()).await;
         let runtime_config = RuntimeConfig {
+            offered_capabilities,
             call_deadline: settings.plugins.call_deadline,
             max_memory_bytes: usize::try_from(settings.plugins.max_memory_bytes)
                 .unwrap_or(usize::MAX),

@@ -21,11 +21,11 @@ use super::CliError;
 use crate::config::{Overrides, Settings};
 use crate::controller::{APPROVAL_PARAM, DriftView};
 use crate::runtime::scope::{
-    CpError, Health, InstanceInfo, InstanceMetrics, InstanceStatus, RuntimeStatus,
+    Counters, CpError, Health, InstanceInfo, InstanceStatus, RuntimeStatus,
 };
 use crate::runtime::{
-    CallOutcome, ImportCall, Plugin, PluginRuntime, Progress, Rollout, RolloutScope, RuntimeConfig,
-    StrategyHost, World,
+    CallOutcome, ImportCall, Member, Plugin, PluginRuntime, Progress, Rollout, RolloutScope,
+    RuntimeConfig, StrategyHost, World,
 };
 
 /// Most strategy steps a run simulates (as many as the daemon's dry-run plans).
@@ -189,10 +189,13 @@ fn strategy(
             );
         }
         let rollout = Rollout {
-            instance_id: id.to_owned(),
-            desired: desired.to_string(),
-            actual: Some(actual.to_string()),
-            drifts: Vec::new(),
+            group: None,
+            members: vec![Member {
+                instance_id: id.to_owned(),
+                desired: desired.to_string(),
+                actual: Some(actual.to_string()),
+                drifts: Vec::new(),
+            }],
             params: params.to_string(),
             state: state.clone(),
             step: steps,
@@ -351,7 +354,7 @@ impl StrategyHost for SimulatedControlPlane {
             id: id.to_owned(),
             name: id.to_owned(),
             status: InstanceStatus::Running,
-            platform_type: "Process".into(),
+            platform: "Process".into(),
             labels: Vec::new(),
         })
     }
@@ -386,12 +389,12 @@ impl StrategyHost for SimulatedControlPlane {
         })
     }
 
-    fn get_metrics(&self, id: &str) -> Result<InstanceMetrics, CpError> {
+    fn get_counters(&self, id: &str) -> Result<Counters, CpError> {
         let mut readings = self.readings.lock().unwrap_or_else(|e| e.into_inner());
         let n = readings.entry(id.to_owned()).or_insert(0);
         let requests = REQUESTS_PER_READING * *n;
         *n += 1;
-        Ok(InstanceMetrics {
+        Ok(Counters {
             requests,
             errors: 0,
         })

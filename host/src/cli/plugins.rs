@@ -25,7 +25,8 @@ pub enum PluginsCommand {
     Check {
         /// The `.wasm` file.
         file: PathBuf,
-        /// Print `{"name","version","kind","world"}` (or `{"error"}`) as JSON.
+        /// Print `{"name","version","kind","world","contract","capabilities",
+        /// "group_rollouts"}` (or `{"error"}`) as JSON.
         #[arg(long)]
         json: bool,
     },
@@ -179,6 +180,9 @@ fn summary_json(plugin: &Plugin) -> serde_json::Value {
         "version": meta.version.to_string(),
         "kind": meta.kind,
         "world": plugin.shape().world.wit_name(),
+        "contract": plugin.contract(),
+        "capabilities": plugin.capabilities(),
+        "group_rollouts": meta.group_rollouts,
     })
 }
 
@@ -192,6 +196,7 @@ fn print_verdict(file: &Path, plugin: &Plugin) {
         shape.world,
         shape.world.wit_name()
     );
+    println!("  contract:    setpoint:plugin@{}", shape.contract);
     println!("  exports:     {}", shape.exports.join(", "));
     let imports = if shape.imports.is_empty() {
         "(none)".to_owned()
@@ -199,6 +204,26 @@ fn print_verdict(file: &Path, plugin: &Plugin) {
         shape.imports.join(", ")
     };
     println!("  imports:     {imports}");
+    if shape.world == crate::runtime::World::Strategy {
+        let needs: Vec<&str> = shape.capabilities.iter().map(|c| c.as_str()).collect();
+        println!(
+            "  needs:       {}",
+            match (shape.contract, needs.is_empty()) {
+                (crate::runtime::Contract::V0_1, _) =>
+                    "(0.1.0: one control-plane interface; checked at each call)".to_owned(),
+                (_, true) => "instances only".to_owned(),
+                (_, false) => format!("instances, {}", needs.join(", ")),
+            }
+        );
+        println!(
+            "  groups:      {}",
+            if meta.group_rollouts {
+                "rolls out groups of instances"
+            } else {
+                "one instance per rollout"
+            }
+        );
+    }
     if shape.uses_wasi {
         println!("  wasi:        imported; the host links it with no capabilities");
     }

@@ -1,4 +1,5 @@
-//! The strategy's `control-plane` imports implemented over the async [`ControlPlane`]
+//! The strategy's control-plane imports (`instances`, `clones`, `traffic`, `metrics`)
+//! implemented over the async [`ControlPlane`]
 //! client: plugin calls run on a blocking thread, so each import blocks on the tokio
 //! runtime's handle for one request.
 
@@ -8,7 +9,7 @@ use serde_json::Value;
 
 use crate::client::{self, ControlPlane};
 use crate::runtime::scope::{
-    BackendWeight, CpError, Health, InstanceInfo, InstanceMetrics, InstanceStatus, RuntimeStatus,
+    BackendWeight, Counters, CpError, Health, InstanceInfo, InstanceStatus, RuntimeStatus,
     StrategyHost,
 };
 
@@ -72,8 +73,9 @@ fn status(s: client::InstanceStatus) -> InstanceStatus {
         client::InstanceStatus::Created => InstanceStatus::Created,
         client::InstanceStatus::Running => InstanceStatus::Running,
         client::InstanceStatus::Stopped => InstanceStatus::Stopped,
-        client::InstanceStatus::Error => InstanceStatus::Error,
-        client::InstanceStatus::ConfigurationChanged => InstanceStatus::ConfigurationChanged,
+        // The contract's words are neutral; DRaaS's are mapped here.
+        client::InstanceStatus::Error => InstanceStatus::Failed,
+        client::InstanceStatus::ConfigurationChanged => InstanceStatus::Outdated,
     }
 }
 
@@ -89,7 +91,7 @@ impl StrategyHost for Bridge {
             id: i.id,
             name: i.name,
             status: status(i.status),
-            platform_type: i.platform_type.as_str().to_owned(),
+            platform: i.platform_type.as_str().to_owned(),
             labels: i.metadata.into_iter().collect(),
         })
     }
@@ -135,7 +137,7 @@ impl StrategyHost for Bridge {
         Ok(self.block(self.cp.clone_instance(id, &request))?.id)
     }
 
-    fn delete_instance(&self, id: &str) -> Result<(), CpError> {
+    fn delete_clone(&self, id: &str) -> Result<(), CpError> {
         self.block(self.cp.delete_instance(id))
     }
 
@@ -155,10 +157,10 @@ impl StrategyHost for Bridge {
         self.block(self.cp.set_traffic_weights(endpoint, &backends))
     }
 
-    fn get_metrics(&self, id: &str) -> Result<InstanceMetrics, CpError> {
-        self.offered("get-metrics", |c| c.metrics)?;
+    fn get_counters(&self, id: &str) -> Result<Counters, CpError> {
+        self.offered("get-counters", |c| c.metrics)?;
         let m = self.block(self.cp.metrics(id))?;
-        Ok(InstanceMetrics {
+        Ok(Counters {
             requests: m.requests,
             errors: m.errors,
         })

@@ -21,7 +21,7 @@ use super::{
 use crate::policy::Approval;
 use crate::queue::Action;
 use crate::runtime::{
-    CallError, CallOutcome, Drift, ImportCall, Plugin, Progress, Rollout, RolloutScope,
+    CallError, CallOutcome, Drift, ImportCall, Member, Plugin, Progress, Rollout, RolloutScope,
     StepOutcome, World,
 };
 use crate::store::{AuditKind, ConditionType, RolloutPhase, RolloutRecord, short_digest};
@@ -1003,14 +1003,17 @@ impl Controller {
             )?;
         }
         let rollout = Rollout {
-            instance_id: record.instance_id.clone(),
-            desired: desired.to_string(),
-            actual: o
-                .actual
-                .as_ref()
-                .or(envelope.previous.as_ref())
-                .map(Value::to_string),
-            drifts: envelope.drifts.iter().map(|d| d.to_drift()).collect(),
+            group: None,
+            members: vec![Member {
+                instance_id: record.instance_id.clone(),
+                desired: desired.to_string(),
+                actual: o
+                    .actual
+                    .as_ref()
+                    .or(envelope.previous.as_ref())
+                    .map(Value::to_string),
+                drifts: envelope.drifts.iter().map(|d| d.to_drift()).collect(),
+            }],
             params: Value::Object(params).to_string(),
             state: envelope.plugin_state.clone(),
             step: record.step,
@@ -1126,10 +1129,13 @@ impl Controller {
         let mut calls = Vec::new();
         for step in 0..MAX_PLAN_STEPS {
             let rollout = Rollout {
-                instance_id: id.to_owned(),
-                desired: desired.to_string(),
-                actual: o.actual.as_ref().map(Value::to_string),
-                drifts: drifts.to_vec(),
+                group: None,
+                members: vec![Member {
+                    instance_id: id.to_owned(),
+                    desired: desired.to_string(),
+                    actual: o.actual.as_ref().map(Value::to_string),
+                    drifts: drifts.to_vec(),
+                }],
                 params: Value::Object(strategy_params(o)).to_string(),
                 state: state.clone(),
                 step,

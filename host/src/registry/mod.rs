@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::runtime::{Plugin, PluginRuntime, World};
+use crate::runtime::{Capability, Contract, Plugin, PluginRuntime, World};
 
 pub use dir::{PluginDir, SETTLE_DELAY};
 
@@ -36,6 +36,12 @@ pub struct PluginEntry {
     pub version: Option<String>,
     /// Its kind, when it loaded.
     pub kind: Option<World>,
+    /// The contract version it was built against, when it loaded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub contract: Option<Contract>,
+    /// The optional control-plane capabilities it imports, when it loaded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub capabilities: Vec<Capability>,
     /// `active`, `superseded`, `retiring`, or `rejected` with the reason.
     #[serde(flatten)]
     pub state: EntryState,
@@ -181,6 +187,8 @@ impl PluginRegistry {
             name: Some(meta.name),
             version: Some(meta.version.to_string()),
             kind: Some(meta.kind),
+            contract: Some(plugin.contract()),
+            capabilities: plugin.capabilities().to_vec(),
             state,
         });
         self.refresh_states();
@@ -194,6 +202,8 @@ impl PluginRegistry {
             name: None,
             version: None,
             kind: None,
+            contract: None,
+            capabilities: Vec::new(),
             state: EntryState::Rejected(reason),
         });
     }
@@ -222,6 +232,8 @@ impl PluginRegistry {
                 name: Some(meta.name.clone()),
                 version: Some(meta.version.to_string()),
                 kind: Some(meta.kind),
+                contract: Some(plugin.contract()),
+                capabilities: plugin.capabilities().to_vec(),
                 state: EntryState::Retiring,
             });
         }

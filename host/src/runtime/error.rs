@@ -69,6 +69,24 @@ pub enum Error {
         detail: String,
     },
 
+    /// A strategy imports a control-plane capability the configured control plane does
+    /// not offer.
+    #[error(
+        "{origin} ({plugin}) needs the control-plane {what} {missing}, which the configured control plane does not offer (it offers: {offered}); use a strategy that does without, or a control plane that offers {missing}"
+    )]
+    MissingCapability {
+        /// The file or name the bytes came from.
+        origin: String,
+        /// The plugin, `name@version`.
+        plugin: String,
+        /// `capability` or `capabilities`.
+        what: &'static str,
+        /// The capabilities it imports that are not offered, e.g. `clones, traffic`.
+        missing: String,
+        /// What the control plane offers, or `none of clones, traffic, metrics`.
+        offered: String,
+    },
+
     /// The component was built against a contract version this host does not run.
     #[error(
         "{origin} was built against {found}, but this host supports {supported}; rebuild the plugin with the matching setpoint-plugin SDK, or run a setpoint version that supports {found}"

@@ -10,7 +10,7 @@ use wasmtime::ResourceLimiter;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-use super::bindings::logging;
+use super::bindings::{logging, v0_1};
 use super::scope::ScopedControlPlane;
 
 /// Longest log line a plugin may write; longer lines are cut (a plugin must not flood
@@ -33,8 +33,8 @@ pub struct HostState {
     /// The last line logged at error level, for the trap's error when there is no
     /// panic message.
     pub(super) last_error_log: Option<String>,
-    /// What the plugin sent through `panic-message` (a Rust guest's panic hook does,
-    /// just before it traps), at most [`MAX_LOG_LINE_BYTES`].
+    /// What the plugin sent through `trap-reason` (0.1.0: `panic-message`; a Rust
+    /// guest's panic hook does, just before it traps), at most [`MAX_LOG_LINE_BYTES`].
     panic_message: Vec<u8>,
     pub(super) control_plane: Option<ScopedControlPlane>,
 }
@@ -113,8 +113,9 @@ impl WasiView for HostState {
     }
 }
 
-impl logging::Host for HostState {
-    fn log(&mut self, level: logging::Level, message: String) {
+impl HostState {
+    /// One `log` line from the plugin, whatever its contract version.
+    fn write_log(&mut self, level: logging::Level, message: String) {
         self.log_lines += 1;
         if self.log_lines > MAX_LOG_LINES_PER_CALL {
             if self.log_lines == MAX_LOG_LINES_PER_CALL + 1 {
@@ -145,6 +146,40 @@ impl logging::Host for HostState {
         }
     }
 
+    /// Append up to `len` bytes of `bytes` (little-endian) to the trap reason, keeping at
+    /// most [`MAX_LOG_LINE_BYTES`].
+    fn push_trap_reason(&mut self, words: &[u64], len: usize) {
+        let len = len.min(words.len() * 8);
+        let room = MAX_LOG_LINE_BYTES.saturating_sub(self.panic_message.len());
+        let bytes = words.iter().flat_map(|w| w.to_le_bytes());
+        self.panic_message.extend(bytes.take(len.min(room)));
+    }
+}
+
+impl logging::Host for HostState {
+    fn log(&mut self, level: logging::Level, message: String) {
+        self.write_log(level, message);
+    }
+
+    fn trap_reason(&mut self, bytes: u64, len: u8) {
+        self.push_trap_reason(&[bytes], usize::from(len));
+    }
+}
+
+/// Contract 0.1.0's logging: the same lines, and the trap reason in 14-word pieces.
+impl v0_1::logging::Host for HostState {
+    fn log(&mut self, level: v0_1::logging::Level, message: String) {
+        use v0_1::logging::Level as Old;
+        let level = match level {
+            Old::Trace => logging::Level::Trace,
+            Old::Debug => logging::Level::Debug,
+            Old::Info => logging::Level::Info,
+            Old::Warn => logging::Level::Warn,
+            Old::Error => logging::Level::Error,
+        };
+        self.write_log(level, message);
+    }
+
     #[allow(clippy::too_many_arguments)]
     fn panic_message(
         &mut self,
@@ -165,10 +200,7 @@ impl logging::Host for HostState {
         w13: u64,
     ) {
         let words = [w0, w1, w2, w3, w4, w5, w6, w7, w8, w9, w10, w11, w12, w13];
-        let len = usize::from(len).min(words.len() * 8);
-        let room = MAX_LOG_LINE_BYTES.saturating_sub(self.panic_message.len());
-        let bytes = words.iter().flat_map(|w| w.to_le_bytes());
-        self.panic_message.extend(bytes.take(len.min(room)));
+        self.push_trap_reason(&words, usize::from(len));
     }
 }
 
@@ -232,14 +264,41 @@ mod tests {
         for (i, &b) in text.iter().enumerate() {
             w[i / 8] |= u64::from(b) << (8 * (i % 8));
         }
-        state.panic_message(
-            len, w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9], w[10], w[11], w[12],
-            w[13],
+        v0_1::logging::Host::panic_message(
+            state, len, w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9], w[10], w[11],
+            w[12], w[13],
         );
     }
 
+    /// What a 0.2.0 guest does: one call per 8 bytes.
+    fn send_reason(state: &mut HostState, text: &[u8]) {
+        for piece in text.chunks(8) {
+            let mut word = 0u64;
+            for (i, &b) in piece.iter().enumerate() {
+                word |= u64::from(b) << (8 * i);
+            }
+            state.trap_reason(word, piece.len() as u8);
+        }
+    }
+
     #[test]
-    fn panic_message_pieces_are_joined_before_decoding() {
+    fn trap_reason_pieces_are_joined_before_decoding() {
+        let mut state = HostState::new("p@1.0.0".into(), "i", 1 << 20);
+        assert_eq!(state.panic_message(), None);
+        // "é" split across two pieces.
+        send_reason(&mut state, b"panicked at src/lib.rs: caf\xc3");
+        send_reason(&mut state, b"\xa9!");
+        assert_eq!(
+            state.panic_message().as_deref(),
+            Some("panicked at src/lib.rs: café!")
+        );
+        // A length past the 8 bytes of the word reads only the word.
+        state.trap_reason(u64::from_le_bytes(*b"12345678"), 200);
+        assert!(state.panic_message().unwrap().ends_with("!12345678"));
+    }
+
+    #[test]
+    fn panic_message_pieces_of_0_1_are_joined_before_decoding() {
         let mut state = HostState::new("p@1.0.0".into(), "i", 1 << 20);
         assert_eq!(state.panic_message(), None);
         // "é" split across two pieces.
@@ -256,6 +315,10 @@ mod tests {
         assert_eq!(state.panic_message().unwrap().len(), 112);
         for _ in 0..100 {
             send(&mut state, 112, &[b'y'; 112]);
+        }
+        assert_eq!(state.panic_message().unwrap().len(), MAX_LOG_LINE_BYTES);
+        for _ in 0..10 {
+            send_reason(&mut state, b"zzzzzzzz");
         }
         assert_eq!(state.panic_message().unwrap().len(), MAX_LOG_LINE_BYTES);
     }

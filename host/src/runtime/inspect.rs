@@ -9,8 +9,87 @@ use super::Error;
 /// The contract package every plugin exports from.
 pub const PACKAGE: &str = "setpoint:plugin";
 
-/// The contract version this host implements.
-pub const CONTRACT_VERSION: &str = "0.1.0";
+/// The current contract version: what `wit/setpoint.wit` declares and the SDK builds.
+pub const CONTRACT_VERSION: &str = "0.2.0";
+
+/// Every contract version this host serves, oldest first. A component declaring any
+/// 0.x.y with the same minor (any x.y.z with the same major, from 1.0) loads.
+pub const SUPPORTED_VERSIONS: [Contract; 2] = [Contract::V0_1, Contract::V0_2];
+
+/// A contract version the host serves.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub enum Contract {
+    /// `setpoint:plugin@0.1.0` (`wit/v0.1.0/setpoint.wit`): one instance per rollout,
+    /// one `control-plane` interface.
+    #[serde(rename = "0.1.0")]
+    V0_1,
+    /// `setpoint:plugin@0.2.0` (`wit/setpoint.wit`): group rollouts, capability
+    /// interfaces, named metric queries.
+    #[serde(rename = "0.2.0")]
+    V0_2,
+}
+
+impl Contract {
+    /// `0.1.0` or `0.2.0`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Contract::V0_1 => "0.1.0",
+            Contract::V0_2 => "0.2.0",
+        }
+    }
+
+    fn matches(self, found: &semver::Version) -> bool {
+        let ours = semver::Version::parse(self.as_str()).expect("contract versions are semver");
+        if ours.major == 0 {
+            found.major == 0 && found.minor == ours.minor
+        } else {
+            found.major == ours.major
+        }
+    }
+}
+
+impl std::fmt::Display for Contract {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// An optional control-plane capability of contract 0.2.0: an interface a strategy
+/// imports only when it uses it, checked against the control plane when it loads.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Capability {
+    /// `setpoint:plugin/clones`: create and delete sibling instances.
+    Clones,
+    /// `setpoint:plugin/traffic`: weighted traffic endpoints.
+    Traffic,
+    /// `setpoint:plugin/metrics`: request counters and named queries.
+    Metrics,
+}
+
+impl Capability {
+    /// Every capability, in contract order.
+    pub const ALL: [Capability; 3] = [Capability::Clones, Capability::Traffic, Capability::Metrics];
+
+    /// The interface's name in the contract: `clones`, `traffic` or `metrics`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Capability::Clones => "clones",
+            Capability::Traffic => "traffic",
+            Capability::Metrics => "metrics",
+        }
+    }
+}
+
+impl std::fmt::Display for Capability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Export name of the comparator world's interface, without version.
 pub const COMPARATOR_EXPORT: &str = "setpoint:plugin/drift-comparator";
@@ -59,6 +138,11 @@ impl std::fmt::Display for World {
 pub struct ComponentShape {
     /// The plugin world it implements.
     pub world: World,
+    /// The contract version it was built against.
+    pub contract: Contract,
+    /// The optional capabilities it imports (0.2.0 strategies only; a 0.1.0 strategy
+    /// imports one interface with every call and is told `unavailable` at the call).
+    pub capabilities: Vec<Capability>,
     /// Every top-level import name, for `plugins check`.
     pub imports: Vec<String>,
     /// Every top-level export name, for `plugins check`.
@@ -67,27 +151,33 @@ pub struct ComponentShape {
     pub uses_wasi: bool,
 }
 
-/// Whether a contract version a plugin was built against is one this host runs.
+/// Which served contract a version a plugin was built against belongs to, if any.
 ///
 /// Follows semver: before 1.0 the minor version must match (0.1.x works with 0.1.0),
 /// from 1.0 the major version.
+pub fn contract_for(found: &semver::Version) -> Option<Contract> {
+    SUPPORTED_VERSIONS.into_iter().find(|c| c.matches(found))
+}
+
+/// Whether a contract version a plugin was built against is one this host runs.
 pub fn version_supported(found: &semver::Version) -> bool {
-    let ours = semver::Version::parse(CONTRACT_VERSION).expect("CONTRACT_VERSION is semver");
-    if ours.major == 0 {
-        found.major == 0 && found.minor == ours.minor
-    } else {
-        found.major == ours.major
-    }
+    contract_for(found).is_some()
 }
 
 /// The versions this host supports, as a sentence fragment.
 pub fn supported_versions() -> String {
-    let ours = semver::Version::parse(CONTRACT_VERSION).expect("CONTRACT_VERSION is semver");
-    if ours.major == 0 {
-        format!("{PACKAGE}@0.{}.x", ours.minor)
-    } else {
-        format!("{PACKAGE}@{}.x", ours.major)
-    }
+    let each: Vec<String> = SUPPORTED_VERSIONS
+        .iter()
+        .map(|c| {
+            let v = semver::Version::parse(c.as_str()).expect("contract versions are semver");
+            if v.major == 0 {
+                format!("{PACKAGE}@0.{}.x", v.minor)
+            } else {
+                format!("{PACKAGE}@{}.x", v.major)
+            }
+        })
+        .collect();
+    each.join(" or ")
 }
 
 /// Looks at `bytes` (from `origin`, a path or name for messages) and says whether it is a
@@ -166,14 +256,14 @@ pub fn classify(origin: &str, bytes: &[u8]) -> Result<ComponentShape, Error> {
             found: format!("{PACKAGE}@{version}"),
             supported: supported_versions(),
         })?;
-        if !version_supported(&parsed) {
+        let Some(contract) = contract_for(&parsed) else {
             return Err(Error::IncompatibleVersion {
                 origin: origin.to_owned(),
                 found: format!("{PACKAGE}@{version}"),
                 supported: supported_versions(),
             });
-        }
-        if found.replace(world).is_some() {
+        };
+        if found.replace((world, contract)).is_some() {
             return Err(Error::NotAPlugin {
                 origin: origin.to_owned(),
                 detail: "it exports both the comparator and the strategy interface; a plugin \
@@ -182,7 +272,7 @@ pub fn classify(origin: &str, bytes: &[u8]) -> Result<ComponentShape, Error> {
             });
         }
     }
-    let Some(world) = found else {
+    let Some((world, contract)) = found else {
         return Err(Error::NotAPlugin {
             origin: origin.to_owned(),
             detail: format!(
@@ -192,10 +282,17 @@ pub fn classify(origin: &str, bytes: &[u8]) -> Result<ComponentShape, Error> {
             ),
         });
     };
+    const CONTROL_PLANE: [&str; 5] = [
+        "setpoint:plugin/control-plane",
+        "setpoint:plugin/instances",
+        "setpoint:plugin/clones",
+        "setpoint:plugin/traffic",
+        "setpoint:plugin/metrics",
+    ];
     if world == World::Comparator
         && let Some(cp) = imports
             .iter()
-            .find(|i| i.starts_with("setpoint:plugin/control-plane"))
+            .find(|i| CONTROL_PLANE.iter().any(|p| i.starts_with(p)))
     {
         return Err(Error::NotAPlugin {
             origin: origin.to_owned(),
@@ -206,8 +303,21 @@ pub fn classify(origin: &str, bytes: &[u8]) -> Result<ComponentShape, Error> {
         });
     }
     let uses_wasi = imports.iter().any(|i| i.starts_with("wasi:"));
+    let capabilities = if contract == Contract::V0_1 {
+        Vec::new()
+    } else {
+        Capability::ALL
+            .into_iter()
+            .filter(|c| {
+                let prefix = format!("{PACKAGE}/{}@", c.as_str());
+                imports.iter().any(|i| i.starts_with(&prefix))
+            })
+            .collect()
+    };
     Ok(ComponentShape {
         world,
+        contract,
+        capabilities,
         imports,
         exports,
         uses_wasi,
@@ -258,10 +368,17 @@ mod tests {
 
     #[test]
     fn contract_versions_follow_semver() {
-        assert!(version_supported(&semver::Version::new(0, 1, 0)));
-        assert!(version_supported(&semver::Version::new(0, 1, 7)));
-        assert!(!version_supported(&semver::Version::new(0, 2, 0)));
-        assert!(!version_supported(&semver::Version::new(9, 0, 0)));
-        assert_eq!(supported_versions(), "setpoint:plugin@0.1.x");
+        let v = semver::Version::new;
+        assert_eq!(contract_for(&v(0, 1, 0)), Some(Contract::V0_1));
+        assert_eq!(contract_for(&v(0, 1, 7)), Some(Contract::V0_1));
+        assert_eq!(contract_for(&v(0, 2, 0)), Some(Contract::V0_2));
+        assert_eq!(contract_for(&v(0, 2, 3)), Some(Contract::V0_2));
+        assert!(!version_supported(&v(0, 3, 0)));
+        assert!(!version_supported(&v(9, 0, 0)));
+        assert_eq!(
+            supported_versions(),
+            "setpoint:plugin@0.1.x or setpoint:plugin@0.2.x"
+        );
+        assert_eq!(Contract::V0_2.as_str(), CONTRACT_VERSION);
     }
 }

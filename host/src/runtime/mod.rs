@@ -17,6 +17,7 @@ mod gate;
 mod host;
 pub mod inspect;
 pub mod scope;
+mod v0_1;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -30,16 +31,20 @@ use wasmtime::{
     UpdateDeadline,
 };
 
-use bindings::comparator::ComparatorPre;
-use bindings::strategy::StrategyPre;
+/// The `plugin-metadata` record as a plugin returns it, before validation.
+pub use bindings::types::PluginMetadata as WireMetadata;
 pub use bindings::types::{
-    AwaitApproval, Drift, DriftKind, Failure, Metadata, PluginError, PluginKind, Progress, Requeue,
+    AwaitApproval, Drift, DriftKind, Failure, Member, PluginError, PluginKind, Progress, Requeue,
     Rollout,
 };
+use bindings::v0_1::comparator::ComparatorPre as ComparatorPre01;
+use bindings::v0_1::strategy::StrategyPre as StrategyPre01;
+use bindings::v0_2::comparator::ComparatorPre;
+use bindings::v0_2::strategy::StrategyPre;
 pub use error::{BoxError, CallError, CallFailure, Error, Phase, Result};
 use gate::Gate;
 use host::HostState;
-pub use inspect::{ComponentShape, World};
+pub use inspect::{Capability, ComponentShape, Contract, World};
 pub use scope::{CallOutcome, ImportCall, RolloutScope, ScopedControlPlane, StrategyHost, Weight};
 
 /// Default cap on a plugin's linear memory. Configurations are kilobytes; 64 MiB leaves
@@ -99,6 +104,14 @@ const POOL_KEEP_RESIDENT_BYTES: usize = 1024 * 1024;
 /// it is reset on every call: the stack, data and first heap pages of a typical call.
 const POOL_KEEP_RESIDENT_BYTES_NO_PAGEMAP: usize = 512 * 1024;
 
+/// Components at least this large are compiled by a second engine without cross-function
+/// inlining and instantiated on demand instead of from the pool. Components from
+/// toolchains that embed a language runtime (JavaScript through componentize-js, Python)
+/// are tens of megabytes: with inlining, compiling one 18 MB component took 19 s and
+/// 8 GB of memory, without it 5.5 s and 373 MB. Rust plugins are well under 1 MiB, and
+/// keep the about 5 % per call that inlining buys.
+pub const LARGE_COMPONENT_BYTES: usize = 4 * 1024 * 1024;
+
 /// Bytes of each pooled table kept resident, for the same reason (tables are small).
 const POOL_TABLE_KEEP_RESIDENT_BYTES: usize = 64 * 1024;
 
@@ -119,6 +132,11 @@ pub struct RuntimeConfig {
     /// Instantiate from a pre-reserved pool (fast) rather than on demand. Default on;
     /// off only to compare the two in benchmarks.
     pub pooling: bool,
+    /// The optional control-plane capabilities the embedder's control plane offers.
+    /// `Some`: a strategy that imports any other is refused when it is validated
+    /// ([`PluginRuntime::smoke`]), with the reason. `None` (default): not known, not
+    /// checked at load (a call the control plane lacks answers `unavailable`).
+    pub offered_capabilities: Option<Vec<Capability>>,
     /// Write `/tmp/perf-<pid>.map` so `perf report` names the functions of compiled
     /// plugins (for profiling; `benches/plugins.rs` turns it on with
     /// `SETPOINT_BENCH_PERFMAP=1`). Default off.
@@ -133,6 +151,7 @@ impl Default for RuntimeConfig {
             max_concurrent_calls: MAX_CONCURRENT_CALLS,
             cache_dir: None,
             pooling: true,
+            offered_capabilities: None,
             perf_map: false,
         }
     }
@@ -150,6 +169,8 @@ pub struct PluginMetadata {
     pub kind: World,
     /// One line for listings.
     pub description: String,
+    /// A strategy that can roll one change out across a group of instances.
+    pub group_rollouts: bool,
 }
 
 fn serialize_display<S: serde::Serializer>(
@@ -166,9 +187,12 @@ impl PluginMetadata {
     }
 }
 
+/// A plugin ready to instantiate, by world and contract version.
 enum PluginPre {
     Comparator(ComparatorPre<HostState>),
     Strategy(StrategyPre<HostState>),
+    Comparator01(ComparatorPre01<HostState>),
+    Strategy01(StrategyPre01<HostState>),
 }
 
 /// A loaded, validated plugin, ready to be called. Cheap to share (`Arc`); the compiled
@@ -180,6 +204,9 @@ pub struct Plugin {
     digest: String,
     origin: String,
     shape: ComponentShape,
+    /// The engine that compiled it (the runtime's large-component engine for a
+    /// component of [`LARGE_COMPONENT_BYTES`] or more); its stores are made from it.
+    engine: Engine,
     pre: PluginPre,
 }
 
@@ -206,9 +233,27 @@ impl Plugin {
     pub fn origin(&self) -> &str {
         &self.origin
     }
-    /// Its world, imports and exports.
+    /// Its world, contract version, imports and exports.
     pub fn shape(&self) -> &ComponentShape {
         &self.shape
+    }
+    /// The contract version it was built against.
+    pub fn contract(&self) -> Contract {
+        self.shape.contract
+    }
+    /// The optional control-plane capabilities it imports.
+    pub fn capabilities(&self) -> &[Capability] {
+        &self.shape.capabilities
+    }
+    /// The capabilities it imports that are not in `offered`, for a refusal that names
+    /// them; empty when the control plane offers everything it needs.
+    pub fn missing_capabilities(&self, offered: &[Capability]) -> Vec<Capability> {
+        self.shape
+            .capabilities
+            .iter()
+            .copied()
+            .filter(|c| !offered.contains(c))
+            .collect()
     }
     /// `name@version`.
     pub fn label(&self) -> String {
@@ -233,6 +278,9 @@ pub struct StepOutcome {
 pub struct PluginRuntime {
     engine: Engine,
     linker: Linker<HostState>,
+    /// The engine and linker for components of [`LARGE_COMPONENT_BYTES`] or more.
+    large_engine: Engine,
+    large_linker: Linker<HostState>,
     config: RuntimeConfig,
     gate: Gate,
     loaded: Mutex<HashMap<String, Weak<Plugin>>>,
@@ -250,27 +298,46 @@ impl std::fmt::Debug for PluginRuntime {
 impl PluginRuntime {
     /// Set up the engine, the linker and the epoch ticker.
     pub fn new(config: RuntimeConfig) -> Result<Self> {
-        let engine = build_engine(&config)?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
-        // The strategy world's imports (logging + control-plane) are a superset of the
-        // comparator world's (logging), so one linker serves both.
-        bindings::strategy::Strategy::add_to_linker::<HostState, HasSelf<HostState>>(
-            &mut linker,
-            |state| state,
-        )
-        .map_err(engine_error)?;
-        let ticker = EpochTicker::start(engine.clone());
+        let engine = build_engine(&config, false)?;
+        let linker = build_linker(&engine)?;
+        let large_engine = build_engine(&config, true)?;
+        let large_linker = build_linker(&large_engine)?;
+        let ticker = EpochTicker::start(vec![engine.clone(), large_engine.clone()]);
         Ok(PluginRuntime {
             engine,
             linker,
+            large_engine,
+            large_linker,
             gate: Gate::new(config.max_concurrent_calls.max(1)),
             config,
             loaded: Mutex::new(HashMap::new()),
             _ticker: ticker,
         })
     }
+}
 
+/// A linker with every import a plugin may have: WASI with nothing granted, and both
+/// contract versions' interfaces.
+fn build_linker(engine: &Engine) -> Result<Linker<HostState>> {
+    let mut linker = Linker::new(engine);
+    wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
+    // Each version's strategy world imports a superset of its comparator world's
+    // (logging), so one linker serves both worlds; the versions' interfaces have
+    // distinct names (`…@0.1.0`, `…@0.2.0`), so one linker serves both versions.
+    bindings::v0_2::strategy::Strategy::add_to_linker::<HostState, HasSelf<HostState>>(
+        &mut linker,
+        |state| state,
+    )
+    .map_err(engine_error)?;
+    bindings::v0_1::strategy::Strategy::add_to_linker::<HostState, HasSelf<HostState>>(
+        &mut linker,
+        |state| state,
+    )
+    .map_err(engine_error)?;
+    Ok(linker)
+}
+
+impl PluginRuntime {
     /// The settings it runs with.
     pub fn config(&self) -> &RuntimeConfig {
         &self.config
@@ -298,7 +365,12 @@ impl PluginRuntime {
             return Ok(plugin);
         }
 
-        let component = Component::new(&self.engine, bytes).map_err(|e| Error::Compile {
+        let (engine, linker) = if bytes.len() >= LARGE_COMPONENT_BYTES {
+            (&self.large_engine, &self.large_linker)
+        } else {
+            (&self.engine, &self.linker)
+        };
+        let component = Component::new(engine, bytes).map_err(|e| Error::Compile {
             origin: origin.to_owned(),
             source: e.into_boxed_dyn_error(),
         })?;
@@ -308,22 +380,26 @@ impl PluginRuntime {
             imports: shape.imports.join(", "),
             source: e.into_boxed_dyn_error(),
         };
-        let instance_pre = self
-            .linker
-            .instantiate_pre(&component)
-            .map_err(link_error)?;
-        let pre = match shape.world {
-            World::Comparator => {
+        let instance_pre = linker.instantiate_pre(&component).map_err(link_error)?;
+        let pre = match (shape.world, shape.contract) {
+            (World::Comparator, Contract::V0_2) => {
                 PluginPre::Comparator(ComparatorPre::new(instance_pre).map_err(link_error)?)
             }
-            World::Strategy => {
+            (World::Strategy, Contract::V0_2) => {
                 PluginPre::Strategy(StrategyPre::new(instance_pre).map_err(link_error)?)
+            }
+            (World::Comparator, Contract::V0_1) => {
+                PluginPre::Comparator01(ComparatorPre01::new(instance_pre).map_err(link_error)?)
+            }
+            (World::Strategy, Contract::V0_1) => {
+                PluginPre::Strategy01(StrategyPre01::new(instance_pre).map_err(link_error)?)
             }
         };
 
         let label: Arc<str> = format!("{} (loading)", short_origin(origin)).into();
         let raw = self
             .call(
+                engine,
                 self.config.call_deadline,
                 shape.world,
                 &label,
@@ -343,6 +419,20 @@ impl PluginRuntime {
                             .setpoint_plugin_rollout_strategy()
                             .call_metadata(&mut *store)
                     }
+                    PluginPre::Comparator01(pre) => {
+                        let plugin = pre.instantiate(&mut *store)?;
+                        plugin
+                            .setpoint_plugin_drift_comparator()
+                            .call_metadata(&mut *store)
+                            .map(v0_1::metadata)
+                    }
+                    PluginPre::Strategy01(pre) => {
+                        let plugin = pre.instantiate(&mut *store)?;
+                        plugin
+                            .setpoint_plugin_rollout_strategy()
+                            .call_metadata(&mut *store)
+                            .map(v0_1::metadata)
+                    }
                 },
             )
             .0
@@ -355,6 +445,7 @@ impl PluginRuntime {
             digest: digest.clone(),
             origin: origin.to_owned(),
             shape,
+            engine: engine.clone(),
             pre,
         });
         let mut loaded = self.loaded.lock().unwrap_or_else(|e| e.into_inner());
@@ -375,30 +466,28 @@ impl PluginRuntime {
     /// compares `{}` with `{}` within [`SMOKE_CALL_DEADLINE`] (or the call budget, when
     /// shorter) without trapping, running out of memory or overrunning; a domain error
     /// is an answer and passes (a comparator may require parameters). A strategy's smoke
-    /// call is its metadata call, already made by [`load`](Self::load).
+    /// call is its metadata call, already made by [`load`](Self::load); a strategy is
+    /// checked instead for the capabilities it imports, against
+    /// [`RuntimeConfig::offered_capabilities`].
     pub fn smoke(&self, plugin: &Plugin) -> Result<()> {
-        let PluginPre::Comparator(pre) = &plugin.pre else {
-            return Ok(());
-        };
+        if plugin.shape.world != World::Comparator {
+            return match &self.config.offered_capabilities {
+                Some(offered) => check_capabilities(plugin, offered),
+                None => Ok(()),
+            };
+        }
         let budget = SMOKE_CALL_DEADLINE.min(self.config.call_deadline);
         let label = &plugin.label;
         let result = self
             .call(
+                &plugin.engine,
                 budget,
                 World::Comparator,
                 label,
                 "-",
                 Phase::Compare,
                 None,
-                |store| {
-                    let instance = pre.instantiate(&mut *store)?;
-                    instance.setpoint_plugin_drift_comparator().call_compare(
-                        &mut *store,
-                        "{}",
-                        "{}",
-                        "{}",
-                    )
-                },
+                |store| compare_call(&plugin.pre, store, "{}", "{}", "{}"),
             )
             .0;
         match result {
@@ -435,31 +524,24 @@ impl PluginRuntime {
                 failure,
             })
         };
-        let PluginPre::Comparator(pre) = &plugin.pre else {
+        if plugin.shape.world != World::Comparator {
             return Err(fail(CallFailure::Plugin(format!(
                 "{label} is a strategy, not a comparator"
             ))));
-        };
+        }
         for (what, text) in [("desired", desired), ("actual", actual), ("params", params)] {
             check_size(what, text).map_err(fail)?;
         }
         let result = self
             .call(
+                &plugin.engine,
                 self.config.call_deadline,
                 World::Comparator,
                 label,
                 instance,
                 Phase::Compare,
                 None,
-                |store| {
-                    let plugin = pre.instantiate(&mut *store)?;
-                    plugin.setpoint_plugin_drift_comparator().call_compare(
-                        &mut *store,
-                        desired,
-                        actual,
-                        params,
-                    )
-                },
+                |store| compare_call(&plugin.pre, store, desired, actual, params),
             )
             .0?;
         result.map_err(|e| fail(CallFailure::Plugin(describe_plugin_error(&e))))
@@ -499,7 +581,7 @@ impl PluginRuntime {
         dry_run: bool,
     ) -> StepOutcome {
         let label = &plugin.label;
-        let instance = rollout.instance_id.clone();
+        let instance = rollout_subject(rollout);
         let fail = |failure| {
             Box::new(CallError {
                 world: World::Strategy,
@@ -509,42 +591,71 @@ impl PluginRuntime {
                 failure,
             })
         };
-        let PluginPre::Strategy(pre) = &plugin.pre else {
-            return StepOutcome {
-                progress: Err(fail(CallFailure::Plugin(format!(
-                    "{label} is a comparator, not a strategy"
-                )))),
-                scope,
-                calls: Vec::new(),
-            };
+        let refuse = |failure| StepOutcome {
+            progress: Err(fail(failure)),
+            scope: scope.clone(),
+            calls: Vec::new(),
         };
-        let sizes = [
-            ("desired", rollout.desired.as_str()),
-            ("actual", rollout.actual.as_deref().unwrap_or("")),
+        if plugin.shape.world != World::Strategy {
+            return refuse(CallFailure::Plugin(format!(
+                "{label} is a comparator, not a strategy"
+            )));
+        }
+        let mut sizes = vec![
             ("params", rollout.params.as_str()),
             ("state", rollout.state.as_deref().unwrap_or("")),
         ];
-        if let Some(failure) = sizes.iter().find_map(|(w, t)| check_size(w, t).err()) {
-            return StepOutcome {
-                progress: Err(fail(failure)),
-                scope,
-                calls: Vec::new(),
-            };
+        for member in &rollout.members {
+            sizes.push(("desired", member.desired.as_str()));
+            sizes.push(("actual", member.actual.as_deref().unwrap_or("")));
         }
+        if let Some(failure) = sizes.iter().find_map(|(w, t)| check_size(w, t).err()) {
+            return refuse(failure);
+        }
+        if rollout.members.len() > 1 && !plugin.metadata.group_rollouts {
+            return refuse(CallFailure::Plugin(format!(
+                "{label} does not roll out groups (its metadata says `group-rollouts: false`), \
+                 but was given {} instances",
+                rollout.members.len()
+            )));
+        }
+        let old_rollout = match &plugin.pre {
+            PluginPre::Strategy01(_) => match v0_1::rollout(rollout) {
+                Ok(old) => Some(old),
+                Err(why) => return refuse(CallFailure::Plugin(why)),
+            },
+            _ => None,
+        };
         let cp = ScopedControlPlane::new(host, scope, dry_run);
         let (progress, cp) = self.call(
+            &plugin.engine,
             self.config.call_deadline,
             World::Strategy,
             label,
             &instance,
             phase,
             Some(cp),
-            |store| {
-                let plugin = pre.instantiate(&mut *store)?;
-                let api = plugin.setpoint_plugin_rollout_strategy();
-                match phase {
-                    Phase::Abort => api.call_abort(&mut *store, rollout),
-                    _ => api.call_step(&mut *store, rollout),
+            |store| match &plugin.pre {
+                PluginPre::Strategy(pre) => {
+                    let plugin = pre.instantiate(&mut *store)?;
+                    let api = plugin.setpoint_plugin_rollout_strategy();
+                    match phase {
+                        Phase::Abort => api.call_abort(&mut *store, rollout),
+                        _ => api.call_step(&mut *store, rollout),
+                    }
+                }
+                PluginPre::Strategy01(pre) => {
+                    let old = old_rollout.as_ref().expect("converted above");
+                    let plugin = pre.instantiate(&mut *store)?;
+                    let api = plugin.setpoint_plugin_rollout_strategy();
+                    match phase {
+                        Phase::Abort => api.call_abort(&mut *store, old),
+                        _ => api.call_step(&mut *store, old),
+                    }
+                    .map(v0_1::progress)
+                }
+                PluginPre::Comparator(_) | PluginPre::Comparator01(_) => {
+                    unreachable!("the world was checked above")
                 }
             },
         );
@@ -567,6 +678,7 @@ impl PluginRuntime {
     #[allow(clippy::too_many_arguments)]
     fn call<R>(
         &self,
+        engine: &Engine,
         budget: Duration,
         world: World,
         label: &Arc<str>,
@@ -581,7 +693,7 @@ impl PluginRuntime {
         let _permit = self.gate.enter();
         let mut state = HostState::new(Arc::clone(label), instance, self.config.max_memory_bytes);
         state.control_plane = control_plane;
-        let mut store = Store::new(&self.engine, state);
+        let mut store = Store::new(engine, state);
         store.limiter(|state| &mut state.limits);
         store.set_epoch_deadline(deadline_ticks(budget));
         if store.data().control_plane.is_some() {
@@ -629,7 +741,84 @@ impl PluginRuntime {
     }
 }
 
-fn build_engine(config: &RuntimeConfig) -> Result<Engine> {
+/// Refuse `plugin` when it imports a capability not in `offered`, naming what is missing.
+fn check_capabilities(plugin: &Plugin, offered: &[Capability]) -> Result<()> {
+    let missing = plugin.missing_capabilities(offered);
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let list = |caps: &[Capability]| {
+        caps.iter()
+            .map(|c| c.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Err(Error::MissingCapability {
+        origin: plugin.origin().to_owned(),
+        plugin: plugin.label(),
+        what: if missing.len() == 1 {
+            "capability"
+        } else {
+            "capabilities"
+        },
+        missing: list(&missing),
+        offered: if offered.is_empty() {
+            format!("none of {}", list(&Capability::ALL))
+        } else {
+            list(offered)
+        },
+    })
+}
+
+/// A comparator's `compare` in a fresh instance, whatever its contract version.
+fn compare_call(
+    pre: &PluginPre,
+    store: &mut Store<HostState>,
+    desired: &str,
+    actual: &str,
+    params: &str,
+) -> wasmtime::Result<std::result::Result<Vec<Drift>, PluginError>> {
+    match pre {
+        PluginPre::Comparator(pre) => {
+            let plugin = pre.instantiate(&mut *store)?;
+            plugin.setpoint_plugin_drift_comparator().call_compare(
+                &mut *store,
+                desired,
+                actual,
+                params,
+            )
+        }
+        PluginPre::Comparator01(pre) => {
+            let plugin = pre.instantiate(&mut *store)?;
+            let result = plugin.setpoint_plugin_drift_comparator().call_compare(
+                &mut *store,
+                desired,
+                actual,
+                params,
+            )?;
+            Ok(result
+                .map(|drifts| drifts.into_iter().map(v0_1::drift).collect())
+                .map_err(v0_1::plugin_error))
+        }
+        PluginPre::Strategy(_) | PluginPre::Strategy01(_) => {
+            wasmtime::bail!("a strategy has no `compare`")
+        }
+    }
+}
+
+/// What a strategy call names in its errors and logs: the member of a one-instance
+/// rollout, or the group.
+fn rollout_subject(rollout: &Rollout) -> String {
+    match (&rollout.group, rollout.members.as_slice()) {
+        (Some(group), _) => format!("group {group}"),
+        (None, [member, ..]) => member.instance_id.clone(),
+        (None, []) => "-".to_owned(),
+    }
+}
+
+/// The engine for plugins; `large`: for components of [`LARGE_COMPONENT_BYTES`] or more
+/// (no inlining, instances allocated on demand rather than from a pool).
+fn build_engine(config: &RuntimeConfig, large: bool) -> Result<Engine> {
     let mut cfg = Config::new();
     cfg.wasm_component_model(true);
     cfg.epoch_interruption(true);
@@ -638,11 +827,15 @@ fn build_engine(config: &RuntimeConfig) -> Result<Engine> {
     // epoch check, so inlining small functions pays for itself: about 5% per field-diff
     // call, for roughly twice the compile time of a component (once per plugin digest,
     // then served from the on-disk cache).
-    cfg.compiler_inlining(wasmtime::Inlining::Yes);
+    cfg.compiler_inlining(if large {
+        wasmtime::Inlining::No
+    } else {
+        wasmtime::Inlining::Yes
+    });
     if config.perf_map {
         cfg.profiler(wasmtime::ProfilingStrategy::PerfMap);
     }
-    if config.pooling {
+    if config.pooling && !large {
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(POOL_COMPONENT_INSTANCES)
             .total_core_instances(POOL_CORE_INSTANCES)
@@ -708,7 +901,7 @@ fn check_size(what: &'static str, text: &str) -> std::result::Result<(), CallFai
     Ok(())
 }
 
-fn validate_metadata(origin: &str, world: World, raw: Metadata) -> Result<PluginMetadata> {
+fn validate_metadata(origin: &str, world: World, raw: WireMetadata) -> Result<PluginMetadata> {
     let bad = |detail: String| Error::Metadata {
         origin: origin.to_owned(),
         detail,
@@ -742,11 +935,18 @@ fn validate_metadata(origin: &str, world: World, raw: Metadata) -> Result<Plugin
             raw.name
         )));
     }
+    if raw.group_rollouts && kind == World::Comparator {
+        return Err(bad(format!(
+            "{} is a comparator but says it rolls out groups; only a strategy can",
+            raw.name
+        )));
+    }
     Ok(PluginMetadata {
         name: raw.name,
         version,
         kind,
         description: raw.description,
+        group_rollouts: raw.group_rollouts,
     })
 }
 
@@ -798,14 +998,14 @@ fn short_origin(origin: &str) -> &str {
         .unwrap_or(origin)
 }
 
-/// Advances the engine's epoch every [`EPOCH_TICK`] on a background thread until the
+/// Advances the engines' epochs every [`EPOCH_TICK`] on a background thread until the
 /// runtime is dropped.
 struct EpochTicker {
     stop: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl EpochTicker {
-    fn start(engine: Engine) -> Self {
+    fn start(engines: Vec<Engine>) -> Self {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let flag = stop.clone();
         std::thread::Builder::new()
@@ -813,7 +1013,9 @@ impl EpochTicker {
             .spawn(move || {
                 while !flag.load(std::sync::atomic::Ordering::Relaxed) {
                     std::thread::sleep(EPOCH_TICK);
-                    engine.increment_epoch();
+                    for engine in &engines {
+                        engine.increment_epoch();
+                    }
                 }
             })
             .expect("spawning the epoch ticker thread");
@@ -862,11 +1064,12 @@ mod tests {
 
     #[test]
     fn metadata_is_validated() {
-        let meta = |name: &str, version: &str, kind| Metadata {
+        let meta = |name: &str, version: &str, kind| WireMetadata {
             name: name.into(),
             version: version.into(),
             kind,
             description: String::new(),
+            group_rollouts: false,
         };
         let ok = validate_metadata(
             "x",

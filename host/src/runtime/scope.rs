@@ -1,9 +1,10 @@
-//! The `control-plane` imports of the strategy world, scoped to one rollout.
+//! The control-plane imports of the strategy world (`instances`, and the capabilities
+//! `clones`, `traffic` and `metrics`), scoped to one rollout.
 //!
 //! The embedder supplies a [`StrategyHost`] (the daemon's is its control-plane client).
 //! For each strategy call the runtime wraps it in a [`ScopedControlPlane`] that lets the
-//! strategy touch only the instance being reconciled and the clones it created during
-//! this rollout, answers mutating calls with a simulated success in dry-run, and records
+//! strategy touch only the rollout's members and the clones it created during this
+//! rollout, answers mutating calls with a simulated success in dry-run, and records
 //! every call ([`ImportCall`]) so the caller can audit them. It also keeps the time the
 //! strategy spent blocked in the [`StrategyHost`], which the call's time budget leaves
 //! out: that wait is bounded by the host's own request timeouts, not by the plugin's
@@ -15,11 +16,12 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::bindings::control_plane;
-pub use super::bindings::control_plane::{
-    BackendWeight, Error as CpError, Health, InstanceInfo, InstanceMetrics, InstanceStatus,
-    RuntimeStatus,
+pub use super::bindings::instances::{
+    Error as CpError, Health, InstanceInfo, InstanceStatus, RuntimeStatus,
 };
+pub use super::bindings::metrics::Counters;
+pub use super::bindings::traffic::BackendWeight;
+use super::bindings::{clones, instances, metrics, traffic};
 use super::host::HostState;
 
 /// The control plane as a strategy sees it, implemented by the embedder.
@@ -52,8 +54,8 @@ pub trait StrategyHost: Send + Sync {
             "this control plane does not support clones".into(),
         ))
     }
-    /// Delete an instance (only ever called for clones of the rollout).
-    fn delete_instance(&self, id: &str) -> Result<(), CpError> {
+    /// Delete a clone (only ever called for clones of the rollout).
+    fn delete_clone(&self, id: &str) -> Result<(), CpError> {
         let _ = id;
         Err(CpError::Unavailable(
             "this control plane does not support deleting clones".into(),
@@ -71,11 +73,19 @@ pub trait StrategyHost: Send + Sync {
         ))
     }
     /// An instance's request and error counters.
-    fn get_metrics(&self, id: &str) -> Result<InstanceMetrics, CpError> {
+    fn get_counters(&self, id: &str) -> Result<Counters, CpError> {
         let _ = id;
         Err(CpError::Unavailable(
             "this control plane does not report instance metrics".into(),
         ))
+    }
+    /// Evaluate the query policy names `name` for instance `id`; `None` when it yields
+    /// no value.
+    fn query(&self, name: &str, id: &str) -> Result<Option<f64>, CpError> {
+        let _ = id;
+        Err(CpError::NotFound(format!(
+            "no metric query named `{name}` is defined for this host"
+        )))
     }
 }
 
@@ -83,8 +93,11 @@ pub trait StrategyHost: Send + Sync {
 /// survives a restart of the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RolloutScope {
-    /// The instance being reconciled.
+    /// The instance being reconciled; for a group rollout, the member that keys it.
     pub instance_id: String,
+    /// The other members of a group rollout (empty for a rollout of one instance).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub members: BTreeSet<String>,
     /// Clones the strategy created during this rollout.
     #[serde(default)]
     pub clones: BTreeSet<String>,
@@ -95,13 +108,43 @@ impl RolloutScope {
     pub fn new(instance_id: impl Into<String>) -> Self {
         RolloutScope {
             instance_id: instance_id.into(),
+            members: BTreeSet::new(),
             clones: BTreeSet::new(),
         }
     }
 
+    /// The scope of a new group rollout keyed by `instance_id`, over it and `members`.
+    pub fn group(
+        instance_id: impl Into<String>,
+        members: impl IntoIterator<Item = String>,
+    ) -> Self {
+        let mut scope = RolloutScope::new(instance_id);
+        scope.members = members
+            .into_iter()
+            .filter(|m| *m != scope.instance_id)
+            .collect();
+        scope
+    }
+
+    /// Whether `id` is a member of the rollout (not a clone).
+    pub fn is_member(&self, id: &str) -> bool {
+        id == self.instance_id || self.members.contains(id)
+    }
+
     /// Whether `id` is in scope.
     pub fn allows(&self, id: &str) -> bool {
-        id == self.instance_id || self.clones.contains(id)
+        self.is_member(id) || self.clones.contains(id)
+    }
+
+    /// The members, for messages: `a`, or `a, b and 2 more`.
+    fn describe_members(&self) -> String {
+        match self.members.len() {
+            0 => format!("instance {}", self.instance_id),
+            n => format!(
+                "instance {} and the {n} other members of its group",
+                self.instance_id
+            ),
+        }
     }
 }
 
@@ -238,8 +281,8 @@ impl ScopedControlPlane {
             return Ok(());
         }
         let why = format!(
-            "`{call}` on instance {target} denied: this rollout may act only on instance {} and the clones it created",
-            self.scope.instance_id
+            "`{call}` on instance {target} denied: this rollout may act only on {} and the clones it created",
+            self.scope.describe_members()
         );
         tracing::warn!(call, target, instance = %self.scope.instance_id, "strategy call out of scope denied");
         self.record_with(
@@ -312,7 +355,7 @@ impl HostState {
     }
 }
 
-impl control_plane::Host for HostState {
+impl instances::Host for HostState {
     fn get_instance(&mut self, id: String) -> Result<InstanceInfo, CpError> {
         self.scoped("get-instance")?
             .read("get-instance", &id, |h| h.get_instance(&id))
@@ -350,6 +393,22 @@ impl control_plane::Host for HostState {
             .mutate("restart", &id, None, |_| (), |h| h.restart(&id))
     }
 
+    fn probe_health(&mut self, id: String) -> Result<Health, CpError> {
+        let cp = self.scoped("probe-health")?;
+        if cp.dry_run && id.starts_with(DRY_RUN_CLONE_PREFIX) {
+            // A clone that dry-run only pretended to make answers as a healthy one would,
+            // so a plan goes on past the wait for it.
+            cp.record("probe-health", &id, false, CallOutcome::Simulated);
+            return Ok(Health {
+                healthy: true,
+                detail: "simulated clone (dry-run)".into(),
+            });
+        }
+        cp.read("probe-health", &id, |h| h.probe_health(&id))
+    }
+}
+
+impl clones::Host for HostState {
     fn clone_instance(&mut self, id: String, configuration: String) -> Result<String, CpError> {
         let cp = self.scoped("clone-instance")?;
         let new_id = cp.mutate(
@@ -378,17 +437,13 @@ impl control_plane::Host for HostState {
             cp.record("delete-clone", &id, true, CallOutcome::Denied(why.clone()));
             return Err(CpError::Denied(why));
         }
-        cp.mutate(
-            "delete-clone",
-            &id,
-            None,
-            |_| (),
-            |h| h.delete_instance(&id),
-        )?;
+        cp.mutate("delete-clone", &id, None, |_| (), |h| h.delete_clone(&id))?;
         cp.scope.clones.remove(&id);
         Ok(())
     }
+}
 
+impl traffic::Host for HostState {
     fn set_traffic_weights(
         &mut self,
         endpoint: String,
@@ -411,19 +466,22 @@ impl control_plane::Host for HostState {
         };
         // An instance's traffic address is the endpoint named after it: a rollout may
         // steer only its own instance's endpoint, and only to its instance and clones.
-        if endpoint != cp.scope.instance_id {
+        if !cp.scope.is_member(&endpoint) {
             let why = format!(
-                "`set-traffic-weights` on endpoint {endpoint} denied: this rollout may set weights only on its instance's endpoint, `{}`",
+                "`set-traffic-weights` on endpoint {endpoint} denied: this rollout may set weights only on the endpoints of its members, named by their instance ids (here `{}`)",
                 cp.scope.instance_id
             );
             tracing::warn!(endpoint, instance = %cp.scope.instance_id, "strategy set weights on another endpoint; denied");
             record(cp, CallOutcome::Denied(why.clone()));
             return Err(CpError::Denied(why));
         }
-        if let Some(w) = weights.iter().find(|w| !cp.scope.allows(&w.instance_id)) {
+        // An endpoint's traffic may go to its own instance and to clones, never to
+        // another member of a group.
+        let allowed = |id: &str| id == endpoint || cp.scope.clones.contains(id);
+        if let Some(w) = weights.iter().find(|w| !allowed(&w.instance_id)) {
             let why = format!(
-                "`set-traffic-weights` naming instance {} denied: this rollout may send traffic only to instance {} and the clones it created",
-                w.instance_id, cp.scope.instance_id
+                "`set-traffic-weights` naming instance {} denied: this rollout may send the traffic of endpoint {endpoint} only to instance {endpoint} and the clones it created",
+                w.instance_id
             );
             tracing::warn!(target = %w.instance_id, instance = %cp.scope.instance_id, "strategy weights name an instance out of scope; denied");
             record(cp, CallOutcome::Denied(why.clone()));
@@ -441,37 +499,45 @@ impl control_plane::Host for HostState {
         record(cp, outcome);
         result
     }
+}
 
-    fn probe_health(&mut self, id: String) -> Result<Health, CpError> {
-        let cp = self.scoped("probe-health")?;
-        if cp.dry_run && id.starts_with(DRY_RUN_CLONE_PREFIX) {
-            // A clone that dry-run only pretended to make answers as a healthy one would,
-            // so a plan goes on past the wait for it.
-            cp.record("probe-health", &id, false, CallOutcome::Simulated);
-            return Ok(Health {
-                healthy: true,
-                detail: "simulated clone (dry-run)".into(),
-            });
-        }
-        cp.read("probe-health", &id, |h| h.probe_health(&id))
-    }
-
-    fn get_metrics(&mut self, id: String) -> Result<InstanceMetrics, CpError> {
-        let cp = self.scoped("get-metrics")?;
+impl metrics::Host for HostState {
+    fn get_counters(&mut self, id: String) -> Result<Counters, CpError> {
+        let cp = self.scoped("get-counters")?;
         if cp.dry_run && id.starts_with(DRY_RUN_CLONE_PREFIX) {
             // A simulated clone serves 1,000 requests between two readings, none failed:
             // the plan shows an analysis that passes.
             let reads = cp
                 .calls
                 .iter()
-                .filter(|c| c.call == "get-metrics" && c.target == id)
+                .filter(|c| c.call == "get-counters" && c.target == id)
                 .count() as u64;
-            cp.record("get-metrics", &id, false, CallOutcome::Simulated);
-            return Ok(InstanceMetrics {
+            cp.record("get-counters", &id, false, CallOutcome::Simulated);
+            return Ok(Counters {
                 requests: 1_000 * reads,
                 errors: 0,
             });
         }
-        cp.read("get-metrics", &id, |h| h.get_metrics(&id))
+        cp.read("get-counters", &id, |h| h.get_counters(&id))
+    }
+
+    fn query(&mut self, name: String, id: String) -> Result<Option<f64>, CpError> {
+        let cp = self.scoped("query")?;
+        let target = format!("{id} ({name})");
+        if !cp.scope.allows(&id) {
+            return cp.check_scope("query", &id, false).map(|()| None);
+        }
+        if cp.dry_run && id.starts_with(DRY_RUN_CLONE_PREFIX) {
+            // A simulated clone has no figures: the plan shows an analysis that waits.
+            cp.record("query", &target, false, CallOutcome::Simulated);
+            return Ok(None);
+        }
+        let result = cp.on_host(|h| h.query(&name, &id));
+        let outcome = match &result {
+            Ok(_) => CallOutcome::Ok,
+            Err(e) => CallOutcome::Failed(describe(e)),
+        };
+        cp.record("query", &target, false, outcome);
+        result
     }
 }
