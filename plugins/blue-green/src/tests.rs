@@ -10,8 +10,8 @@ use std::time::Duration;
 use setpoint_plugin::serde_json::{Value, json};
 use setpoint_plugin::testing::{Call, Driver, FakeControlPlane};
 use setpoint_plugin::{
-    Approval, BackendWeight, InstanceInfo, InstanceMetrics, InstanceStatus, Progress, Promote,
-    Rollout, Verdict,
+    Approval, BackendWeight, Counters, InstanceInfo, InstanceStatus, Progress, Promote, Rollout,
+    Verdict,
 };
 
 use super::*;
@@ -27,8 +27,8 @@ fn previous() -> Value {
     json!({"port": 8081, "logLevel": "info"})
 }
 
-fn m(requests: u64, errors: u64) -> InstanceMetrics {
-    InstanceMetrics { requests, errors }
+fn m(requests: u64, errors: u64) -> Counters {
+    Counters { requests, errors }
 }
 
 /// The instance, running; the clone's counters never move (the preview gets no
@@ -38,7 +38,7 @@ fn control_plane() -> FakeControlPlane {
         id: ID.into(),
         name: "drasi".into(),
         status: InstanceStatus::Running,
-        platform_type: "Process".into(),
+        platform: "Process".into(),
         labels: Vec::new(),
     })
 }
@@ -241,7 +241,7 @@ fn preview_analysis_passes_on_requests_sent_to_the_clone() {
     let mut d = driver(json!({"preview_analysis": {
         "interval": "5s", "max_error_rate": 0.1, "min_requests": 10
     }}));
-    d.cp = control_plane().with_metrics(CLONE, [m(0, 0), m(50, 2)]);
+    d.cp = control_plane().with_counters(CLONE, [m(0, 0), m(50, 2)]);
     d.step();
     d.step();
     let p = d.step();
@@ -307,7 +307,7 @@ fn preview_analysis_with_min_requests_0_passes_silence() {
 #[test]
 fn a_failing_preview_is_deleted_and_the_instance_never_touched() {
     let mut d = driver(json!({"preview_analysis": {"interval": "5s", "max_error_rate": 0.05}}));
-    d.cp = control_plane().with_metrics(CLONE, [m(0, 0), m(20, 10)]);
+    d.cp = control_plane().with_counters(CLONE, [m(0, 0), m(20, 10)]);
     let p = run_to_end(&mut d);
     assert_eq!(
         p,

@@ -9,8 +9,8 @@ use std::time::Duration;
 use setpoint_plugin::serde_json::{Value, json};
 use setpoint_plugin::testing::{Call, Driver, FakeControlPlane, Operation};
 use setpoint_plugin::{
-    Approval, BackendWeight, ControlPlaneError, InstanceInfo, InstanceMetrics, InstanceStatus,
-    Progress, Promote, Rollout, Verdict,
+    Approval, BackendWeight, ControlPlaneError, Counters, InstanceInfo, InstanceStatus, Progress,
+    Promote, Rollout, Verdict,
 };
 
 use super::*;
@@ -34,10 +34,10 @@ fn control_plane() -> FakeControlPlane {
             id: ID.into(),
             name: "drasi".into(),
             status: InstanceStatus::Running,
-            platform_type: "Process".into(),
+            platform: "Process".into(),
             labels: Vec::new(),
         })
-        .with_metrics(CLONE, (0..100).map(|i| m(i * 100, 0)))
+        .with_counters(CLONE, (0..100).map(|i| m(i * 100, 0)))
 }
 
 fn rollout(params: Value) -> Rollout {
@@ -51,8 +51,8 @@ fn driver(params: Value) -> Driver<Canary> {
     Driver::new(rollout(params), control_plane())
 }
 
-fn m(requests: u64, errors: u64) -> InstanceMetrics {
-    InstanceMetrics { requests, errors }
+fn m(requests: u64, errors: u64) -> Counters {
+    Counters { requests, errors }
 }
 
 /// Step (approving whatever is asked) until the rollout ends.
@@ -146,7 +146,7 @@ fn steps_params() -> Value {
 #[test]
 fn happy_path_walks_the_steps_promotes_and_converges_the_instance() {
     let mut d = driver(steps_params());
-    d.cp = control_plane().with_metrics(CLONE, [m(0, 0), m(100, 1)]);
+    d.cp = control_plane().with_counters(CLONE, [m(0, 0), m(100, 1)]);
 
     // 1: endpoint to the instance, clone created, and the call ends to save its id.
     let p = d.step();
@@ -414,7 +414,7 @@ fn failed_analysis_rolls_back_in_the_same_step_naming_the_figures() {
         {"analysis": {"interval": "10s", "max_error_rate": 0.05}},
         {"weight": 100},
     ]}));
-    d.cp = control_plane().with_metrics(CLONE, [m(0, 0), m(300, 93)]);
+    d.cp = control_plane().with_counters(CLONE, [m(0, 0), m(300, 93)]);
     d.step();
     d.step();
     d.step(); // weight 20, baseline
@@ -477,7 +477,7 @@ fn consecutive_failures_below_the_limit_keep_measuring() {
         {"weight": 20},
         {"analysis": {"interval": "10s", "max_error_rate": 0.05, "failure_limit": 2, "measurements": 2}},
     ]}));
-    d.cp = control_plane().with_metrics(
+    d.cp = control_plane().with_counters(
         CLONE,
         [m(0, 0), m(100, 10), m(200, 10), m(300, 20), m(400, 30)],
     );
@@ -510,7 +510,7 @@ fn inconclusive_intervals_keep_measuring_then_end_the_analysis() {
         {"weight": 10},
         {"analysis": {"interval": "10s", "max_error_rate": 0.05, "min_requests": 50}},
     ]}));
-    d.cp = control_plane().with_metrics(CLONE, [m(0, 0), m(10, 0), m(20, 5), m(30, 5)]);
+    d.cp = control_plane().with_counters(CLONE, [m(0, 0), m(10, 0), m(20, 5), m(30, 5)]);
     d.step();
     d.step();
     d.step();
@@ -542,7 +542,7 @@ fn an_inconclusive_interval_then_enough_traffic_passes() {
         {"weight": 10},
         {"analysis": {"interval": "10s", "max_error_rate": 0.05, "min_requests": 50}},
     ]}));
-    d.cp = control_plane().with_metrics(CLONE, [m(0, 0), m(10, 0), m(110, 1)]);
+    d.cp = control_plane().with_counters(CLONE, [m(0, 0), m(10, 0), m(110, 1)]);
     assert!(matches!(run_to_end(&mut d), Progress::Done(_)));
     assert_clean(&d.cp);
 }
@@ -555,8 +555,8 @@ fn compare_with_original_reads_both_and_judges_the_difference() {
     ]}));
     // Both fail at about 20 %: the clone is no worse than the original.
     d.cp = control_plane()
-        .with_metrics(CLONE, [m(0, 0), m(100, 22)])
-        .with_metrics(ID, [m(1000, 0), m(1100, 20)]);
+        .with_counters(CLONE, [m(0, 0), m(100, 22)])
+        .with_counters(ID, [m(1000, 0), m(1100, 20)]);
     assert!(matches!(run_to_end(&mut d), Progress::Done(_)));
     assert_clean(&d.cp);
 
@@ -565,8 +565,8 @@ fn compare_with_original_reads_both_and_judges_the_difference() {
         {"analysis": {"interval": "10s", "max_error_rate": 0.05, "compare_with_original": true}},
     ]}));
     d.cp = control_plane()
-        .with_metrics(CLONE, [m(0, 0), m(100, 30)])
-        .with_metrics(ID, [m(1000, 0), m(1100, 20)]);
+        .with_counters(CLONE, [m(0, 0), m(100, 30)])
+        .with_counters(ID, [m(1000, 0), m(1100, 20)]);
     let p = run_to_end(&mut d);
     assert_eq!(
         p,

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! setpoint-componentize [--wasip1-reactor] IN.core.wasm OUT.wasm
+//! setpoint-componentize --imports COMPONENT.wasm...
 //! ```
 //!
 //! The core module carries its world in the `component-type` custom section that
@@ -22,7 +23,52 @@ use wasi_preview1_component_adapter_provider::{
 };
 use wit_component::ComponentEncoder;
 
-const USAGE: &str = "usage: setpoint-componentize [--wasip1-reactor] IN.core.wasm OUT.wasm";
+const USAGE: &str = "usage: setpoint-componentize [--wasip1-reactor] IN.core.wasm OUT.wasm\n       \
+                     setpoint-componentize --imports COMPONENT.wasm...";
+
+/// The top-level import and export names of `component`, in order.
+fn imports_and_exports(component: &[u8]) -> Result<(Vec<String>, Vec<String>)> {
+    if !wasmparser::Parser::is_component(component) {
+        bail!("not a component");
+    }
+    let (mut imports, mut exports) = (Vec::new(), Vec::new());
+    let mut depth = 0usize;
+    for payload in wasmparser::Parser::new(0).parse_all(component) {
+        match payload.context("parsing the component")? {
+            wasmparser::Payload::ModuleSection { .. }
+            | wasmparser::Payload::ComponentSection { .. } => depth += 1,
+            wasmparser::Payload::End(_) => depth = depth.saturating_sub(1),
+            wasmparser::Payload::ComponentImportSection(reader) if depth == 0 => {
+                for import in reader {
+                    imports.push(import.context("reading an import")?.name.name.to_owned());
+                }
+            }
+            wasmparser::Payload::ComponentExportSection(reader) if depth == 0 => {
+                for export in reader {
+                    exports.push(export.context("reading an export")?.name.name.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok((imports, exports))
+}
+
+/// `--imports`: print each component's imports and exports.
+fn print_imports(paths: &[PathBuf]) -> Result<()> {
+    for path in paths {
+        let (imports, exports) = imports_and_exports(&read(path)?)
+            .with_context(|| format!("reading {}", path.display()))?;
+        println!("{}", path.display());
+        for name in imports {
+            println!("  import {name}");
+        }
+        for name in exports {
+            println!("  export {name}");
+        }
+    }
+    Ok(())
+}
 
 /// What the command line asks for.
 #[derive(Debug)]
@@ -65,7 +111,7 @@ fn componentize(core: &[u8], wasip1_reactor: bool) -> Result<Vec<u8>> {
         .module(core)
         .context(
             "reading the module's embedded world (was it built with wit_bindgen::generate!, \
-             i.e. with the setpoint-plugin SDK and its `comparator` or `strategy` feature?)",
+             i.e. with the setpoint-plugin SDK's `comparator!` or `strategy!` macro?)",
         )?;
     if wasip1_reactor {
         encoder = encoder
@@ -113,7 +159,19 @@ fn read(path: &Path) -> Result<Vec<u8>> {
 }
 
 fn main() -> ExitCode {
-    let result = parse_args(std::env::args().skip(1)).and_then(run);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = if args.first().map(String::as_str) == Some("--imports") {
+        let paths: Vec<PathBuf> = args[1..].iter().map(PathBuf::from).collect();
+        if paths.is_empty() {
+            Err(anyhow::anyhow!(
+                "--imports needs at least one component\n{USAGE}"
+            ))
+        } else {
+            print_imports(&paths)
+        }
+    } else {
+        parse_args(args).and_then(run)
+    };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -163,6 +221,14 @@ mod tests {
         let component = componentize(b"\0asm\x01\0\0\0", false).unwrap();
         assert!(wasmparser::Parser::is_component(&component));
         validate(&component).unwrap();
+    }
+
+    #[test]
+    fn lists_no_imports_of_an_empty_component_and_refuses_a_module() {
+        let component = componentize(b"\0asm\x01\0\0\0", false).unwrap();
+        let (imports, exports) = imports_and_exports(&component).unwrap();
+        assert!(imports.is_empty() && exports.is_empty());
+        assert!(imports_and_exports(b"\0asm\x01\0\0\0").is_err());
     }
 
     #[test]

@@ -358,7 +358,7 @@ pub fn step(plan: &Plan, rollout: &Rollout, cp: &mut dyn ControlPlane) -> Progre
         rollout,
         cp,
         now: rollout.elapsed_ms(),
-        id: &rollout.instance_id,
+        id: rollout.instance_id(),
     };
     match state {
         None => machine.begin(),
@@ -374,7 +374,7 @@ pub fn abort(plan: &Plan, rollout: &Rollout, cp: &mut dyn ControlPlane) -> Progr
         Ok(None) => {
             return Progress::done(format!(
                 "nothing to undo: the rollout of {} had not started",
-                rollout.instance_id
+                rollout.instance_id()
             ));
         }
         Err(error) => return error.into(),
@@ -382,7 +382,8 @@ pub fn abort(plan: &Plan, rollout: &Rollout, cp: &mut dyn ControlPlane) -> Progr
     if !state.at.is_undo() {
         log::info(&format!(
             "abort: undoing the rollout of {} from {:?}",
-            rollout.instance_id, state.at
+            rollout.instance_id(),
+            state.at
         ));
         state.at = At::UndoCheck;
         state.error_since_ms = None;
@@ -392,7 +393,7 @@ pub fn abort(plan: &Plan, rollout: &Rollout, cp: &mut dyn ControlPlane) -> Progr
         rollout,
         cp,
         now: rollout.elapsed_ms(),
-        id: &rollout.instance_id,
+        id: rollout.instance_id(),
     };
     machine.run(state, Entry::Abort)
 }
@@ -440,7 +441,7 @@ impl Machine<'_> {
             log::error(&f.describe());
             return Progress::failed(f.describe(), f.transient());
         }
-        let clone = match self.cp.clone_instance(id, &self.rollout.desired) {
+        let clone = match self.cp.clone_instance(id, self.rollout.desired()) {
             Ok(clone) => clone,
             Err(e) => {
                 let f = Fault {
@@ -458,7 +459,7 @@ impl Machine<'_> {
         status.weights = weights;
         let state = State {
             status,
-            previous: self.rollout.actual.clone(),
+            previous: self.rollout.actual().cloned(),
             clone: Some(clone.clone()),
             original_touched: false,
             at: At::CloneCreated,
@@ -1007,13 +1008,13 @@ impl Machine<'_> {
 
     /// Read the counters an analysis needs; `None` when the clone is gone.
     fn read(&mut self, spec: &AnalysisSpec, clone: &str) -> Option<Result<Reading, String>> {
-        let clone_metrics = match self.cp.get_metrics(clone) {
+        let clone_metrics = match self.cp.get_counters(clone) {
             Ok(m) => m,
             Err(ControlPlaneError::NotFound(_)) => return None,
             Err(e) => return Some(Err(format!("clone {clone}: {e}"))),
         };
         let original = if spec.compare_with_original {
-            match self.cp.get_metrics(self.id) {
+            match self.cp.get_counters(self.id) {
                 Ok(m) => Some(m),
                 Err(e) => return Some(Err(format!("{}: {e}", self.id))),
             }
@@ -1079,7 +1080,7 @@ impl Machine<'_> {
                 false,
             )));
         }
-        let desired = self.rollout.desired.clone();
+        let desired = self.rollout.desired().clone();
         self.restart_original(st, &desired, "the desired configuration")?;
         st.at = At::Converging { since_ms: self.now };
         Ok(Some(self.await_original("the desired configuration")))

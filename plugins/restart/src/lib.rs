@@ -106,19 +106,19 @@ impl Strategy for Restart {
     fn abort(rollout: &Rollout, cp: &mut dyn ControlPlane) -> Progress {
         let previous = match rollout.state::<State>() {
             Ok(Some(state)) => state.previous,
-            Ok(None) => rollout.actual.clone(),
+            Ok(None) => rollout.actual().cloned(),
             Err(error) => return error.into(),
         };
         let Some(previous) = previous else {
             return Progress::failed(
                 format!(
                     "cannot abort the restart of {}: the configuration it ran before is unknown",
-                    rollout.instance_id
+                    rollout.instance_id()
                 ),
                 false,
             );
         };
-        let id = &rollout.instance_id;
+        let id = rollout.instance_id();
         log::info(&format!(
             "abort: restarting {id} with its previous configuration"
         ));
@@ -137,18 +137,18 @@ impl Strategy for Restart {
 
 /// First step: remember the running configuration, stop, start with the desired one.
 fn restart(rollout: &Rollout, cp: &mut dyn ControlPlane, params: &Params) -> Progress {
-    let id = &rollout.instance_id;
+    let id = rollout.instance_id();
     let mut status = RolloutStatus::new("restart", "restarting");
     status.waiting_for = Some(format!("{id} to become healthy"));
     let state = State {
         status,
-        previous: rollout.actual.clone(),
+        previous: rollout.actual().cloned(),
     };
     log::info(&format!("restarting {id} with the desired configuration"));
     if let Err(error) = cp.stop(id) {
         return control_plane_failure(&format!("stopping {id}"), &error);
     }
-    if let Err(error) = cp.start(id, Some(&rollout.desired)) {
+    if let Err(error) = cp.start(id, Some(rollout.desired())) {
         return control_plane_failure(
             &format!("starting {id} with the desired configuration"),
             &error,
@@ -168,7 +168,7 @@ fn wait_for_health(
     params: &Params,
     state: &State,
 ) -> Progress {
-    let id = &rollout.instance_id;
+    let id = rollout.instance_id();
     let seen = match cp.probe_health(id) {
         Ok(health) if health.healthy => {
             return Progress::done(format!(
@@ -428,7 +428,7 @@ mod tests {
             id: ID.into(),
             name: "db".into(),
             status: InstanceStatus::Running,
-            platform_type: "Process".into(),
+            platform: "Process".into(),
             labels: Default::default(),
         });
         let rollout = first_step();

@@ -1,16 +1,15 @@
 //! Glue the export macros expand to: conversions between the SDK's types and the
 //! generated bindings' types. Not a public API.
 
-#[cfg(all(
-    target_arch = "wasm32",
-    any(feature = "comparator", feature = "strategy")
-))]
+#[cfg(target_arch = "wasm32")]
 pub use wire::*;
 
-#[cfg(all(
-    target_arch = "wasm32",
-    any(feature = "comparator", feature = "strategy")
-))]
+/// The bindings generator, for the export macros' expansion in a plugin's crate (which
+/// then needs no wit-bindgen dependency of its own).
+#[cfg(target_arch = "wasm32")]
+pub use wit_bindgen;
+
+#[cfg(target_arch = "wasm32")]
 mod wire {
     use std::sync::Once;
 
@@ -19,19 +18,19 @@ mod wire {
 
     /// Send a panic's message to the host before the module aborts: on
     /// `wasm32-unknown-unknown` there is no stderr, and the host only sees a trap. It goes
-    /// through `panic-message`, not `log` (see [`crate::log::panic_message`]).
+    /// through `trap-reason`, not `log` (see [`crate::log::trap_reason`]).
     pub fn install_panic_hook() {
         static HOOK: Once = Once::new();
         HOOK.call_once(|| {
             std::panic::set_hook(Box::new(|info| {
-                crate::log::panic_message(&format!("plugin {info}"));
+                crate::log::trap_reason(&format!("plugin {info}"));
             }));
         });
     }
 
-    pub fn metadata_to_wire(metadata: Metadata) -> wire::Metadata {
+    pub fn metadata_to_wire(metadata: Metadata) -> wire::PluginMetadata {
         install_panic_hook();
-        wire::Metadata {
+        wire::PluginMetadata {
             name: metadata.name,
             version: metadata.version,
             kind: match metadata.kind {
@@ -39,6 +38,7 @@ mod wire {
                 PluginKind::Strategy => wire::PluginKind::Strategy,
             },
             description: metadata.description,
+            group_rollouts: metadata.group_rollouts,
         }
     }
 
@@ -65,7 +65,6 @@ mod wire {
         }
     }
 
-    #[cfg(feature = "comparator")]
     pub fn compare_export<C: crate::Comparator>(
         desired: &str,
         actual: &str,
@@ -83,10 +82,8 @@ mod wire {
             .map_err(error_to_wire)
     }
 
-    #[cfg(all(feature = "strategy", not(feature = "comparator")))]
     pub use strategy::*;
 
-    #[cfg(all(feature = "strategy", not(feature = "comparator")))]
     mod strategy {
         use std::time::Duration;
 
@@ -94,7 +91,8 @@ mod wire {
 
         use super::{install_panic_hook, wire};
         use crate::{
-            ControlPlane, Drift, DriftKind, HostControlPlane, PluginError, Progress, Rollout,
+            ControlPlane, Drift, DriftKind, HostControlPlane, Member, PluginError, Progress,
+            Rollout,
         };
 
         fn parse(what: &str, text: &str) -> Result<Value, PluginError> {
@@ -118,26 +116,38 @@ mod wire {
             })
         }
 
-        fn rollout_from_wire(rollout: wire::Rollout) -> Result<Rollout, PluginError> {
-            let params = parse("the strategy's params", &rollout.params)
-                .map_err(|e| PluginError::InvalidParams(e.to_string()))?;
-            Ok(Rollout {
-                desired: parse("the desired configuration", &rollout.desired)?,
-                actual: rollout
+        fn member_from_wire(member: wire::Member) -> Result<Member, PluginError> {
+            Ok(Member {
+                desired: parse("the desired configuration", &member.desired)?,
+                actual: member
                     .actual
                     .map(|t| parse("the actual configuration", &t))
                     .transpose()?,
-                drifts: rollout
+                drifts: member
                     .drifts
                     .into_iter()
                     .map(drift_from_wire)
                     .collect::<Result<_, _>>()?,
-                params,
-                raw_state: rollout.state,
-                step: rollout.step,
-                elapsed: Duration::from_millis(rollout.elapsed_ms),
-                instance_id: rollout.instance_id,
+                instance_id: member.instance_id,
             })
+        }
+
+        fn rollout_from_wire(rollout: wire::Rollout) -> Result<Rollout, PluginError> {
+            let params = parse("the strategy's params", &rollout.params)
+                .map_err(|e| PluginError::InvalidParams(e.to_string()))?;
+            let members = rollout
+                .members
+                .into_iter()
+                .map(member_from_wire)
+                .collect::<Result<_, _>>()?;
+            let mut parsed = Rollout::from_members(rollout.group, members).ok_or_else(|| {
+                PluginError::InvalidInput("the rollout has no members".to_owned())
+            })?;
+            parsed.params = params;
+            parsed.raw_state = rollout.state;
+            parsed.step = rollout.step;
+            parsed.elapsed = Duration::from_millis(rollout.elapsed_ms);
+            Ok(parsed)
         }
 
         fn progress_to_wire(progress: Progress) -> wire::Progress {

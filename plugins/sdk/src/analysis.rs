@@ -28,12 +28,12 @@
 //!
 //! ```
 //! use setpoint_plugin::analysis::{AnalysisOutcome, AnalysisRun, AnalysisSpec, Reading};
-//! use setpoint_plugin::InstanceMetrics;
+//! use setpoint_plugin::Counters;
 //! use std::time::Duration;
 //!
 //! let spec = AnalysisSpec::new(Duration::from_secs(10), 0.05);
 //! let mut run = AnalysisRun::default();
-//! let at = |requests, errors| Ok(Reading::clone_only(InstanceMetrics { requests, errors }));
+//! let at = |requests, errors| Ok(Reading::clone_only(Counters { requests, errors }));
 //! // First call: the baseline, then wait one interval.
 //! assert_eq!(run.observe(&spec, 0, at(100, 1)), AnalysisOutcome::Continue { after: Duration::from_secs(10) });
 //! // Ten seconds later: 400 requests, 93 errors in the interval.
@@ -48,7 +48,7 @@ use serde_json::{Map, Value};
 
 use crate::duration;
 use crate::status::{AnalysisFigures, Verdict};
-use crate::{InstanceMetrics, PluginError};
+use crate::{Counters, PluginError};
 
 /// Default of `min_requests`: one request is enough to judge an interval.
 pub const DEFAULT_MIN_REQUESTS: u64 = 1;
@@ -225,15 +225,15 @@ fn count(
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Reading {
     /// The clone's counters.
-    pub clone: InstanceMetrics,
+    pub clone: Counters,
     /// The original's counters (read only with `compare_with_original`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub original: Option<InstanceMetrics>,
+    pub original: Option<Counters>,
 }
 
 impl Reading {
     /// A reading of the clone alone.
-    pub fn clone_only(clone: InstanceMetrics) -> Self {
+    pub fn clone_only(clone: Counters) -> Self {
         Self {
             clone,
             original: None,
@@ -595,16 +595,16 @@ mod tests {
     }
 
     fn at(requests: u64, errors: u64) -> Result<Reading, String> {
-        Ok(Reading::clone_only(InstanceMetrics { requests, errors }))
+        Ok(Reading::clone_only(Counters { requests, errors }))
     }
 
     fn both(clone: (u64, u64), original: (u64, u64)) -> Result<Reading, String> {
         Ok(Reading {
-            clone: InstanceMetrics {
+            clone: Counters {
                 requests: clone.0,
                 errors: clone.1,
             },
-            original: Some(InstanceMetrics {
+            original: Some(Counters {
                 requests: original.0,
                 errors: original.1,
             }),

@@ -1,7 +1,18 @@
-//! The control-plane calls a strategy may make (the contract's `control-plane` imports).
+//! The control-plane calls a strategy may make (the contract's `instances` import and the
+//! optional capabilities `clones`, `traffic` and `metrics`).
 //!
-//! [`ControlPlane`] mirrors the WIT interface with configurations as
-//! [`serde_json::Value`]s. On wasm32 the strategy export hands a strategy the
+//! [`ControlPlane`] mirrors the WIT interfaces with configurations as
+//! [`serde_json::Value`]s. The methods of a capability exist only with the SDK's cargo
+//! feature of the same name (`clones`, `traffic`, `metrics`; additive, none by default):
+//! a strategy's component imports a capability only when it is built with the feature,
+//! and the host refuses at load time a strategy that needs a capability its control
+//! plane lacks. A strategy declares what it needs in its `Cargo.toml`, for example
+//! `setpoint-plugin = { workspace = true, features = ["clones", "traffic"] }`; calling a
+//! method of a capability not declared is a compile error (no such method).
+//!
+//! Why features and not "whatever the strategy calls": the strategy gets a
+//! `&mut dyn ControlPlane`, and a trait object's vtable references every method of the
+//! trait, so every import would stay alive in every strategy. On wasm32 the strategy export hands a strategy the
 //! implementation over the real imports ([`HostControlPlane`]); tests use
 //! [`FakeControlPlane`](crate::testing::FakeControlPlane).
 
@@ -13,10 +24,10 @@ use serde_json::Value;
 /// Why a control-plane call did not succeed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlPlaneError {
-    /// The instance (or endpoint) does not exist.
+    /// The instance (or endpoint, or named query) does not exist.
     #[error("not found: {0}")]
     NotFound(String),
-    /// The call is outside this strategy's scope (another instance, or an operation the
+    /// The call is outside this rollout's scope (another instance, or an operation the
     /// host does not allow).
     #[error("denied: {0}")]
     Denied(String),
@@ -31,7 +42,8 @@ pub enum ControlPlaneError {
     Other(String),
 }
 
-/// Lifecycle state of an instance as the control plane reports it.
+/// Lifecycle state of an instance (the contract's neutral `instance-status`: the host
+/// maps its control plane's states onto these).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum InstanceStatus {
     /// Created, never started.
@@ -41,9 +53,9 @@ pub enum InstanceStatus {
     /// Stopped on request.
     Stopped,
     /// Failed (for example its process exited).
-    Error,
-    /// Its desired configuration changed since it was started.
-    ConfigurationChanged,
+    Failed,
+    /// Running, but its desired configuration changed since it was started.
+    Outdated,
 }
 
 impl fmt::Display for InstanceStatus {
@@ -52,8 +64,8 @@ impl fmt::Display for InstanceStatus {
             Self::Created => "Created",
             Self::Running => "Running",
             Self::Stopped => "Stopped",
-            Self::Error => "Error",
-            Self::ConfigurationChanged => "ConfigurationChanged",
+            Self::Failed => "Failed",
+            Self::Outdated => "Outdated",
         })
     }
 }
@@ -67,9 +79,9 @@ pub struct InstanceInfo {
     pub name: String,
     /// Its lifecycle state.
     pub status: InstanceStatus,
-    /// The platform it runs on, for example `Process`.
-    pub platform_type: String,
-    /// Its labels (DRaaS `metadata`).
+    /// Where it runs, in the control plane's words (for example `Process`).
+    pub platform: String,
+    /// The key/value labels the control plane attaches to it.
     pub labels: Vec<(String, String)>,
 }
 
@@ -78,7 +90,7 @@ pub struct InstanceInfo {
 pub struct RuntimeStatus {
     /// Its lifecycle state.
     pub status: InstanceStatus,
-    /// Extra details the control plane holds (a JSON object).
+    /// Whatever else the control plane reports about it (a JSON object).
     pub details: Value,
 }
 
@@ -91,12 +103,13 @@ pub struct Health {
     pub detail: String,
 }
 
-/// Request counters of an instance since it started.
+/// Request counters of an instance since it started (the `metrics` capability's
+/// `counters`).
 ///
 /// Serialised as `{"requests": n, "errors": n}`, so strategies can keep a reading in
 /// their state (see [`crate::analysis`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InstanceMetrics {
+pub struct Counters {
     /// Requests served.
     pub requests: u64,
     /// Requests that failed.
@@ -125,10 +138,17 @@ impl BackendWeight {
     }
 }
 
-/// Control-plane calls a strategy may make. The host scopes every call to the instance
-/// being reconciled and the clones created during this rollout; anything else is
+/// Control-plane calls a strategy may make. The host scopes every call to the rollout's
+/// members and the clones this rollout created; anything else is
 /// [`ControlPlaneError::Denied`]. In dry-run the mutating calls are recorded and answered
 /// with a simulated success.
+///
+/// The methods marked "capability" exist only with the SDK's cargo feature of that name
+/// (`clones`, `traffic`, `metrics`; additive, none by default). A strategy's component
+/// imports a capability's interface only when built with its feature, and the host
+/// refuses at load time a strategy that needs a capability its control plane lacks:
+/// declare what the strategy uses, for example
+/// `setpoint-plugin = { workspace = true, features = ["clones", "traffic"] }`.
 pub trait ControlPlane {
     /// Describe an instance.
     fn get_instance(&mut self, instance_id: &str) -> Result<InstanceInfo, ControlPlaneError>;
@@ -154,53 +174,59 @@ pub trait ControlPlane {
     /// Restart an instance with the configuration it has.
     fn restart(&mut self, instance_id: &str) -> Result<(), ControlPlaneError>;
 
-    /// Create a sibling of `instance_id` that runs `configuration`; returns the new
-    /// instance's identifier, which is in this rollout's scope from then on.
+    /// Ask an instance whether it is healthy now. A control plane that cannot probe
+    /// answers [`ControlPlaneError::Unavailable`]; judge by `get_runtime_status` then.
+    fn probe_health(&mut self, instance_id: &str) -> Result<Health, ControlPlaneError>;
+
+    /// Capability `clones`: create a sibling of `instance_id` that runs `configuration`;
+    /// returns the new instance's identifier, which is in this rollout's scope from then
+    /// on.
+    #[cfg(feature = "clones")]
     fn clone_instance(
         &mut self,
         instance_id: &str,
         configuration: &Value,
     ) -> Result<String, ControlPlaneError>;
 
-    /// Delete a clone this rollout created.
+    /// Capability `clones`: delete a clone this rollout created.
+    #[cfg(feature = "clones")]
     fn delete_clone(&mut self, instance_id: &str) -> Result<(), ControlPlaneError>;
 
-    /// Split the requests of `endpoint` across instances by weight.
+    /// Capability `traffic`: split the requests of `endpoint` (a member's own traffic
+    /// address, named by its instance id) across instances by weight.
+    #[cfg(feature = "traffic")]
     fn set_traffic_weights(
         &mut self,
         endpoint: &str,
         weights: &[BackendWeight],
     ) -> Result<(), ControlPlaneError>;
 
-    /// Ask an instance whether it is healthy.
-    fn probe_health(&mut self, instance_id: &str) -> Result<Health, ControlPlaneError>;
+    /// Capability `metrics`: an instance's request and error counters.
+    #[cfg(feature = "metrics")]
+    fn get_counters(&mut self, instance_id: &str) -> Result<Counters, ControlPlaneError>;
 
-    /// Read an instance's request and error counters.
-    fn get_metrics(&mut self, instance_id: &str) -> Result<InstanceMetrics, ControlPlaneError>;
+    /// Capability `metrics`: evaluate the query policy names `name` for `instance_id`;
+    /// `Ok(None)` when it yields no value (for example no requests yet),
+    /// [`ControlPlaneError::NotFound`] when policy defines no query of that name,
+    /// [`ControlPlaneError::Invalid`] when it yields more than one value.
+    #[cfg(feature = "metrics")]
+    fn query(&mut self, name: &str, instance_id: &str) -> Result<Option<f64>, ControlPlaneError>;
 }
 
-#[cfg(all(
-    target_arch = "wasm32",
-    feature = "strategy",
-    not(feature = "comparator")
-))]
+#[cfg(target_arch = "wasm32")]
 pub use host::HostControlPlane;
 
-#[cfg(all(
-    target_arch = "wasm32",
-    feature = "strategy",
-    not(feature = "comparator")
-))]
+#[cfg(target_arch = "wasm32")]
 mod host {
     use serde_json::Value;
 
     use super::{
-        BackendWeight, ControlPlane, ControlPlaneError, Health, InstanceInfo, InstanceMetrics,
-        InstanceStatus, RuntimeStatus,
+        ControlPlane, ControlPlaneError, Health, InstanceInfo, InstanceStatus, RuntimeStatus,
     };
-    use crate::__bindings::setpoint::plugin::control_plane as wire;
+    use crate::__bindings::setpoint::plugin::instances as wire;
 
-    /// [`ControlPlane`] over the component's real `control-plane` imports.
+    /// [`ControlPlane`] over the component's real imports: `instances`, and `clones`,
+    /// `traffic` and `metrics` with the features of those names.
     #[derive(Debug, Default)]
     pub struct HostControlPlane;
 
@@ -219,8 +245,8 @@ mod host {
             wire::InstanceStatus::Created => InstanceStatus::Created,
             wire::InstanceStatus::Running => InstanceStatus::Running,
             wire::InstanceStatus::Stopped => InstanceStatus::Stopped,
-            wire::InstanceStatus::Error => InstanceStatus::Error,
-            wire::InstanceStatus::ConfigurationChanged => InstanceStatus::ConfigurationChanged,
+            wire::InstanceStatus::Failed => InstanceStatus::Failed,
+            wire::InstanceStatus::Outdated => InstanceStatus::Outdated,
         }
     }
 
@@ -237,7 +263,7 @@ mod host {
                 id: info.id,
                 name: info.name,
                 status: status(info.status),
-                platform_type: info.platform_type,
+                platform: info.platform,
                 labels: info.labels,
             })
         }
@@ -278,33 +304,6 @@ mod host {
             wire::restart(instance_id).map_err(error)
         }
 
-        fn clone_instance(
-            &mut self,
-            instance_id: &str,
-            configuration: &Value,
-        ) -> Result<String, ControlPlaneError> {
-            wire::clone_instance(instance_id, &configuration.to_string()).map_err(error)
-        }
-
-        fn delete_clone(&mut self, instance_id: &str) -> Result<(), ControlPlaneError> {
-            wire::delete_clone(instance_id).map_err(error)
-        }
-
-        fn set_traffic_weights(
-            &mut self,
-            endpoint: &str,
-            weights: &[BackendWeight],
-        ) -> Result<(), ControlPlaneError> {
-            let weights: Vec<wire::BackendWeight> = weights
-                .iter()
-                .map(|w| wire::BackendWeight {
-                    instance_id: w.instance_id.clone(),
-                    weight: w.weight,
-                })
-                .collect();
-            wire::set_traffic_weights(endpoint, &weights).map_err(error)
-        }
-
         fn probe_health(&mut self, instance_id: &str) -> Result<Health, ControlPlaneError> {
             let health = wire::probe_health(instance_id).map_err(error)?;
             Ok(Health {
@@ -313,12 +312,60 @@ mod host {
             })
         }
 
-        fn get_metrics(&mut self, instance_id: &str) -> Result<InstanceMetrics, ControlPlaneError> {
-            let metrics = wire::get_metrics(instance_id).map_err(error)?;
-            Ok(InstanceMetrics {
-                requests: metrics.requests,
-                errors: metrics.errors,
+        #[cfg(feature = "clones")]
+        fn clone_instance(
+            &mut self,
+            instance_id: &str,
+            configuration: &Value,
+        ) -> Result<String, ControlPlaneError> {
+            use crate::__bindings::setpoint::plugin::clones;
+            clones::clone_instance(instance_id, &configuration.to_string()).map_err(error)
+        }
+
+        #[cfg(feature = "clones")]
+        fn delete_clone(&mut self, instance_id: &str) -> Result<(), ControlPlaneError> {
+            use crate::__bindings::setpoint::plugin::clones;
+            clones::delete_clone(instance_id).map_err(error)
+        }
+
+        #[cfg(feature = "traffic")]
+        fn set_traffic_weights(
+            &mut self,
+            endpoint: &str,
+            weights: &[super::BackendWeight],
+        ) -> Result<(), ControlPlaneError> {
+            use crate::__bindings::setpoint::plugin::traffic;
+            let weights: Vec<traffic::BackendWeight> = weights
+                .iter()
+                .map(|w| traffic::BackendWeight {
+                    instance_id: w.instance_id.clone(),
+                    weight: w.weight,
+                })
+                .collect();
+            traffic::set_traffic_weights(endpoint, &weights).map_err(error)
+        }
+
+        #[cfg(feature = "metrics")]
+        fn get_counters(
+            &mut self,
+            instance_id: &str,
+        ) -> Result<super::Counters, ControlPlaneError> {
+            use crate::__bindings::setpoint::plugin::metrics;
+            let counters = metrics::get_counters(instance_id).map_err(error)?;
+            Ok(super::Counters {
+                requests: counters.requests,
+                errors: counters.errors,
             })
+        }
+
+        #[cfg(feature = "metrics")]
+        fn query(
+            &mut self,
+            name: &str,
+            instance_id: &str,
+        ) -> Result<Option<f64>, ControlPlaneError> {
+            use crate::__bindings::setpoint::plugin::metrics;
+            metrics::query(name, instance_id).map_err(error)
         }
     }
 }

@@ -1,22 +1,26 @@
 //! The SDK for setpoint plugins: drift comparators and rollout strategies written in Rust
-//! and shipped as WebAssembly components of the `setpoint:plugin` contract (`wit/`).
+//! and shipped as WebAssembly components of the `setpoint:plugin@0.2.0` contract
+//! (`wit/setpoint.wit`, which this crate ships).
 //!
 //! Start reading at the two traits, [`Comparator`] and [`Strategy`], and the export macros
 //! [`comparator!`] and [`strategy!`]. A plugin implements one trait on a type of its own
 //! and exports it with the matching macro; the SDK turns the contract's JSON text into
 //! [`serde_json::Value`]s, its records into [`Drift`], [`Rollout`] and [`Progress`], and
-//! the `control-plane` imports into a [`ControlPlane`] trait object.
+//! the control-plane imports (`instances` and the capabilities `clones`, `traffic`,
+//! `metrics`) into a [`ControlPlane`] trait object.
 //!
 //! # A comparator in twenty lines
 //!
-//! `Cargo.toml`: `crate-type = ["cdylib", "rlib"]` and
-//! `setpoint-plugin = { workspace = true, features = ["comparator"] }`.
+//! `Cargo.toml`: `crate-type = ["cdylib", "rlib"]` and `setpoint-plugin.workspace = true`
+//! (under that name: the export macros refer to `::setpoint_plugin`). No wit-bindgen
+//! dependency and no feature is needed.
 //!
 //! ```
 //! use setpoint_plugin::{Comparator, Drift, Metadata, PluginError, Value};
 //!
 //! /// Reports a changed `port`, and nothing else.
 //! pub struct PortOnly;
+//! setpoint_plugin::comparator!(PortOnly);
 //!
 //! impl Comparator for PortOnly {
 //!     fn metadata() -> Metadata {
@@ -32,22 +36,99 @@
 //!             .with_message(format!("port: {have} -> {want}"))])
 //!     }
 //! }
-//!
-//! setpoint_plugin::comparator!(PortOnly);
 //! ```
 //!
 //! Build it with `scripts/build-plugins`, which compiles every crate marked
 //! `[package.metadata.setpoint] plugin = true` for `wasm32-unknown-unknown` and wraps the
 //! core module into a component at `target/plugins/<name>.wasm`.
 //!
-//! # Features: one world per plugin
+//! # A strategy in thirty lines
 //!
-//! Enable exactly one of the cargo features `comparator` and `strategy`. The bindings are
-//! generated for that world only, because wit-component merges every world's type section
-//! that ends up in one module: a comparator that also carried the strategy world would be
-//! asked to export `rollout-strategy` too. The bindings exist on `wasm32` only; native
+//! Same `Cargo.toml`; a strategy that only stops and starts its instance needs no
+//! capability feature (see below).
+//!
+//! ```
+//! use setpoint_plugin::{ControlPlane, Metadata, Progress, Rollout, Strategy};
+//!
+//! /// Stops the instance and starts it with the desired configuration.
+//! pub struct StopStart;
+//! setpoint_plugin::strategy!(StopStart);
+//!
+//! impl Strategy for StopStart {
+//!     fn metadata() -> Metadata {
+//!         Metadata::strategy("stop-start", env!("CARGO_PKG_VERSION"), "Stop, then start")
+//!     }
+//!
+//!     fn step(rollout: &Rollout, cp: &mut dyn ControlPlane) -> Progress {
+//!         let id = rollout.instance_id();
+//!         if let Err(e) = cp.stop(id).and_then(|()| cp.start(id, Some(rollout.desired()))) {
+//!             return Progress::failed(format!("restarting {id}: {e}"), true);
+//!         }
+//!         Progress::done(format!("restarted {id}"))
+//!     }
+//!
+//!     fn abort(rollout: &Rollout, cp: &mut dyn ControlPlane) -> Progress {
+//!         match rollout.actual() {
+//!             Some(previous) => match cp.start(rollout.instance_id(), Some(previous)) {
+//!                 Ok(()) => Progress::done("restarted with the previous configuration"),
+//!                 Err(e) => Progress::failed(format!("abort: {e}"), true),
+//!             },
+//!             None => Progress::done("nothing known to restore"),
+//!         }
+//!     }
+//! }
+//! ```
+//!
+//! # One world per plugin, no features to pick
+//!
+//! A component implements one world, and wit-component builds it from the
+//! `component-type` custom sections in the core module, *merging* all of them: a module
+//! that carried both worlds would be asked to export both interfaces. So the world's
+//! bindings are not generated in this crate. [`comparator!`] and [`strategy!`] expand,
+//! on wasm32, to `wit_bindgen::generate!` for their world *in the plugin's crate*, from
+//! the WIT text this crate ships (`build.rs` writes it into a hidden `macro_rules!`,
+//! because `generate!` takes its WIT as a literal only); the types and imports of that
+//! world are mapped (`with`) onto this crate's own bindings. This crate's bindings are
+//! of a world of imports only (`setpoint:sdk/imports`: every import of the contract, no
+//! export), which the SDK needs to log, report panics and implement
+//! `HostControlPlane`; merged with the plugin's world it adds no export, and
+//! wit-component drops from the component every import the module never calls. One
+//! crate builds for either world, and a crate that depends on both kinds (tests, the
+//! host's tools) needs nothing special. The bindings exist on `wasm32` only; native
 //! builds (unit tests, clippy, benchmarks) see the idiomatic types and traits, and the
 //! export macros then only check that the trait is implemented.
+//!
+//! Chosen over a `path:` to this crate's directory (computed in `build.rs`): the inline
+//! text works the same from a registry or a vendored copy and from any directory.
+//!
+//! # Capabilities: cargo features `clones`, `traffic`, `metrics`
+//!
+//! A strategy's component imports `setpoint:plugin/instances` and `logging`, and the
+//! optional capability interfaces `clones`, `traffic` and `metrics` only if it calls
+//! them; the host refuses at load time a strategy that needs a capability its control
+//! plane lacks. A strategy gets its control plane as `&mut dyn ControlPlane`, and a
+//! trait object's vtable references every method, so "whatever it calls" would keep
+//! every import alive. Instead each capability is an *additive* cargo feature of this
+//! crate that adds the [`ControlPlane`] methods of its interface
+//! (`clone_instance`/`delete_clone` with `clones`,
+//! `set_traffic_weights` with `traffic`, `get_counters`/`query` with `metrics`): a
+//! strategy declares what it needs in its `Cargo.toml`
+//! (`setpoint-plugin = { workspace = true, features = ["clones", "traffic"] }`), and
+//! calling a method it did not declare does not compile. Features unify: a crate built
+//! together with one that enables a capability (a workspace-wide `cargo test`) sees the
+//! methods too, which is harmless natively; `scripts/build-plugins` builds each plugin
+//! in its own cargo invocation, so its component imports only what its own dependency
+//! graph declares. Comparators need no feature.
+//!
+//! # Group rollouts
+//!
+//! A [`Rollout`] carries [`Rollout::members`]: one for a rollout of one instance, every
+//! member of the group for a group rollout ([`Rollout::group`] names it). The host hands
+//! a strategy more than one member only if its metadata says it can
+//! ([`Metadata::with_group_rollouts`]); without that, [`Rollout::instance_id`],
+//! [`Rollout::desired`], [`Rollout::actual`] and [`Rollout::drifts`] are the one member's.
+//! On a group rollout they are the *first* member's (lowest instance id), so a
+//! group-aware strategy reads the members instead.
 //!
 //! # Memory
 //!
@@ -121,10 +202,11 @@
 //!
 //! The contract is plain WIT, so the SDK is a convenience, not a requirement. The raw
 //! route is about ten lines (build for `wasm32-unknown-unknown`, then wrap with
-//! `setpoint-componentize`):
+//! `setpoint-componentize`; with raw bindings a panic reaches the host only as a trap,
+//! unless the plugin reports it with `logging.trap-reason` itself):
 //!
 //! ```ignore
-//! wit_bindgen::generate!({ path: "../../wit", world: "setpoint:plugin/comparator" });
+//! wit_bindgen::generate!({ path: "../../wit", world: "setpoint:plugin/comparator@0.2.0" });
 //!
 //! use exports::setpoint::plugin::drift_comparator::{Guest, PluginMetadata};
 //! use setpoint::plugin::types::{Drift, PluginError, PluginKind};
@@ -132,7 +214,7 @@
 //! struct Raw;
 //! impl Guest for Raw {
 //!     fn metadata() -> PluginMetadata {
-//!         PluginMetadata { name: "raw".into(), version: "0.1.0".into(), kind: PluginKind::Comparator, description: "raw bindings".into() }
+//!         PluginMetadata { name: "raw".into(), version: "0.1.0".into(), kind: PluginKind::Comparator, description: "raw bindings".into(), group_rollouts: false }
 //!     }
 //!     fn compare(_desired: String, _actual: String, _params: String) -> Result<Vec<Drift>, PluginError> { Ok(vec![]) }
 //! }
@@ -166,24 +248,20 @@ pub mod testing;
 pub mod __private;
 
 pub use control_plane::{
-    BackendWeight, ControlPlane, ControlPlaneError, Health, InstanceInfo, InstanceMetrics,
-    InstanceStatus, RuntimeStatus,
+    BackendWeight, ControlPlane, ControlPlaneError, Counters, Health, InstanceInfo, InstanceStatus,
+    RuntimeStatus,
 };
 pub use drift::{Drift, DriftKind, WireDrift};
 pub use error::PluginError;
 pub use metadata::{Metadata, PluginKind};
 pub use rollout::{
-    APPROVAL_PARAM, Approval, PROMOTE_PARAM, Progress, Promote, RESERVED_PARAM_PREFIX, Rollout,
-    is_reserved_param,
+    APPROVAL_PARAM, Approval, Member, PROMOTE_PARAM, Progress, Promote, RESERVED_PARAM_PREFIX,
+    Rollout, is_reserved_param,
 };
 pub use serde_json::{self, Value};
 pub use status::{AnalysisFigures, RolloutStatus, Verdict};
 
-#[cfg(all(
-    target_arch = "wasm32",
-    feature = "strategy",
-    not(feature = "comparator")
-))]
+#[cfg(target_arch = "wasm32")]
 pub use control_plane::HostControlPlane;
 
 /// A drift comparator: a pure function from two configurations to the list of drifts.
@@ -201,7 +279,8 @@ pub trait Comparator {
     fn compare(desired: &Value, actual: &Value, params: &Value) -> Result<Vec<Drift>, PluginError>;
 }
 
-/// A rollout strategy: converges one instance, one non-blocking step at a time.
+/// A rollout strategy: converges one instance (or, with
+/// [`Metadata::with_group_rollouts`], a group of them), one non-blocking step at a time.
 ///
 /// Export an implementation with [`strategy!`]. The host calls [`Strategy::step`] until
 /// it returns [`Progress::Done`] or [`Progress::Failed`]; to wait, return
@@ -264,55 +343,69 @@ pub(crate) fn parse_compare_inputs(
     Ok([desired, actual, params])
 }
 
-// The generated bindings. Only on wasm32, and only for the world the cargo feature picks.
-#[cfg(all(target_arch = "wasm32", feature = "comparator", feature = "strategy"))]
-compile_error!(
-    "setpoint-plugin: enable only one of the features `comparator` and `strategy` when \
-     building a plugin for wasm32 (one component implements one world)"
-);
+// The SDK's own bindings: the contract's imports only, so the SDK can call them (log
+// lines, the panic hook, `HostControlPlane`). The world a plugin exports is generated in
+// the plugin's crate by the export macros below, from `__generate_world!` (`build.rs`).
+#[cfg(target_arch = "wasm32")]
+include!(concat!(env!("OUT_DIR"), "/generate_world.rs"));
 
-/// wit-bindgen's output for the world the cargo feature selects. Not a public API: use
-/// the idiomatic types and the export macros instead.
+/// wit-bindgen's output for the contract's imports. Not a public API: use the idiomatic
+/// types and the export macros instead.
+///
+/// The world is `setpoint:sdk/imports`, every import of the contract and no export: the
+/// `component-type` section it leaves in a module merges with the exported world's
+/// without adding an export, and wit-component drops from the component every import
+/// the module does not call.
 #[cfg(target_arch = "wasm32")]
 #[doc(hidden)]
 // Generated code: its canonical-ABI glue is `unsafe` by nature and cannot be written
 // otherwise, and it is not ours to restyle.
 #[allow(unsafe_code, missing_debug_implementations, clippy::all)]
 pub mod __bindings {
-    #[cfg(feature = "comparator")]
     wit_bindgen::generate!({
-        path: "../../wit",
-        world: "setpoint:plugin/comparator",
-        pub_export_macro: true,
-        default_bindings_module: "setpoint_plugin::__bindings",
-    });
-
-    #[cfg(all(feature = "strategy", not(feature = "comparator")))]
-    wit_bindgen::generate!({
-        path: "../../wit",
-        world: "setpoint:plugin/strategy",
-        pub_export_macro: true,
-        default_bindings_module: "setpoint_plugin::__bindings",
+        inline: "
+            package setpoint:sdk;
+            world imports {
+                import setpoint:plugin/types@0.2.0;
+                import setpoint:plugin/logging@0.2.0;
+                import setpoint:plugin/instances@0.2.0;
+                import setpoint:plugin/clones@0.2.0;
+                import setpoint:plugin/traffic@0.2.0;
+                import setpoint:plugin/metrics@0.2.0;
+            }
+        ",
+        path: "wit",
+        world: "setpoint:sdk/imports",
+        generate_all,
     });
 }
 
 /// The wasm32 expansion of this macro; see its native documentation.
-#[cfg(all(target_arch = "wasm32", feature = "comparator"))]
+#[cfg(target_arch = "wasm32")]
 #[macro_export]
 macro_rules! comparator {
     ($ty:ty) => {
+        /// The bindings of the `comparator` world, generated in this crate (so that its
+        /// module describes this world only). Types and imports come from the SDK.
+        #[doc(hidden)]
+        #[allow(unsafe_code, missing_debug_implementations, unused, clippy::all)]
+        mod __setpoint_comparator_world {
+            $crate::__generate_world!("comparator", {
+                "setpoint:plugin/types@0.2.0": ::setpoint_plugin::__bindings::setpoint::plugin::types,
+                "setpoint:plugin/logging@0.2.0": ::setpoint_plugin::__bindings::setpoint::plugin::logging,
+            });
+        }
+
         // The export glue wit-bindgen generates (`#[export_name]` functions, raw
         // pointers into linear memory) is `unsafe` by nature; nothing else is here.
         #[allow(unsafe_code)]
         const _: () = {
             struct __SetpointComparatorExport;
 
-            impl $crate::__bindings::exports::setpoint::plugin::drift_comparator::Guest
+            impl __setpoint_comparator_world::exports::setpoint::plugin::drift_comparator::Guest
                 for __SetpointComparatorExport
             {
-                fn metadata()
-                -> $crate::__bindings::exports::setpoint::plugin::drift_comparator::PluginMetadata
-                {
+                fn metadata() -> $crate::__bindings::setpoint::plugin::types::PluginMetadata {
                     $crate::__private::metadata_to_wire(<$ty as $crate::Comparator>::metadata())
                 }
 
@@ -328,7 +421,9 @@ macro_rules! comparator {
                 }
             }
 
-            $crate::__bindings::export!(__SetpointComparatorExport with_types_in $crate::__bindings);
+            __setpoint_comparator_world::export!(
+                __SetpointComparatorExport with_types_in __setpoint_comparator_world
+            );
         };
     };
 }
@@ -345,9 +440,11 @@ macro_rules! comparator {
 /// setpoint_plugin::comparator!(Nothing);
 /// ```
 ///
-/// On wasm32 (with the SDK's `comparator` feature) it implements the generated `Guest`
-/// trait by converting types and calls the bindings' `export!`; elsewhere it only checks
-/// that the type implements [`Comparator`].
+/// Use it once per crate, at the crate root or in any module. On wasm32 it generates the
+/// `comparator` world's bindings in the calling crate (a hidden module
+/// `__setpoint_comparator_world`), implements their `Guest` trait by converting types,
+/// and exports it; elsewhere it only checks that the type implements [`Comparator`].
+/// The expansion names the SDK as `::setpoint_plugin`: depend on it under that name.
 #[cfg(not(target_arch = "wasm32"))]
 #[macro_export]
 macro_rules! comparator {
@@ -359,37 +456,35 @@ macro_rules! comparator {
     };
 }
 
-/// Export a [`Comparator`] implementation (wasm32 without the `comparator` feature).
-#[cfg(all(target_arch = "wasm32", not(feature = "comparator")))]
-#[macro_export]
-macro_rules! comparator {
-    ($ty:ty) => {
-        ::core::compile_error!(
-            "setpoint_plugin::comparator! needs the `comparator` feature of setpoint-plugin"
-        );
-    };
-}
-
 /// The wasm32 expansion of this macro; see its native documentation.
-#[cfg(all(
-    target_arch = "wasm32",
-    feature = "strategy",
-    not(feature = "comparator")
-))]
+#[cfg(target_arch = "wasm32")]
 #[macro_export]
 macro_rules! strategy {
     ($ty:ty) => {
+        /// The bindings of the `strategy` world, generated in this crate (so that its
+        /// module describes this world only). Types and imports come from the SDK.
+        #[doc(hidden)]
+        #[allow(unsafe_code, missing_debug_implementations, unused, clippy::all)]
+        mod __setpoint_strategy_world {
+            $crate::__generate_world!("strategy", {
+                "setpoint:plugin/types@0.2.0": ::setpoint_plugin::__bindings::setpoint::plugin::types,
+                "setpoint:plugin/logging@0.2.0": ::setpoint_plugin::__bindings::setpoint::plugin::logging,
+                "setpoint:plugin/instances@0.2.0": ::setpoint_plugin::__bindings::setpoint::plugin::instances,
+                "setpoint:plugin/clones@0.2.0": ::setpoint_plugin::__bindings::setpoint::plugin::clones,
+                "setpoint:plugin/traffic@0.2.0": ::setpoint_plugin::__bindings::setpoint::plugin::traffic,
+                "setpoint:plugin/metrics@0.2.0": ::setpoint_plugin::__bindings::setpoint::plugin::metrics,
+            });
+        }
+
         // See `comparator!`: the generated export glue is `unsafe` by nature.
         #[allow(unsafe_code)]
         const _: () = {
             struct __SetpointStrategyExport;
 
-            impl $crate::__bindings::exports::setpoint::plugin::rollout_strategy::Guest
+            impl __setpoint_strategy_world::exports::setpoint::plugin::rollout_strategy::Guest
                 for __SetpointStrategyExport
             {
-                fn metadata()
-                -> $crate::__bindings::exports::setpoint::plugin::rollout_strategy::PluginMetadata
-                {
+                fn metadata() -> $crate::__bindings::setpoint::plugin::types::PluginMetadata {
                     $crate::__private::metadata_to_wire(<$ty as $crate::Strategy>::metadata())
                 }
 
@@ -406,7 +501,9 @@ macro_rules! strategy {
                 }
             }
 
-    $crate::__bindings::export!(__SetpointStrategyExport with_types_in $crate::__bindings);
+            __setpoint_strategy_world::export!(
+                __SetpointStrategyExport with_types_in __setpoint_strategy_world
+            );
         };
     };
 }
@@ -424,9 +521,11 @@ macro_rules! strategy {
 /// setpoint_plugin::strategy!(Noop);
 /// ```
 ///
-/// On wasm32 (with the SDK's `strategy` feature) it implements the generated `Guest`
-/// trait, handing the strategy a [`ControlPlane`] over the real imports; elsewhere it only
-/// checks that the type implements [`Strategy`].
+/// Use it once per crate. On wasm32 it generates the `strategy` world's bindings in the
+/// calling crate (a hidden module `__setpoint_strategy_world`) and implements their
+/// `Guest` trait, handing the strategy a [`ControlPlane`] over the real imports;
+/// elsewhere it only checks that the type implements [`Strategy`]. The expansion names
+/// the SDK as `::setpoint_plugin`: depend on it under that name.
 #[cfg(not(target_arch = "wasm32"))]
 #[macro_export]
 macro_rules! strategy {
@@ -438,17 +537,31 @@ macro_rules! strategy {
     };
 }
 
-/// Export a [`Strategy`] implementation (wasm32 without the `strategy` feature).
-#[cfg(all(
-    target_arch = "wasm32",
-    any(not(feature = "strategy"), feature = "comparator")
-))]
-#[macro_export]
-macro_rules! strategy {
-    ($ty:ty) => {
-        ::core::compile_error!(
-            "setpoint_plugin::strategy! needs the `strategy` feature of setpoint-plugin \
-             (and not `comparator`)"
+#[cfg(test)]
+mod wit_copy_tests {
+    use std::path::Path;
+
+    /// The SDK builds from its own copy of the contract (`plugins/sdk/wit/setpoint.wit`,
+    /// so that the crate packages on its own); it must be the project's contract byte for
+    /// byte. Outside the workspace (a packaged copy of this crate) there is nothing to
+    /// compare with.
+    #[test]
+    fn the_shipped_wit_is_the_projects_contract() {
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let project = manifest.join("../../wit/setpoint.wit");
+        let Ok(expected) = std::fs::read(&project) else {
+            eprintln!(
+                "{} is absent: not in the workspace, nothing to compare",
+                project.display()
+            );
+            return;
+        };
+        let shipped = std::fs::read(manifest.join("wit/setpoint.wit"))
+            .expect("the SDK ships wit/setpoint.wit");
+        assert!(
+            shipped == expected,
+            "plugins/sdk/wit/setpoint.wit differs from wit/setpoint.wit; refresh it with\n    \
+             cp wit/setpoint.wit plugins/sdk/wit/setpoint.wit\n(from the repository root)"
         );
-    };
+    }
 }

@@ -8,7 +8,7 @@
 //! string, so every call of the plugin is instantiated with two extra small modules that
 //! connect the import to the plugin's memory: about a microsecond per call (measured in
 //! `host/benches/plugins.rs`). A plugin that never logs does not pay it; its panics still
-//! reach the host, through the memory-free `panic-message` import.
+//! reach the host, through the memory-free `trap-reason` import.
 
 use std::fmt;
 
@@ -73,44 +73,37 @@ pub fn error(message: &str) {
     log(Level::Error, message);
 }
 
-/// Bytes of text one `panic-message` call carries: fourteen 8-byte words.
+/// Bytes of text one `trap-reason` call carries: one 8-byte word.
 #[cfg(any(target_arch = "wasm32", test))]
-pub(crate) const PANIC_PIECE_BYTES: usize = 14 * 8;
+pub(crate) const TRAP_PIECE_BYTES: usize = 8;
 
 /// Most bytes of a panic message sent to the host (it keeps no more).
 #[cfg(any(target_arch = "wasm32", test))]
 pub(crate) const MAX_PANIC_MESSAGE_BYTES: usize = 4 * 1024;
 
-/// `text` cut into the pieces the contract's `panic-message` import takes: each a byte
-/// count and fourteen words holding those bytes little-endian (byte `i` of the piece is
-/// byte `i % 8` of word `i / 8`). Pieces may split a UTF-8 sequence; the host joins them
-/// before decoding.
+/// `text` cut into the pieces the contract's `trap-reason` import takes: each up to 8
+/// bytes packed little-endian into a word (the first byte of the piece in the lowest 8
+/// bits) and how many of them are text (1 to 8). Pieces may split a UTF-8 sequence; the
+/// host joins them before decoding.
 #[cfg(any(target_arch = "wasm32", test))]
-pub(crate) fn panic_message_pieces(text: &str) -> impl Iterator<Item = (u8, [u64; 14])> + '_ {
+pub(crate) fn trap_reason_pieces(text: &str) -> impl Iterator<Item = (u64, u8)> + '_ {
     let bytes = &text.as_bytes()[..text.len().min(MAX_PANIC_MESSAGE_BYTES)];
-    bytes.chunks(PANIC_PIECE_BYTES).map(|piece| {
-        let mut words = [0u64; 14];
-        for (word, bytes) in words.iter_mut().zip(piece.chunks(8)) {
-            let mut le = [0u8; 8];
-            le[..bytes.len()].copy_from_slice(bytes);
-            *word = u64::from_le_bytes(le);
-        }
-        (piece.len() as u8, words)
+    bytes.chunks(TRAP_PIECE_BYTES).map(|piece| {
+        let mut le = [0u8; 8];
+        le[..piece.len()].copy_from_slice(piece);
+        (u64::from_le_bytes(le), piece.len() as u8)
     })
 }
 
 /// Tell the host why the plugin is about to trap (used by the SDK's panic hook). Goes
-/// through `panic-message`, which needs no linear memory, so a plugin that never calls
+/// through `trap-reason`, which needs no linear memory, so a plugin that never calls
 /// [`log`] does not import `log` and is instantiated without wit-component's shim.
 #[cfg(target_arch = "wasm32")]
-pub(crate) fn panic_message(text: &str) {
-    sink::panic_message(text);
+pub(crate) fn trap_reason(text: &str) {
+    sink::trap_reason(text);
 }
 
-#[cfg(all(
-    target_arch = "wasm32",
-    any(feature = "comparator", feature = "strategy")
-))]
+#[cfg(target_arch = "wasm32")]
 mod sink {
     use super::Level;
     use crate::__bindings::setpoint::plugin::logging::{self, Level as Wire};
@@ -126,27 +119,11 @@ mod sink {
         logging::log(level, message);
     }
 
-    pub(super) fn panic_message(text: &str) {
-        for (len, w) in super::panic_message_pieces(text) {
-            logging::panic_message(
-                len, w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7], w[8], w[9], w[10], w[11],
-                w[12], w[13],
-            );
+    pub(super) fn trap_reason(text: &str) {
+        for (bytes, len) in super::trap_reason_pieces(text) {
+            logging::trap_reason(bytes, len);
         }
     }
-}
-
-/// A wasm32 build without a world has no logging import: lines are dropped.
-#[cfg(all(
-    target_arch = "wasm32",
-    not(any(feature = "comparator", feature = "strategy"))
-))]
-mod sink {
-    use super::Level;
-
-    pub(super) fn write(_level: Level, _message: &str) {}
-
-    pub(super) fn panic_message(_text: &str) {}
 }
 
 #[cfg(not(target_arch = "wasm32"))]
@@ -179,46 +156,43 @@ mod tests {
     use super::*;
 
     /// What the host does with the pieces: join the bytes, then decode.
-    fn unpack(pieces: impl Iterator<Item = (u8, [u64; 14])>) -> String {
+    fn unpack(pieces: impl Iterator<Item = (u64, u8)>) -> String {
         let mut bytes = Vec::new();
-        for (len, words) in pieces {
-            assert!(usize::from(len) <= PANIC_PIECE_BYTES);
-            let all: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-            bytes.extend_from_slice(&all[..usize::from(len)]);
+        for (word, len) in pieces {
+            assert!((1..=8).contains(&len), "len {len} is outside 1..=8");
+            bytes.extend_from_slice(&word.to_le_bytes()[..usize::from(len)]);
         }
         String::from_utf8(bytes).expect("the pieces join into the original UTF-8")
     }
 
     #[test]
-    fn panic_message_pieces_round_trip() {
+    fn trap_reason_pieces_round_trip() {
         for text in [
             String::new(),
             "x".to_owned(),
             "plugin panicked at src/lib.rs:10:5: index out of bounds".to_owned(),
             "é€😀".repeat(40), // multi-byte sequences split across pieces
-            "a".repeat(PANIC_PIECE_BYTES),
-            "b".repeat(PANIC_PIECE_BYTES + 1),
+            "a".repeat(TRAP_PIECE_BYTES),
+            "b".repeat(TRAP_PIECE_BYTES + 1),
         ] {
-            assert_eq!(unpack(panic_message_pieces(&text)), text);
+            assert_eq!(unpack(trap_reason_pieces(&text)), text);
         }
-        assert_eq!(panic_message_pieces("").count(), 0);
-        assert_eq!(panic_message_pieces(&"c".repeat(113)).count(), 2);
+        assert_eq!(trap_reason_pieces("").count(), 0);
+        assert_eq!(trap_reason_pieces(&"c".repeat(17)).count(), 3);
     }
 
     #[test]
-    fn panic_message_pieces_stop_at_the_limit() {
+    fn trap_reason_pieces_stop_at_the_limit() {
         let long = "d".repeat(MAX_PANIC_MESSAGE_BYTES * 2);
         assert_eq!(
-            unpack(panic_message_pieces(&long)).len(),
+            unpack(trap_reason_pieces(&long)).len(),
             MAX_PANIC_MESSAGE_BYTES
         );
     }
 
     #[test]
-    fn first_byte_is_the_low_byte_of_the_first_word() {
-        let (len, words) = panic_message_pieces("AB").next().unwrap();
-        assert_eq!(len, 2);
-        assert_eq!(words[0], 0x4241);
-        assert!(words[1..].iter().all(|&w| w == 0));
+    fn first_byte_is_the_low_byte_and_the_rest_is_zero() {
+        let pieces: Vec<_> = trap_reason_pieces("ABCDEFGHI").collect();
+        assert_eq!(pieces, [(0x4847_4645_4443_4241, 8), (0x49, 1)]);
     }
 }

@@ -1,4 +1,4 @@
-//! What a plugin says about itself (the contract's `metadata` record).
+//! What a plugin says about itself (the contract's `plugin-metadata` record).
 
 use std::fmt;
 
@@ -33,6 +33,11 @@ pub struct Metadata {
     pub kind: PluginKind,
     /// One line that `setpoint plugins list` shows next to the name.
     pub description: String,
+    /// For a strategy: whether it can roll one change out across a group of instances
+    /// (a [`Rollout`](crate::Rollout) with several members); policy may group instances
+    /// only under a strategy that says so. `false` unless set with
+    /// [`Metadata::with_group_rollouts`]; always `false` for a comparator.
+    pub group_rollouts: bool,
 }
 
 impl Metadata {
@@ -54,6 +59,15 @@ impl Metadata {
         Self::new(PluginKind::Strategy, name, version, description)
     }
 
+    /// Declare that this strategy handles group rollouts: it reads
+    /// [`Rollout::members`](crate::Rollout::members) and converges every member. Without
+    /// it the host never hands the strategy more than one member.
+    #[must_use]
+    pub fn with_group_rollouts(mut self) -> Self {
+        self.group_rollouts = true;
+        self
+    }
+
     fn new(
         kind: PluginKind,
         name: impl Into<String>,
@@ -65,6 +79,23 @@ impl Metadata {
             version: version.into(),
             kind,
             description: description.into(),
+            group_rollouts: false,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_rollouts_are_off_unless_declared() {
+        assert!(!Metadata::strategy("s", "0.1.0", "").group_rollouts);
+        assert!(!Metadata::comparator("c", "0.1.0", "").group_rollouts);
+        assert!(
+            Metadata::strategy("s", "0.1.0", "")
+                .with_group_rollouts()
+                .group_rollouts
+        );
     }
 }

@@ -77,45 +77,31 @@ impl Approval {
     }
 }
 
-/// One unit of work for a strategy, parsed from the contract's `rollout` record.
-///
-/// Tests build one with [`Rollout::new`] and the `with_*` methods.
+/// One instance a rollout converges (the contract's `member`).
 #[derive(Debug, Clone, PartialEq)]
-pub struct Rollout {
-    /// The instance being reconciled; the control plane acts on it and on the clones
-    /// created during this rollout only.
+pub struct Member {
+    /// The instance's identifier; the control plane may be asked about it.
     pub instance_id: String,
-    /// The desired configuration.
+    /// The desired configuration to roll out.
     pub desired: Value,
-    /// The configuration the instance runs now as far as the host knows; `None` when it
-    /// has never run one the host knows of.
+    /// The configuration the instance runs now as far as the host knows; `None` when the
+    /// host cannot tell. When a step of this rollout stopped the instance, what it ran
+    /// when the rollout started.
     pub actual: Option<Value>,
-    /// The drifts the comparator found between `desired` and `actual`.
+    /// The drifts the comparator found between `desired` and `actual`; empty for a member
+    /// of a group that already runs its desired configuration.
     pub drifts: Vec<Drift>,
-    /// The parameters policy gives this strategy for this instance (a JSON object).
-    pub params: Value,
-    /// The state the strategy returned at its previous step, as it wrote it; `None` at the
-    /// first step. Read it typed with [`Rollout::state`].
-    pub raw_state: Option<String>,
-    /// How many times `step` has been called before for this rollout (0 at the first).
-    pub step: u32,
-    /// Time since the first step of this rollout, by the host's clock (plugins have no
-    /// clock of their own).
-    pub elapsed: Duration,
 }
 
-impl Rollout {
-    /// The first step of a rollout of `desired` to `instance_id`, with no params.
+impl Member {
+    /// A member to converge `instance_id` to `desired`, actual configuration unknown, no
+    /// drifts.
     pub fn new(instance_id: impl Into<String>, desired: Value) -> Self {
         Self {
             instance_id: instance_id.into(),
             desired,
             actual: None,
             drifts: Vec::new(),
-            params: Value::Object(serde_json::Map::new()),
-            raw_state: None,
-            step: 0,
-            elapsed: Duration::ZERO,
         }
     }
 
@@ -126,17 +112,165 @@ impl Rollout {
         self
     }
 
-    /// With `params` as the policy's parameters.
-    #[must_use]
-    pub fn with_params(mut self, params: Value) -> Self {
-        self.params = params;
-        self
-    }
-
     /// With `drifts` as the comparator's findings.
     #[must_use]
     pub fn with_drifts(mut self, drifts: Vec<Drift>) -> Self {
         self.drifts = drifts;
+        self
+    }
+
+    /// Whether the comparator found drift on this member (a member of a group may have
+    /// none).
+    pub fn has_drift(&self) -> bool {
+        !self.drifts.is_empty()
+    }
+}
+
+/// One unit of work for a strategy, parsed from the contract's `rollout` record.
+///
+/// A rollout converges one instance, or, for a strategy whose metadata declares
+/// [`Metadata::with_group_rollouts`](crate::Metadata::with_group_rollouts), a group of
+/// them: [`Rollout::members`], ordered by instance id, never empty. A strategy that does
+/// not declare group rollouts is never handed more than one member, and uses the
+/// single-instance accessors [`Rollout::instance_id`], [`Rollout::desired`],
+/// [`Rollout::actual`] and [`Rollout::drifts`]. On a group rollout those describe the
+/// *first* member only (the lowest instance id): a group-aware strategy reads
+/// [`Rollout::members`] instead.
+///
+/// Tests build one with [`Rollout::new`] (one instance) or [`Rollout::for_group`], and the
+/// `with_*` methods.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rollout {
+    /// The group's name (`key=value` pairs joined by `,`); `None` for one instance.
+    group: Option<String>,
+    /// The instances this rollout converges; never empty.
+    members: Vec<Member>,
+    /// The parameters policy gives this strategy for these instances (a JSON object).
+    pub params: Value,
+    /// The state the strategy returned at its previous step, as it wrote it; `None` at the
+    /// first step. Read it typed with [`Rollout::state`].
+    pub raw_state: Option<String>,
+    /// How many times `step` (or, in an abort, `abort`) has been called before for this
+    /// rollout (0 at the first call).
+    pub step: u32,
+    /// Time since the first step of this rollout, by the host's clock (plugins have no
+    /// clock of their own).
+    pub elapsed: Duration,
+}
+
+impl Rollout {
+    /// The first step of a rollout of `desired` to the one instance `instance_id`, with no
+    /// params.
+    pub fn new(instance_id: impl Into<String>, desired: Value) -> Self {
+        Self::from_members(None, vec![Member::new(instance_id, desired)])
+            .expect("one member is not empty")
+    }
+
+    /// The first step of a group rollout of `group` (its name, for example
+    /// `app=orders`) over `members`, with no params. Members are kept ordered by
+    /// instance id, as the host sends them.
+    ///
+    /// # Panics
+    ///
+    /// When `members` is empty: a rollout converges at least one instance.
+    pub fn for_group(group: impl Into<String>, members: impl IntoIterator<Item = Member>) -> Self {
+        let mut members: Vec<Member> = members.into_iter().collect();
+        members.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+        Self::from_members(Some(group.into()), members)
+            .expect("Rollout::for_group needs at least one member")
+    }
+
+    /// A rollout at its first step over `members` as the host sent them; `None` when
+    /// there are none.
+    pub(crate) fn from_members(group: Option<String>, members: Vec<Member>) -> Option<Self> {
+        if members.is_empty() {
+            return None;
+        }
+        Some(Self {
+            group,
+            members,
+            params: Value::Object(serde_json::Map::new()),
+            raw_state: None,
+            step: 0,
+            elapsed: Duration::ZERO,
+        })
+    }
+
+    /// The group's name for a group rollout; `None` for a rollout of one instance.
+    pub fn group(&self) -> Option<&str> {
+        self.group.as_deref()
+    }
+
+    /// Whether this is a group rollout (the host sent a group name).
+    pub fn is_group(&self) -> bool {
+        self.group.is_some()
+    }
+
+    /// The instances this rollout converges, ordered by instance id; never empty. A
+    /// rollout of one instance has exactly one.
+    pub fn members(&self) -> &[Member] {
+        &self.members
+    }
+
+    /// The members, to change between calls in a test (for example a new desired
+    /// configuration).
+    pub fn members_mut(&mut self) -> &mut [Member] {
+        &mut self.members
+    }
+
+    /// The member `instance_id`, if it is one.
+    pub fn member(&self, instance_id: &str) -> Option<&Member> {
+        self.members.iter().find(|m| m.instance_id == instance_id)
+    }
+
+    /// The one member of a rollout of one instance; the first member (lowest instance
+    /// id) of a group rollout.
+    pub fn first_member(&self) -> &Member {
+        &self.members[0]
+    }
+
+    /// The instance being reconciled: see [`Rollout::first_member`] (a group rollout's
+    /// first member).
+    pub fn instance_id(&self) -> &str {
+        &self.first_member().instance_id
+    }
+
+    /// The desired configuration: see [`Rollout::first_member`].
+    pub fn desired(&self) -> &Value {
+        &self.first_member().desired
+    }
+
+    /// The configuration the instance runs now, as far as the host knows: see
+    /// [`Rollout::first_member`].
+    pub fn actual(&self) -> Option<&Value> {
+        self.first_member().actual.as_ref()
+    }
+
+    /// The drifts the comparator found: see [`Rollout::first_member`].
+    pub fn drifts(&self) -> &[Drift] {
+        &self.first_member().drifts
+    }
+
+    /// With `actual` as the running configuration of the first (for one instance: the)
+    /// member.
+    #[must_use]
+    pub fn with_actual(mut self, actual: Value) -> Self {
+        self.members[0].actual = Some(actual);
+        self
+    }
+
+    /// With `drifts` as the comparator's findings on the first (for one instance: the)
+    /// member.
+    #[must_use]
+    pub fn with_drifts(mut self, drifts: Vec<Drift>) -> Self {
+        self.members[0].drifts = drifts;
+        self
+    }
+
+    /// With `params` as the policy's parameters.
+    #[must_use]
+    pub fn with_params(mut self, params: Value) -> Self {
+        self.params = params;
         self
     }
 
@@ -523,5 +657,46 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn single_instance_accessors_read_the_one_member() {
+        let rollout = Rollout::new("db", json!({"port": 1})).with_actual(json!({"port": 0}));
+        assert_eq!(rollout.group(), None);
+        assert!(!rollout.is_group());
+        assert_eq!(rollout.members().len(), 1);
+        assert_eq!(rollout.instance_id(), "db");
+        assert_eq!(rollout.desired(), &json!({"port": 1}));
+        assert_eq!(rollout.actual(), Some(&json!({"port": 0})));
+        assert!(rollout.drifts().is_empty());
+    }
+
+    #[test]
+    fn a_group_keeps_its_members_ordered_and_the_accessors_read_the_first() {
+        let rollout = Rollout::for_group(
+            "app=orders",
+            [
+                Member::new("b", json!({"v": 2})),
+                Member::new("a", json!({"v": 2})).with_actual(json!({"v": 1})),
+            ],
+        );
+        assert_eq!(rollout.group(), Some("app=orders"));
+        assert!(rollout.is_group());
+        let ids: Vec<&str> = rollout
+            .members()
+            .iter()
+            .map(|m| m.instance_id.as_str())
+            .collect();
+        assert_eq!(ids, ["a", "b"]);
+        assert_eq!(rollout.instance_id(), "a");
+        assert_eq!(rollout.actual(), Some(&json!({"v": 1})));
+        assert!(rollout.member("b").is_some_and(|m| m.actual.is_none()));
+        assert!(rollout.member("c").is_none());
+    }
+
+    #[test]
+    #[should_panic(expected = "at least one member")]
+    fn a_group_without_members_is_refused() {
+        let _ = Rollout::for_group("app=none", []);
     }
 }

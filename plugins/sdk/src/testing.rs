@@ -32,8 +32,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::control_plane::{
-    BackendWeight, ControlPlane, ControlPlaneError, Health, InstanceInfo, InstanceMetrics,
-    InstanceStatus, RuntimeStatus,
+    BackendWeight, ControlPlane, ControlPlaneError, Counters, Health, InstanceInfo, InstanceStatus,
+    RuntimeStatus,
 };
 use crate::log::Level;
 use crate::{Progress, Promote, Rollout, RolloutStatus, Strategy};
@@ -71,16 +71,18 @@ pub enum Operation {
     Stop,
     /// [`ControlPlane::restart`].
     Restart,
-    /// [`ControlPlane::clone_instance`].
+    /// `ControlPlane::clone_instance` (capability `clones`).
     CloneInstance,
-    /// [`ControlPlane::delete_clone`].
+    /// `ControlPlane::delete_clone` (capability `clones`).
     DeleteClone,
-    /// [`ControlPlane::set_traffic_weights`].
+    /// `ControlPlane::set_traffic_weights` (capability `traffic`).
     SetTrafficWeights,
     /// [`ControlPlane::probe_health`].
     ProbeHealth,
-    /// [`ControlPlane::get_metrics`].
-    GetMetrics,
+    /// `ControlPlane::get_counters` (capability `metrics`).
+    GetCounters,
+    /// `ControlPlane::query` (capability `metrics`).
+    Query,
 }
 
 /// A call a strategy made, with its arguments.
@@ -142,8 +144,15 @@ pub enum Call {
         /// The instance named.
         instance_id: String,
     },
-    /// `get_metrics(instance_id)`.
-    GetMetrics {
+    /// `get_counters(instance_id)`.
+    GetCounters {
+        /// The instance named.
+        instance_id: String,
+    },
+    /// `query(name, instance_id)`.
+    Query {
+        /// The query named.
+        name: String,
         /// The instance named.
         instance_id: String,
     },
@@ -163,7 +172,8 @@ impl Call {
             Self::DeleteClone { .. } => Operation::DeleteClone,
             Self::SetTrafficWeights { .. } => Operation::SetTrafficWeights,
             Self::ProbeHealth { .. } => Operation::ProbeHealth,
-            Self::GetMetrics { .. } => Operation::GetMetrics,
+            Self::GetCounters { .. } => Operation::GetCounters,
+            Self::Query { .. } => Operation::Query,
         }
     }
 
@@ -185,13 +195,22 @@ impl Call {
 ///
 /// Unscripted behaviour: lifecycle calls succeed and update the status that
 /// `get_runtime_status` reports; `probe_health` answers healthy, except for an instance
-/// the fake knows as `Created`, `Stopped` or `Error` (unhealthy); `get_metrics` answers
-/// zeros; `get_instance` and `get_desired_configuration` answer
+/// the fake knows as `Created`, `Stopped` or `Failed` (unhealthy); `get_counters` answers
+/// zeros; `query` answers [`ControlPlaneError::NotFound`] for a query not scripted with
+/// [`FakeControlPlane::with_query`]; `get_instance` and `get_desired_configuration` answer
 /// [`ControlPlaneError::NotFound`] for instances not added with
 /// [`FakeControlPlane::with_instance`] / [`FakeControlPlane::with_desired_configuration`];
 /// clones get the identifiers `<instance>-clone-<n>`, start out `Created` and carry the
 /// label [`CLONE_OF_LABEL`]. Once deleted, every call naming a clone answers
 /// [`ControlPlaneError::NotFound`] (a scripted failure still comes first).
+///
+/// Scope: by default every instance may be named. [`FakeControlPlane::for_rollout`] (or
+/// [`FakeControlPlane::with_scope`]) scopes the fake as the host scopes a rollout: calls
+/// may name its members and the clones created since; any other instance is answered
+/// [`ControlPlaneError::Denied`] and listed in [`FakeControlPlane::denied`].
+///
+/// The methods of the capabilities `clones`, `traffic` and `metrics` exist with the SDK
+/// features of the same names, as on [`ControlPlane`].
 #[derive(Debug, Default)]
 pub struct FakeControlPlane {
     calls: Vec<Call>,
@@ -199,7 +218,10 @@ pub struct FakeControlPlane {
     statuses: BTreeMap<String, InstanceStatus>,
     desired: BTreeMap<String, Value>,
     health: BTreeMap<String, VecDeque<Health>>,
-    metrics: BTreeMap<String, VecDeque<InstanceMetrics>>,
+    counters: BTreeMap<String, VecDeque<Counters>>,
+    queries: BTreeMap<(String, String), VecDeque<Option<f64>>>,
+    scope: Option<BTreeSet<String>>,
+    denied: Vec<String>,
     failures: BTreeMap<Operation, VecDeque<ControlPlaneError>>,
     clones: u32,
     live_clones: Vec<String>,
@@ -213,6 +235,40 @@ impl FakeControlPlane {
     /// A control plane that knows no instances and answers every call successfully.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A control plane scoped to `rollout` as the host scopes it (see the type's
+    /// documentation), that knows each member as a `Running` `Process` instance whose
+    /// stored desired configuration is the member's `desired`.
+    pub fn for_rollout(rollout: &Rollout) -> Self {
+        let mut cp =
+            Self::new().with_scope(rollout.members().iter().map(|m| m.instance_id.clone()));
+        for member in rollout.members() {
+            cp = cp
+                .with_instance(InstanceInfo {
+                    id: member.instance_id.clone(),
+                    name: member.instance_id.clone(),
+                    status: InstanceStatus::Running,
+                    platform: "Process".to_owned(),
+                    labels: Vec::new(),
+                })
+                .with_desired_configuration(member.instance_id.clone(), member.desired.clone());
+        }
+        cp
+    }
+
+    /// Allow calls to name only `instance_ids` and the clones created from now on (as
+    /// the host scopes a rollout to its members); any other instance is
+    /// [`ControlPlaneError::Denied`].
+    #[must_use]
+    pub fn with_scope(mut self, instance_ids: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        self.scope = Some(instance_ids.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Every call denied for naming an instance outside the scope, described.
+    pub fn denied(&self) -> &[String] {
+        &self.denied
     }
 
     /// Know `info` (for `get_instance`) and its status.
@@ -256,16 +312,35 @@ impl FakeControlPlane {
         self
     }
 
-    /// Answer successive `get_metrics(instance_id)` calls with `metrics`, in order; the
+    /// Answer successive `get_counters(instance_id)` calls with `counters`, in order; the
     /// last answer repeats.
     #[must_use]
-    pub fn with_metrics(
+    pub fn with_counters(
         mut self,
         instance_id: impl Into<String>,
-        metrics: impl IntoIterator<Item = InstanceMetrics>,
+        counters: impl IntoIterator<Item = Counters>,
     ) -> Self {
-        self.metrics
-            .insert(instance_id.into(), metrics.into_iter().collect());
+        self.counters
+            .insert(instance_id.into(), counters.into_iter().collect());
+        self
+    }
+
+    /// Answer successive `query(name, instance_id)` calls with `values`, in order (`None`:
+    /// the query yields no value); the last answer repeats. A query not scripted answers
+    /// [`ControlPlaneError::NotFound`], as the host does for a name policy does not
+    /// define; script other failures with [`FakeControlPlane::fail_next`]
+    /// ([`Operation::Query`]).
+    #[must_use]
+    pub fn with_query(
+        mut self,
+        name: impl Into<String>,
+        instance_id: impl Into<String>,
+        values: impl IntoIterator<Item = Option<f64>>,
+    ) -> Self {
+        self.queries.insert(
+            (name.into(), instance_id.into()),
+            values.into_iter().collect(),
+        );
         self
     }
 
@@ -276,14 +351,15 @@ impl FakeControlPlane {
         self
     }
 
-    /// From now on answer `get_metrics(instance_id)` with `metrics` (replaces the script).
-    pub fn set_metrics(
+    /// From now on answer `get_counters(instance_id)` with `counters` (replaces the
+    /// script).
+    pub fn set_counters(
         &mut self,
         instance_id: impl Into<String>,
-        metrics: InstanceMetrics,
+        counters: Counters,
     ) -> &mut Self {
-        self.metrics
-            .insert(instance_id.into(), VecDeque::from([metrics]));
+        self.counters
+            .insert(instance_id.into(), VecDeque::from([counters]));
         self
     }
 
@@ -338,6 +414,26 @@ impl FakeControlPlane {
 
     fn record(&mut self, call: Call) -> Result<(), ControlPlaneError> {
         let operation = call.operation();
+        let named: Vec<String> = match &call {
+            Call::SetTrafficWeights { endpoint, weights } => std::iter::once(endpoint.clone())
+                .chain(weights.iter().map(|w| w.instance_id.clone()))
+                .collect(),
+            Call::GetInstance { instance_id }
+            | Call::GetRuntimeStatus { instance_id }
+            | Call::GetDesiredConfiguration { instance_id }
+            | Call::Start { instance_id, .. }
+            | Call::Stop { instance_id }
+            | Call::Restart { instance_id }
+            | Call::CloneInstance { instance_id, .. }
+            | Call::DeleteClone { instance_id }
+            | Call::ProbeHealth { instance_id }
+            | Call::GetCounters { instance_id }
+            | Call::Query { instance_id, .. } => vec![instance_id.clone()],
+        };
+        let outside = self
+            .scope
+            .as_ref()
+            .and_then(|scope| named.iter().find(|id| !scope.contains(*id)).cloned());
         let target = match &call {
             Call::SetTrafficWeights { .. } => None,
             Call::GetInstance { instance_id }
@@ -349,9 +445,19 @@ impl FakeControlPlane {
             | Call::CloneInstance { instance_id, .. }
             | Call::DeleteClone { instance_id }
             | Call::ProbeHealth { instance_id }
-            | Call::GetMetrics { instance_id } => Some(instance_id.clone()),
+            | Call::GetCounters { instance_id }
+            | Call::Query { instance_id, .. } => Some(instance_id.clone()),
         };
         self.calls.push(call);
+        if let Some(id) = outside {
+            self.denied.push(format!(
+                "call {}: {operation:?} names {id}, outside this rollout",
+                self.calls.len()
+            ));
+            return Err(ControlPlaneError::Denied(format!(
+                "instance {id} is outside this rollout"
+            )));
+        }
         if let Some(error) = self
             .failures
             .get_mut(&operation)
@@ -454,6 +560,7 @@ impl ControlPlane for FakeControlPlane {
         Ok(())
     }
 
+    #[cfg(feature = "clones")]
     fn clone_instance(
         &mut self,
         instance_id: &str,
@@ -470,16 +577,20 @@ impl ControlPlane for FakeControlPlane {
             id: clone.clone(),
             name: source.map_or_else(|| clone.clone(), |s| format!("{}-clone", s.name)),
             status: InstanceStatus::Created,
-            platform_type: source.map_or_else(|| "Process".to_owned(), |s| s.platform_type.clone()),
+            platform: source.map_or_else(|| "Process".to_owned(), |s| s.platform.clone()),
             labels: vec![(CLONE_OF_LABEL.to_owned(), instance_id.to_owned())],
         };
         self.instances.insert(clone.clone(), info);
         self.statuses.insert(clone.clone(), InstanceStatus::Created);
         self.desired.insert(clone.clone(), configuration.clone());
         self.live_clones.push(clone.clone());
+        if let Some(scope) = &mut self.scope {
+            scope.insert(clone.clone());
+        }
         Ok(clone)
     }
 
+    #[cfg(feature = "clones")]
     fn delete_clone(&mut self, instance_id: &str) -> Result<(), ControlPlaneError> {
         self.record(Call::DeleteClone {
             instance_id: instance_id.to_owned(),
@@ -492,6 +603,7 @@ impl ControlPlane for FakeControlPlane {
         Ok(())
     }
 
+    #[cfg(feature = "traffic")]
     fn set_traffic_weights(
         &mut self,
         endpoint: &str,
@@ -537,7 +649,7 @@ impl ControlPlane for FakeControlPlane {
                 Some(
                     status @ (InstanceStatus::Created
                     | InstanceStatus::Stopped
-                    | InstanceStatus::Error),
+                    | InstanceStatus::Failed),
                 ) => Health {
                     healthy: false,
                     detail: format!("fake probe: unhealthy (unscripted, {status})"),
@@ -553,11 +665,25 @@ impl ControlPlane for FakeControlPlane {
         Ok(health)
     }
 
-    fn get_metrics(&mut self, instance_id: &str) -> Result<InstanceMetrics, ControlPlaneError> {
-        self.record(Call::GetMetrics {
+    #[cfg(feature = "metrics")]
+    fn get_counters(&mut self, instance_id: &str) -> Result<Counters, ControlPlaneError> {
+        self.record(Call::GetCounters {
             instance_id: instance_id.to_owned(),
         })?;
-        Ok(next_answer(self.metrics.get_mut(instance_id)).unwrap_or_default())
+        Ok(next_answer(self.counters.get_mut(instance_id)).unwrap_or_default())
+    }
+
+    #[cfg(feature = "metrics")]
+    fn query(&mut self, name: &str, instance_id: &str) -> Result<Option<f64>, ControlPlaneError> {
+        self.record(Call::Query {
+            name: name.to_owned(),
+            instance_id: instance_id.to_owned(),
+        })?;
+        next_answer(
+            self.queries
+                .get_mut(&(name.to_owned(), instance_id.to_owned())),
+        )
+        .ok_or_else(|| ControlPlaneError::NotFound(format!("no query named {name}")))
     }
 }
 
@@ -810,15 +936,75 @@ mod tests {
             ]
         );
         cp.set_health("b", true);
-        cp.set_metrics(
+        cp.set_counters(
             "b",
-            InstanceMetrics {
+            Counters {
                 requests: 3,
                 errors: 1,
             },
         );
         assert!(cp.probe_health("b").unwrap().healthy);
-        assert_eq!(cp.get_metrics("b").unwrap().requests, 3);
+        assert_eq!(cp.get_counters("b").unwrap().requests, 3);
+    }
+
+    #[test]
+    fn a_fake_for_a_group_knows_its_members_and_denies_other_instances() {
+        let rollout = Rollout::for_group(
+            "app=orders",
+            [
+                crate::Member::new("b", json!({"v": 2})),
+                crate::Member::new("a", json!({"v": 2})),
+            ],
+        );
+        let mut cp = FakeControlPlane::for_rollout(&rollout);
+        assert_eq!(cp.get_desired_configuration("a").unwrap(), json!({"v": 2}));
+        assert_eq!(
+            cp.get_instance("b").unwrap().status,
+            InstanceStatus::Running
+        );
+        cp.stop("b").unwrap();
+        assert!(matches!(cp.stop("c"), Err(ControlPlaneError::Denied(_))));
+        let clone = cp.clone_instance("a", &json!({"v": 2})).unwrap();
+        cp.set_traffic_weights(
+            "a",
+            &[BackendWeight::new("a", 50), BackendWeight::new(&clone, 50)],
+        )
+        .unwrap();
+        assert!(matches!(
+            cp.set_traffic_weights("a", &[BackendWeight::new("c", 1)]),
+            Err(ControlPlaneError::Denied(_))
+        ));
+        assert_eq!(cp.denied().len(), 2, "{:?}", cp.denied());
+        assert!(cp.denied()[0].contains("names c"), "{:?}", cp.denied());
+        // Unscoped, the fake lets every instance be named.
+        assert!(FakeControlPlane::new().stop("c").is_ok());
+    }
+
+    #[test]
+    fn queries_answer_from_their_script_and_unknown_names_are_not_found() {
+        let mut cp = FakeControlPlane::new().with_query("error-rate", "a", [None, Some(0.5)]);
+        assert_eq!(cp.query("error-rate", "a"), Ok(None));
+        assert_eq!(cp.query("error-rate", "a"), Ok(Some(0.5)));
+        assert_eq!(cp.query("error-rate", "a"), Ok(Some(0.5)));
+        assert!(matches!(
+            cp.query("latency", "a"),
+            Err(ControlPlaneError::NotFound(_))
+        ));
+        cp.fail_next(
+            Operation::Query,
+            ControlPlaneError::Invalid("two series".into()),
+        );
+        assert!(matches!(
+            cp.query("error-rate", "a"),
+            Err(ControlPlaneError::Invalid(_))
+        ));
+        assert_eq!(
+            cp.calls().last(),
+            Some(&Call::Query {
+                name: "error-rate".into(),
+                instance_id: "a".into()
+            })
+        );
     }
 
     #[test]
