@@ -11,6 +11,12 @@
 //! the rollout has run ([`Rollout::elapsed`]). The same step may be called again after a
 //! crash, so each step must be safe to repeat.
 //!
+//! It uses only the control plane's `instances` calls, which every control plane offers,
+//! and rolls out one instance at a time. A strategy that clones instances, moves traffic
+//! or reads metrics turns on the SDK's matching feature (`clones`, `traffic`,
+//! `metrics`) in Cargo.toml; one that converges a group of instances at once declares it
+//! with `Metadata::with_group_rollouts`.
+//!
 //! Start here: change [`TemplatePlugin::step`] and its tests below. `cargo test` runs
 //! them natively against a fake control plane; README.md says how to build the component
 //! and try it with `setpoint plugins check` and `setpoint plugins run`.
@@ -51,10 +57,10 @@ impl Strategy for TemplatePlugin {
 
     fn abort(rollout: &Rollout, cp: &mut dyn ControlPlane) -> Progress {
         // Put back what the instance ran before, when the host knows it.
-        let Some(previous) = &rollout.actual else {
+        let Some(previous) = rollout.actual() else {
             return Progress::done("nothing to undo: the previous configuration is unknown");
         };
-        let id = rollout.instance_id.as_str();
+        let id = rollout.instance_id();
         if let Err(error) = cp.stop(id).and_then(|()| cp.start(id, Some(previous))) {
             return Progress::failed(format!("restoring {id}: {error}"), true);
         }
@@ -65,14 +71,14 @@ impl Strategy for TemplatePlugin {
 fn step(rollout: &Rollout, cp: &mut dyn ControlPlane) -> Result<Progress, PluginError> {
     rollout.check_params(env!("CARGO_PKG_NAME"), &["timeout"])?;
     let timeout = rollout.duration_param_or("timeout", DEFAULT_TIMEOUT)?;
-    let id = rollout.instance_id.as_str();
+    let id = rollout.instance_id();
 
     // First step (no state yet): restart the instance with the desired configuration.
     let state: Option<Value> = rollout.state()?;
     if state.is_none() {
         cp.stop(id)
             .map_err(|e| PluginError::other(format!("stopping {id}: {e}")))?;
-        cp.start(id, Some(&rollout.desired))
+        cp.start(id, Some(rollout.desired()))
             .map_err(|e| PluginError::other(format!("starting {id}: {e}")))?;
         return Ok(Progress::requeue(
             POLL,
@@ -115,7 +121,7 @@ mod tests {
             id: "i-1".into(),
             name: "one".into(),
             status: InstanceStatus::Running,
-            platform_type: "Process".into(),
+            platform: "Process".into(),
             labels: Vec::new(),
         })
     }
