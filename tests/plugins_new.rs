@@ -126,8 +126,12 @@ fn check(file: &Path, name: &str, world: &str) -> String {
     assert!(out.contains(": ok"), "{out}");
     assert!(out.contains(&format!("name:        {name}")), "{out}");
     assert!(
-        out.contains(&format!("setpoint:plugin/{world}@0.2.0")),
-        "not contract 0.2.0's {world} world:\n{out}"
+        out.contains(&format!("(setpoint:plugin/{world})")),
+        "not the {world} world:\n{out}"
+    );
+    assert!(
+        out.contains("contract:    setpoint:plugin@0.2.0"),
+        "not contract 0.2.0:\n{out}"
     );
     out
 }
@@ -199,7 +203,8 @@ fn a_new_strategy_tests_builds_loads_and_plans_a_rollout() {
     cargo_test(&dir);
 
     let wasm = build_component(&dir, None, &tmp.path().join("pn-strategy.wasm"));
-    check(&wasm, "pn-strategy", "strategy");
+    let out = check(&wasm, "pn-strategy", "strategy");
+    assert!(out.contains("needs:       instances only"), "{out}");
     let out = run_plugin(&wasm, &dir);
     assert!(out.contains("strategy pn-strategy@0.1.0"), "{out}");
     let outcome = out.lines().last().unwrap_or_default();
