@@ -53,7 +53,8 @@ fn setpoint(args: &[&str]) -> Run {
     )
 }
 
-/// Where the generated crates' builds go, shared between tests and runs.
+/// Where the generated crates' builds go, shared between tests and runs: the wasm builds
+/// in it, the native ones (`cargo test`) in its `native/`.
 fn shared_target() -> PathBuf {
     workspace_root().join("target/plugins-new-test")
 }
@@ -107,7 +108,7 @@ fn build_component(dir: &Path, target: Option<&str>, out: &Path) -> PathBuf {
     let mut cmd = Command::new(workspace_root().join("scripts/build-plugin-crate"));
     cmd.arg(dir)
         .arg("--target-dir")
-        .arg(shared_target().join("wasm"))
+        .arg(shared_target())
         .arg("--out")
         .arg(out);
     if let Some(target) = target {
