@@ -72,7 +72,8 @@ fn new_crate(name: &str, kind: &str, dir: &Path) {
     ])
     .assert_ok("setpoint plugins new");
     assert!(
-        run.stdout.contains(&format!("created rust {kind} plugin {name}")),
+        run.stdout
+            .contains(&format!("created rust {kind} plugin {name}")),
         "{}",
         run.stdout
     );
@@ -228,7 +229,8 @@ fn bad_names_are_refused_and_say_the_rule() {
         ]);
         assert!(!run.ok, "{name} accepted: {}", run.stdout);
         assert!(
-            run.stderr.contains(&format!("invalid plugin name {name:?}")),
+            run.stderr
+                .contains(&format!("invalid plugin name {name:?}")),
             "{name}: {}",
             run.stderr
         );
