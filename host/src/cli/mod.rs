@@ -4,13 +4,15 @@
 //! `run` and `demo` run the daemon in this process; `status`, `explain`, `diff`,
 //! `reconcile`, `approve`, `abort`, `retry`, `history`, `rollback` and `audit` talk to a
 //! running daemon's admin API;
-//! `plugins` inspects and runs files with the same runtime the daemon uses.
+//! `plugins` inspects and runs files with the same runtime the daemon uses, and writes
+//! new plugin crates from templates (`plugins new`).
 
 mod admin_client;
 mod daemon;
 mod demo;
 mod plugin_run;
 mod plugins;
+mod plugins_new;
 
 use std::process::ExitCode;
 
@@ -146,7 +148,7 @@ pub enum Command {
     },
     /// Every setting: key, environment variable, default, meaning.
     Config,
-    /// Inspect plugin components.
+    /// Inspect, run and install plugin components; start a new plugin crate.
     #[command(subcommand)]
     Plugins(plugins::PluginsCommand),
 }

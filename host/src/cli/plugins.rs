@@ -1,7 +1,8 @@
-//! `setpoint plugins check|list|install|run`: what a plugin file or directory holds,
+//! `setpoint plugins check|list|install|run|new`: what a plugin file or directory holds,
 //! validated by the same runtime and rules the daemon uses, what a running daemon
-//! serves, installing a file into a plugin directory atomically, and calling a file on
-//! given documents (`run`, in `plugin_run.rs`).
+//! serves, installing a file into a plugin directory atomically, calling a file on
+//! given documents (`run`, in `plugin_run.rs`), and writing a new plugin crate (`new`,
+//! in `plugins_new.rs`).
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -78,6 +79,9 @@ pub enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a new plugin crate from a template: it builds into a component and passes
+    /// `plugins check` with no edits, and its README says how to build and try it.
+    New(super::plugins_new::NewArgs),
 }
 
 pub(super) fn run(cmd: PluginsCommand) -> Result<ExitCode, CliError> {
@@ -121,6 +125,7 @@ pub(super) fn run(cmd: PluginsCommand) -> Result<ExitCode, CliError> {
             let runtime = PluginRuntime::new(RuntimeConfig::default())?;
             install(&runtime, &file, &dir)
         }
+        PluginsCommand::New(args) => super::plugins_new::run(args),
         PluginsCommand::Run {
             file,
             desired,
