@@ -12,7 +12,7 @@
 
 use std::path::PathBuf;
 use std::process::Command;
-use std::sync::{Mutex, OnceLock};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -21,7 +21,7 @@ use setpoint_tests::world::{World, converged, eventually};
 use setpoint_tests::{setpoint_bin, workspace_root};
 
 /// Held while a test compiles the component, so two compiles never add up their peaks.
-static COMPILING: Mutex<()> = Mutex::new(());
+static COMPILING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// The JavaScript comparator component: `SETPOINT_JS_PLUGIN` when set, otherwise built
 /// (or found up to date, in well under a second) by `scripts/build-js-plugins`.
@@ -48,7 +48,7 @@ fn js_comparator() -> PathBuf {
 #[test]
 fn plugins_check_accepts_the_javascript_component_as_a_comparator_of_contract_0_2_0() {
     let file = js_comparator();
-    let _compiling = COMPILING.lock().unwrap_or_else(|e| e.into_inner());
+    let _compiling = COMPILING.blocking_lock();
     let run = |json: bool| {
         let mut cmd = Command::new(setpoint_bin());
         cmd.args(["plugins", "check"]).arg(&file);
@@ -131,7 +131,7 @@ strategy = "restart"
     );
     {
         // The daemon loads (compiles, or finds in the cache) every plugin before it starts.
-        let _compiling = COMPILING.lock().unwrap_or_else(|e| e.into_inner());
+        let _compiling = COMPILING.lock().await;
         let started = Instant::now();
         world.start_daemon("1s", &settings).await;
         eprintln!(

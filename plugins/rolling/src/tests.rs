@@ -300,7 +300,10 @@ fn nothing_drifts_nothing_is_done() {
 fn metadata_says_it_rolls_out_groups() {
     let meta = Rolling::metadata();
     assert_eq!(meta.name, "rolling");
-    assert!(meta.group_rollouts, "the host hands groups only to a strategy that says so");
+    assert!(
+        meta.group_rollouts,
+        "the host hands groups only to a strategy that says so"
+    );
 }
 
 #[test]
