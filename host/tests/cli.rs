@@ -54,7 +54,8 @@ fn plugins_check_prints_a_verdict_for_a_strategy() {
     assert!(ok, "{stdout}");
     assert!(stdout.contains(": ok"), "{stdout}");
     assert!(stdout.contains("setpoint:plugin/strategy"), "{stdout}");
-    assert!(stdout.contains("rollout-strategy@0.1.0"), "{stdout}");
+    assert!(stdout.contains("rollout-strategy@0.2.0"), "{stdout}");
+    assert!(stdout.contains("needs:       instances only"), "{stdout}");
     assert!(stdout.contains("name:        restart"), "{stdout}");
 }
 
