@@ -61,10 +61,16 @@ async fn a_strategy_built_against_contract_0_1_0_converges_instances_next_to_0_2
     converged(&world, &[&id]).await;
     let audit = world.audit(&id);
     assert!(
+        audit.iter().any(|(k, m)| *k == AuditKind::Action
+            && m.starts_with("restart@")
+            && m.contains("called start")),
+        "the 0.1.0 strategy's calls are audited as any strategy's: {audit:#?}"
+    );
+    assert!(
         audit
             .iter()
-            .any(|(k, m)| *k == AuditKind::Outcome && m.contains("restart@")),
-        "the rollout's outcome names the strategy: {audit:#?}"
+            .any(|(k, m)| *k == AuditKind::Outcome && m.contains("done: restarted")),
+        "{audit:#?}"
     );
     world.stop_daemon().await;
 }

@@ -242,7 +242,7 @@ fn files_that_are_not_plugins_get_distinct_clear_errors() {
 
     let err = rt.load_file(&fixture("wrong-world")).unwrap_err();
     assert!(matches!(err, Error::NotAPlugin { .. }), "{err}");
-    assert!(err.to_string().contains("drift-comparator@0.1.0"), "{err}");
+    assert!(err.to_string().contains("drift-comparator@0.2.0"), "{err}");
 
     let err = rt.load_file(&fixture("future-version")).unwrap_err();
     assert!(matches!(err, Error::IncompatibleVersion { .. }), "{err}");

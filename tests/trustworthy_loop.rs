@@ -394,12 +394,18 @@ async fn orphans_unmanaged_instances_and_leaked_clones_are_found() {
         },
     )
     .await;
-    assert!(
-        world
-            .audit(&managed)
-            .iter()
-            .any(|(_, m)| m.contains("leaked clone") && m.contains(&clone_id))
-    );
+    // The sweep deletes the clone, then audits it: wait for the entry too.
+    eventually(
+        Duration::from_secs(5),
+        "the leaked clone audited",
+        async || {
+            world
+                .audit(&managed)
+                .iter()
+                .any(|(_, m)| m.contains("leaked clone") && m.contains(&clone_id))
+        },
+    )
+    .await;
 
     // Orphaned: deleted while the daemon was down.
     world.stop_daemon().await;

@@ -277,7 +277,8 @@ pub fn classify(origin: &str, bytes: &[u8]) -> Result<ComponentShape, Error> {
             origin: origin.to_owned(),
             detail: format!(
                 "it exports [{}] but a plugin exports `{COMPARATOR_EXPORT}@{CONTRACT_VERSION}` \
-                 (comparator world) or `{STRATEGY_EXPORT}@{CONTRACT_VERSION}` (strategy world)",
+                 (comparator world) or `{STRATEGY_EXPORT}@{CONTRACT_VERSION}` (strategy world); \
+                 components built against 0.1.0 are served too",
                 exports.join(", ")
             ),
         });
