@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use setpoint::store::{AuditFilter, AuditRecord, ConditionType};
 use setpoint_tests::process::Setpoint;
+use setpoint_tests::prometheus::Prometheus;
 use setpoint_tests::traffic::{
     Load, LoadSpec, Totals, Window, endpoint_weights, install_plugins, reading, set_endpoint,
 };
@@ -1606,6 +1607,127 @@ async fn setpoint_diff_shows_the_whole_canary_plan_and_the_rollout_follows_it() 
             "the audited plan is the one `diff` showed: {}",
             plans[0].entry.message
         );
+    })
+    .await;
+}
+
+// ----- 10. analysis by a PromQL query, against a real Prometheus --------------------------
+
+/// A canary analysed by the named query `error-rate`, which Prometheus answers from what
+/// it scraped of the clone (found through the control plane's service discovery).
+fn canary_promql(prometheus: &str) -> String {
+    format!(
+        r#"
+[metrics.prometheus]
+url = "{prometheus}"
+timeout = "2s"
+
+[metrics.queries]
+error-rate = 'sum(rate(drasi_stub_errors_total{{instance_id="{{{{instance.id}}}}"}}[4s])) / sum(rate(drasi_stub_requests_total{{instance_id="{{{{instance.id}}}}"}}[4s]))'
+
+[[policy.rules]]
+name = "canary"
+match = {{ labels = {{ delivery = "canary" }} }}
+strategy = "canary"
+strategy_params = {{ drain = "1s", health_poll_ms = 100, steps = [
+  {{ weight = 30 }},
+  {{ analysis = {{ interval = "3s", query = "error-rate", max = 0.1, inconclusive_limit = 6 }} }},
+  {{ weight = 100 }},
+] }}
+"#
+    )
+}
+
+/// The number after `` `error-rate` `` in a failure reason: `clone's `error-rate` 0.31 > ...`.
+fn reported_rate(message: &str) -> Option<f64> {
+    let rest = message.split("`error-rate` ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_canary_is_rolled_back_on_a_promql_error_rate_and_a_good_change_passes_it() {
+    bounded(Duration::from_secs(120), false, async {
+        let mut world = World::new(&[]).await;
+        let targets = format!("{}/api/extensions/prometheus/targets", world.cp_url());
+        let Some(prometheus) = Prometheus::start_discovering(&targets).await else {
+            return;
+        };
+        install_plugins(&world, &["canary"]);
+        world
+            .start_daemon("1s", &settings(&canary_promql(&prometheus.url)))
+            .await;
+        let id = published_instance(&world, "orders", "canary").await;
+        let load = load_on(&world, &id, LoadSpec::default()).await;
+
+        // A change that fails 30 % of the clone's requests: Prometheus sees it, the
+        // analysis judges the query's value, and the canary is rolled back.
+        world
+            .patch(
+                &id,
+                json!([
+                    { "op": "replace", "path": "/logLevel", "value": "debug" },
+                    { "op": "add", "path": "/stub", "value": { "failRate": 0.3 } },
+                ]),
+            )
+            .await;
+        rollout_ends(&world, &id, Duration::from_secs(40), "failing PromQL canary").await;
+        left_clean(&world, &id, "info", false, "failing PromQL canary").await;
+        let (degraded, reason, message) = world
+            .condition(&id, ConditionType::Degraded)
+            .expect("a Degraded condition");
+        assert!(degraded, "Degraded is false: {reason}: {message}");
+        let rate = reported_rate(&message).unwrap_or_else(|| {
+            panic!("Degraded does not name the query's value: {reason}: {message}")
+        });
+        assert!(
+            message.contains("> max 0.1") && (0.15..=0.5).contains(&rate),
+            "the clone's error rate as Prometheus measured it should be near 0.3: {message}"
+        );
+        let v = world.admin_instance(&id).await;
+        assert!(
+            v["givenUp"].is_object(),
+            "the revision was not given up\n{}",
+            explain(&world, &id).await
+        );
+        // Prometheus really holds that figure for the clone it discovered.
+        let clone_rate = prometheus
+            .query(r#"max_over_time((sum by (instance_id) (rate(drasi_stub_errors_total[4s])) / sum by (instance_id) (rate(drasi_stub_requests_total[4s])))[1m:1s])"#)
+            .await
+            .expect("Prometheus answers");
+        let rates: Vec<f64> = clone_rate["data"]["result"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|r| r["value"][1].as_str()?.parse().ok())
+            .collect();
+        assert!(
+            rates.iter().any(|r| *r > 0.1),
+            "Prometheus never saw an instance fail more than 10 % of its requests: {clone_rate}"
+        );
+
+        // A good change passes the same analysis and is promoted.
+        world
+            .patch(&id, json!([{ "op": "remove", "path": "/stub" }]))
+            .await;
+        rollout_ends(&world, &id, Duration::from_secs(40), "healthy PromQL canary").await;
+        left_clean(&world, &id, "debug", false, "healthy PromQL canary").await;
+        let (synced, synced_reason, _) = world.condition(&id, ConditionType::Synced).unwrap();
+        assert!(
+            synced,
+            "the good change is not synced: {synced_reason}\n{}",
+            explain(&world, &id).await
+        );
+        let passed = audit_records(&world, &id).iter().any(|r| {
+            r.entry.message.contains("analysis") && r.entry.message.contains("`error-rate`")
+        });
+        let totals = load.stop().await;
+        eprintln!("PromQL canary: {totals}");
+        assert!(
+            passed,
+            "no audit entry shows the query's verdict\n{}",
+            explain(&world, &id).await
+        );
+        world.stop_daemon().await;
     })
     .await;
 }

@@ -70,9 +70,6 @@ impl Prometheus {
     /// it is ready. `None` (after a loud message) when the binary is missing and `CI` is
     /// unset; panics when it is missing and `CI` is set, or when it does not start.
     pub async fn start(targets: &[Target]) -> Option<Prometheus> {
-        let bin = require()?;
-        let dir = tempfile::tempdir().expect("temp dir");
-        let config = dir.path().join("prometheus.yml");
         // JSON is YAML, and serde_json quotes label values of any content correctly.
         let static_configs: Vec<Value> = targets
             .iter()
@@ -85,13 +82,32 @@ impl Prometheus {
                 serde_json::json!({ "targets": [t.address], "labels": labels })
             })
             .collect();
+        Self::start_scraping(serde_json::json!({ "static_configs": static_configs })).await
+    }
+
+    /// Start Prometheus scraping whatever the HTTP service discovery at `url` lists
+    /// (`http_sd_configs`, refreshed every second), as the reference control plane's
+    /// `GET /api/extensions/prometheus/targets` serves it. Otherwise as [`Self::start`].
+    pub async fn start_discovering(url: &str) -> Option<Prometheus> {
+        Self::start_scraping(serde_json::json!({
+            "http_sd_configs": [{ "url": url, "refresh_interval": "1s" }],
+        }))
+        .await
+    }
+
+    /// Start Prometheus with one scrape job (`/metrics` every second) whose targets come
+    /// from `targets` (the job's `static_configs` or `http_sd_configs`).
+    async fn start_scraping(targets: Value) -> Option<Prometheus> {
+        let bin = require()?;
+        let dir = tempfile::tempdir().expect("temp dir");
+        let config = dir.path().join("prometheus.yml");
+        let mut job = serde_json::json!({ "job_name": "drasi-stub", "metrics_path": "/metrics" });
+        job.as_object_mut()
+            .unwrap()
+            .extend(targets.as_object().unwrap().clone());
         let yaml = serde_json::json!({
             "global": { "scrape_interval": "1s", "scrape_timeout": "1s", "evaluation_interval": "1s" },
-            "scrape_configs": [{
-                "job_name": "drasi-stub",
-                "metrics_path": "/metrics",
-                "static_configs": static_configs,
-            }],
+            "scrape_configs": [job],
         });
         std::fs::write(&config, serde_json::to_string_pretty(&yaml).unwrap()).unwrap();
         let port = free_port();

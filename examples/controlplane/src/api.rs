@@ -127,6 +127,10 @@ pub fn router_with(cp: ControlPlane, options: ApiOptions) -> Router {
                 "/api/extensions/running-configurations",
                 get(running_configurations),
             )
+            .route(
+                "/api/extensions/prometheus/targets",
+                get(prometheus_targets),
+            )
             .route("/api/extensions/endpoints", get(list_endpoints))
             .route(
                 "/api/extensions/endpoints/{name}",
@@ -518,7 +522,7 @@ async fn info(State(api): State<Api>) -> Response {
             "platforms": ["Process", "Simulated"],
             "extensions": ["sequenceFeed", "longPoll", "metadata", "clone", "health",
                            "metrics", "runningConfiguration", "runningConfigurations",
-                           "endpoints", "deleteConfiguration"],
+                           "endpoints", "deleteConfiguration", "prometheusTargets"],
         }),
     )
 }
@@ -557,6 +561,13 @@ async fn running_configurations(State(api): State<Api>) -> Response {
         StatusCode::OK,
         json!({ "configurations": api.cp.running_configurations() }),
     )
+}
+
+/// `GET /api/extensions/prometheus/targets`: Prometheus's HTTP service discovery
+/// (`http_sd_configs`), a JSON list of `{"targets": ["host:port"], "labels": {...}}`,
+/// one per instance running a process. Always plain JSON (never `enumAsInt`-shaped).
+async fn prometheus_targets(State(api): State<Api>) -> Response {
+    (StatusCode::OK, axum::Json(api.cp.scrape_targets())).into_response()
 }
 
 async fn list_endpoints(State(api): State<Api>) -> Response {

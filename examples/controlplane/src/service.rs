@@ -24,6 +24,7 @@ use crate::model::{
     default_configuration, fill_missing, normalize_configuration,
 };
 use crate::patch::{Patch, PatchFailure};
+use crate::platform::process::probe_host;
 use crate::platform::{ExitEvent, PlatformError, ProcessPlatform, simulated};
 use crate::store::{InstanceRecord, Runtime, Store, StoreError, Write};
 
@@ -737,6 +738,28 @@ impl ControlPlane {
     }
 
     // ----- extensions ------------------------------------------------------------------
+
+    /// Where Prometheus finds every instance that runs a process, in the format of its
+    /// HTTP service discovery (`http_sd_configs`): one target group per instance,
+    /// `host:port` labelled `instance_name` (the stub labels its own series with
+    /// `instance_id`). Clones are listed as soon as they run, so a canary's clone is
+    /// scraped without the operator touching Prometheus's configuration.
+    pub fn scrape_targets(&self) -> Vec<Value> {
+        self.state()
+            .instances
+            .values()
+            .filter(|r| r.instance.platform_type == PlatformType::Process)
+            .filter_map(|record| {
+                let runtime = &record.runtime;
+                runtime.pid?;
+                let host = probe_host(runtime.host.as_deref()?);
+                Some(json!({
+                    "targets": [format!("{host}:{}", runtime.port?)],
+                    "labels": { "instance_name": record.instance.name },
+                }))
+            })
+            .collect()
+    }
 
     /// Creates a sibling of `id` on the same platform with a new port, labelled
     /// [`CLONE_OF_LABEL`].

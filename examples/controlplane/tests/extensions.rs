@@ -37,7 +37,34 @@ async fn endpoints_split_traffic_by_weight_and_instances_count_it() {
     );
     assert_ne!(port_a, port_b);
     assert_eq!(cp.configuration(&b).await["stub"]["failRate"], 0.5);
+    // Prometheus's service discovery lists what runs: `a` only, until the clone starts.
+    let targets = |v: serde_json::Value| -> Vec<(String, String)> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|g| {
+                (
+                    g["targets"][0].as_str().unwrap().to_owned(),
+                    g["labels"]["instance_name"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    let (_, listed) = cp.get("/api/extensions/prometheus/targets").await;
+    assert_eq!(
+        targets(listed),
+        [(format!("127.0.0.1:{port_a}"), "stable".to_owned())]
+    );
     cp.start(&b).await;
+    let (_, listed) = cp.get("/api/extensions/prometheus/targets").await;
+    let mut listed = targets(listed);
+    listed.sort();
+    let mut expected = vec![
+        (format!("127.0.0.1:{port_a}"), "stable".to_owned()),
+        (format!("127.0.0.1:{port_b}"), "canary".to_owned()),
+    ];
+    expected.sort();
+    assert_eq!(listed, expected);
 
     let (status, endpoint) = cp
         .put(

@@ -181,15 +181,26 @@ pub(super) async fn status(admin: &Admin, id: Option<String>) -> Result<(), CliE
         }
         if let Some(a) = p["status"]["analysis"].as_object() {
             let figure = |k: &str| a.get(k).map(Value::to_string).unwrap_or("-".into());
-            println!(
-                "  analysis: {} requests, {} errors, error rate {} (max {}), {} of {} consecutive failures",
-                figure("requests"),
-                figure("errors"),
-                figure("error_rate"),
-                figure("max_error_rate"),
-                figure("consecutive_failures"),
-                figure("failure_limit")
-            );
+            if let Some(query) = a.get("query").and_then(Value::as_str) {
+                println!(
+                    "  analysis: query {query} = {} (min {}, max {}), {} of {} consecutive failures",
+                    figure("value"),
+                    figure("min"),
+                    figure("max"),
+                    figure("consecutive_failures"),
+                    figure("failure_limit")
+                );
+            } else {
+                println!(
+                    "  analysis: {} requests, {} errors, error rate {} (max {}), {} of {} consecutive failures",
+                    figure("requests"),
+                    figure("errors"),
+                    figure("error_rate"),
+                    figure("max_error_rate"),
+                    figure("consecutive_failures"),
+                    figure("failure_limit")
+                );
+            }
         }
         if let Some(waiting) = p["status"]["waiting_for"].as_str() {
             println!("  waits:    {waiting}");

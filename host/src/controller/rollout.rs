@@ -1255,8 +1255,23 @@ pub fn describe_status(status: &Value) -> String {
             .get("verdict")
             .and_then(Value::as_str)
             .unwrap_or("measuring");
-        parts.push(match (rate, max, requests, errors) {
-            (Some(rate), Some(max), Some(requests), Some(errors)) => format!(
+        let query = a.get("query").and_then(Value::as_str);
+        parts.push(match (query, rate, max, requests, errors) {
+            (Some(query), ..) => {
+                let value = a
+                    .get("value")
+                    .and_then(Value::as_f64)
+                    .map_or("no value yet".to_owned(), |v| format!("{v:.3}"));
+                let bounds: Vec<String> = ["min", "max"]
+                    .into_iter()
+                    .filter_map(|k| Some(format!("{k} {:.3}", a.get(k)?.as_f64()?)))
+                    .collect();
+                format!(
+                    "analysis {verdict}: query {query} {value} against {}",
+                    bounds.join(", ")
+                )
+            }
+            (None, Some(rate), Some(max), Some(requests), Some(errors)) => format!(
                 "analysis {verdict}: error rate {rate:.3} ({errors} of {requests}) against max {max:.3}"
             ),
             _ => format!("analysis {verdict}"),

@@ -477,6 +477,20 @@ fn a_reported_status_reads_as_one_line() {
         rollout::describe_status(&status),
         "canary step 3/5, weights orders=80 orders-c1=20, analysis pass: error rate 0.002 (1 of 412) against max 0.050, waiting: analysis: measuring interval 2"
     );
+    let by_query = json!({
+        "strategy": "canary", "phase": "canary",
+        "analysis": {"query": "error-rate", "value": 0.31, "max": 0.1, "verdict": "fail"}
+    });
+    assert_eq!(
+        rollout::describe_status(&by_query),
+        "canary, analysis fail: query error-rate 0.310 against max 0.100"
+    );
+    assert_eq!(
+        rollout::describe_status(
+            &json!({"phase": "canary", "analysis": {"query": "rps", "min": 5}})
+        ),
+        "canary, analysis measuring: query rps no value yet against min 5.000"
+    );
     assert_eq!(
         rollout::describe_status(&json!({"phase": "converging"})),
         "converging"

@@ -444,6 +444,71 @@ fn failed_analysis_rolls_back_in_the_same_step_naming_the_figures() {
 }
 
 #[test]
+fn an_analysis_by_named_query_rolls_back_on_its_value_and_asks_nothing_before_its_interval() {
+    let params = json!({"steps": [
+        {"weight": 20},
+        {"analysis": {"interval": "10s", "query": "error-rate", "max": 0.1}},
+        {"weight": 100},
+    ]});
+    let mut d = driver(params.clone());
+    d.cp = control_plane().with_query("error-rate", CLONE, [Some(0.31)]);
+    d.step();
+    d.step();
+    d.step(); // weight 20, the interval starts
+    assert!(
+        !d.cp.calls().iter().any(|c| matches!(c, Call::Query { .. })),
+        "the query is asked before its first interval is over: {:?}",
+        d.cp.calls()
+    );
+    let figures = d.status().unwrap().analysis.unwrap();
+    assert_eq!(
+        (figures.query.as_deref(), figures.max, figures.requests),
+        (Some("error-rate"), Some(0.1), None)
+    );
+    let p = d.step();
+    assert_eq!(
+        p,
+        Progress::failed(
+            "analysis failed: clone's `error-rate` 0.31 > max 0.1 over 10s, 1 of 1 consecutive failures",
+            false
+        )
+    );
+    assert!(
+        !d.cp
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::GetCounters { .. })),
+        "the counters are read although the analysis names a query"
+    );
+    assert_eq!(
+        mutations(&d.cp)[4..],
+        [
+            "weights drasi-1: drasi-1 100".to_owned(),
+            "delete drasi-1-clone-1".to_owned()
+        ]
+    );
+    assert_clean(&d.cp);
+
+    // Within the bound it passes and the canary goes on.
+    let mut d = driver(params.clone());
+    d.cp = control_plane().with_query("error-rate", CLONE, [Some(0.02)]);
+    assert!(matches!(run_to_end(&mut d), Progress::Done(_)));
+    assert_clean(&d.cp);
+
+    // A query policy does not define fails the analysis at once, saying so.
+    let mut d = driver(params);
+    let p = run_to_end(&mut d);
+    let Progress::Failed { reason, .. } = &p else {
+        panic!("{p:?}")
+    };
+    assert!(
+        reason.contains("query `error-rate`") && reason.contains("[metrics.queries]"),
+        "{reason}"
+    );
+    assert_clean(&d.cp);
+}
+
+#[test]
 fn a_passed_analysis_stays_in_the_status_until_the_next_one() {
     let mut d = driver(json!({"steps": [
         {"weight": 20},
@@ -462,7 +527,7 @@ fn a_passed_analysis_stays_in_the_status_until_the_next_one() {
     let figures = status.analysis.unwrap();
     assert_eq!(
         (figures.verdict, figures.requests, figures.errors),
-        (Some(Verdict::Pass), 100, 0)
+        (Some(Verdict::Pass), Some(100), Some(0))
     );
     d.step(); // the next analysis reads its baseline
     let figures = d.status().unwrap().analysis.unwrap();
@@ -522,7 +587,7 @@ fn inconclusive_intervals_keep_measuring_then_end_the_analysis() {
         );
         let figures = d.status().unwrap().analysis.unwrap();
         assert_eq!(figures.verdict, Some(Verdict::Inconclusive));
-        assert_eq!((figures.inconclusive, figures.requests), (n, 10));
+        assert_eq!((figures.inconclusive, figures.requests), (n, Some(10)));
         assert!(!d.status().unwrap().paused);
     }
     let p = d.step();

@@ -966,17 +966,42 @@ impl Machine<'_> {
                     };
                     return Ok(Some(requeue(after, message, false)));
                 }
-                let reading = match self.read(spec, &clone) {
-                    Some(reading) => reading,
-                    None => {
-                        return Ok(Some(self.fail_before_touch(
-                            st,
-                            format!("clone {clone} disappeared during the analysis at step {number} of {of}"),
-                            true,
-                        )));
-                    }
+                let outcome = if let Some(check) = &spec.query {
+                    // The first call only starts the interval: nothing to ask yet.
+                    let value = if run.started() {
+                        match self.cp.query(&check.name, &clone) {
+                            Ok(value) => Ok(value),
+                            // A name policy does not define never starts answering:
+                            // fail now instead of after `inconclusive_limit` intervals.
+                            Err(ControlPlaneError::NotFound(e)) => {
+                                return Ok(Some(self.fail_before_touch(
+                                    st,
+                                    format!(
+                                        "analysis at step {number} of {of} cannot run: query `{}` for clone {clone}: {e} (is it defined under [metrics.queries]?)",
+                                        check.name
+                                    ),
+                                    false,
+                                )));
+                            }
+                            Err(e) => Err(e.to_string()),
+                        }
+                    } else {
+                        Ok(None)
+                    };
+                    run.observe_query(spec, self.now, value)
+                } else {
+                    let reading = match self.read(spec, &clone) {
+                        Some(reading) => reading,
+                        None => {
+                            return Ok(Some(self.fail_before_touch(
+                                st,
+                                format!("clone {clone} disappeared during the analysis at step {number} of {of}"),
+                                true,
+                            )));
+                        }
+                    };
+                    run.observe(spec, self.now, reading)
                 };
-                let outcome = run.observe(spec, self.now, reading);
                 st.status.analysis = Some(run.figures(spec));
                 match outcome {
                     AnalysisOutcome::Continue { after } => {

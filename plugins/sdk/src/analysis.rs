@@ -26,6 +26,20 @@
 //! 0 (it passes): use it where nothing but real traffic reaches the clone and silence is
 //! acceptable.
 //!
+//! ## A named query instead of the counters
+//!
+//! With `query` (a name policy defines under `[metrics.queries]`, such as a PromQL error
+//! rate), each interval is judged by one value of that query for the clone, asked for
+//! once the interval is over ([`AnalysisRun::observe_query`]): it **fails** above `max`
+//! or below `min` (at least one of the two is required; a value equal to a bound
+//! passes), and is **inconclusive** when the query has no value (no samples yet, or
+//! 0/0) or could not be run. The query itself decides what too little traffic is, so
+//! `min_requests`, `max_error_rate` and `compare_with_original` do not apply to it and
+//! are refused beside `query`. `failure_limit`, `measurements` and `inconclusive_limit`
+//! count intervals as above. The first interval starts at the first call, so the query
+//! is first asked one `interval` after the analysis begins: make the interval at least
+//! the query's range plus a scrape interval.
+//!
 //! ```
 //! use setpoint_plugin::analysis::{AnalysisOutcome, AnalysisRun, AnalysisSpec, Reading};
 //! use setpoint_plugin::Counters;
@@ -60,7 +74,7 @@ pub const DEFAULT_MEASUREMENTS: u32 = 1;
 pub const DEFAULT_INCONCLUSIVE_LIMIT: u32 = 3;
 
 /// The keys an analysis spec accepts.
-pub const SPEC_KEYS: [&str; 7] = [
+pub const SPEC_KEYS: [&str; 10] = [
     "interval",
     "max_error_rate",
     "min_requests",
@@ -68,7 +82,36 @@ pub const SPEC_KEYS: [&str; 7] = [
     "measurements",
     "compare_with_original",
     "inconclusive_limit",
+    "query",
+    "max",
+    "min",
 ];
+
+/// The keys that belong to the counters' form of an analysis, refused beside `query`.
+const COUNTER_KEYS: [&str; 3] = ["max_error_rate", "min_requests", "compare_with_original"];
+
+/// An analysis judged by a named query's value instead of the counters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueryCheck {
+    /// The query's name, as policy defines it under `[metrics.queries]`.
+    pub name: String,
+    /// The highest acceptable value (`max`).
+    pub max: Option<f64>,
+    /// The lowest acceptable value (`min`).
+    pub min: Option<f64>,
+}
+
+impl QueryCheck {
+    /// `max 0.1`, `min 5`, `min 5, max 10`.
+    fn bounds(&self) -> String {
+        match (self.min, self.max) {
+            (Some(min), Some(max)) => format!("min {}, max {}", rate(min), rate(max)),
+            (Some(min), None) => format!("min {}", rate(min)),
+            (None, Some(max)) => format!("max {}", rate(max)),
+            (None, None) => "no bound".to_owned(),
+        }
+    }
+}
 
 /// What to measure and how to judge it: the parameters of an analysis.
 #[derive(Debug, Clone, PartialEq)]
@@ -90,6 +133,10 @@ pub struct AnalysisSpec {
     /// Inconclusive intervals (in all) that end the analysis as failed
     /// (`inconclusive_limit`, default 3).
     pub inconclusive_limit: u32,
+    /// Judge a named query's value instead of the counters (`query`, with `max` and/or
+    /// `min`). With it, `max_error_rate`, `min_requests` and `compare_with_original` are
+    /// unused.
+    pub query: Option<QueryCheck>,
 }
 
 impl AnalysisSpec {
@@ -104,6 +151,20 @@ impl AnalysisSpec {
             measurements: DEFAULT_MEASUREMENTS,
             compare_with_original: false,
             inconclusive_limit: DEFAULT_INCONCLUSIVE_LIMIT,
+            query: None,
+        }
+    }
+
+    /// An analysis over `interval` judged by the named query `name` against `max` and/or
+    /// `min`, every other setting at its default.
+    pub fn query(interval: Duration, name: &str, max: Option<f64>, min: Option<f64>) -> Self {
+        Self {
+            query: Some(QueryCheck {
+                name: name.to_owned(),
+                max,
+                min,
+            }),
+            ..Self::new(interval, 0.0)
         }
     }
 
@@ -136,6 +197,23 @@ impl AnalysisSpec {
             return Err(PluginError::invalid_params(format!(
                 "parameter `{}` must be longer than 0",
                 key("interval")
+            )));
+        }
+        if let Some(query) = map.get("query").filter(|q| !q.is_null()) {
+            let mut spec = Self::query(interval, "", None, None);
+            spec.query = Some(query_check(map, name, query)?);
+            spec.failure_limit = count(map, name, "failure_limit", DEFAULT_FAILURE_LIMIT)?;
+            spec.measurements = count(map, name, "measurements", DEFAULT_MEASUREMENTS)?;
+            spec.inconclusive_limit =
+                count(map, name, "inconclusive_limit", DEFAULT_INCONCLUSIVE_LIMIT)?;
+            return Ok(spec);
+        }
+        if let Some(bound) = ["max", "min"].into_iter().find(|k| map.contains_key(*k)) {
+            return Err(PluginError::invalid_params(format!(
+                "parameter `{}` bounds a named query's value and goes with `{}`; the counters' limit is `{}`",
+                key(bound),
+                key("query"),
+                key("max_error_rate")
             )));
         }
         let max_error_rate = match map.get("max_error_rate") {
@@ -176,6 +254,15 @@ impl AnalysisSpec {
 
     /// One line for people: `analysis: error rate <= 0.05 over 10s, 1 measurement`.
     pub fn describe(&self) -> String {
+        if let Some(check) = &self.query {
+            return format!(
+                "analysis: query `{}` within {} over {} intervals, {} passing measurement(s) needed",
+                check.name,
+                check.bounds(),
+                duration::format(self.interval),
+                self.measurements
+            );
+        }
         format!(
             "analysis: error rate <= {}{} over {} intervals, {} passing measurement(s) needed",
             rate(self.max_error_rate),
@@ -187,6 +274,58 @@ impl AnalysisSpec {
             duration::format(self.interval),
             self.measurements
         )
+    }
+}
+
+/// The query form's keys: `query` (a non-empty name), `max` and/or `min` (finite
+/// numbers, `min <= max`), and none of the counters' keys.
+fn query_check(
+    map: &Map<String, Value>,
+    name: &str,
+    query: &Value,
+) -> Result<QueryCheck, PluginError> {
+    let query = query
+        .as_str()
+        .map(str::trim)
+        .filter(|q| !q.is_empty())
+        .ok_or_else(|| {
+            PluginError::invalid_params(format!(
+                "parameter `{name}.query` must be the name of a query policy defines under [metrics.queries], like \"error-rate\", got {query}"
+            ))
+        })?;
+    if let Some(counter) = COUNTER_KEYS.iter().find(|k| map.contains_key(**k)) {
+        return Err(PluginError::invalid_params(format!(
+            "parameter `{name}.{counter}` judges the control plane's counters and does not go with `{name}.query`; \
+             bound the query's value with `max`/`min`, and let the query itself answer no value when there is too little traffic"
+        )));
+    }
+    let bound = |k: &str| -> Result<Option<f64>, PluginError> {
+        match map.get(k) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => value
+                .as_f64()
+                .filter(|v| v.is_finite())
+                .map(Some)
+                .ok_or_else(|| {
+                    PluginError::invalid_params(format!(
+                        "parameter `{name}.{k}` must be a number, got {value}"
+                    ))
+                }),
+        }
+    };
+    let (max, min) = (bound("max")?, bound("min")?);
+    match (min, max) {
+        (None, None) => Err(PluginError::invalid_params(format!(
+            "parameter `{name}` needs `max` or `min` (or both) to judge query `{query}` by, like {{\"query\": \"{query}\", \"max\": 0.05}}"
+        ))),
+        (Some(lo), Some(hi)) if lo > hi => Err(PluginError::invalid_params(format!(
+            "parameter `{name}.min` ({lo}) is above `{name}.max` ({hi}): no value could pass"
+        ))),
+        _ => Ok(QueryCheck {
+            name: query.to_owned(),
+            max,
+            min,
+        }),
     }
 }
 
@@ -261,6 +400,10 @@ pub struct Measurement {
     /// The original's error rate, when comparing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_error_rate: Option<f64>,
+    /// The named query's value for the clone, with a query (`requests` and `errors` are
+    /// then 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
     /// The verdict.
     pub verdict: Verdict,
     /// The verdict in words, with the figures: `clone error rate 0.31 (93 of 300
@@ -278,6 +421,7 @@ impl Measurement {
             original_requests: None,
             original_errors: None,
             original_error_rate: None,
+            value: None,
             verdict: Verdict::Inconclusive,
             summary,
         }
@@ -354,6 +498,7 @@ pub fn judge(spec: &AnalysisSpec, start: &Reading, end: &Reading, interval_ms: u
         original_requests: original.map(|(r, _)| r),
         original_errors: original.map(|(_, e)| e),
         original_error_rate: original.map(|(r, e)| ratio(e, r)),
+        value: None,
         verdict: Verdict::Pass,
         summary: String::new(),
     };
@@ -400,6 +545,58 @@ pub fn judge(spec: &AnalysisSpec, start: &Reading, end: &Reading, interval_ms: u
         measurement.summary = format!("{clone} <= {limit_text} over {over}");
     }
     measurement
+}
+
+/// Judge one interval of `interval_ms` by the named query's `value` for the clone
+/// (`None`: the query had no value). The rule is in the [module docs](self).
+pub fn judge_query(check: &QueryCheck, value: Option<f64>, interval_ms: u64) -> Measurement {
+    let over = duration::format(Duration::from_millis(interval_ms));
+    let Some(value) = value else {
+        return Measurement::inconclusive(
+            interval_ms,
+            format!(
+                "query `{}` had no value for the clone over {over} (no samples yet, or no traffic)",
+                check.name
+            ),
+        );
+    };
+    let (verdict, summary) = if let Some(max) = check.max.filter(|max| value > *max) {
+        (
+            Verdict::Fail,
+            format!(
+                "clone's `{}` {} > max {} over {over}",
+                check.name,
+                rate(value),
+                rate(max)
+            ),
+        )
+    } else if let Some(min) = check.min.filter(|min| value < *min) {
+        (
+            Verdict::Fail,
+            format!(
+                "clone's `{}` {} < min {} over {over}",
+                check.name,
+                rate(value),
+                rate(min)
+            ),
+        )
+    } else {
+        (
+            Verdict::Pass,
+            format!(
+                "clone's `{}` {} within {} over {over}",
+                check.name,
+                rate(value),
+                check.bounds()
+            ),
+        )
+    };
+    Measurement {
+        value: Some(value),
+        verdict,
+        summary,
+        ..Measurement::inconclusive(interval_ms, String::new())
+    }
 }
 
 /// What the strategy does after [`AnalysisRun::observe`].
@@ -457,7 +654,9 @@ impl AnalysisRun {
     /// baseline yet, or the interval is over).
     pub fn due_in(&self, spec: &AnalysisSpec, now_ms: u64) -> Option<Duration> {
         let started = self.interval_started_ms?;
-        self.baseline?;
+        if spec.query.is_none() {
+            self.baseline?;
+        }
         let end = started.saturating_add(duration::as_millis(spec.interval));
         (now_ms < end).then(|| Duration::from_millis(end - now_ms))
     }
@@ -498,6 +697,56 @@ impl AnalysisRun {
                 Measurement::inconclusive(0, format!("the counters could not be read: {why}"))
             }
         };
+        self.record(spec, measurement)
+    }
+
+    /// Take the named query's value for the clone (or why it could not be read) at
+    /// `now_ms` and say what next; for a spec with a `query` (panics without one).
+    ///
+    /// The first call starts the first interval and ignores `value` (so a strategy may
+    /// skip the query then: see [`AnalysisRun::started`]). Before the interval is over the
+    /// value is ignored. Otherwise the interval is judged by `value` and the next one
+    /// starts; a value that could not be read counts as one inconclusive interval.
+    pub fn observe_query(
+        &mut self,
+        spec: &AnalysisSpec,
+        now_ms: u64,
+        value: Result<Option<f64>, String>,
+    ) -> AnalysisOutcome {
+        let check = spec
+            .query
+            .as_ref()
+            .expect("observe_query is for an analysis with a query");
+        if let Some(after) = self.due_in(spec, now_ms) {
+            return AnalysisOutcome::Continue { after };
+        }
+        let Some(started) = self.interval_started_ms else {
+            self.interval_started_ms = Some(now_ms);
+            return AnalysisOutcome::Continue {
+                after: spec.interval,
+            };
+        };
+        self.interval_started_ms = Some(now_ms);
+        let interval_ms = now_ms.saturating_sub(started);
+        let measurement = match value {
+            Ok(value) => judge_query(check, value, interval_ms),
+            Err(why) => Measurement::inconclusive(
+                interval_ms,
+                format!("query `{}` could not be read: {why}", check.name),
+            ),
+        };
+        self.record(spec, measurement)
+    }
+
+    /// Whether the first interval has started (for a query: whether the next due call
+    /// judges a value).
+    pub fn started(&self) -> bool {
+        self.interval_started_ms.is_some()
+    }
+
+    /// Count one measured interval and decide.
+    fn record(&mut self, spec: &AnalysisSpec, measurement: Measurement) -> AnalysisOutcome {
+        let interval = spec.interval;
         self.measurements += 1;
         let verdict = measurement.verdict;
         let summary = measurement.summary.clone();
@@ -544,12 +793,17 @@ impl AnalysisRun {
     /// The figures for the status object ([`crate::RolloutStatus::analysis`]).
     pub fn figures(&self, spec: &AnalysisSpec) -> AnalysisFigures {
         let last = self.last.as_ref();
+        let counters = spec.query.is_none();
         AnalysisFigures {
             interval_ms: last.map_or(duration::as_millis(spec.interval), |m| m.interval_ms),
-            requests: last.map_or(0, |m| m.requests),
-            errors: last.map_or(0, |m| m.errors),
-            error_rate: last.map_or(0.0, |m| m.error_rate),
-            max_error_rate: spec.max_error_rate,
+            requests: counters.then(|| last.map_or(0, |m| m.requests)),
+            errors: counters.then(|| last.map_or(0, |m| m.errors)),
+            error_rate: counters.then(|| last.map_or(0.0, |m| m.error_rate)),
+            max_error_rate: counters.then_some(spec.max_error_rate),
+            query: spec.query.as_ref().map(|q| q.name.clone()),
+            value: last.and_then(|m| m.value),
+            max: spec.query.as_ref().and_then(|q| q.max),
+            min: spec.query.as_ref().and_then(|q| q.min),
             original_requests: last.and_then(|m| m.original_requests),
             original_errors: last.and_then(|m| m.original_errors),
             original_error_rate: last.and_then(|m| m.original_error_rate),
@@ -718,7 +972,7 @@ mod tests {
         let figures = run.figures(&spec());
         assert_eq!(
             (figures.requests, figures.errors, figures.measurements),
-            (300, 93, 1)
+            (Some(300), Some(93), 1)
         );
         assert_eq!(figures.verdict, Some(Verdict::Fail));
     }
@@ -868,6 +1122,132 @@ mod tests {
         let figures = run.figures(&spec);
         assert_eq!(figures.original_requests, Some(0));
         assert_eq!(figures.consecutive_failures, 2);
+    }
+
+    fn query_spec() -> AnalysisSpec {
+        AnalysisSpec::from_param(
+            "a",
+            &json!({"interval": "10s", "query": "error-rate", "max": 0.1, "failure_limit": 2}),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn parses_the_query_form_and_refuses_mixing_it_with_the_counters() {
+        let spec = query_spec();
+        assert_eq!(
+            spec.query,
+            Some(QueryCheck {
+                name: "error-rate".into(),
+                max: Some(0.1),
+                min: None
+            })
+        );
+        assert_eq!(spec.failure_limit, 2);
+        assert_eq!(
+            spec.describe(),
+            "analysis: query `error-rate` within max 0.1 over 10s intervals, 1 passing measurement(s) needed"
+        );
+        for (value, says) in [
+            (
+                json!({"interval": "1s", "query": "q", "max": 1, "max_error_rate": 0.1}),
+                "`a.max_error_rate` judges the control plane's counters and does not go with `a.query`",
+            ),
+            (
+                json!({"interval": "1s", "query": "q", "max": 1, "min_requests": 5}),
+                "`a.min_requests`",
+            ),
+            (
+                json!({"interval": "1s", "query": "q"}),
+                "parameter `a` needs `max` or `min`",
+            ),
+            (
+                json!({"interval": "1s", "query": "", "max": 1}),
+                "`a.query` must be the name",
+            ),
+            (
+                json!({"interval": "1s", "query": 3, "max": 1}),
+                "`a.query` must be the name",
+            ),
+            (
+                json!({"interval": "1s", "query": "q", "max": "5%"}),
+                "`a.max` must be a number",
+            ),
+            (
+                json!({"interval": "1s", "query": "q", "min": 2, "max": 1}),
+                "`a.min` (2) is above `a.max` (1)",
+            ),
+            (
+                json!({"interval": "1s", "max_error_rate": 0.1, "max": 1}),
+                "`a.max` bounds a named query's value and goes with `a.query`",
+            ),
+        ] {
+            let Err(PluginError::InvalidParams(message)) = AnalysisSpec::from_param("a", &value)
+            else {
+                panic!("{value} should be refused");
+            };
+            assert!(message.contains(says), "{value}: {message}");
+        }
+    }
+
+    #[test]
+    fn a_query_is_judged_once_each_interval_against_its_bounds() {
+        let spec = query_spec();
+        let mut run = AnalysisRun::default();
+        // The first call only starts the interval; what it carries is not judged.
+        assert_eq!(run.observe_query(&spec, 0, Ok(Some(9.0))), WAIT);
+        assert!(run.started());
+        assert_eq!(run.measurements, 0);
+        assert_eq!(
+            run.observe_query(&spec, 4_000, Ok(Some(9.0))),
+            AnalysisOutcome::Continue {
+                after: Duration::from_secs(6)
+            }
+        );
+        // No value: inconclusive. A value above max: fail 1 of 2. Then 2 of 2.
+        assert_eq!(run.observe_query(&spec, 10_000, Ok(None)), WAIT);
+        assert_eq!(run.inconclusive, 1);
+        assert!(run.last.as_ref().unwrap().summary.contains("had no value"));
+        assert_eq!(run.observe_query(&spec, 20_000, Ok(Some(0.31))), WAIT);
+        let figures = run.figures(&spec);
+        assert_eq!(
+            (figures.query.as_deref(), figures.value, figures.max),
+            (Some("error-rate"), Some(0.31), Some(0.1))
+        );
+        assert_eq!((figures.requests, figures.error_rate), (None, None));
+        assert_eq!(
+            run.observe_query(&spec, 30_000, Ok(Some(0.4))),
+            AnalysisOutcome::Failed {
+                reason: "analysis failed: clone's `error-rate` 0.4 > max 0.1 over 10s, 2 of 2 consecutive failures".into(),
+                verdict: Verdict::Fail,
+            }
+        );
+        // A value at the bound passes; an unreadable one is inconclusive.
+        let mut run = AnalysisRun::default();
+        assert_eq!(run.observe_query(&spec, 0, Ok(None)), WAIT);
+        assert_eq!(
+            run.observe_query(&spec, 10_000, Err("timed out".into())),
+            WAIT
+        );
+        assert!(
+            run.last
+                .as_ref()
+                .unwrap()
+                .summary
+                .contains("could not be read: timed out")
+        );
+        assert_eq!(
+            run.observe_query(&spec, 20_000, Ok(Some(0.1))),
+            AnalysisOutcome::Passed
+        );
+        // A lower bound fails below it.
+        let min = AnalysisSpec::query(Duration::from_secs(1), "rps", None, Some(5.0));
+        let mut run = AnalysisRun::default();
+        run.observe_query(&min, 0, Ok(None));
+        assert!(matches!(
+            run.observe_query(&min, 1_000, Ok(Some(4.5))),
+            AnalysisOutcome::Failed { ref reason, .. } if reason.contains("`rps` 4.5 < min 5")
+        ));
     }
 
     #[test]

@@ -121,14 +121,31 @@ pub struct AnalysisFigures {
     /// The length of the last measured interval (before the first one ends: the
     /// configured interval), in milliseconds.
     pub interval_ms: u64,
-    /// Requests the clone served in the last measured interval.
-    pub requests: u64,
-    /// Of which failed.
-    pub errors: u64,
-    /// `errors / requests` (0 without requests).
-    pub error_rate: f64,
-    /// The configured limit.
-    pub max_error_rate: f64,
+    /// Requests the clone served in the last measured interval (absent with a query).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<u64>,
+    /// Of which failed (absent with a query).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub errors: Option<u64>,
+    /// `errors / requests` (0 without requests; absent with a query).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error_rate: Option<f64>,
+    /// The configured limit of the error rate (absent with a query).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_error_rate: Option<f64>,
+    /// The named query the analysis judges, when it judges one instead of the counters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query: Option<String>,
+    /// The query's value for the clone in the last measured interval (absent before the
+    /// first, and when it had none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<f64>,
+    /// The query's upper bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<f64>,
+    /// The query's lower bound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<f64>,
     /// Requests the original served in the same interval, when comparing with it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub original_requests: Option<u64>,
@@ -186,10 +203,10 @@ mod tests {
     fn analysis_figures_are_snake_case_with_a_lowercase_verdict() {
         let figures = AnalysisFigures {
             interval_ms: 10_000,
-            requests: 300,
-            errors: 93,
-            error_rate: 0.31,
-            max_error_rate: 0.05,
+            requests: Some(300),
+            errors: Some(93),
+            error_rate: Some(0.31),
+            max_error_rate: Some(0.05),
             consecutive_failures: 1,
             failure_limit: 1,
             measurements: 1,
@@ -200,6 +217,7 @@ mod tests {
         assert_eq!(value["verdict"], "fail");
         assert_eq!(value["error_rate"], 0.31);
         assert!(value.get("original_error_rate").is_none());
+        assert!(value.get("query").is_none() && value.get("value").is_none());
         // Unknown keys are ignored, so a newer strategy's extra figures do not break it.
         let mut extended = value.clone();
         extended["p99_ms"] = json!(12);
