@@ -79,7 +79,7 @@ async fn a_strategy_built_against_contract_0_1_0_converges_instances_next_to_0_2
 async fn a_strategy_needing_capabilities_the_control_plane_lacks_is_refused_at_load_with_the_reason()
  {
     let mut world = World::new(&[]).await;
-    for name in ["canary", "blue-green"] {
+    for name in ["canary", "blue-green", "rolling", "rolling-surge"] {
         std::fs::copy(
             plugin(name),
             world.plugin_dir().join(format!("{name}.wasm")),
@@ -90,7 +90,7 @@ async fn a_strategy_needing_capabilities_the_control_plane_lacks_is_refused_at_l
     world
         .start_daemon("30s", "[control_plane]\napi = \"seed\"\n")
         .await;
-    for file in ["canary.wasm", "blue-green.wasm"] {
+    for file in ["canary.wasm", "blue-green.wasm", "rolling-surge.wasm"] {
         let entry = plugin_entry(&world, file).await;
         assert_eq!(entry["state"], "rejected", "{entry:#}");
         let reason = entry["reason"].as_str().unwrap_or_default();
@@ -102,7 +102,11 @@ async fn a_strategy_needing_capabilities_the_control_plane_lacks_is_refused_at_l
             "{reason}"
         );
     }
-    // What needs no capability still serves, and converges instances.
+    // What needs no capability still serves, and converges instances: `rolling`
+    // updates in place, so it serves where `rolling-surge` cannot.
+    let rolling = plugin_entry(&world, "rolling.wasm").await;
+    assert_eq!(rolling["state"], "active", "{rolling:#}");
+    assert_eq!(rolling.get("capabilities"), None, "{rolling:#}");
     let restart = plugin_entry(&world, "restart.wasm").await;
     assert_eq!(restart["state"], "active", "{restart:#}");
     assert_eq!(restart["contract"], "0.2.0", "{restart:#}");
@@ -113,7 +117,7 @@ async fn a_strategy_needing_capabilities_the_control_plane_lacks_is_refused_at_l
 
     // The same files under the reference control plane, which offers all three: served.
     world.start_daemon("30s", "").await;
-    for file in ["canary.wasm", "blue-green.wasm"] {
+    for file in ["canary.wasm", "blue-green.wasm", "rolling-surge.wasm"] {
         let entry = plugin_entry(&world, file).await;
         assert_eq!(entry["state"], "active", "{entry:#}");
         assert_eq!(entry["contract"], "0.2.0", "{entry:#}");

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use setpoint_tests::plugin;
 use setpoint_tests::process::Setpoint;
+use setpoint_tests::traffic::{Load, LoadSpec, endpoint_weights, install_plugins, set_endpoint};
 use setpoint_tests::world::{World, converged, eventually, set_level, within};
 
 /// `rolling` over the instances labelled `app=orders`, grouped by `app`.
@@ -522,4 +523,148 @@ async fn a_daemon_killed_mid_group_resumes_without_repeating_a_finished_member()
     );
     let _ = refs;
     daemon.kill();
+}
+
+/// `rolling-surge` over the same group: each member's traffic is served by a clone while
+/// it is updated.
+fn surge_rule(params: &str) -> String {
+    rule(params).replace(r#"strategy = "rolling""#, r#"strategy = "rolling-surge""#)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_surge_rollout_with_none_unavailable_fails_no_request_and_keeps_one_clone_at_most() {
+    let mut world = world().await;
+    install_plugins(&world, &["rolling-surge"]);
+    world
+        .start_daemon(
+            "30s",
+            &surge_rule(
+                r#"max_unavailable = 0, max_surge = 1, health_gate = "500ms", drain = "500ms""#,
+            ),
+        )
+        .await;
+    let ids = members(&world, 3).await;
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let up = within(Duration::from_secs(40), async || {
+        let mut all = true;
+        for id in &ids {
+            all &= world.serves(id, "info").await;
+        }
+        all
+    })
+    .await;
+    assert!(
+        up,
+        "the group's first rollout did not start every member: {:#}\naudit: {:#?}",
+        world
+            .admin(false, "/v1/groups/app=orders", Value::Null)
+            .await
+            .1,
+        world.audit("group:orders/app=orders")
+    );
+    converged(&world, &refs).await;
+    group_settled(&world, 3).await;
+    // Each member published at its own endpoint, with real traffic through each.
+    let mut loads = Vec::new();
+    for id in &ids {
+        set_endpoint(&world.http, &world.cp_url(), id, &[(id, 100)]).await;
+        loads.push(Load::start(
+            &world.cp_url(),
+            id,
+            LoadSpec {
+                rate: 50.0,
+                concurrency: 2,
+                ..LoadSpec::default()
+            },
+        ));
+    }
+    // The most clones alive at one moment, sampled every 50 ms.
+    let stop = Arc::new(AtomicBool::new(false));
+    let most = Arc::new(AtomicUsize::new(0));
+    let clone_sampler = tokio::spawn({
+        let (stop, most, http, url) = (
+            stop.clone(),
+            most.clone(),
+            world.http.clone(),
+            world.cp_url(),
+        );
+        async move {
+            while !stop.load(Ordering::SeqCst) {
+                if let Ok(response) = http.get(format!("{url}/api/server/instances")).send().await
+                    && let Ok(list) = response.json::<Value>().await
+                {
+                    let clones = list
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter(|i| i["metadata"]["setpoint.io/clone-of"].is_string())
+                        .count();
+                    most.fetch_max(clones, Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    });
+
+    // A change whose instances take 600 ms to become healthy: without a cover, a member
+    // being updated would fail its endpoint's requests.
+    let change = json!([
+        { "op": "replace", "path": "/logLevel", "value": "debug" },
+        { "op": "add", "path": "/stub", "value": { "readyAfterMs": 600 } },
+    ]);
+    for id in &ids {
+        world.patch(id, change.clone()).await;
+    }
+    eventually(
+        Duration::from_secs(90),
+        "every member to serve the change",
+        async || {
+            for id in &ids {
+                if !world.serves(id, "debug").await {
+                    return false;
+                }
+            }
+            true
+        },
+    )
+    .await;
+    converged(&world, &refs).await;
+    group_settled(&world, 3).await;
+    stop.store(true, Ordering::SeqCst);
+    clone_sampler.await.unwrap();
+    let mut failed = Vec::new();
+    for (id, load) in ids.iter().zip(loads) {
+        let totals = load.stop().await;
+        eprintln!("surge: endpoint {id}: {totals}");
+        assert!(totals.sent > 100, "{id}: too little traffic: {totals}");
+        if totals.failed > 0 {
+            failed.push(format!("{id}: {totals}"));
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "requests failed during a surge rollout with max_unavailable = 0: {failed:#?}\naudit: {:#?}",
+        world.audit("group:orders/app=orders")
+    );
+    assert_eq!(
+        most.load(Ordering::SeqCst),
+        1,
+        "max_surge = 1: one clone at a time, and one at times"
+    );
+    for id in &ids {
+        assert_eq!(
+            endpoint_weights(&world.http, &world.cp_url(), id).await,
+            Some(vec![(id.clone(), 100)]),
+            "{id}'s endpoint is back on it"
+        );
+    }
+    let left = world.get("/api/server/instances").await;
+    assert!(
+        left.as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["metadata"]["setpoint.io/clone-of"].is_null()),
+        "clones left: {left:#}"
+    );
+    world.stop_daemon().await;
 }

@@ -640,6 +640,16 @@ impl Controller {
     }
 
     /// The keys of the groups named `name`, one per rule that groups instances.
+    /// Whether `id` is a member of a group rollout in progress (so a clone it owns, a
+    /// surge clone, belongs to that rollout). The group's revision set names its
+    /// members from the rollout's first step, before any clone exists.
+    pub(super) fn in_group_rollout(&self, id: &str) -> Result<bool> {
+        Ok(self.store.rollouts()?.iter().any(|record| {
+            parse_group_key(&record.instance_id).is_some()
+                && GroupEnvelope::read(record).revisions.contains_key(id)
+        }))
+    }
+
     pub fn group_keys_named(&self, name: &str) -> Vec<String> {
         self.policy
             .grouping_rules()

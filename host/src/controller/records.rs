@@ -136,16 +136,16 @@ impl Controller {
         )
     }
 
-    /// An instance labelled as a clone: it belongs to its owner's rollout and is never
-    /// reconciled on its own. A clone whose owner has no rollout any more is a leak and
-    /// is deleted.
+    /// An instance labelled as a clone: it belongs to its owner's rollout (or to the
+    /// group rollout its owner is a member of: a surge clone) and is never reconciled on
+    /// its own. A clone whose owner has no rollout any more is a leak and is deleted.
     pub(super) async fn clone_seen(
         &self,
         instance: &client::Instance,
         owner: &str,
     ) -> Result<(Action, Outcome)> {
         let id = instance.id.as_str();
-        if self.store.load_rollout(owner)?.is_some() {
+        if self.store.load_rollout(owner)?.is_some() || self.in_group_rollout(owner)? {
             return Ok((Action::await_change(), Outcome::Skipped));
         }
         if self.settings.dry_run {

@@ -117,10 +117,15 @@ fn six_members_two_at_a_time_never_more_than_two_down() {
 
 #[test]
 fn a_percentage_of_the_group_sizes_the_batches() {
+    let parse = |rollout: &Rollout| Params::parse(rollout, "rolling-surge", true).unwrap();
     let rollout = group(8, json!({"max_unavailable": "25%"}));
-    assert_eq!(Params::parse(&rollout).unwrap().batch, 2);
+    assert_eq!(parse(&rollout).batch, 2);
     let rollout = group(3, json!({"max_unavailable": "10%"}));
-    assert_eq!(Params::parse(&rollout).unwrap().batch, 1, "at least one");
+    assert_eq!(parse(&rollout).batch, 1, "at least one");
+    // A surge percentage rounds up; max_unavailable 0 is allowed beside a surge.
+    let rollout = group(3, json!({"max_unavailable": 0, "max_surge": "10%"}));
+    let params = parse(&rollout);
+    assert_eq!((params.batch, params.surge, params.per_batch()), (0, 1, 1));
 }
 
 #[test]
@@ -274,7 +279,12 @@ fn abort_restores_what_the_updated_members_ran() {
 fn bad_params_fail_with_the_parameter_named() {
     for (params, needle) in [
         (json!({"max_unavailable": "lots"}), "max_unavailable"),
-        (json!({"max_surge": 1}), "max_surge"),
+        (json!({"max_surge": 1}), "use strategy \"rolling-surge\""),
+        (
+            json!({"max_unavailable": 0}),
+            "max_unavailable: 0 with max_surge 0",
+        ),
+        (json!({"drain": "1s"}), "drain"),
         (json!({"on_failure": "explode"}), "on_failure"),
         (json!({"health_poll": "0s"}), "health_poll"),
         (json!({"surge": 1}), "surge"),
@@ -338,4 +348,240 @@ fn a_member_that_starts_drifting_mid_rollout_is_updated_too() {
     assert!(matches!(progress, Progress::Done(_)), "{progress:?}");
     updated.dedup();
     assert_eq!(updated, ["m2", "m3"]);
+}
+
+// ----- rolling-surge ------------------------------------------------------------------
+
+#[cfg(feature = "surge")]
+mod surge {
+    use setpoint_plugin::{BackendWeight, InstanceStatus};
+
+    use super::*;
+    use crate::RollingSurge;
+
+    fn surge_driver(rollout: Rollout) -> Driver<RollingSurge> {
+        let cp = FakeControlPlane::for_rollout(&rollout);
+        Driver::new(rollout, cp)
+    }
+
+    const SURGE: &str = r#"{"max_unavailable": 0, "max_surge": 1, "health_gate": "0s",
+        "health_poll": "100ms", "drain": "500ms"}"#;
+
+    fn params() -> Value {
+        setpoint_plugin::serde_json::from_str(SURGE).unwrap()
+    }
+
+    /// Every member's endpoint, at every call: either absent (never moved) or 100 % to
+    /// one instance that runs and is healthy; at most `surge` clones at once.
+    fn step_checked(d: &mut Driver<RollingSurge>, surge: usize) -> Progress {
+        let progress = d.step();
+        assert!(
+            d.cp.clones().len() <= surge,
+            "{} clones at once: {:?}",
+            d.cp.clones().len(),
+            d.cp.clones()
+        );
+        assert!(
+            d.cp.traffic_violations().is_empty(),
+            "traffic sent to a stopped or unhealthy instance: {:?}",
+            d.cp.traffic_violations()
+        );
+        for m in d.rollout.members().to_vec() {
+            let id = &m.instance_id;
+            let moved =
+                d.cp.calls().iter().any(
+                    |c| matches!(c, Call::SetTrafficWeights { endpoint, .. } if endpoint == id),
+                );
+            if let Some(weights) = d.cp.weights(id) {
+                let to = &weights[0].instance_id;
+                if to == id && moved {
+                    assert_eq!(
+                        d.cp.status(id),
+                        Some(InstanceStatus::Running),
+                        "{id}'s traffic is on {id} while it does not run"
+                    );
+                }
+            }
+        }
+        // The host drops a member's drift once it runs its desired configuration.
+        for id in touched(&d.cp.take_calls()) {
+            if let Some(m) = d
+                .rollout
+                .members_mut()
+                .iter_mut()
+                .find(|m| m.instance_id == id)
+            {
+                m.drifts.clear();
+            }
+        }
+        progress
+    }
+
+    #[test]
+    fn each_member_is_covered_by_a_clone_while_it_is_updated_and_the_clone_goes_after() {
+        let mut d = surge_driver(group(3, params()));
+        let mut progress = Progress::done("");
+        for _ in 0..200 {
+            progress = step_checked(&mut d, 1);
+            if !matches!(progress, Progress::Requeue { .. }) {
+                break;
+            }
+        }
+        assert!(matches!(progress, Progress::Done(_)), "{progress:?}");
+        assert_eq!(d.cp.clones_created(), 3, "one surge clone per member");
+        assert!(d.cp.clones().is_empty(), "clones left: {:?}", d.cp.clones());
+        for id in ids(3) {
+            assert_eq!(
+                d.cp.weights(&id),
+                Some(&[BackendWeight::new(id.clone(), 100)][..]),
+                "{id}'s endpoint is back on it"
+            );
+        }
+    }
+
+    #[test]
+    fn a_member_is_stopped_only_after_its_clone_took_its_traffic_and_drained() {
+        let mut d = surge_driver(group(1, params()));
+        let mut calls = Vec::new();
+        for _ in 0..100 {
+            let progress = d.step();
+            let step_calls = d.cp.take_calls();
+            if !touched(&step_calls).is_empty() {
+                d.rollout.members_mut()[0].drifts.clear();
+            }
+            calls.extend(step_calls);
+            if !matches!(progress, Progress::Requeue { .. }) {
+                break;
+            }
+        }
+        let order: Vec<String> = calls
+            .iter()
+            .filter(|c| c.is_mutation())
+            .map(|c| match c {
+                Call::CloneInstance { instance_id, .. } => format!("clone {instance_id}"),
+                Call::Start { instance_id, .. } => format!("start {instance_id}"),
+                Call::Stop { instance_id } => format!("stop {instance_id}"),
+                Call::SetTrafficWeights { endpoint, weights } => {
+                    format!("weights {endpoint} -> {}", weights[0].instance_id)
+                }
+                Call::DeleteClone { instance_id } => format!("delete {instance_id}"),
+                other => format!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "clone m1",
+                "start m1-clone-1",
+                "weights m1 -> m1-clone-1",
+                "stop m1",
+                "start m1",
+                "weights m1 -> m1",
+                "delete m1-clone-1",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_covered_member_that_fails_is_rolled_back_behind_its_clone_then_the_rollout_pauses() {
+        let mut d = surge_driver(group(
+            3,
+            json!({"max_unavailable": 0, "max_surge": 1, "health_gate": "300ms",
+                   "health_poll": "100ms", "drain": "200ms", "health_deadline": "1s"}),
+        ));
+        let mut progress = Progress::done("");
+        for _ in 0..200 {
+            progress = d.step();
+            let calls = d.cp.take_calls();
+            // m2's new configuration is bad: it never comes up healthy with it.
+            for c in &calls {
+                if let Call::Start {
+                    instance_id,
+                    configuration: Some(config),
+                } = c
+                {
+                    let bad = instance_id == "m2" && *config == json!({"logLevel": "debug"});
+                    d.cp.set_health(instance_id.clone(), !bad);
+                }
+            }
+            for id in touched(&calls) {
+                if let Some(m) = d
+                    .rollout
+                    .members_mut()
+                    .iter_mut()
+                    .find(|m| m.instance_id == id)
+                {
+                    m.drifts.clear();
+                }
+            }
+            assert!(
+                d.cp.traffic_violations().is_empty(),
+                "{:?}",
+                d.cp.traffic_violations()
+            );
+            if !matches!(progress, Progress::Requeue { .. }) {
+                break;
+            }
+        }
+        let Progress::AwaitApproval { message, .. } = &progress else {
+            panic!("{progress:?}");
+        };
+        assert!(
+            message.contains("m2") && message.contains("rolled back m2"),
+            "{message}"
+        );
+        assert!(d.cp.clones().is_empty(), "clones left: {:?}", d.cp.clones());
+        assert_eq!(
+            d.cp.weights("m2"),
+            Some(&[BackendWeight::new("m2", 100)][..])
+        );
+        assert!(
+            d.cp.calls().is_empty(),
+            "the pause called the control plane: {:?}",
+            d.cp.calls()
+        );
+        // m3 was never touched.
+        assert!(d.cp.weights("m3").is_none());
+    }
+
+    #[test]
+    fn abort_during_a_surge_returns_the_traffic_and_deletes_the_clone() {
+        let mut d = surge_driver(group(2, params()));
+        // Step until m1's traffic is on its clone.
+        for _ in 0..20 {
+            let _ = d.step();
+            if d.cp
+                .weights("m1")
+                .is_some_and(|w| w[0].instance_id.ends_with("clone-1"))
+            {
+                break;
+            }
+        }
+        assert_eq!(d.cp.clones().len(), 1);
+        let mut progress = d.abort();
+        for _ in 0..50 {
+            if !matches!(progress, Progress::Requeue { .. }) {
+                break;
+            }
+            progress = d.abort();
+        }
+        assert!(matches!(progress, Progress::Done(_)), "{progress:?}");
+        assert!(d.cp.clones().is_empty(), "clones left: {:?}", d.cp.clones());
+        assert_eq!(
+            d.cp.weights("m1"),
+            Some(&[BackendWeight::new("m1", 100)][..])
+        );
+        assert_eq!(d.cp.status("m1"), Some(InstanceStatus::Running));
+        assert!(
+            d.cp.traffic_violations().is_empty(),
+            "{:?}",
+            d.cp.traffic_violations()
+        );
+    }
+
+    #[test]
+    fn rolling_surge_says_who_it_is() {
+        assert_eq!(RollingSurge::metadata().name, "rolling-surge");
+        assert!(RollingSurge::metadata().group_rollouts);
+    }
 }
