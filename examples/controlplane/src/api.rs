@@ -178,7 +178,9 @@ impl ApiError {
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::NoFreePort(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Error::StartFailed { .. } | Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::StartFailed { .. } | Error::Store(_) | Error::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 

@@ -268,3 +268,29 @@ impl std::ops::Deref for TestCp {
         &self.client
     }
 }
+
+/// The live `drasi-stub` processes started from configuration files under `dir` (every
+/// process a control plane runs gets `--config <runtime dir>/<id>.yaml`), found by
+/// reading `/proc/*/cmdline`; so a test sees the processes that really exist, not the ones
+/// the control plane knows of.
+pub fn stub_pids_in(dir: &std::path::Path) -> Vec<u32> {
+    let dir = dir.to_string_lossy().into_owned();
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .expect("reading /proc")
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                let args: Vec<String> = cmdline
+                    .split(|b| *b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                args.windows(2)
+                    .any(|w| w[0] == "--config" && w[1].starts_with(&dir))
+            })
+        })
+        .filter(|pid| alive(*pid))
+        .collect();
+    pids.sort_unstable();
+    pids
+}
