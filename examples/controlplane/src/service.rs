@@ -367,10 +367,8 @@ impl ControlPlane {
             PlatformType::Process => {
                 let port = match explicit_port {
                     Some(port) => {
-                        if let Some(owner) = state.ports.get(&port) {
-                            return Err(Error::Conflict(format!(
-                                "port {port} is already allocated to instance '{owner}'"
-                            )));
+                        if let Some(user) = Self::port_user(&state, port, None) {
+                            return Err(Error::Conflict(self.port_taken(port, user)));
                         }
                         port
                     }
@@ -421,14 +419,92 @@ impl ControlPlane {
         Ok(record.instance)
     }
 
-    /// The lowest port of the range that no instance holds and nothing listens on.
+    /// The lowest port of the range that no instance uses ([`ControlPlane::port_user`])
+    /// and nothing listens on.
     fn free_port(&self, state: &State) -> Result<u16> {
         let range = self.inner.settings.port_range.clone();
+        let mut used: std::collections::HashSet<u16> = state.ports.keys().copied().collect();
+        for record in state.instances.values() {
+            used.extend(ports_used_by(record));
+        }
         range
             .clone()
-            .filter(|port| !state.ports.contains_key(port))
+            .filter(|port| !used.contains(port))
             .find(|port| std::net::TcpListener::bind(("0.0.0.0", *port)).is_ok())
             .ok_or(Error::NoFreePort(range))
+    }
+
+    /// The instance other than `except` that uses `port`: it was allocated to it, its
+    /// desired configuration names it, or its process listens on it. Simulated instances
+    /// use no port.
+    fn port_user<'a>(
+        state: &'a State,
+        port: u16,
+        except: Option<&str>,
+    ) -> Option<&'a InstanceRecord> {
+        let other = |id: &str| Some(id) != except;
+        if let Some(record) = state
+            .ports
+            .get(&port)
+            .filter(|owner| other(owner))
+            .and_then(|owner| state.instances.get(owner))
+        {
+            return Some(record);
+        }
+        state
+            .instances
+            .values()
+            .filter(|r| other(&r.instance.id))
+            .find(|r| ports_used_by(r).contains(&port))
+    }
+
+    /// `port: P is already used by instance 'ID' (NAME); choose a free port in A..=B`.
+    fn port_taken(&self, port: u16, user: &InstanceRecord) -> String {
+        let range = &self.inner.settings.port_range;
+        format!(
+            "port: {port} is already used by instance '{}' ({}); choose a free port in {}..={}",
+            user.instance.id,
+            user.instance.name,
+            range.start(),
+            range.end()
+        )
+    }
+
+    /// Checks the port of a new desired configuration of a Process instance, so that a
+    /// write is refused (422) rather than the next start failing: the port is required
+    /// and no other instance may use it. Returns it.
+    fn check_desired_port(
+        &self,
+        state: &State,
+        record: &InstanceRecord,
+        config: &Value,
+    ) -> Result<u16> {
+        let range = &self.inner.settings.port_range;
+        let Some(port) = configuration_port(config) else {
+            let current = record
+                .desired
+                .as_ref()
+                .and_then(configuration_port)
+                .or_else(|| {
+                    state
+                        .ports
+                        .iter()
+                        .find(|(_, owner)| **owner == record.instance.id)
+                        .map(|(port, _)| *port)
+                });
+            let keep = current
+                .map(|p| format!("keep its port {p} or "))
+                .unwrap_or_default();
+            return Err(Error::Unprocessable(format!(
+                "port: required for a Process instance; {keep}choose a free port in {}..={}",
+                range.start(),
+                range.end()
+            )));
+        };
+        if let Some(user) = Self::port_user(state, port, Some(&record.instance.id)) {
+            return Err(Error::Unprocessable(self.port_taken(port, user)));
+        }
+        Ok(port)
     }
 
     /// Every instance, in creation order.
@@ -692,6 +768,10 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Replaces the desired configuration and records `ConfigurationChanged`. For a
+    /// Process instance the port is checked first ([`ControlPlane::check_desired_port`];
+    /// a refusal stores and publishes nothing) and the instance then holds its new port
+    /// (and the one its process still runs on), releasing any other.
     fn replace_desired(
         &self,
         state: &mut State,
@@ -699,11 +779,40 @@ impl ControlPlane {
         configuration: Value,
         metadata: Labels,
     ) -> Result<Value> {
+        let id = record.instance.id.clone();
+        let mut claim = None;
+        let mut release = Vec::new();
+        if record.instance.platform_type == PlatformType::Process {
+            let port = self.check_desired_port(state, &record, &configuration)?;
+            if state.ports.get(&port) != Some(&id) {
+                claim = Some(port);
+            }
+            let running = record.runtime.pid.and(record.runtime.port);
+            release = state
+                .ports
+                .iter()
+                .filter(|(p, owner)| **owner == id && **p != port && Some(**p) != running)
+                .map(|(p, _)| *p)
+                .collect();
+        }
+        let mut writes: Vec<Write<'_>> = release
+            .iter()
+            .map(|p| Write::ReleasePort(*p, &id))
+            .collect();
+        if let Some(port) = claim {
+            writes.push(Write::ClaimPort(port, &id));
+        }
         record.desired = Some(configuration.clone());
         let transition =
             Transition::new(InstanceStatus::ConfigurationChanged, SOURCE_CONTROL_PLANE)
                 .with(metadata);
-        self.commit_locked(state, record, Some(transition), Vec::new())?;
+        self.commit_locked(state, record, Some(transition), writes)?;
+        for port in release {
+            state.ports.remove(&port);
+        }
+        if let Some(port) = claim {
+            state.ports.insert(port, id);
+        }
         Ok(configuration)
     }
 
@@ -1286,6 +1395,17 @@ impl ControlPlane {
             metadata: t.metadata.clone(),
         }
     }
+}
+
+/// The ports a record uses besides its allocations: a Process instance's desired port
+/// and the port its process listens on. Simulated instances use none.
+fn ports_used_by(record: &InstanceRecord) -> Vec<u16> {
+    if record.instance.platform_type != PlatformType::Process {
+        return Vec::new();
+    }
+    let desired = record.desired.as_ref().and_then(configuration_port);
+    let running = record.runtime.pid.and(record.runtime.port);
+    desired.into_iter().chain(running).collect()
 }
 
 /// Counts a lifecycle operation in flight for as long as it lives.

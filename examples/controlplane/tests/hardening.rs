@@ -148,3 +148,147 @@ async fn a_restart_and_a_delete_complete_when_the_client_hangs_up() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     cp.shutdown().await;
 }
+
+// ----- port checks of the desired configuration ------------------------------------------
+
+/// The feed's latest sequence number.
+async fn latest_sequence(cp: &TestCp) -> u64 {
+    cp.changes_after(0).await["latestSequence"]
+        .as_u64()
+        .unwrap()
+}
+
+/// Asserts a 422 whose error names `port` and contains every one of `words`, and that
+/// the refused write stored nothing and published nothing.
+async fn assert_refused(
+    cp: &TestCp,
+    id: &str,
+    answer: (StatusCode, Value),
+    words: &[&str],
+    before: (&Value, u64),
+) {
+    let (status, body) = answer;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{body}");
+    let error = body["error"].as_str().unwrap_or_else(|| panic!("{body}"));
+    assert!(error.starts_with("port"), "{error}");
+    for word in words {
+        assert!(error.contains(word), "expected `{word}` in: {error}");
+    }
+    assert_eq!(
+        &cp.configuration(id).await,
+        before.0,
+        "nothing may be stored"
+    );
+    assert_eq!(
+        latest_sequence(cp).await,
+        before.1,
+        "nothing may be published"
+    );
+}
+
+#[tokio::test]
+async fn a_desired_port_held_by_another_instance_or_no_port_is_refused() {
+    let cp = TestCp::start().await;
+    let a = cp.create(json!({"name": "drasi-1"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let b = cp.create(json!({"name": "drasi-2"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let port_a = cp.configuration(&a).await["port"].as_u64().unwrap();
+    let config_b = cp.configuration(&b).await;
+    let path_b = format!("/api/configuration/instances/{b}");
+    let port_a_text = port_a.to_string();
+    let range = format!("{}..={}", cp.port_range.start(), cp.port_range.end());
+    let held = [port_a_text.as_str(), a.as_str(), "drasi-1", range.as_str()];
+
+    // PATCH to a's port.
+    let before = latest_sequence(&cp).await;
+    let answer = cp
+        .patch(
+            &path_b,
+            &json!([{"op": "replace", "path": "/port", "value": port_a}]),
+        )
+        .await;
+    assert_refused(&cp, &b, answer, &held, (&config_b, before)).await;
+
+    // PUT with a's port.
+    let mut put = config_b.clone();
+    put["port"] = json!(port_a);
+    let answer = cp.put(&path_b, &put).await;
+    assert_refused(&cp, &b, answer, &held, (&config_b, before)).await;
+
+    // PUT without a port.
+    let mut put = config_b.clone();
+    put.as_object_mut().unwrap().remove("port");
+    let answer = cp.put(&path_b, &put).await;
+    assert_refused(&cp, &b, answer, &["required"], (&config_b, before)).await;
+
+    // PATCH that removes the port.
+    let answer = cp
+        .patch(&path_b, &json!([{"op": "remove", "path": "/port"}]))
+        .await;
+    assert_refused(&cp, &b, answer, &["required"], (&config_b, before)).await;
+
+    // b can still start on its own port: nothing above touched it.
+    cp.start(&b).await;
+
+    // A port a running process still listens on stays taken after its desired port
+    // moves: a runs on port_a, is patched to another port, and port_a is not handed out.
+    cp.start(&a).await;
+    let range_end = *cp.port_range.end();
+    let (status, body) = cp
+        .patch(
+            &format!("/api/configuration/instances/{a}"),
+            &json!([{"op": "replace", "path": "/port", "value": range_end}]),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let config_b = cp.configuration(&b).await;
+    let before = latest_sequence(&cp).await;
+    let answer = cp
+        .patch(
+            &path_b,
+            &json!([{"op": "replace", "path": "/port", "value": port_a}]),
+        )
+        .await;
+    assert_refused(&cp, &b, answer, &held, (&config_b, before)).await;
+    // ... and a's new port is a's: an explicit create on it is refused as well.
+    let (status, body) = cp
+        .post(
+            "/api/server/instances",
+            Some(&json!({"name": "c", "serverConfiguration": {"port": range_end}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert!(body["error"].as_str().unwrap().contains(&a), "{body}");
+
+    // a restarts on its new port.
+    let (status, body) = cp
+        .post(&format!("/api/server/instances/{a}/restart"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, running) = Client::new(format!("http://127.0.0.1:{range_end}"))
+        .get("/config")
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(running["id"], a.as_str());
+
+    // Simulated instances take no port from the range and need none.
+    let sim = cp
+        .create(json!({"name": "sim", "platformType": "Simulated"}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (status, body) = cp
+        .put(
+            &format!("/api/configuration/instances/{sim}"),
+            &json!({"logLevel": "debug"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    cp.shutdown().await;
+}

@@ -226,6 +226,8 @@ pub struct TestCp {
     pub running: Option<RunningControlPlane>,
     pub client: Client,
     pub dir: tempfile::TempDir,
+    /// The ports it hands to Process instances.
+    pub port_range: std::ops::RangeInclusive<u16>,
 }
 
 impl TestCp {
@@ -237,12 +239,14 @@ impl TestCp {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Self::config(dir.path());
         adjust(&mut config);
+        let port_range = config.port_range.clone();
         let running = serve(config).await.expect("serve");
         let client = Client::new(running.base_url());
         Self {
             running: Some(running),
             client,
             dir,
+            port_range,
         }
     }
 
