@@ -292,3 +292,180 @@ async fn a_desired_port_held_by_another_instance_or_no_port_is_refused() {
     assert_eq!(status, StatusCode::OK, "{body}");
     cp.shutdown().await;
 }
+
+// ----- every error is JSON -----------------------------------------------------------------
+
+/// Sends a request and returns the status, the content type and the body as JSON (a
+/// body that is not JSON fails the test with what it was).
+async fn json_error(
+    cp: &TestCp,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Vec<u8>>,
+) -> (StatusCode, reqwest::header::HeaderMap, String) {
+    let mut request = cp
+        .http
+        .request(method.clone(), format!("{}{path}", cp.base))
+        .header("content-type", "application/json");
+    if let Some(body) = body {
+        request = request.body(body);
+    }
+    let response = request
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = response.status();
+    let headers = response.headers().clone();
+    let text = response.text().await.unwrap();
+    let content_type = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    assert!(
+        content_type.starts_with("application/json"),
+        "{method} {path}: {status} with content type `{content_type}`: {text:?}"
+    );
+    let value: Value = serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{method} {path}: {status} body is not JSON ({e}): {text:?}"));
+    let error = value["error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{method} {path}: no `error` in {value}"));
+    assert!(!error.is_empty(), "{method} {path}: empty error");
+    (status, headers, error.to_owned())
+}
+
+#[tokio::test]
+async fn every_error_is_json_with_a_helpful_message() {
+    for seed_api_only in [false, true] {
+        let cp = TestCp::start_with(|c| c.seed_api_only = seed_api_only).await;
+        let id = cp
+            .create(json!({"name": "sim", "platformType": "Simulated"}))
+            .await["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        let mode = if seed_api_only { "seed-only" } else { "full" };
+
+        // A body over the limit: 413, saying the limit and what to do.
+        let big = {
+            let mut body = br#"{"name": "big", "description": ""#.to_vec();
+            body.resize(body.len() + 20 * 1024 * 1024, b'x');
+            body.extend_from_slice(br#""}"#);
+            body
+        };
+        let (status, _, error) = json_error(
+            &cp,
+            reqwest::Method::POST,
+            "/api/server/instances",
+            Some(big),
+        )
+        .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{mode}: {error}");
+        assert!(error.contains("2 MiB"), "{mode}: {error}");
+        assert!(error.contains("smaller"), "{mode}: {error}");
+
+        // A method a route does not take: 405, naming the ones it does.
+        let (status, headers, error) = json_error(
+            &cp,
+            reqwest::Method::PUT,
+            "/api/server/instances",
+            Some(b"{}".to_vec()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{mode}: {error}");
+        assert!(error.contains("PUT"), "{mode}: {error}");
+        assert!(
+            error.contains("GET") && error.contains("POST"),
+            "{mode}: {error}"
+        );
+        assert!(
+            headers.contains_key("allow"),
+            "{mode}: the Allow header stays"
+        );
+        let (status, _, error) = json_error(
+            &cp,
+            reqwest::Method::GET,
+            &format!("/api/server/instances/{id}/start"),
+            None,
+        )
+        .await;
+        assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{mode}: {error}");
+        assert!(error.contains("POST"), "{mode}: {error}");
+        if seed_api_only {
+            // The seed has no PUT of a configuration.
+            let (status, _, error) = json_error(
+                &cp,
+                reqwest::Method::PUT,
+                &format!("/api/configuration/instances/{id}"),
+                Some(b"{}".to_vec()),
+            )
+            .await;
+            assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED, "{mode}: {error}");
+            assert!(error.contains("PATCH"), "{mode}: {error}");
+        }
+
+        // An unknown route: 404.
+        let (status, _, error) =
+            json_error(&cp, reqwest::Method::GET, "/api/no/such/route", None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{mode}: {error}");
+        assert!(error.contains("/api/no/such/route"), "{mode}: {error}");
+
+        // Malformed JSON: 400 (this already worked).
+        let (status, _, error) = json_error(
+            &cp,
+            reqwest::Method::POST,
+            "/api/server/instances",
+            Some(b"{\"name\": ".to_vec()),
+        )
+        .await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{mode}: {error}");
+        assert!(error.contains("malformed JSON"), "{mode}: {error}");
+
+        // Successes keep their shapes: the seed's lifecycle answers stay text.
+        let (status, answer) = cp
+            .post(&format!("/api/server/instances/{id}/start"), None)
+            .await;
+        assert_eq!(status, StatusCode::OK);
+        if seed_api_only {
+            assert_eq!(
+                answer,
+                json!(format!("Instance '{id}' started successfully"))
+            );
+        } else {
+            assert_eq!(answer["status"], "Running");
+        }
+        cp.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_proxied_answer_is_passed_through_as_is() {
+    let cp = TestCp::start().await;
+    let id = cp.create(json!({"name": "web"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cp.start(&id).await;
+    let (status, _) = cp
+        .put(
+            "/api/extensions/endpoints/web",
+            &json!({"backends": [{"instanceId": id, "weight": 1}]}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    // The stub has no such route and answers an empty 404: that is the backend's answer,
+    // not the control plane's error, so it is not rewritten.
+    let response = cp
+        .http
+        .get(format!(
+            "{}/api/extensions/endpoints/web/proxy/no-such-route",
+            cp.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_FOUND);
+    assert_eq!(response.headers()["x-setpoint-backend"], id.as_str());
+    assert_eq!(response.text().await.unwrap(), "");
+    cp.shutdown().await;
+}
