@@ -11,9 +11,10 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::body::{Body, Bytes};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{any, get, post, put};
 use chrono::{DateTime, NaiveDateTime, Utc};
@@ -33,6 +34,9 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 const DEFAULT_SINCE_WINDOW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
 /// Response header naming the backend instance a proxied request went to.
 pub const BACKEND_HEADER: &str = "x-setpoint-backend";
+/// The largest request body the API reads (axum's default, made explicit so that the
+/// 413 can say it); a larger one is refused with 413.
+pub const MAX_BODY_BYTES: usize = 2 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 struct Api {
@@ -140,7 +144,7 @@ pub fn router_with(cp: ControlPlane, options: ApiOptions) -> Router {
             .route("/api/extensions/endpoints/{name}/proxy/", any(proxy_root))
             .route("/api/extensions/endpoints/{name}/proxy/{*path}", any(proxy));
     }
-    router
+    let router: Router = router
         .fallback(
             |State(api): State<Api>, method: Method, uri: Uri| async move {
                 api.cp.note_refused(format!("{method} {uri}"));
@@ -150,7 +154,73 @@ pub fn router_with(cp: ControlPlane, options: ApiOptions) -> Router {
                 )
             },
         )
-        .with_state(api)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(api);
+    // Around the whole router, not each route (`Router::layer` wraps each route's
+    // handlers, inside the method router that adds a 405's `Allow` header).
+    Router::new()
+        .fallback_service(router)
+        .layer(axum::middleware::from_fn(json_errors))
+}
+
+/// Makes every error answer of the API JSON `{"error": "..."}`: axum's own answers (a
+/// 405 with an empty body, a 413 or another rejection as text) are rewritten with a
+/// message that says what to do (the allowed methods, the body limit). Answers that are
+/// JSON already pass unchanged, and so do proxied answers (they carry
+/// [`BACKEND_HEADER`]): those are the backend's, returned as is.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error())
+        || is_json
+        || response.headers().contains_key(BACKEND_HEADER)
+    {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            let allowed = parts
+                .headers
+                .get(header::ALLOW)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .split(',')
+                .map(str::trim)
+                .filter(|m| !m.is_empty())
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("method {method} is not allowed on {path}; allowed: {allowed}")
+        }
+        StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "the request body is larger than the limit of {} MiB ({MAX_BODY_BYTES} bytes); \
+             send a smaller body (e.g. change a large configuration with a JSON Patch of \
+             the parts that change, or split it across instances)",
+            MAX_BODY_BYTES / (1024 * 1024)
+        ),
+        _ if text.is_empty() => format!(
+            "{method} {path}: {}",
+            status.canonical_reason().unwrap_or("request failed")
+        ),
+        _ => format!("{method} {path}: {text}"),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(json!({ "error": message }).to_string()))
 }
 
 // ----- errors ------------------------------------------------------------------------
@@ -178,7 +248,9 @@ impl ApiError {
             Error::Conflict(_) => StatusCode::CONFLICT,
             Error::NoFreePort(_) | Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Error::StartFailed { .. } | Error::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Error::StartFailed { .. } | Error::Store(_) | Error::Internal(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 

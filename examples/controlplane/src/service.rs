@@ -37,6 +37,9 @@ const SIMULATED_DEFAULT_PORT: u16 = 8080;
 const SOURCE_CONTROL_PLANE: &str = "controlplane";
 /// `source` of the changes recorded by the process monitor.
 const SOURCE_MONITOR: &str = "process-monitor";
+/// How long a shutdown waits for lifecycle operations in flight before it stops the
+/// processes (a start is bounded by the start timeout, a stop by the stop timeout).
+const SHUTDOWN_IN_FLIGHT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// A failed control-plane operation. Each variant maps to one HTTP status.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +86,9 @@ pub enum Error {
     /// The database failed (500).
     #[error("storing the change failed")]
     Store(#[from] StoreError),
+    /// An operation's task ended without an answer (it panicked) (500).
+    #[error("{0}")]
+    Internal(String),
 }
 
 /// `Result` with [`Error`].
@@ -222,6 +228,9 @@ struct Inner {
     feed: Feed,
     process: ProcessPlatform,
     op_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Lifecycle operations running in their own task ([`ControlPlane::detached`]);
+    /// shutdown waits for them so none starts a process after it.
+    in_flight: watch::Sender<usize>,
     shutting_down: watch::Sender<bool>,
     /// Requests this control plane could not serve as asked: no such route, or (in
     /// seed-only mode) a parameter the seed API lacks. Tests read it to prove a client
@@ -297,6 +306,7 @@ impl ControlPlane {
                 feed: Feed::new(feed_capacity, loaded.feed, loaded.latest_sequence),
                 process,
                 op_locks: Mutex::default(),
+                in_flight: watch::channel(0).0,
                 shutting_down: watch::channel(false).0,
                 refused: Mutex::new(Vec::new()),
             }),
@@ -357,10 +367,8 @@ impl ControlPlane {
             PlatformType::Process => {
                 let port = match explicit_port {
                     Some(port) => {
-                        if let Some(owner) = state.ports.get(&port) {
-                            return Err(Error::Conflict(format!(
-                                "port {port} is already allocated to instance '{owner}'"
-                            )));
+                        if let Some(user) = Self::port_user(&state, port, None) {
+                            return Err(Error::Conflict(self.port_taken(port, user)));
                         }
                         port
                     }
@@ -411,14 +419,92 @@ impl ControlPlane {
         Ok(record.instance)
     }
 
-    /// The lowest port of the range that no instance holds and nothing listens on.
+    /// The lowest port of the range that no instance uses ([`ControlPlane::port_user`])
+    /// and nothing listens on.
     fn free_port(&self, state: &State) -> Result<u16> {
         let range = self.inner.settings.port_range.clone();
+        let mut used: std::collections::HashSet<u16> = state.ports.keys().copied().collect();
+        for record in state.instances.values() {
+            used.extend(ports_used_by(record));
+        }
         range
             .clone()
-            .filter(|port| !state.ports.contains_key(port))
+            .filter(|port| !used.contains(port))
             .find(|port| std::net::TcpListener::bind(("0.0.0.0", *port)).is_ok())
             .ok_or(Error::NoFreePort(range))
+    }
+
+    /// The instance other than `except` that uses `port`: it was allocated to it, its
+    /// desired configuration names it, or its process listens on it. Simulated instances
+    /// use no port.
+    fn port_user<'a>(
+        state: &'a State,
+        port: u16,
+        except: Option<&str>,
+    ) -> Option<&'a InstanceRecord> {
+        let other = |id: &str| Some(id) != except;
+        if let Some(record) = state
+            .ports
+            .get(&port)
+            .filter(|owner| other(owner))
+            .and_then(|owner| state.instances.get(owner))
+        {
+            return Some(record);
+        }
+        state
+            .instances
+            .values()
+            .filter(|r| other(&r.instance.id))
+            .find(|r| ports_used_by(r).contains(&port))
+    }
+
+    /// `port: P is already used by instance 'ID' (NAME); choose a free port in A..=B`.
+    fn port_taken(&self, port: u16, user: &InstanceRecord) -> String {
+        let range = &self.inner.settings.port_range;
+        format!(
+            "port: {port} is already used by instance '{}' ({}); choose a free port in {}..={}",
+            user.instance.id,
+            user.instance.name,
+            range.start(),
+            range.end()
+        )
+    }
+
+    /// Checks the port of a new desired configuration of a Process instance, so that a
+    /// write is refused (422) rather than the next start failing: the port is required
+    /// and no other instance may use it. Returns it.
+    fn check_desired_port(
+        &self,
+        state: &State,
+        record: &InstanceRecord,
+        config: &Value,
+    ) -> Result<u16> {
+        let range = &self.inner.settings.port_range;
+        let Some(port) = configuration_port(config) else {
+            let current = record
+                .desired
+                .as_ref()
+                .and_then(configuration_port)
+                .or_else(|| {
+                    state
+                        .ports
+                        .iter()
+                        .find(|(_, owner)| **owner == record.instance.id)
+                        .map(|(port, _)| *port)
+                });
+            let keep = current
+                .map(|p| format!("keep its port {p} or "))
+                .unwrap_or_default();
+            return Err(Error::Unprocessable(format!(
+                "port: required for a Process instance; {keep}choose a free port in {}..={}",
+                range.start(),
+                range.end()
+            )));
+        };
+        if let Some(user) = Self::port_user(state, port, Some(&record.instance.id)) {
+            return Err(Error::Unprocessable(self.port_taken(port, user)));
+        }
+        Ok(port)
     }
 
     /// Every instance, in creation order.
@@ -435,8 +521,15 @@ impl ControlPlane {
     }
 
     /// Deletes an instance, stopping its process first, and releases its port. The feed
-    /// gets a `Stopped` change with metadata `deleted=true`.
+    /// gets a `Stopped` change with metadata `deleted=true`. Runs to the end even if the
+    /// caller stops waiting (see [`ControlPlane::detached`]).
     pub async fn delete(&self, id: &str) -> Result<()> {
+        let id = id.to_owned();
+        self.detached(move |cp| async move { cp.delete_now(&id).await })
+            .await
+    }
+
+    async fn delete_now(&self, id: &str) -> Result<()> {
         let lock = self.op_lock(id);
         let _guard = lock.lock().await;
         let record = self.record(id)?;
@@ -486,8 +579,15 @@ impl ControlPlane {
     /// Starts an instance with `configuration` (normalised; missing keys filled from the
     /// desired configuration) or, without one, its desired configuration (a 409 when it
     /// has none). A running instance is stopped first. On failure the instance is `Error`
-    /// and the error says why.
+    /// and the error says why. Runs to the end even if the caller stops waiting (see
+    /// [`ControlPlane::detached`]).
     pub async fn start(&self, id: &str, configuration: Option<Value>) -> Result<Instance> {
+        let id = id.to_owned();
+        self.detached(move |cp| async move { cp.start_now(&id, configuration).await })
+            .await
+    }
+
+    async fn start_now(&self, id: &str, configuration: Option<Value>) -> Result<Instance> {
         let lock = self.op_lock(id);
         let _guard = lock.lock().await;
         self.start_locked(id, configuration).await
@@ -569,8 +669,15 @@ impl ControlPlane {
     }
 
     /// Stops an instance (SIGTERM, then SIGKILL after the stop timeout) and records
-    /// `Stopped`. Stopping a stopped instance changes nothing.
+    /// `Stopped`. Stopping a stopped instance changes nothing. Runs to the end even if the
+    /// caller stops waiting (see [`ControlPlane::detached`]).
     pub async fn stop(&self, id: &str) -> Result<Instance> {
+        let id = id.to_owned();
+        self.detached(move |cp| async move { cp.stop_now(&id).await })
+            .await
+    }
+
+    async fn stop_now(&self, id: &str) -> Result<Instance> {
         let lock = self.op_lock(id);
         let _guard = lock.lock().await;
         self.stop_locked(id).await
@@ -592,8 +699,15 @@ impl ControlPlane {
     }
 
     /// Stops (if running) and starts with the desired configuration. Without one it is a
-    /// 409 and the instance is not stopped.
+    /// 409 and the instance is not stopped. Runs to the end even if the caller stops
+    /// waiting (see [`ControlPlane::detached`]).
     pub async fn restart(&self, id: &str) -> Result<Instance> {
+        let id = id.to_owned();
+        self.detached(move |cp| async move { cp.restart_now(&id).await })
+            .await
+    }
+
+    async fn restart_now(&self, id: &str) -> Result<Instance> {
         let lock = self.op_lock(id);
         let _guard = lock.lock().await;
         let record = self.record(id)?;
@@ -654,6 +768,10 @@ impl ControlPlane {
         Ok(())
     }
 
+    /// Replaces the desired configuration and records `ConfigurationChanged`. For a
+    /// Process instance the port is checked first ([`ControlPlane::check_desired_port`];
+    /// a refusal stores and publishes nothing) and the instance then holds its new port
+    /// (and the one its process still runs on), releasing any other.
     fn replace_desired(
         &self,
         state: &mut State,
@@ -661,11 +779,40 @@ impl ControlPlane {
         configuration: Value,
         metadata: Labels,
     ) -> Result<Value> {
+        let id = record.instance.id.clone();
+        let mut claim = None;
+        let mut release = Vec::new();
+        if record.instance.platform_type == PlatformType::Process {
+            let port = self.check_desired_port(state, &record, &configuration)?;
+            if state.ports.get(&port) != Some(&id) {
+                claim = Some(port);
+            }
+            let running = record.runtime.pid.and(record.runtime.port);
+            release = state
+                .ports
+                .iter()
+                .filter(|(p, owner)| **owner == id && **p != port && Some(**p) != running)
+                .map(|(p, _)| *p)
+                .collect();
+        }
+        let mut writes: Vec<Write<'_>> = release
+            .iter()
+            .map(|p| Write::ReleasePort(*p, &id))
+            .collect();
+        if let Some(port) = claim {
+            writes.push(Write::ClaimPort(port, &id));
+        }
         record.desired = Some(configuration.clone());
         let transition =
             Transition::new(InstanceStatus::ConfigurationChanged, SOURCE_CONTROL_PLANE)
                 .with(metadata);
-        self.commit_locked(state, record, Some(transition), Vec::new())?;
+        self.commit_locked(state, record, Some(transition), writes)?;
+        for port in release {
+            state.ports.remove(&port);
+        }
+        if let Some(port) = claim {
+            state.ports.insert(port, id);
+        }
         Ok(configuration)
     }
 
@@ -1063,6 +1210,16 @@ impl ControlPlane {
     /// long polls.
     pub async fn shutdown(&self) {
         self.begin_shutdown();
+        // Let lifecycle operations whose callers went away finish first: one that is
+        // starting a process would otherwise start it after the processes were stopped.
+        let mut in_flight = self.inner.in_flight.subscribe();
+        let settled =
+            tokio::time::timeout(SHUTDOWN_IN_FLIGHT_TIMEOUT, in_flight.wait_for(|n| *n == 0)).await;
+        if settled.is_err() {
+            tracing::warn!(
+                "lifecycle operations still running at shutdown; stopping processes anyway"
+            );
+        }
         let mut tasks = tokio::task::JoinSet::new();
         for id in self.inner.process.tracked_ids() {
             let cp = self.clone();
@@ -1092,6 +1249,28 @@ impl ControlPlane {
     }
 
     // ----- internals -------------------------------------------------------------------
+
+    /// Runs a lifecycle operation in its own task and waits for its answer. A caller that
+    /// stops waiting (an HTTP client that hangs up drops its handler, and with it this
+    /// future) does not stop the operation: it still runs to the end and records what it
+    /// did, so the recorded state never depends on the caller. Otherwise a start dropped
+    /// between spawning the process and recording it would leave a process running that
+    /// the record calls `Stopped` or `Created`.
+    async fn detached<T, F, Fut>(&self, work: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(ControlPlane) -> Fut,
+        Fut: std::future::Future<Output = Result<T>> + Send + 'static,
+    {
+        let in_flight = InFlight::enter(self.clone());
+        let task = work(self.clone());
+        tokio::spawn(async move {
+            let _in_flight = in_flight;
+            task.await
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("the operation ended without an answer: {e}")))?
+    }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
         self.inner.state.lock().unwrap_or_else(|e| e.into_inner())
@@ -1215,6 +1394,33 @@ impl ControlPlane {
             timestamp: now,
             metadata: t.metadata.clone(),
         }
+    }
+}
+
+/// The ports a record uses besides its allocations: a Process instance's desired port
+/// and the port its process listens on. Simulated instances use none.
+fn ports_used_by(record: &InstanceRecord) -> Vec<u16> {
+    if record.instance.platform_type != PlatformType::Process {
+        return Vec::new();
+    }
+    let desired = record.desired.as_ref().and_then(configuration_port);
+    let running = record.runtime.pid.and(record.runtime.port);
+    desired.into_iter().chain(running).collect()
+}
+
+/// Counts a lifecycle operation in flight for as long as it lives.
+struct InFlight(ControlPlane);
+
+impl InFlight {
+    fn enter(cp: ControlPlane) -> Self {
+        cp.inner.in_flight.send_modify(|n| *n += 1);
+        Self(cp)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.inner.in_flight.send_modify(|n| *n -= 1);
     }
 }
 

@@ -84,6 +84,8 @@ pub enum Write<'a> {
     Change(&'a StatusChange, u64),
     /// Record that `port` is allocated to an instance.
     ClaimPort(u16, &'a str),
+    /// Release `port` if it is allocated to that instance.
+    ReleasePort(u16, &'a str),
     /// Insert or replace an endpoint's JSON, or delete it with `None`.
     Endpoint(&'a str, Option<&'a Value>),
 }
@@ -247,6 +249,12 @@ impl Store {
                     )?;
                     let oldest_kept = change.sequence.saturating_sub(*retain) as i64;
                     tx.execute("DELETE FROM feed WHERE sequence <= ?1", [oldest_kept])?;
+                }
+                Write::ReleasePort(port, id) => {
+                    tx.execute(
+                        "DELETE FROM ports WHERE port = ?1 AND instance_id = ?2",
+                        params![port, id],
+                    )?;
                 }
                 Write::ClaimPort(port, id) => {
                     tx.execute(

@@ -19,6 +19,7 @@
 //! stub:
 //!   unhealthy: true    # /health answers 503
 //!   readyAfterMs: 500  # /health answers 503 for this long after start (a slow start)
+//!   listenAfterMs: 300 # wait this long before listening at all (a slow process start)
 //!   failRate: 0.3      # this fraction of traffic requests answers 500 (deterministic:
 //!                      # request n fails when floor(n*rate) > floor((n-1)*rate))
 //!   exitAfterMs: 500   # exit by itself after this long ...
@@ -52,6 +53,7 @@ const EXIT_STARTUP_FAILURE: i32 = 2;
 struct StubSettings {
     unhealthy: bool,
     ready_after_ms: Option<u64>,
+    listen_after_ms: Option<u64>,
     fail_rate: f64,
     exit_after_ms: Option<u64>,
     exit_code: Option<i32>,
@@ -191,6 +193,9 @@ async fn run() -> Result<i32> {
         .and_then(Value::as_u64)
         .and_then(|p| u16::try_from(p).ok())
         .context("the configuration needs a numeric `port`")?;
+    if let Some(ms) = settings.listen_after_ms {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
     let listener = tokio::net::TcpListener::bind((host.as_str(), port))
         .await
         .with_context(|| format!("cannot listen on {host}:{port}"))?;

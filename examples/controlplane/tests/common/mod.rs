@@ -226,6 +226,8 @@ pub struct TestCp {
     pub running: Option<RunningControlPlane>,
     pub client: Client,
     pub dir: tempfile::TempDir,
+    /// The ports it hands to Process instances.
+    pub port_range: std::ops::RangeInclusive<u16>,
 }
 
 impl TestCp {
@@ -237,12 +239,14 @@ impl TestCp {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Self::config(dir.path());
         adjust(&mut config);
+        let port_range = config.port_range.clone();
         let running = serve(config).await.expect("serve");
         let client = Client::new(running.base_url());
         Self {
             running: Some(running),
             client,
             dir,
+            port_range,
         }
     }
 
@@ -267,4 +271,30 @@ impl std::ops::Deref for TestCp {
     fn deref(&self) -> &Client {
         &self.client
     }
+}
+
+/// The live `drasi-stub` processes started from configuration files under `dir` (every
+/// process a control plane runs gets `--config <runtime dir>/<id>.yaml`), found by
+/// reading `/proc/*/cmdline`; so a test sees the processes that really exist, not the ones
+/// the control plane knows of.
+pub fn stub_pids_in(dir: &std::path::Path) -> Vec<u32> {
+    let dir = dir.to_string_lossy().into_owned();
+    let mut pids: Vec<u32> = std::fs::read_dir("/proc")
+        .expect("reading /proc")
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                let args: Vec<String> = cmdline
+                    .split(|b| *b == 0)
+                    .map(|a| String::from_utf8_lossy(a).into_owned())
+                    .collect();
+                args.windows(2)
+                    .any(|w| w[0] == "--config" && w[1].starts_with(&dir))
+            })
+        })
+        .filter(|pid| alive(*pid))
+        .collect();
+    pids.sort_unstable();
+    pids
 }
