@@ -627,3 +627,110 @@ async fn an_abort_killed_between_stop_and_start_restores_the_previous_configurat
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_call_in_flight_when_the_daemon_dies_is_audited_as_in_doubt_after_restart() {
+    bounded(Duration::from_secs(180), async {
+        let world = World::new(&[]).await;
+        let relay = Relay::start(world.cp_addr).await;
+        let daemon = Setpoint::start_via(&world, &relay.url, SLOW_HEALTH).await;
+        let id = world.create("orders", json!({})).await;
+        converges(&world, &daemon, &id, "info", "creation").await;
+
+        // The restart's start is held at the relay; the daemon dies with it in flight,
+        // then the start reaches the control plane: a call the dead daemon never saw
+        // answered.
+        let start = relay.hold(format!("POST /api/server/instances/{id}/start "));
+        world.patch(&id, set_level("debug")).await;
+        assert!(start.seen(Duration::from_secs(10)).await, "no start call");
+        daemon.kill();
+        start.forward();
+        let landed = within(Duration::from_secs(10), async || {
+            world.status(&id).await == "Running" && world.serves(&id, "debug").await
+        })
+        .await;
+        assert!(landed, "the start sent before the kill never landed");
+
+        let daemon = Setpoint::start_via(&world, &relay.url, SLOW_HEALTH).await;
+        converges(&world, &daemon, &id, "debug", "after the restart").await;
+        let audit = daemon.audit(&id).await;
+        let messages: Vec<String> = audit
+            .iter()
+            .map(|r| {
+                let e = if r["entry"].is_object() {
+                    &r["entry"]
+                } else {
+                    r
+                };
+                e["message"].as_str().unwrap_or_default().to_owned()
+            })
+            .collect();
+        // Every mutation the control plane received for this change is in the audit, in
+        // order: the stop with the outcome saved as it returned, the start as in doubt,
+        // then the resumed rollout's own stop and start.
+        let first_doubt = messages
+            .iter()
+            .position(|m| m.starts_with("in doubt:"))
+            .unwrap_or(messages.len());
+        let change = messages[..first_doubt]
+            .iter()
+            .rposition(|m| m.starts_with("roll out revision"))
+            .expect("a decision for the change");
+        let calls: Vec<&str> = messages[change..]
+            .iter()
+            .filter(|m| m.contains(&format!(" on {id}")) && m.contains("called "))
+            .map(|m| {
+                if m.starts_with("in doubt:") {
+                    if m.contains("called start") {
+                        "start in doubt"
+                    } else {
+                        "stop in doubt"
+                    }
+                } else if m.contains("called stop") && m.contains("saved just before") {
+                    "stop ok (saved)"
+                } else if m.contains("called start") && m.contains("saved just before") {
+                    "start ok (saved)"
+                } else if m.ends_with(&format!("called stop on {id}: ok")) {
+                    "stop ok"
+                } else if m.ends_with(&format!("called start on {id}: ok")) {
+                    "start ok"
+                } else {
+                    "other"
+                }
+            })
+            .collect();
+        assert_eq!(
+            calls[..2],
+            ["stop ok (saved)", "start in doubt"],
+            "the calls of the killed step:\n{}",
+            daemon.audit_tail(&id).await
+        );
+        assert!(
+            calls[2..].iter().all(|c| c.ends_with(" ok")),
+            "the resumed rollout's calls: {calls:?}\n{}",
+            daemon.audit_tail(&id).await
+        );
+        // Reported once: a second restart finds nothing more in doubt.
+        daemon.kill();
+        let daemon = Setpoint::start_via(&world, &relay.url, SLOW_HEALTH).await;
+        converges(&world, &daemon, &id, "debug", "after the second restart").await;
+        let again = daemon
+            .audit(&id)
+            .await
+            .iter()
+            .filter(|r| {
+                let e = if r["entry"].is_object() {
+                    &r["entry"]
+                } else {
+                    r
+                };
+                e["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("in doubt:"))
+            })
+            .count();
+        assert_eq!(again, 1, "{}", daemon.audit_tail(&id).await);
+        daemon.kill();
+    })
+    .await;
+}

@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use setpoint_tests::plugin;
 use setpoint_tests::process::Setpoint;
 use setpoint_tests::traffic::{Load, LoadSpec, endpoint_weights, install_plugins, set_endpoint};
 use setpoint_tests::world::{World, converged, eventually, set_level, within};
+use setpoint_tests::{plugin, setpoint_bin};
 
 /// `rolling` over the instances labelled `app=orders`, grouped by `app`.
 fn rule(params: &str) -> String {
@@ -86,6 +86,20 @@ async fn settled(daemon: &Daemon<'_>, n: usize) {
             && g["members"]
                 .as_array()
                 .is_some_and(|m| m.len() == n && m.iter().all(|m| m["converged"] == true))
+    })
+    .await;
+}
+
+/// Wait up to `limit` until every one of `ids` serves logLevel `level` (`what` names the
+/// wait in the failure message).
+async fn all_serve(world: &World, ids: &[String], level: &str, limit: Duration, what: &str) {
+    eventually(limit, what, async || {
+        for id in ids {
+            if !world.serves(id, level).await {
+                return false;
+            }
+        }
+        true
     })
     .await;
 }
@@ -183,17 +197,12 @@ async fn a_group_of_six_rolls_out_two_at_a_time_never_more_than_two_down() {
         .await;
     let ids = members(&world, 6).await;
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
-    eventually(
+    all_serve(
+        &world,
+        &ids,
+        "info",
         Duration::from_secs(60),
         "the group's first rollout to start every member",
-        async || {
-            for id in &ids {
-                if !world.serves(id, "info").await {
-                    return false;
-                }
-            }
-            true
-        },
     )
     .await;
     converged(&world, &refs).await;
@@ -209,17 +218,12 @@ async fn a_group_of_six_rolls_out_two_at_a_time_never_more_than_two_down() {
     for id in &ids {
         world.patch(id, change.clone()).await;
     }
-    eventually(
+    all_serve(
+        &world,
+        &ids,
+        "debug",
         Duration::from_secs(60),
         "every member to serve the change",
-        async || {
-            for id in &ids {
-                if !world.serves(id, "debug").await {
-                    return false;
-                }
-            }
-            true
-        },
     )
     .await;
     converged(&world, &refs).await;
@@ -248,7 +252,42 @@ async fn a_group_of_six_rolls_out_two_at_a_time_never_more_than_two_down() {
         batches.len() >= 2,
         "the audit shows the batches: {audit:#?}"
     );
+    // What the README shows an operator, through the CLI.
+    let printed = cli(
+        &world,
+        &["audit", "group:orders/app=orders", "--limit", "500"],
+    );
+    assert!(
+        printed.contains("group rollout progress") && printed.contains("rolling step"),
+        "`setpoint audit group:orders/app=orders` does not show the batches:\n{printed}"
+    );
+    let printed = cli(&world, &["status", "--group", "app=orders"]);
+    for id in &ids {
+        assert!(
+            printed.contains(id.as_str()),
+            "{id} missing from:\n{printed}"
+        );
+    }
     world.stop_daemon().await;
+}
+
+/// Run the `setpoint` CLI against the in-process daemon's admin API; its stdout.
+fn cli(world: &World, args: &[&str]) -> String {
+    let output = std::process::Command::new(setpoint_bin())
+        .args(args)
+        .arg("--endpoint")
+        .arg(format!("http://{}", world.daemon().admin_addr()))
+        .env("SETPOINT_ADMIN_TOKEN", "test-token")
+        .output()
+        .expect("the setpoint CLI runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "setpoint {args:?} failed ({}):\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }
 
 /// The change most members get, and the one that makes a member fail its health gate.
@@ -340,17 +379,12 @@ async fn a_third_member_failing_its_health_gate_pauses_the_group_with_four_to_si
         .admin(true, "/v1/groups/app=orders/abort", Value::Null)
         .await;
     assert_eq!(code, 202, "{body}");
-    eventually(
+    all_serve(
+        &world,
+        &ids[..3],
+        "info",
         Duration::from_secs(30),
         "members 1 to 3 to run their previous configuration",
-        async || {
-            for id in &ids[..3] {
-                if !world.serves(id, "info").await {
-                    return false;
-                }
-            }
-            true
-        },
     )
     .await;
     let after = pids(&world, &ids).await;
@@ -387,17 +421,12 @@ async fn an_approved_pause_goes_on_past_the_failed_member() {
         .admin(true, "/v1/groups/app=orders/approve", Value::Null)
         .await;
     assert_eq!(code, 200, "{body}");
-    eventually(
+    all_serve(
+        &world,
+        &ids[3..],
+        "debug",
         Duration::from_secs(60),
         "members 4 to 6 to run the change",
-        async || {
-            for id in &ids[3..] {
-                if !world.serves(id, "debug").await {
-                    return false;
-                }
-            }
-            true
-        },
     )
     .await;
     world.stop_daemon().await;
@@ -503,17 +532,12 @@ async fn a_daemon_killed_mid_group_resumes_without_repeating_a_finished_member()
     .await;
     let before = pids(&world, &finished).await;
     let daemon = Setpoint::start(&world, &config).await;
-    eventually(
+    all_serve(
+        &world,
+        &ids,
+        "debug",
         Duration::from_secs(60),
         "every member updated",
-        async || {
-            for id in &ids {
-                if !world.serves(id, "debug").await {
-                    return false;
-                }
-            }
-            true
-        },
     )
     .await;
     let after = pids(&world, &finished).await;
@@ -546,11 +570,12 @@ async fn a_surge_rollout_with_none_unavailable_fails_no_request_and_keeps_one_cl
     let ids = members(&world, 3).await;
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     let up = within(Duration::from_secs(40), async || {
-        let mut all = true;
         for id in &ids {
-            all &= world.serves(id, "info").await;
+            if !world.serves(id, "info").await {
+                return false;
+            }
         }
-        all
+        true
     })
     .await;
     assert!(
@@ -615,17 +640,12 @@ async fn a_surge_rollout_with_none_unavailable_fails_no_request_and_keeps_one_cl
     for id in &ids {
         world.patch(id, change.clone()).await;
     }
-    eventually(
+    all_serve(
+        &world,
+        &ids,
+        "debug",
         Duration::from_secs(90),
         "every member to serve the change",
-        async || {
-            for id in &ids {
-                if !world.serves(id, "debug").await {
-                    return false;
-                }
-            }
-            true
-        },
     )
     .await;
     converged(&world, &refs).await;

@@ -27,6 +27,7 @@ use setpoint::runtime::scope::{CpError, StrategyHost};
 use setpoint_controlplane::{ControlPlaneConfig, RunningControlPlane, serve};
 use setpoint_tests::prometheus::{Prometheus, Target};
 use setpoint_tests::traffic::{Load, LoadSpec, set_endpoint};
+use setpoint_tests::world::create_instance;
 use setpoint_tests::{free_port, port_range, stub_bin};
 
 /// A label value that must stay inside its PromQL string: a quote and a backslash.
@@ -106,29 +107,14 @@ async fn create(
     fail_rate: f64,
     note: &str,
 ) -> String {
-    let body = json!({
-        "name": name,
-        "serverConfiguration": {
-            "host": "127.0.0.1", "logLevel": "info",
-            "sources": [{ "kind": "mock", "id": "s1", "autoStart": true, "dataType": "sensor", "intervalMs": 5000 }],
-            "queries": [{ "id": "q1", "queryText": "MATCH (n) RETURN n", "sources": [{ "sourceId": "s1" }] }],
-            "reactions": [{ "kind": "log", "id": "r1", "queries": ["q1"] }],
-            "stub": { "failRate": fail_rate },
-        },
-        "metadata": { "note": note },
-    });
-    let created: Value = http
-        .post(format!("{cp_url}/api/server/instances"))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .error_for_status()
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    created["id"].as_str().unwrap().to_owned()
+    create_instance(
+        http,
+        cp_url,
+        name,
+        json!({ "note": note }),
+        json!({ "stub": { "failRate": fail_rate } }),
+    )
+    .await
 }
 
 async fn port(http: &reqwest::Client, cp_url: &str, id: &str) -> u16 {

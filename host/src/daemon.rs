@@ -191,6 +191,15 @@ impl Daemon {
             metrics.clone(),
         ));
 
+        // Calls that were in flight when the daemon last stopped are audited as in doubt
+        // before anything else runs.
+        match controller.report_calls_in_doubt() {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(calls = n, "calls in doubt from the previous run audited"),
+            Err(e) => {
+                tracing::error!(error = %crate::error_chain(&e), "could not audit the calls in doubt; they stay recorded")
+            }
+        }
         let queue = WorkQueue::new(settings.controller.queue_settings()).map_err(Error::Queue)?;
         let runner = {
             let queue = queue.clone();

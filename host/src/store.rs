@@ -145,7 +145,48 @@ pub const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE abort_requests ADD COLUMN give_up INTEGER NOT NULL DEFAULT 1;
     "#,
+    // 4: intents. A mutating control-plane call is written here before it is sent and
+    // removed once its outcome is in the audit log; a row left behind after a crash is a
+    // call that may or may not have gone through (in doubt).
+    r#"
+    CREATE TABLE intents (
+        id            INTEGER PRIMARY KEY AUTOINCREMENT,
+        rollout_key   TEXT    NOT NULL,
+        plugin        TEXT    NOT NULL,
+        call          TEXT    NOT NULL,
+        target        TEXT    NOT NULL,
+        config_digest TEXT,
+        at            INTEGER NOT NULL,
+        outcome       TEXT
+    );
+    CREATE INDEX intents_by_key ON intents (rollout_key);
+    "#,
 ];
+
+/// A mutating control-plane call recorded before it was sent ([`Store::record_intent`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Intent {
+    /// Its row id.
+    pub id: i64,
+    /// The rollout it belongs to (an instance id or a group key).
+    pub rollout_key: String,
+    /// The strategy that made it, `name@version`.
+    pub plugin: String,
+    /// The import, for example `stop`.
+    pub call: String,
+    /// The instance (or endpoint) it named.
+    pub target: String,
+    /// The digest of the configuration it carried, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_digest: Option<String>,
+    /// When it was recorded.
+    pub at: SystemTime,
+    /// How the call ended (`ok`, or `failed: …`), once it returned; `None` while it is
+    /// in flight, and after a crash: in doubt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+}
 
 /// Errors from the store.
 #[derive(Debug, thiserror::Error)]
@@ -1122,6 +1163,85 @@ impl Store {
         self.write("withdraw approvals", |tx| {
             withdraw_approvals_in(tx, instance_id)
         })
+    }
+
+    // ----- intents: mutating calls in flight -----
+
+    /// Records, before it is sent, that `plugin` is about to make the mutating call
+    /// `call` on `target` for the rollout `rollout_key`; its id, for
+    /// [`Store::clear_intents`]. Durable when it returns: a crash after it leaves the row.
+    pub fn record_intent(
+        &self,
+        rollout_key: &str,
+        plugin: &str,
+        call: &str,
+        target: &str,
+        config_digest: Option<&str>,
+    ) -> Result<i64> {
+        self.write("record intent", |tx| {
+            tx.execute(
+                "INSERT INTO intents (rollout_key, plugin, call, target, config_digest, at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![
+                    rollout_key,
+                    plugin,
+                    call,
+                    target,
+                    config_digest,
+                    to_millis(SystemTime::now())
+                ],
+            )
+            .during("record intent")?;
+            Ok(tx.last_insert_rowid())
+        })
+    }
+
+    /// Records how the call of intent `id` ended, as soon as it returned: after a crash
+    /// before the step's audit, the outcome is known rather than in doubt.
+    pub fn settle_intent(&self, id: i64, outcome: &str) -> Result<()> {
+        self.write("settle intent", |tx| {
+            tx.execute(
+                "UPDATE intents SET outcome = ?2 WHERE id = ?1",
+                params![id, outcome],
+            )
+            .during("settle intent")?;
+            Ok(())
+        })
+    }
+
+    /// Forgets the intents of `rollout_key` (their outcomes are in the audit log now).
+    pub fn clear_intents(&self, rollout_key: &str) -> Result<usize> {
+        self.write("clear intents", |tx| {
+            tx.execute("DELETE FROM intents WHERE rollout_key = ?1", [rollout_key])
+                .during("clear intents")
+        })
+    }
+
+    /// Every intent still recorded, oldest first: after a crash, the calls in doubt.
+    pub fn intents(&self) -> Result<Vec<Intent>> {
+        const OP: &str = "read intents";
+        let conn = self.lock();
+        let mut stmt = conn
+            .prepare_cached(
+                "SELECT id, rollout_key, plugin, call, target, config_digest, at, outcome \
+                 FROM intents ORDER BY id",
+            )
+            .during(OP)?;
+        let rows = stmt
+            .query_map([], |row| {
+                Ok(Intent {
+                    id: row.get(0)?,
+                    rollout_key: row.get(1)?,
+                    plugin: row.get(2)?,
+                    call: row.get(3)?,
+                    target: row.get(4)?,
+                    config_digest: row.get(5)?,
+                    at: from_millis(row.get(6)?),
+                    outcome: row.get(7)?,
+                })
+            })
+            .during(OP)?;
+        rows.collect::<std::result::Result<Vec<_>, _>>().during(OP)
     }
 
     // ----- stops made by this host -----
@@ -2170,6 +2290,43 @@ mod tests {
                 .collect::<Vec<_>>(),
             [("d2", "canary@0.1.0"), ("d1", "restart@0.1.0")]
         );
+    }
+
+    #[test]
+    fn intents_survive_a_reopen_until_cleared_by_their_rollout() {
+        let (_dir, path, store) = temp_store();
+        let a = store
+            .record_intent("i-1", "restart@0.1.0", "stop", "i-1", None)
+            .unwrap();
+        let b = store
+            .record_intent(
+                "group:r/app=x",
+                "rolling@0.1.0",
+                "start",
+                "i-2",
+                Some("sha256:ab"),
+            )
+            .unwrap();
+        assert!(b > a);
+        store.settle_intent(a, "ok").unwrap();
+        drop(store);
+        // What a crash leaves: the rows, in order.
+        let store = Store::open(&path).unwrap();
+        let left = store.intents().unwrap();
+        assert_eq!(
+            left.iter()
+                .map(|i| (i.rollout_key.as_str(), i.call.as_str(), i.target.as_str()))
+                .collect::<Vec<_>>(),
+            [("i-1", "stop", "i-1"), ("group:r/app=x", "start", "i-2")]
+        );
+        assert_eq!(left[1].config_digest.as_deref(), Some("sha256:ab"));
+        assert_eq!(
+            (left[0].outcome.as_deref(), left[1].outcome.as_deref()),
+            (Some("ok"), None)
+        );
+        assert_eq!(store.clear_intents("i-1").unwrap(), 1);
+        assert_eq!(store.intents().unwrap().len(), 1);
+        assert_eq!(store.clear_intents("i-1").unwrap(), 0);
     }
 
     #[test]

@@ -131,29 +131,7 @@ impl World {
     }
 
     pub async fn create(&self, name: &str, labels: Value) -> String {
-        let body = json!({
-            "name": name,
-            "serverConfiguration": {
-                "host": "127.0.0.1", "logLevel": "info",
-                "sources": [{ "kind": "mock", "id": "s1", "autoStart": true, "dataType": "sensor", "intervalMs": 5000 }],
-                "queries": [{ "id": "q1", "queryText": "MATCH (n) RETURN n", "sources": [{ "sourceId": "s1" }] }],
-                "reactions": [{ "kind": "log", "id": "r1", "queries": ["q1"] }]
-            },
-            "metadata": labels,
-        });
-        let created: Value = self
-            .http
-            .post(format!("{}/api/server/instances", self.cp_url()))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .error_for_status()
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        created["id"].as_str().unwrap().to_owned()
+        create_instance(&self.http, &self.cp_url(), name, labels, json!({})).await
     }
 
     pub async fn patch(&self, id: &str, ops: Value) {
@@ -311,6 +289,40 @@ impl World {
 }
 
 /// Poll `check` every 20 ms until it holds or `limit` passes.
+/// Create an instance on the control plane at `cp_url`: a small Drasi configuration
+/// (one mock source, one query, one log reaction) with the keys of `extra` added (such
+/// as `{"stub": {"failRate": 0.5}}`), labelled `labels`. Its id.
+pub async fn create_instance(
+    http: &reqwest::Client,
+    cp_url: &str,
+    name: &str,
+    labels: Value,
+    extra: Value,
+) -> String {
+    let mut configuration = json!({
+        "host": "127.0.0.1", "logLevel": "info",
+        "sources": [{ "kind": "mock", "id": "s1", "autoStart": true, "dataType": "sensor", "intervalMs": 5000 }],
+        "queries": [{ "id": "q1", "queryText": "MATCH (n) RETURN n", "sources": [{ "sourceId": "s1" }] }],
+        "reactions": [{ "kind": "log", "id": "r1", "queries": ["q1"] }]
+    });
+    if let (Some(config), Value::Object(extra)) = (configuration.as_object_mut(), extra) {
+        config.extend(extra);
+    }
+    let body = json!({ "name": name, "serverConfiguration": configuration, "metadata": labels });
+    let created: Value = http
+        .post(format!("{cp_url}/api/server/instances"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .error_for_status()
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    created["id"].as_str().unwrap().to_owned()
+}
+
 pub async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
     let until = Instant::now() + limit;
     while !check().await {

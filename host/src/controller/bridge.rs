@@ -19,6 +19,9 @@ pub struct Bridge {
     cp: Arc<dyn ControlPlane>,
     handle: tokio::runtime::Handle,
     queries: Arc<MetricQueries>,
+    /// Where intents are recorded before mutating calls: the store, the rollout's key
+    /// and the strategy's label.
+    intents: Option<(Arc<crate::store::Store>, String, String)>,
 }
 
 impl std::fmt::Debug for Bridge {
@@ -34,7 +37,21 @@ impl Bridge {
             cp,
             handle,
             queries: Arc::default(),
+            intents: None,
         }
+    }
+
+    /// Record every mutating call's intent in `store` before it is sent, as made by
+    /// `plugin` (its `name@version`) for the rollout `rollout_key` (an instance id or a
+    /// group key): see [`StrategyHost::intend`].
+    pub fn with_intents(
+        mut self,
+        store: Arc<crate::store::Store>,
+        rollout_key: &str,
+        plugin: String,
+    ) -> Self {
+        self.intents = Some((store, rollout_key.to_owned(), plugin));
+        self
     }
 
     /// Answer `metrics.query` with these named queries (policy's `[metrics.queries]`);
@@ -98,6 +115,46 @@ fn parse_config(text: &str) -> Result<Value, CpError> {
 }
 
 impl StrategyHost for Bridge {
+    fn intend(
+        &self,
+        call: &str,
+        target: &str,
+        configuration: Option<&str>,
+    ) -> Result<Option<i64>, CpError> {
+        let Some((store, rollout_key, plugin)) = &self.intents else {
+            return Ok(None);
+        };
+        let digest = configuration.map(|c| match serde_json::from_str::<Value>(c) {
+            Ok(value) => super::config_digest(&value),
+            Err(_) => super::config_digest(&Value::String(c.to_owned())),
+        });
+        store
+            .record_intent(rollout_key, plugin, call, target, digest.as_deref())
+            .map(Some)
+            .map_err(|e| {
+                CpError::Unavailable(format!(
+                    "the call was not sent: its intent could not be recorded ({})",
+                    crate::error_chain(&e)
+                ))
+            })
+    }
+
+    fn settle(&self, token: i64, outcome: &crate::runtime::scope::CallOutcome) {
+        let Some((store, _, _)) = &self.intents else {
+            return;
+        };
+        let text = match outcome {
+            crate::runtime::scope::CallOutcome::Ok => "ok".to_owned(),
+            crate::runtime::scope::CallOutcome::Failed(why) => format!("failed: {why}"),
+            other => format!("{other:?}"),
+        };
+        // Best effort: without it the call is reported in doubt after a crash, which
+        // is what it would be anyway.
+        if let Err(e) = store.settle_intent(token, &text) {
+            tracing::warn!(error = %crate::error_chain(&e), "could not record a call's outcome ahead of the audit");
+        }
+    }
+
     fn get_instance(&self, id: &str) -> Result<InstanceInfo, CpError> {
         let i = self.block(self.cp.get_instance(id))?;
         Ok(InstanceInfo {

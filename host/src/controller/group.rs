@@ -420,7 +420,7 @@ impl Controller {
         });
         let dry_run = selection.gates.dry_run || self.settings.dry_run;
         let outcome = self
-            .run_strategy(strategy.clone(), rollout, scope, dry_run, abort)
+            .run_strategy(key, strategy.clone(), rollout, scope, dry_run, abort)
             .await?;
         envelope.scope = Some(outcome.scope);
         // Each member's own audit shows what was done to it, the group's shows it all.
@@ -438,6 +438,7 @@ impl Controller {
                 self.record_sent(id, &mine, desired, &strategy)?;
             }
         }
+        self.store.clear_intents(key)?;
         Ok((strategy, outcome.progress.map_err(Error::Plugin)))
     }
 

@@ -212,6 +212,64 @@ impl Controller {
         Ok(())
     }
 
+    /// After a restart: every intent still recorded is a mutating call that was about
+    /// to be sent, or sent, when the daemon stopped, and whose outcome never reached the
+    /// audit. Each is audited (under its rollout and under the instance it named): with
+    /// its outcome when that was saved as the call returned, else as *in doubt*; then
+    /// logged and forgotten; the rollout resumes from its last saved
+    /// step, and strategies re-read the world before acting, so a call that did go
+    /// through is not assumed undone. Returns how many there were.
+    pub fn report_calls_in_doubt(&self) -> Result<usize> {
+        let intents = self.store.intents()?;
+        let mut keys = std::collections::BTreeSet::new();
+        for intent in &intents {
+            let message = match &intent.outcome {
+                Some(outcome) => format!(
+                    "{} called {} on {}: {outcome} (its outcome was saved just before the daemon stopped; the step's record was not)",
+                    intent.plugin, intent.call, intent.target
+                ),
+                None => format!(
+                    "in doubt: {} called {} on {} and the daemon stopped before its outcome was recorded; it may have gone through",
+                    intent.plugin, intent.call, intent.target
+                ),
+            };
+            let at_ms = intent
+                .at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let details = serde_json::json!({
+                "intent": intent.id,
+                "rollout": intent.rollout_key,
+                "plugin": intent.plugin,
+                "call": intent.call,
+                "target": intent.target,
+                "configurationDigest": intent.config_digest,
+                "intendedAtMs": at_ms,
+                "outcome": intent.outcome,
+            });
+            tracing::warn!(
+                rollout = %intent.rollout_key,
+                call = %intent.call,
+                target = %intent.target,
+                "a control-plane call was in flight when the daemon stopped; its outcome is unknown"
+            );
+            self.audit(
+                &intent.rollout_key,
+                AuditKind::Action,
+                message.clone(),
+                details.clone(),
+            )?;
+            if intent.target != intent.rollout_key {
+                self.audit(&intent.target, AuditKind::Action, message, details)?;
+            }
+            keys.insert(intent.rollout_key.clone());
+        }
+        for key in keys {
+            self.store.clear_intents(&key)?;
+        }
+        Ok(intents.len())
+    }
+
     pub(super) fn audit_calls(
         &self,
         id: &str,

@@ -1021,6 +1021,7 @@ impl Controller {
         };
         let outcome = self
             .run_strategy(
+                &record.instance_id,
                 strategy.clone(),
                 rollout,
                 envelope.scope.clone(),
@@ -1030,6 +1031,7 @@ impl Controller {
             .await?;
         self.record_sent(&record.instance_id, &outcome.calls, &desired, &strategy)?;
         self.audit_calls(&record.instance_id, &strategy, &outcome.calls)?;
+        self.store.clear_intents(&record.instance_id)?;
         if let Some(weights) = outcome
             .calls
             .iter()
@@ -1076,8 +1078,12 @@ impl Controller {
         Ok(())
     }
 
+    /// Step (or abort) `strategy` for the rollout `key` (an instance id or a group key).
+    /// Every mutating call's intent is recorded under `key` before it is sent; the
+    /// caller clears them once the calls' outcomes are audited.
     pub(super) async fn run_strategy(
         &self,
+        key: &str,
         strategy: Arc<Plugin>,
         rollout: Rollout,
         scope: RolloutScope,
@@ -1087,7 +1093,8 @@ impl Controller {
         let runtime = self.runtime.clone();
         let host = Arc::new(
             Bridge::new(self.cp.clone(), tokio::runtime::Handle::current())
-                .with_metric_queries(self.policy.metric_queries().clone()),
+                .with_metric_queries(self.policy.metric_queries().clone())
+                .with_intents(self.store.clone(), key, strategy.label()),
         );
         let label = strategy.label();
         let started = Instant::now();
@@ -1142,7 +1149,7 @@ impl Controller {
                 elapsed_ms,
             };
             let outcome = self
-                .run_strategy(strategy.clone(), rollout, scope, true, false)
+                .run_strategy(id, strategy.clone(), rollout, scope, true, false)
                 .await?;
             calls.extend(outcome.calls);
             scope = outcome.scope;

@@ -72,6 +72,27 @@ pub trait StrategyHost: Send + Sync {
             "this control plane does not support traffic endpoints".into(),
         ))
     }
+    /// Called before every mutating call is sent (not in dry-run), with the import's
+    /// name, its target and the configuration it carries: the place to record the intent
+    /// durably, so that a crash between the call and the record of its outcome leaves the
+    /// call visible as in doubt. An error refuses the call (it is not sent; the strategy
+    /// sees the error). The default records nothing.
+    /// Returns a token for [`StrategyHost::settle`].
+    fn intend(
+        &self,
+        call: &str,
+        target: &str,
+        configuration: Option<&str>,
+    ) -> Result<Option<i64>, CpError> {
+        let _ = (call, target, configuration);
+        Ok(None)
+    }
+    /// Called as soon as the mutating call `intend` returned `token` for has ended, with
+    /// its outcome: the place to record it at once, ahead of the step's audit. The
+    /// default records nothing.
+    fn settle(&self, token: i64, outcome: &CallOutcome) {
+        let _ = (token, outcome);
+    }
     /// An instance's request and error counters.
     fn get_counters(&self, id: &str) -> Result<Counters, CpError> {
         let _ = id;
@@ -325,11 +346,27 @@ impl ScopedControlPlane {
             self.record_with(call, target, true, CallOutcome::Simulated, configuration);
             return Ok(simulated(self));
         }
+        let token = match self.on_host(|h| h.intend(call, target, configuration)) {
+            Ok(token) => token,
+            Err(e) => {
+                self.record_with(
+                    call,
+                    target,
+                    true,
+                    CallOutcome::Failed(format!("not sent: {}", describe(&e))),
+                    configuration,
+                );
+                return Err(e);
+            }
+        };
         let result = self.on_host(f);
         let outcome = match &result {
             Ok(_) => CallOutcome::Ok,
             Err(e) => CallOutcome::Failed(describe(e)),
         };
+        if let Some(token) = token {
+            self.on_host(|h| h.settle(token, &outcome));
+        }
         self.record_with(call, target, true, outcome, configuration);
         result
     }
