@@ -26,7 +26,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::decide::unix_ms;
-use super::rollout::APPROVAL_PARAM;
 use super::{Controller, Error, Observation, Outcome, Result, config_digest, decide};
 use crate::client;
 use crate::policy::Selection;
@@ -293,17 +292,7 @@ impl Controller {
                     .collect(),
                 not_before_ms: None,
             };
-            let new = RolloutRecord {
-                instance_id: key.to_owned(),
-                strategy: strategy.metadata().name.clone(),
-                plugin_version: strategy.metadata().version.to_string(),
-                plugin_digest: strategy.digest().to_owned(),
-                state: serde_json::to_value(&envelope).expect("envelope serialises"),
-                step: 0,
-                started_at: now,
-                updated_at: now,
-                phase: RolloutPhase::Running,
-            };
+            let new = super::rollout::new_record(key, &strategy, &envelope, now);
             self.store.save_rollout(&new)?;
             self.audit(
                 key,
@@ -379,11 +368,7 @@ impl Controller {
                 })
             })
             .collect();
-        let mut params = selection.strategy_params.clone();
-        params.insert(
-            APPROVAL_PARAM.into(),
-            Value::String(selection.gates.approval.to_string()),
-        );
+        let params = super::rollout::selection_params(selection);
         let elapsed_ms = SystemTime::now()
             .duration_since(record.started_at)
             .unwrap_or_default()

@@ -365,17 +365,7 @@ impl Controller {
             progress_at_ms: Some(unix_ms(now)),
             progress_key: None,
         };
-        let record = RolloutRecord {
-            instance_id: id.to_owned(),
-            strategy: strategy.metadata().name.clone(),
-            plugin_version: strategy.metadata().version.to_string(),
-            plugin_digest: strategy.digest().to_owned(),
-            state: serde_json::to_value(&envelope).expect("envelope serialises"),
-            step: 0,
-            started_at: now,
-            updated_at: now,
-            phase: RolloutPhase::Running,
-        };
+        let record = new_record(id, &strategy, &envelope, now);
         self.store.save_rollout(&record)?;
         drop(pins);
         self.conditions(
@@ -1212,12 +1202,41 @@ const PROGRESS_DEADLINE: &str = "the progress deadline";
 
 /// The parameters a strategy is given: the rule's, and the host's `$approval`.
 fn strategy_params(o: &Observation) -> serde_json::Map<String, Value> {
-    let mut params = o.selection.strategy_params.clone();
+    selection_params(&o.selection)
+}
+
+/// The parameters a strategy is given under `selection` (an instance's or a group's
+/// rule): the rule's, and the host's `$approval`.
+pub(super) fn selection_params(
+    selection: &crate::policy::Selection,
+) -> serde_json::Map<String, Value> {
+    let mut params = selection.strategy_params.clone();
     params.insert(
         APPROVAL_PARAM.into(),
-        Value::String(o.selection.gates.approval.to_string()),
+        Value::String(selection.gates.approval.to_string()),
     );
     params
+}
+
+/// A new rollout's record for `key` (an instance id or a group key) under `strategy`,
+/// at step 0, with `envelope` as its host-side state.
+pub(super) fn new_record(
+    key: &str,
+    strategy: &Plugin,
+    envelope: &impl serde::Serialize,
+    now: SystemTime,
+) -> RolloutRecord {
+    RolloutRecord {
+        instance_id: key.to_owned(),
+        strategy: strategy.metadata().name.clone(),
+        plugin_version: strategy.metadata().version.to_string(),
+        plugin_digest: strategy.digest().to_owned(),
+        state: serde_json::to_value(envelope).expect("envelope serialises"),
+        step: 0,
+        started_at: now,
+        updated_at: now,
+        phase: RolloutPhase::Running,
+    }
 }
 
 /// Whether a reported status says the rollout waits in a pause or for an approval.
