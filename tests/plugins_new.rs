@@ -124,13 +124,14 @@ fn new_js_package(name: &str, kind: &str, dir: &Path) {
         "{}",
         run.stdout
     );
+    let source = format!("src/{kind}.js");
     for file in [
         "package.json",
         "package-lock.json",
         "README.md",
         ".gitignore",
         "build.mjs",
-        &format!("src/{kind}.js"),
+        source.as_str(),
         "wit/world.wit",
         "testdata/desired.json",
         "testdata/actual.json",
