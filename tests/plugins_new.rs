@@ -115,7 +115,8 @@ fn new_js_package(name: &str, kind: &str, dir: &Path) {
     ])
     .assert_ok("setpoint plugins new --lang js");
     assert!(
-        run.stdout.contains(&format!("created js {kind} plugin {name}")),
+        run.stdout
+            .contains(&format!("created js {kind} plugin {name}")),
         "{}",
         run.stdout
     );
@@ -461,10 +462,15 @@ fn an_unknown_language_is_refused_with_the_ones_there_are() {
     ]);
     assert!(!run.ok, "{}", run.stdout);
     assert!(
-        run.stderr.contains("invalid value 'python' for '--lang <LANG>'"),
+        run.stderr
+            .contains("invalid value 'python' for '--lang <LANG>'"),
         "{}",
         run.stderr
     );
-    assert!(run.stderr.contains("[possible values: rust, js]"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("[possible values: rust, js]"),
+        "{}",
+        run.stderr
+    );
     assert!(!dir.exists());
 }

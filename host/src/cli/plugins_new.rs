@@ -449,14 +449,23 @@ pub(super) fn run(args: NewArgs) -> Result<ExitCode, CliError> {
         Lang::Rust => Some(locate_sdk(args.sdk.as_deref())?),
         Lang::Js => None,
     };
-    let repo = sdk
-        .as_deref()
-        .map(|sdk| sdk.parent().and_then(Path::parent).unwrap_or(sdk).to_path_buf());
+    let repo = sdk.as_deref().map(|sdk| {
+        sdk.parent()
+            .and_then(Path::parent)
+            .unwrap_or(sdk)
+            .to_path_buf()
+    });
 
     let placeholders = Placeholders {
         name: args.name.clone(),
-        sdk_path: sdk.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
-        repo: repo.as_deref().map(|p| p.display().to_string()).unwrap_or_default(),
+        sdk_path: sdk
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        repo: repo
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
     };
     for file in files {
         let path = dir.join(file.path);
@@ -470,7 +479,10 @@ pub(super) fn run(args: NewArgs) -> Result<ExitCode, CliError> {
 
     let shown = dir.display();
     let name = &args.name;
-    println!("created {} {} plugin {name} in {shown}", args.lang, args.kind);
+    println!(
+        "created {} {} plugin {name} in {shown}",
+        args.lang, args.kind
+    );
     match (sdk, repo) {
         (Some(sdk), Some(repo)) => {
             println!("  SDK: {}", sdk.display());
@@ -598,7 +610,9 @@ mod tests {
                     file.path
                 );
                 // Every import and export names the contract this host serves.
-                let code = [".js", ".mjs", ".wit"].iter().any(|e| file.path.ends_with(e));
+                let code = [".js", ".mjs", ".wit"]
+                    .iter()
+                    .any(|e| file.path.ends_with(e));
                 if code && file.path != JS_CONTRACT.path {
                     for (at, _) in out.match_indices("setpoint:plugin/") {
                         let rest = &out[at..];
@@ -639,15 +653,18 @@ mod tests {
             p.render(JS_CONTRACT.path, JS_CONTRACT.text),
             include_str!("../../../wit/setpoint.wit")
         );
-        assert!(JS_CONTRACT.text.contains(&format!("package setpoint:plugin@{CONTRACT_VERSION};")));
+        assert!(
+            JS_CONTRACT
+                .text
+                .contains(&format!("package setpoint:plugin@{CONTRACT_VERSION};"))
+        );
     }
 
     #[test]
     fn the_javascript_templates_pin_what_the_example_pins() {
-        let example_package: serde_json::Value = serde_json::from_str(include_str!(
-            "../../../examples/js-comparator/package.json"
-        ))
-        .unwrap();
+        let example_package: serde_json::Value =
+            serde_json::from_str(include_str!("../../../examples/js-comparator/package.json"))
+                .unwrap();
         for set in [JS_COMPARATOR, JS_STRATEGY] {
             let package: serde_json::Value = serde_json::from_str(set[0].text).unwrap();
             assert_eq!(
