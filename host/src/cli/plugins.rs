@@ -79,8 +79,9 @@ pub enum PluginsCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Write a new plugin crate from a template: it builds into a component and passes
-    /// `plugins check` with no edits, and its README says how to build and try it.
+    /// Write a new plugin from a template, a Rust crate or (`--lang js`) a JavaScript
+    /// package: it builds into a component and passes `plugins check` with no edits, and
+    /// its README says how to build and try it.
     New(super::plugins_new::NewArgs),
 }
 

@@ -1,6 +1,7 @@
-//! `setpoint plugins new NAME --kind comparator|strategy`: write a plugin crate that
-//! builds, passes its own `cargo test` and loads with `setpoint plugins check` with no
-//! edits.
+//! `setpoint plugins new NAME --kind comparator|strategy [--lang rust|js]`: write a plugin
+//! project that builds and loads with `setpoint plugins check` with no edits: a Rust crate
+//! (which also passes its own `cargo test`), or a JavaScript package built with
+//! componentize-js.
 //!
 //! A template set is one language and one kind: the files under
 //! `host/templates/<lang>-<kind>/`, embedded in the binary with `include_str!`
@@ -10,9 +11,18 @@
 //! sources, the identifier `TemplatePlugin` (so a Rust template is valid Rust as it
 //! stands: the host's unit tests compile both and run their tests).
 //!
-//! The SDK (`setpoint-plugin`) is not on crates.io, so a generated crate depends on it by
-//! path: by default the `plugins/sdk` of the checkout this `setpoint` was built from
-//! (known at build time), or `--sdk PATH`.
+//! A JavaScript package gets the contract, `wit/setpoint.wit` of the checkout this
+//! `setpoint` was built from, embedded verbatim at `wit/deps/setpoint/setpoint.wit`, and
+//! its own world in `wit/world.wit` that imports only what the template's source calls:
+//! componentize-js imports every interface of the world it builds, used or not, and the
+//! host refuses a strategy that imports a capability its control plane does not offer.
+//! Its `package-lock.json` is the one of `examples/js-comparator` (a unit test keeps them
+//! the same), so both pin the same componentize-js.
+//!
+//! The SDK (`setpoint-plugin`) is not on crates.io, so a generated Rust crate depends on it
+//! by path: by default the `plugins/sdk` of the checkout this `setpoint` was built from
+//! (known at build time), or `--sdk PATH`. A JavaScript package needs no SDK, and `--sdk`
+//! with `--lang js` is refused.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -21,6 +31,7 @@ use std::process::ExitCode;
 use clap::{Args, ValueEnum};
 
 use super::CliError;
+use crate::runtime::inspect::CONTRACT_VERSION;
 
 /// Where the SDK was when this binary was built: `<checkout>/plugins/sdk`.
 const BUILT_SDK_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../plugins/sdk");
@@ -34,7 +45,7 @@ const MAX_NAME_LEN: usize = 64;
 /// `setpoint plugins new …`
 #[derive(Debug, Args)]
 pub struct NewArgs {
-    /// The plugin's name: its crate and package name, and the name it reports to the
+    /// The plugin's name: its crate or npm package name, and the name it reports to the
     /// host. Lowercase letters, digits and `-`, starting with a letter (e.g.
     /// `port-check`).
     pub name: String,
@@ -44,12 +55,12 @@ pub struct NewArgs {
     /// The language of the plugin's source.
     #[arg(long, value_enum, default_value_t = Lang::Rust)]
     pub lang: Lang,
-    /// The directory to create the crate in (it must not exist, or be empty); default:
+    /// The directory to create the project in (it must not exist, or be empty); default:
     /// `./NAME`.
     #[arg(long, value_name = "PATH")]
     pub dir: Option<PathBuf>,
-    /// The SDK crate (`plugins/sdk` of a setpoint checkout) the plugin depends on by
-    /// path; default: the one this `setpoint` was built from.
+    /// Rust only: the SDK crate (`plugins/sdk` of a setpoint checkout) the plugin
+    /// depends on by path; default: the one this `setpoint` was built from.
     #[arg(long, value_name = "PATH")]
     pub sdk: Option<PathBuf>,
 }
@@ -75,9 +86,11 @@ impl fmt::Display for Kind {
 /// The languages `plugins new` knows of.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Lang {
-    /// Rust, with the `setpoint-plugin` SDK.
+    /// Rust, with the `setpoint-plugin` SDK: a crate built with
+    /// `scripts/build-plugin-crate` or cargo-component.
     Rust,
-    /// JavaScript, through componentize-js (not available yet).
+    /// JavaScript: an npm package built with componentize-js (needs node >= 20.19, npm and
+    /// the npm registry; the component is about 12 MB).
     Js,
 }
 
@@ -132,16 +145,53 @@ const RUST_STRATEGY: &[TemplateFile] = &[
     template!("rust-strategy", "testdata/actual.json"),
 ];
 
-/// The template set for `lang` and `kind`, or why there is none.
-pub fn template_set(lang: Lang, kind: Kind) -> Result<&'static [TemplateFile], String> {
+/// The contract, as a JavaScript package's `wit/` holds it (componentize-js reads
+/// `wit/deps/*/` as the packages the package's own `wit/world.wit` uses).
+const JS_CONTRACT: TemplateFile = TemplateFile {
+    path: "wit/deps/setpoint/setpoint.wit",
+    text: include_str!("../../../wit/setpoint.wit"),
+};
+
+/// The lock file of both JavaScript sets: `examples/js-comparator/package-lock.json`
+/// with the package's name as `{{name}}`.
+const JS_LOCK: TemplateFile = TemplateFile {
+    path: "package-lock.json",
+    text: include_str!("../../templates/js-package-lock.json"),
+};
+
+const JS_COMPARATOR: &[TemplateFile] = &[
+    template!("js-comparator", "package.json" from "package.json.tmpl"),
+    JS_LOCK,
+    template!("js-comparator", ".gitignore" from "gitignore"),
+    template!("js-comparator", "README.md"),
+    template!("js-comparator", "build.mjs"),
+    template!("js-comparator", "src/comparator.js"),
+    template!("js-comparator", "wit/world.wit"),
+    JS_CONTRACT,
+    template!("js-comparator", "testdata/desired.json"),
+    template!("js-comparator", "testdata/actual.json"),
+];
+
+const JS_STRATEGY: &[TemplateFile] = &[
+    template!("js-strategy", "package.json" from "package.json.tmpl"),
+    JS_LOCK,
+    template!("js-strategy", ".gitignore" from "gitignore"),
+    template!("js-strategy", "README.md"),
+    template!("js-strategy", "build.mjs"),
+    template!("js-strategy", "src/strategy.js"),
+    template!("js-strategy", "wit/world.wit"),
+    JS_CONTRACT,
+    template!("js-strategy", "testdata/desired.json"),
+    template!("js-strategy", "testdata/actual.json"),
+];
+
+/// The template set for `lang` and `kind`.
+pub fn template_set(lang: Lang, kind: Kind) -> &'static [TemplateFile] {
     match (lang, kind) {
-        (Lang::Rust, Kind::Comparator) => Ok(RUST_COMPARATOR),
-        (Lang::Rust, Kind::Strategy) => Ok(RUST_STRATEGY),
-        (Lang::Js, _) => Err(format!(
-            "--lang js is not available yet: this setpoint has no JavaScript {kind} template \
-             (the componentize-js example, examples/js-comparator, is not part of it yet); \
-             use --lang rust"
-        )),
+        (Lang::Rust, Kind::Comparator) => RUST_COMPARATOR,
+        (Lang::Rust, Kind::Strategy) => RUST_STRATEGY,
+        (Lang::Js, Kind::Comparator) => JS_COMPARATOR,
+        (Lang::Js, Kind::Strategy) => JS_STRATEGY,
     }
 }
 
@@ -384,20 +434,38 @@ fn check_target_dir(dir: &Path) -> Result<(), String> {
 /// Run `setpoint plugins new`.
 pub(super) fn run(args: NewArgs) -> Result<ExitCode, CliError> {
     validate_name(&args.name)?;
-    let files = template_set(args.lang, args.kind)?;
+    if args.lang == Lang::Js && args.sdk.is_some() {
+        return Err(format!(
+            "--sdk is for --lang rust only: a JavaScript plugin does not use the Rust SDK \
+             (its package gets the contract, setpoint:plugin@{CONTRACT_VERSION}, in \
+             wit/deps/setpoint/); leave --sdk out"
+        )
+        .into());
+    }
+    let files = template_set(args.lang, args.kind);
     let dir = args.dir.unwrap_or_else(|| PathBuf::from(&args.name));
     check_target_dir(&dir)?;
-    let sdk = locate_sdk(args.sdk.as_deref())?;
-    let repo = sdk
-        .parent()
-        .and_then(Path::parent)
-        .unwrap_or(&sdk)
-        .to_path_buf();
+    let sdk = match args.lang {
+        Lang::Rust => Some(locate_sdk(args.sdk.as_deref())?),
+        Lang::Js => None,
+    };
+    let repo = sdk.as_deref().map(|sdk| {
+        sdk.parent()
+            .and_then(Path::parent)
+            .unwrap_or(sdk)
+            .to_path_buf()
+    });
 
     let placeholders = Placeholders {
         name: args.name.clone(),
-        sdk_path: sdk.display().to_string(),
-        repo: repo.display().to_string(),
+        sdk_path: sdk
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
+        repo: repo
+            .as_deref()
+            .map(|p| p.display().to_string())
+            .unwrap_or_default(),
     };
     for file in files {
         let path = dir.join(file.path);
@@ -410,25 +478,44 @@ pub(super) fn run(args: NewArgs) -> Result<ExitCode, CliError> {
     }
 
     let shown = dir.display();
+    let name = &args.name;
     println!(
-        "created {} {} plugin {} in {shown}",
-        args.lang, args.kind, args.name
+        "created {} {} plugin {name} in {shown}",
+        args.lang, args.kind
     );
-    println!("  SDK: {}", sdk.display());
-    println!();
-    println!("next:");
-    println!("  cd {shown} && cargo test");
-    println!(
-        "  {}/scripts/build-plugin-crate {shown}    # -> {shown}/target/{}.wasm",
-        repo.display(),
-        args.name
-    );
-    println!("  setpoint plugins check {shown}/target/{}.wasm", args.name);
-    println!(
-        "  setpoint plugins run {shown}/target/{}.wasm --desired {shown}/testdata/desired.json --actual {shown}/testdata/actual.json",
-        args.name
-    );
-    println!("(the crate's README.md has both build paths, cargo-component's too)");
+    match (sdk, repo) {
+        (Some(sdk), Some(repo)) => {
+            println!("  SDK: {}", sdk.display());
+            println!();
+            println!("next:");
+            println!("  cd {shown} && cargo test");
+            println!(
+                "  {}/scripts/build-plugin-crate {shown}    # -> {shown}/target/{name}.wasm",
+                repo.display(),
+            );
+            println!("  setpoint plugins check {shown}/target/{name}.wasm");
+            println!(
+                "  setpoint plugins run {shown}/target/{name}.wasm --desired {shown}/testdata/desired.json --actual {shown}/testdata/actual.json",
+            );
+            println!("(the crate's README.md has both build paths, cargo-component's too)");
+        }
+        _ => {
+            println!(
+                "  contract: {shown}/{} (setpoint:plugin@{CONTRACT_VERSION})",
+                JS_CONTRACT.path
+            );
+            println!();
+            println!("next (needs node >= 20.19 and npm; npm ci downloads from the npm registry):");
+            println!(
+                "  cd {shown} && npm ci && npm run build    # -> {shown}/dist/{name}.wasm, about 12 MB, about a minute"
+            );
+            println!("  setpoint plugins check {shown}/dist/{name}.wasm");
+            println!(
+                "  setpoint plugins run {shown}/dist/{name}.wasm --desired {shown}/testdata/desired.json --actual {shown}/testdata/actual.json",
+            );
+            println!("(the package's README.md says more)");
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }
 
@@ -501,10 +588,120 @@ mod tests {
     }
 
     #[test]
-    fn js_is_not_available_yet_and_says_what_to_use() {
-        let error = template_set(Lang::Js, Kind::Comparator).unwrap_err();
-        assert!(error.contains("--lang js is not available yet"), "{error}");
-        assert!(error.contains("use --lang rust"), "{error}");
+    fn every_javascript_template_renders_and_its_manifests_parse() {
+        let p = Placeholders {
+            name: "port-check".into(),
+            sdk_path: String::new(),
+            repo: String::new(),
+        };
+        for (set, source) in [
+            (JS_COMPARATOR, "src/comparator.js"),
+            (JS_STRATEGY, "src/strategy.js"),
+        ] {
+            let paths: Vec<&str> = set.iter().map(|f| f.path).collect();
+            for path in ["build.mjs", source, "wit/world.wit", JS_CONTRACT.path] {
+                assert!(paths.contains(&path), "no {path} in {paths:?}");
+            }
+            for file in set {
+                let out = p.render(file.path, file.text);
+                assert!(
+                    !out.contains("{{"),
+                    "{} keeps a placeholder:\n{out}",
+                    file.path
+                );
+                // Every import and export names the contract this host serves.
+                let code = [".js", ".mjs", ".wit"]
+                    .iter()
+                    .any(|e| file.path.ends_with(e));
+                if code && file.path != JS_CONTRACT.path {
+                    for (at, _) in out.match_indices("setpoint:plugin/") {
+                        let rest = &out[at..];
+                        let end = rest
+                            .find(|c: char| c == '\'' || c == ';' || c.is_whitespace())
+                            .unwrap_or(rest.len());
+                        assert!(
+                            rest[..end].ends_with(&format!("@{CONTRACT_VERSION}")),
+                            "{}: {} is not contract {CONTRACT_VERSION}",
+                            file.path,
+                            &rest[..end]
+                        );
+                    }
+                }
+                if file.path.ends_with(".json") {
+                    serde_json::from_str::<serde_json::Value>(&out)
+                        .unwrap_or_else(|e| panic!("{}: {e}", file.path));
+                }
+            }
+            let package: serde_json::Value =
+                serde_json::from_str(&p.render("package.json", set[0].text)).unwrap();
+            assert_eq!(package["name"], "port-check");
+            let lock: serde_json::Value =
+                serde_json::from_str(&p.render(JS_LOCK.path, JS_LOCK.text)).unwrap();
+            assert_eq!(lock["name"], "port-check");
+            assert_eq!(lock["packages"][""]["name"], "port-check");
+            // `npm ci` refuses a lock whose dependencies differ from package.json's.
+            assert_eq!(
+                lock["packages"][""]["devDependencies"], package["devDependencies"],
+                "package.json and package-lock.json disagree"
+            );
+            let build = p.render("build.mjs", template_file(set, "build.mjs"));
+            assert!(build.contains(source), "build.mjs does not build {source}");
+            assert!(build.contains("dist/port-check.wasm"), "{build}");
+        }
+        // The contract goes in verbatim.
+        assert_eq!(
+            p.render(JS_CONTRACT.path, JS_CONTRACT.text),
+            include_str!("../../../wit/setpoint.wit")
+        );
+        assert!(
+            JS_CONTRACT
+                .text
+                .contains(&format!("package setpoint:plugin@{CONTRACT_VERSION};"))
+        );
+    }
+
+    #[test]
+    fn the_javascript_templates_pin_what_the_example_pins() {
+        let example_package: serde_json::Value =
+            serde_json::from_str(include_str!("../../../examples/js-comparator/package.json"))
+                .unwrap();
+        for set in [JS_COMPARATOR, JS_STRATEGY] {
+            let package: serde_json::Value = serde_json::from_str(set[0].text).unwrap();
+            assert_eq!(
+                package["devDependencies"], example_package["devDependencies"],
+                "the templates' package.json pins other versions than examples/js-comparator's"
+            );
+        }
+        assert_eq!(
+            JS_LOCK.text.replace("{{name}}", "setpoint-js-comparator"),
+            include_str!("../../../examples/js-comparator/package-lock.json"),
+            "host/templates/js-package-lock.json is not examples/js-comparator's lock file \
+             with the name as {{{{name}}}}"
+        );
+    }
+
+    #[test]
+    fn the_strategy_world_imports_no_capability() {
+        let world = template_file(JS_STRATEGY, "wit/world.wit");
+        let imports: Vec<&str> = world
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.starts_with("import "))
+            .collect();
+        assert_eq!(
+            imports,
+            [
+                format!("import setpoint:plugin/logging@{CONTRACT_VERSION};"),
+                format!("import setpoint:plugin/instances@{CONTRACT_VERSION};"),
+            ]
+        );
+    }
+
+    fn template_file(set: &[TemplateFile], path: &str) -> &'static str {
+        set.iter()
+            .find(|f| f.path == path)
+            .unwrap_or_else(|| panic!("no {path}"))
+            .text
     }
 
     #[test]
