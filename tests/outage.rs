@@ -19,9 +19,8 @@ const OUTAGE: Duration = Duration::from_secs(14);
 fn in_sync(status: &Value) -> bool {
     status["rollout"].is_null()
         && status["conditions"].as_array().is_some_and(|cs| {
-            cs.iter().any(|c| {
-                c["type_"] == "Synced" && c["status"] == true && c["reason"] == "InSync"
-            })
+            cs.iter()
+                .any(|c| c["type_"] == "Synced" && c["status"] == true && c["reason"] == "InSync")
         })
 }
 
@@ -53,7 +52,10 @@ async fn an_outage_is_logged_when_it_starts_and_ends_and_everything_converges_af
     .await;
     for id in &ids {
         assert!(
-            within(Duration::from_secs(30), async || in_sync(&daemon.instance(id).await)).await,
+            within(Duration::from_secs(30), async || in_sync(
+                &daemon.instance(id).await
+            ))
+            .await,
             "{id} did not converge before the outage"
         );
     }
@@ -65,7 +67,9 @@ async fn an_outage_is_logged_when_it_starts_and_ends_and_everything_converges_af
     let during = lines_after(&daemon, before);
     let shown = during.join("\n");
     assert!(
-        during.iter().any(|l| l.contains("WARN") && l.contains("unreachable")),
+        during
+            .iter()
+            .any(|l| l.contains("WARN") && l.contains("unreachable")),
         "no WARN saying the control plane is unreachable:\n{shown}"
     );
     // One line when it started; a reminder every few minutes at most (none in 14 s).
@@ -112,7 +116,9 @@ async fn an_outage_is_logged_when_it_starts_and_ends_and_everything_converges_af
         recovered[0]
     );
     assert!(
-        !after.iter().any(|l| l.contains("WARN") || l.contains("ERROR")),
+        !after
+            .iter()
+            .any(|l| l.contains("WARN") || l.contains("ERROR")),
         "no warnings once it is back:\n{}",
         after.join("\n")
     );
