@@ -138,7 +138,12 @@ fn a_byte_identical_copy_is_a_duplicate_not_a_second_active_entry() {
         .resolve(Kind::Comparator, "field-diff", None)
         .unwrap();
     assert_eq!(serving.origin(), original.display().to_string());
-    let duplicates = registry.counts().iter().find(|(s, _)| *s == "duplicate").unwrap().1;
+    let duplicates = registry
+        .counts()
+        .iter()
+        .find(|(s, _)| *s == "duplicate")
+        .unwrap()
+        .1;
     assert_eq!(duplicates, 1);
 
     // The original removed: the copy takes over.
@@ -648,9 +653,11 @@ async fn a_copy_dropped_next_to_a_plugin_is_listed_as_duplicate_and_the_original
             .find(|e| e["file"] == file.display().to_string())
             .cloned()
     };
-    eventually(Duration::from_secs(5), "the copy to be listed", async || {
-        entry_of(&plugins_json(&world).await, &copy).is_some()
-    })
+    eventually(
+        Duration::from_secs(5),
+        "the copy to be listed",
+        async || entry_of(&plugins_json(&world).await, &copy).is_some(),
+    )
     .await;
     let listed = plugins_json(&world).await;
     let entry = entry_of(&listed, &copy).unwrap();
@@ -671,8 +678,14 @@ async fn a_copy_dropped_next_to_a_plugin_is_listed_as_duplicate_and_the_original
         .unwrap();
     assert_eq!(serving.origin(), original.display().to_string());
     let text = metrics(&world).await;
-    assert!(text.contains("setpoint_plugins{state=\"duplicate\"} 1"), "{text}");
-    assert!(text.contains("setpoint_plugins{state=\"active\"} 3"), "{text}");
+    assert!(
+        text.contains("setpoint_plugins{state=\"duplicate\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("setpoint_plugins{state=\"active\"} 3"),
+        "{text}"
+    );
 
     // `plugins list` shows it, with the reason.
     let endpoint = format!("http://{}", world.daemon().admin_addr());
@@ -685,7 +698,9 @@ async fn a_copy_dropped_next_to_a_plugin_is_listed_as_duplicate_and_the_original
     let lines: Vec<&str> = out.lines().collect();
     assert!(lines[line].contains("duplicate"), "{out}");
     assert!(
-        lines.get(line + 1).is_some_and(|l| l.contains("same component as field-diff.wasm")),
+        lines
+            .get(line + 1)
+            .is_some_and(|l| l.contains("same component as field-diff.wasm")),
         "{out}"
     );
 

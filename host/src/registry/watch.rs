@@ -153,6 +153,9 @@ pub fn log_changes(before: &PluginRegistry, after: &PluginRegistry) {
             EntryState::Rejected(reason) => {
                 tracing::warn!(%plugin, %file, %reason, "plugin rejected")
             }
+            EntryState::Duplicate(reason) => {
+                tracing::warn!(%plugin, %file, %reason, "plugin file is a duplicate; not loaded")
+            }
         }
     }
     for (key, entry) in &old {
