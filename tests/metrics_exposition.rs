@@ -38,10 +38,8 @@ fn documented_families() -> Vec<(String, String)> {
 }
 
 async fn scrape(world: &World, accept: Option<&str>) -> (String, String) {
-    let mut request = reqwest::Client::new().get(format!(
-        "http://{}/metrics",
-        world.daemon().admin_addr()
-    ));
+    let mut request =
+        reqwest::Client::new().get(format!("http://{}/metrics", world.daemon().admin_addr()));
     if let Some(accept) = accept {
         request = request.header("accept", accept);
     }

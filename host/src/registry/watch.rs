@@ -115,10 +115,18 @@ pub fn publish(dir: &PluginDir, controller: &Controller, metrics: &Metrics) -> b
     }
 }
 
-/// Set the `setpoint_plugins{state}` gauge from a registry.
+/// Set the `setpoint_plugins{state}` gauge from a registry, and register the call
+/// metrics of every plugin it serves at zero.
 pub fn count(metrics: &Metrics, registry: &PluginRegistry) {
     for (state, n) in registry.counts() {
         metrics.set_plugins(state, n);
+    }
+    for entry in registry.entries() {
+        if matches!(entry.state, EntryState::Active | EntryState::Superseded)
+            && let Some(kind) = entry.kind
+        {
+            metrics.plugin_loaded(&entry.label(), kind);
+        }
     }
 }
 
