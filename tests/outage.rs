@@ -47,7 +47,12 @@ async fn an_outage_is_logged_when_it_starts_and_ends_and_everything_converges_af
         &world,
         &world.cp_url(),
         "",
-        &[("SETPOINT_CONTROLLER_RESYNC_INTERVAL", &resync)],
+        &[
+            ("SETPOINT_CONTROLLER_RESYNC_INTERVAL", &resync),
+            // The reference control plane stops its processes when it shuts down and
+            // reports them Stopped when it is back: the daemon starts them again.
+            ("SETPOINT_CONTROLLER_RECONCILE_STOPPED_INSTANCES", "true"),
+        ],
     )
     .await;
     for id in &ids {
@@ -94,12 +99,25 @@ async fn an_outage_is_logged_when_it_starts_and_ends_and_everything_converges_af
         .await;
     }
     let after = lines_after(&daemon, before);
-    assert!(
-        converged,
-        "not converged within {:?} of the control plane's return; log since:\n{}",
-        2 * RESYNC,
-        after.join("\n")
-    );
+    if !converged {
+        let mut views = String::new();
+        for id in &ids {
+            let view = daemon.instance(id).await;
+            views.push_str(&format!(
+                "{id}: cp status {}, stub serves {:?}, conditions {}, rollout {}\n",
+                world.status(id).await,
+                world.stub_config(id).await.map(|c| c["logLevel"].clone()),
+                view["conditions"],
+                view["rollout"]
+            ));
+        }
+        panic!(
+            "not converged within {:?} of the control plane's return ({:?} since):\n{views}log since:\n{}",
+            2 * RESYNC,
+            back.elapsed(),
+            after.join("\n")
+        );
+    }
     let recovered: Vec<&String> = after
         .iter()
         .filter(|l| l.contains("INFO") && l.contains("reachable again"))
