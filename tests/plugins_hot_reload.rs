@@ -102,6 +102,66 @@ fn a_duplicate_name_and_version_with_other_content_is_rejected_naming_both_files
 }
 
 #[test]
+fn a_byte_identical_copy_is_a_duplicate_not_a_second_active_entry() {
+    let runtime = runtime();
+    let tmp = tempfile::tempdir().unwrap();
+    let original = tmp.path().join("field-diff.wasm");
+    std::fs::copy(plugin("field-diff"), &original).unwrap();
+    let mut dir = PluginDir::new(tmp.path());
+    dir.load(&runtime);
+
+    // The same bytes under another name, sorted before the original: the original,
+    // there first, keeps serving.
+    let copy = tmp.path().join("a-copy.wasm");
+    std::fs::copy(&original, &copy).unwrap();
+    dir.load(&runtime);
+    let registry = dir.registry();
+    assert_eq!(state_of(&registry, &original), [EntryState::Active]);
+    // As `/v1/plugins` and `plugins list --json` show it.
+    let listed: Vec<Value> = registry
+        .entries()
+        .iter()
+        .filter(|e| e.file == copy)
+        .map(|e| serde_json::to_value(e).unwrap())
+        .collect();
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    assert_eq!(listed[0]["state"], "duplicate", "{listed:#?}");
+    let reason = listed[0]["reason"].as_str().unwrap_or_default();
+    let digest = digest_of(&original);
+    assert!(
+        reason.contains("same component as field-diff.wasm")
+            && reason.contains(&digest[..12])
+            && reason.contains("remove one"),
+        "{reason}"
+    );
+    let serving = registry
+        .resolve(Kind::Comparator, "field-diff", None)
+        .unwrap();
+    assert_eq!(serving.origin(), original.display().to_string());
+    let duplicates = registry
+        .counts()
+        .iter()
+        .find(|(s, _)| *s == "duplicate")
+        .unwrap()
+        .1;
+    assert_eq!(duplicates, 1);
+
+    // The original removed: the copy takes over.
+    std::fs::remove_file(&original).unwrap();
+    dir.load(&runtime);
+    let registry = dir.registry();
+    assert_eq!(state_of(&registry, &copy), [EntryState::Active]);
+    assert_eq!(registry.entries().len(), 1, "{:#?}", registry.entries());
+    assert_eq!(
+        registry
+            .resolve(Kind::Comparator, "field-diff", None)
+            .unwrap()
+            .digest(),
+        digest
+    );
+}
+
+#[test]
 fn versions_can_be_pinned_and_the_newest_is_taken_otherwise() {
     let runtime = runtime();
     let tmp = tempfile::tempdir().unwrap();
@@ -574,6 +634,81 @@ async fn removing_a_strategy_stops_new_selections_without_disturbing_a_rollout_i
         text.contains("setpoint_plugins{state=\"retiring\"} 0"),
         "{text}"
     );
+    world.stop_daemon().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_copy_dropped_next_to_a_plugin_is_listed_as_duplicate_and_the_original_serves() {
+    let mut world = World::new(&[]).await;
+    world.start_daemon("30s", "").await;
+    let id = world.create("orders", json!({})).await;
+    converged(&world, &[&id]).await;
+    let original = world.plugin_dir().join("field-diff.wasm");
+    let copy = world.plugin_dir().join("field-diff-copy.wasm");
+    let digest = digest_of(&original);
+    install_atomically(&copy, &std::fs::read(&original).unwrap());
+
+    let entry_of = |listed: &[Value], file: &Path| {
+        listed
+            .iter()
+            .find(|e| e["file"] == file.display().to_string())
+            .cloned()
+    };
+    eventually(
+        Duration::from_secs(5),
+        "the copy to be listed",
+        async || entry_of(&plugins_json(&world).await, &copy).is_some(),
+    )
+    .await;
+    let listed = plugins_json(&world).await;
+    let entry = entry_of(&listed, &copy).unwrap();
+    assert_eq!(entry["state"], "duplicate", "{listed:#?}");
+    let reason = entry["reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("same component as field-diff.wasm")
+            && reason.contains(&digest[..12])
+            && reason.contains("remove one"),
+        "{reason}"
+    );
+    assert_eq!(entry_of(&listed, &original).unwrap()["state"], "active");
+    let serving = world
+        .daemon()
+        .controller()
+        .plugins()
+        .resolve(Kind::Comparator, "field-diff", None)
+        .unwrap();
+    assert_eq!(serving.origin(), original.display().to_string());
+    let text = metrics(&world).await;
+    assert!(
+        text.contains("setpoint_plugins{state=\"duplicate\"} 1"),
+        "{text}"
+    );
+    assert!(
+        text.contains("setpoint_plugins{state=\"active\"} 3"),
+        "{text}"
+    );
+
+    // `plugins list` shows it, with the reason.
+    let endpoint = format!("http://{}", world.daemon().admin_addr());
+    let (code, out) = setpoint(&["plugins", "list", "--endpoint", &endpoint]);
+    assert_eq!(code, 0, "{out}");
+    let line = out
+        .lines()
+        .position(|l| l.ends_with("field-diff-copy.wasm"))
+        .unwrap_or_else(|| panic!("no copy in {out}"));
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[line].contains("duplicate"), "{out}");
+    assert!(
+        lines
+            .get(line + 1)
+            .is_some_and(|l| l.contains("same component as field-diff.wasm")),
+        "{out}"
+    );
+
+    // The original keeps serving: a change still converges.
+    world.patch(&id, log_level("debug")).await;
+    converged(&world, &[&id]).await;
+    assert!(world.serves(&id, "debug").await);
     world.stop_daemon().await;
 }
 

@@ -149,20 +149,27 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     }
 }
 
-async fn metrics(State(state): State<AdminState>) -> Response {
-    state
-        .controller
-        .metrics()
-        .queue_depth
-        .set(state.queue.len() as i64);
-    (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        state.controller.metrics().encode(),
-    )
-        .into_response()
+/// `/metrics` in the format the scraper negotiates: OpenMetrics text 1.0.0 when its
+/// `Accept` header asks for it (as Prometheus does), the Prometheus text format 0.0.4
+/// otherwise.
+async fn metrics(State(state): State<AdminState>, headers: HeaderMap) -> Response {
+    use crate::metrics::{OPENMETRICS_CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE, wants_openmetrics};
+    let metrics = state.controller.metrics();
+    metrics.queue_depth.set(state.queue.len() as i64);
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    if wants_openmetrics(accept) {
+        (
+            [(header::CONTENT_TYPE, OPENMETRICS_CONTENT_TYPE)],
+            metrics.encode(),
+        )
+            .into_response()
+    } else {
+        (
+            [(header::CONTENT_TYPE, PROMETHEUS_CONTENT_TYPE)],
+            metrics.encode_prometheus(),
+        )
+            .into_response()
+    }
 }
 
 async fn openapi() -> Response {

@@ -20,6 +20,7 @@ use crate::config::Settings;
 use crate::controller::{Controller, ControllerSettings};
 use crate::metrics::Metrics;
 use crate::queue::{Action, Failure, ReconcileError, WorkQueue, requeue_with_backoff};
+use crate::reachability::retry_delay;
 use crate::registry::{PluginDir, PluginRegistry, watch as plugin_watch};
 use crate::runtime::{PluginRuntime, RuntimeConfig};
 use crate::store::Store;
@@ -31,9 +32,6 @@ pub const FEED_LONG_POLL: Duration = Duration::from_secs(25);
 /// How often the daemon polls the original `since=` route when the control plane has
 /// no sequence feed: often enough that a change is seen within a second.
 pub const FEED_POLL_FALLBACK: Duration = Duration::from_secs(1);
-
-/// Longest wait between attempts to reach an unreachable change feed.
-const FEED_RETRY_CAP: Duration = Duration::from_secs(10);
 
 /// Why the daemon could not start.
 #[derive(Debug, thiserror::Error)]
@@ -345,7 +343,9 @@ fn error_policy(
 
 /// Every `interval`: list the instances and queue every one, plus those this host has a
 /// rollout for (so orphans are noticed). The first listing waits until the change feed
-/// has its starting point (`positioned`).
+/// has its starting point (`positioned`). A failed listing is retried with the change
+/// feed's backoff ([`retry_delay`], never later than `interval`), and an outage is
+/// logged once when it starts and once when it ends ([`crate::reachability`]).
 #[allow(clippy::too_many_arguments)]
 async fn resync_loop(
     cp: Arc<dyn ControlPlane>,
@@ -364,6 +364,8 @@ async fn resync_loop(
     }
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let reachability = controller.reachability().clone();
+    let mut failures = 0u32;
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s) => return,
@@ -373,6 +375,8 @@ async fn resync_loop(
         let (listing, running) = tokio::join!(cp.list_instances(), bulk_running(cp.as_ref()));
         match listing {
             Ok(instances) => {
+                failures = 0;
+                reachability.answered();
                 let n = instances.len();
                 let listed: std::collections::HashSet<String> =
                     controller.prime(instances, running).into_iter().collect();
@@ -390,7 +394,9 @@ async fn resync_loop(
                 ready.store(true, Ordering::SeqCst);
             }
             Err(error) => {
-                tracing::warn!(error = %crate::error_chain(&error), "resync could not list instances; retrying at the next resync");
+                failures = failures.saturating_add(1);
+                let delay = retry_delay(failures).min(interval);
+                reachability.failed("listing instances", &crate::error_chain(&error), delay);
                 // The instances this host knows are queued anyway: their reconciles fail
                 // and say so in their conditions, instead of claiming to be in sync.
                 if let Ok(known) = store.known_instances() {
@@ -398,8 +404,8 @@ async fn resync_loop(
                         queue.enqueue(id);
                     }
                 }
-                // Retry sooner than a full interval while the control plane is away.
-                ticker.reset_after(interval.min(Duration::from_secs(2)));
+                // Retry with backoff, never later than the next regular resync.
+                ticker.reset_after(delay);
             }
         }
     }
@@ -452,6 +458,7 @@ async fn feed_loop(
         }
     }
     positioned.send_replace(true);
+    let reachability = controller.reachability().clone();
     let mut failures = 0u32;
     loop {
         if *stop.borrow() {
@@ -476,6 +483,7 @@ async fn feed_loop(
         match result {
             Ok((changes, latest, truncated)) => {
                 failures = 0;
+                reachability.answered();
                 let first = cursor.is_none() && !use_fallback;
                 if truncated && !first {
                     tracing::warn!(cursor = ?cursor, "change feed cursor fell behind the control plane's buffer; resyncing every instance");
@@ -510,10 +518,9 @@ async fn feed_loop(
                 use_fallback = true;
             }
             Err(error) => {
-                failures += 1;
-                let delay = Duration::from_millis(250 * 2u64.saturating_pow(failures.min(6)))
-                    .min(FEED_RETRY_CAP);
-                tracing::warn!(error = %crate::error_chain(&error), retry_in = ?delay, "change feed unavailable");
+                failures = failures.saturating_add(1);
+                let delay = retry_delay(failures);
+                reachability.failed("change feed", &crate::error_chain(&error), delay);
                 tokio::select! {
                     _ = stop.wait_for(|s| *s) => return,
                     _ = tokio::time::sleep(delay) => {}

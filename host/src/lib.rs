@@ -12,6 +12,7 @@ pub mod metrics;
 pub mod metrics_provider;
 pub mod policy;
 pub mod queue;
+pub mod reachability;
 pub mod registry;
 pub mod runtime;
 pub mod store;

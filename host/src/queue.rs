@@ -535,12 +535,24 @@ async fn supervise<F, Fut, E, P>(
                 .record_outcome(&key, true)
                 .expect("a failed outcome yields failure facts");
             let action = error_policy(&key, &error, &failure);
-            warn!(
-                error = %DisplayChain(&error),
-                consecutive_failures = failure.consecutive_failures,
-                ?action,
-                "reconcile failed"
-            );
+            if let ReconcileError::Reconcile(_) = &error {
+                // The reconcile function reports its own errors, knowing which are
+                // news (the controller's are one line each, and none per instance
+                // during a known control-plane outage): no second line here.
+                debug!(
+                    error = %DisplayChain(&error),
+                    consecutive_failures = failure.consecutive_failures,
+                    ?action,
+                    "reconcile failed"
+                );
+            } else {
+                warn!(
+                    error = %DisplayChain(&error),
+                    consecutive_failures = failure.consecutive_failures,
+                    ?action,
+                    "reconcile failed"
+                );
+            }
             action
         }
     };

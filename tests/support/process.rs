@@ -35,6 +35,17 @@ impl Setpoint {
 
     /// [`Setpoint::start`], reaching the control plane at `cp_url` (e.g. a relay).
     pub async fn start_via(world: &World, cp_url: &str, config: &str) -> Setpoint {
+        Setpoint::start_with_env(world, cp_url, config, &[]).await
+    }
+
+    /// [`Setpoint::start_via`] with extra environment variables (which win over the
+    /// defaults set here, e.g. `SETPOINT_CONTROLLER_RESYNC_INTERVAL`).
+    pub async fn start_with_env(
+        world: &World,
+        cp_url: &str,
+        config: &str,
+        env: &[(&str, &str)],
+    ) -> Setpoint {
         static RUNS: AtomicUsize = AtomicUsize::new(0);
         let run = RUNS.fetch_add(1, Ordering::SeqCst);
         let dir = world.dir.path();
@@ -56,6 +67,7 @@ impl Setpoint {
             .env("SETPOINT_CONTROLLER_BACKOFF_BASE", "100ms")
             .env("SETPOINT_CONTROLLER_BACKOFF_CAP", "1s")
             .env("SETPOINT_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::from(out.try_clone().unwrap()))
             .stderr(Stdio::from(out))
             .spawn()
@@ -93,6 +105,12 @@ impl Setpoint {
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    /// Everything the process logged so far (standard output and error), ANSI colour
+    /// codes removed.
+    pub fn log_text(&self) -> String {
+        strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
     }
 
     /// SIGKILL: no shutdown, no checkpoint, whatever it was doing.
@@ -183,4 +201,24 @@ fn tail(log: &Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(40)..].join("\n")
+}
+
+/// `text` without ANSI escape sequences (`ESC [ … letter`), as a terminal shows it.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
 }

@@ -65,6 +65,33 @@ pub fn require() -> Option<PathBuf> {
     None
 }
 
+/// The `promtool` executable (same package): `PROMTOOL_BIN`, or `promtool` on `PATH`.
+pub fn promtool_bin() -> Option<PathBuf> {
+    if let Some(bin) = std::env::var_os("PROMTOOL_BIN") {
+        return Some(PathBuf::from(bin));
+    }
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|dir| dir.join("promtool"))
+        .find(|path| path.is_file())
+}
+
+/// `promtool`, or `None` after a loud "SKIPPED" message when it is missing and `CI` is
+/// unset; panics when it is missing and `CI` is set (as [`require`]).
+pub fn require_promtool() -> Option<PathBuf> {
+    if let Some(bin) = promtool_bin() {
+        return Some(bin);
+    }
+    let message = "promtool is not installed (no `promtool` on PATH, PROMTOOL_BIN unset): \
+         install it with `apt-get install -y prometheus` (scripts/setup does)";
+    if std::env::var_os("CI").is_some() {
+        panic!("{message}; CI is set, so this test fails instead of skipping");
+    }
+    eprintln!(
+        "\n==================== SKIPPED ====================\n{message}.\nThis test did NOT run.\n=================================================\n"
+    );
+    None
+}
+
 impl Prometheus {
     /// Start Prometheus scraping `targets` (path `/metrics`, every second) and wait until
     /// it is ready. `None` (after a loud message) when the binary is missing and `CI` is

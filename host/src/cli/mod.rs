@@ -6,10 +6,33 @@
 //! running daemon's admin API;
 //! `plugins` inspects and runs files with the same runtime the daemon uses, and writes
 //! new plugin crates from templates (`plugins new`).
+//!
+//! Every command prints through the `print!` and `println!` defined here ([`out`]), so
+//! output into a closed pipe (`setpoint plugins list | head -1`) ends the command
+//! quietly instead of panicking.
+
+/// `print!` for the commands: through [`out::print`], so a closed pipe ends the command
+/// quietly (this shadows the standard macro in every module below).
+macro_rules! print {
+    ($($arg:tt)*) => {
+        $crate::cli::out::print(format_args!($($arg)*))
+    };
+}
+
+/// `println!` for the commands: through [`out::print`], as [`print!`].
+macro_rules! println {
+    () => {
+        $crate::cli::out::print(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::out::print(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
 
 mod admin_client;
 mod daemon;
 mod demo;
+pub mod out;
 mod plugin_run;
 mod plugins;
 mod plugins_new;

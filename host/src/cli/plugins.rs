@@ -274,7 +274,7 @@ fn print_table(entries: &[PluginEntry], empty: &str) {
             e.digest.get(..12).unwrap_or("-"),
             file
         );
-        if let EntryState::Rejected(reason) = &e.state {
+        if let Some(reason) = e.state.reason() {
             println!("    {reason}");
         }
     }

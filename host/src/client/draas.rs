@@ -14,7 +14,7 @@ use reqwest::{Method, StatusCode, Url};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use tokio::sync::OnceCell;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::error::excerpt;
 use super::{
@@ -261,7 +261,10 @@ impl DraasClient {
                     if req.retry && attempt < self.config.retries && error.is_retryable() =>
                 {
                     let delay = self.config.retry_delay(attempt, error.retry_after());
-                    warn!(%error, attempt = attempt + 1, delay_ms = delay.as_millis() as u64, "retrying control-plane read");
+                    // Debug: a read that succeeds on a retry is no news, and one that
+                    // fails for good is reported by its caller (an outage once, by
+                    // crate::reachability), not once per attempt.
+                    debug!(%error, attempt = attempt + 1, delay_ms = delay.as_millis() as u64, "retrying control-plane read");
                     tokio::time::sleep(delay).await;
                     attempt += 1;
                 }

@@ -44,6 +44,7 @@ use crate::client::{self, ControlPlane};
 use crate::metrics::Metrics;
 use crate::policy::{InstanceFacts, Policy, Selection};
 use crate::queue::Action;
+use crate::reachability::Reachability;
 use crate::registry::{PluginRegistry, ResolveError};
 use crate::runtime::{
     CallError, Drift, DriftKind, ImportCall, Plugin, PluginRuntime, RolloutScope, Weight, World,
@@ -352,6 +353,8 @@ pub struct Controller {
     decisions: Mutex<HashMap<String, LastDecision>>,
     /// One lock per group key: a group is reconciled by one member at a time.
     group_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Whether the control plane answers, as the daemon's resync and change feed see it.
+    reachability: Arc<Reachability>,
 }
 
 /// Listing snapshots and the newest change seen per instance (see
@@ -441,7 +444,14 @@ impl Controller {
             snapshots: Mutex::new(Snapshots::default()),
             decisions: Mutex::new(HashMap::new()),
             group_locks: Mutex::new(HashMap::new()),
+            reachability: Arc::default(),
         }
+    }
+
+    /// Whether the control plane answers: the daemon's resync and change feed report
+    /// to it, and a reconcile failing only because of a known outage logs quietly.
+    pub fn reachability(&self) -> &Arc<Reachability> {
+        &self.reachability
     }
 
     /// The control plane it speaks to.
@@ -583,7 +593,19 @@ impl Controller {
         self.metrics
             .reconciled(outcome, started.elapsed().as_secs_f64());
         if let Err(error) = &result {
-            tracing::warn!(instance.id = %id, error = %crate::error_chain(error), "reconcile failed");
+            // During a known outage every reconcile fails the same way; the outage is
+            // logged once (crate::reachability) and each instance's conditions say it.
+            let outage = matches!(
+                error,
+                Error::ControlPlane(
+                    client::Error::Unreachable { .. } | client::Error::Timeout { .. }
+                )
+            ) && self.reachability.is_down();
+            if outage {
+                tracing::debug!(instance.id = %id, error = %crate::error_chain(error), "reconcile failed: the control plane is unreachable");
+            } else {
+                tracing::warn!(instance.id = %id, error = %crate::error_chain(error), "reconcile failed");
+            }
             if let Err(e) = self.failed_condition(&id, error) {
                 tracing::warn!(instance.id = %id, error = %crate::error_chain(&e), "could not record the failure's condition");
             }

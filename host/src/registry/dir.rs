@@ -10,7 +10,7 @@
 //! files whose names start with `.` (temporary names, as `plugins install` writes) are
 //! ignored.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -58,6 +58,9 @@ struct Tracked {
     serving: Option<(u64, Arc<Plugin>)>,
     /// The file's current content when it failed validation: digest and reason.
     rejected: Option<(String, String)>,
+    /// The file whose serving plugin has this file's exact content (digest): not loaded
+    /// again, listed as a duplicate of it.
+    duplicate_of: Option<(String, PathBuf)>,
 }
 
 /// What one scan found.
@@ -133,6 +136,27 @@ impl PluginDir {
         self.files.retain(|path, _| listing.contains_key(path));
         report.changed |= self.files.len() != before;
 
+        // Which file serves each digest; a duplicate whose original no longer serves
+        // its content is validated again (it may take over).
+        let mut serving_digests: HashMap<String, PathBuf> = self
+            .files
+            .iter()
+            .filter_map(|(path, t)| {
+                t.serving
+                    .as_ref()
+                    .map(|(_, p)| (p.digest().to_owned(), path.clone()))
+            })
+            .collect();
+        for tracked in self.files.values_mut() {
+            if let Some((digest, original)) = &tracked.duplicate_of
+                && serving_digests.get(digest) != Some(original)
+            {
+                tracked.duplicate_of = None;
+                tracked.validated = None;
+                report.changed = true;
+            }
+        }
+
         let now = Instant::now();
         for (path, seen) in listing {
             let tracked = self.files.entry(path.clone()).or_insert(Tracked {
@@ -141,6 +165,7 @@ impl PluginDir {
                 validated: None,
                 serving: None,
                 rejected: None,
+                duplicate_of: None,
             });
             if tracked.validated == Some(seen) {
                 continue;
@@ -178,6 +203,21 @@ impl PluginDir {
                 continue;
             }
             report.changed = true;
+            tracked.duplicate_of = None;
+            if let Some(original) = serving_digests
+                .get(&digest)
+                .filter(|p| **p != path)
+                .cloned()
+            {
+                // A copy of a file that serves: not loaded a second time.
+                tracing::debug!(file = %path.display(), original = %original.display(), "plugin file is a copy of one that serves");
+                if tracked.serving.take().is_some() {
+                    serving_digests.retain(|_, p| *p != path);
+                }
+                tracked.rejected = None;
+                tracked.duplicate_of = Some((digest, original));
+                continue;
+            }
             let origin = path.display().to_string();
             match runtime
                 .load(&origin, &bytes)
@@ -185,6 +225,8 @@ impl PluginDir {
             {
                 Ok(plugin) => {
                     self.accepted += 1;
+                    serving_digests.retain(|_, p| *p != path);
+                    serving_digests.insert(plugin.digest().to_owned(), path.clone());
                     tracked.serving = Some((self.accepted, plugin));
                     tracked.rejected = None;
                 }
@@ -197,12 +239,19 @@ impl PluginDir {
                 }
             }
         }
+        // An original that took other content in this scan: its copies are judged again
+        // at the next one.
+        report.pending |= self.files.values().any(|t| {
+            t.duplicate_of
+                .as_ref()
+                .is_some_and(|(digest, original)| serving_digests.get(digest) != Some(original))
+        });
         report
     }
 
     /// The registry these files make: every serving version in the order it was
     /// accepted (so the first of two files claiming one name and version keeps it), then
-    /// every rejected file.
+    /// every duplicate and every rejected file.
     pub fn registry(&self) -> PluginRegistry {
         let mut registry = PluginRegistry::default();
         let mut serving: Vec<(u64, &Path, &Arc<Plugin>)> = self
@@ -213,6 +262,14 @@ impl PluginDir {
         serving.sort_by_key(|(n, _, _)| *n);
         for (_, path, plugin) in serving {
             registry.add(path, plugin.clone());
+        }
+        for (path, tracked) in &self.files {
+            if let Some((digest, original)) = &tracked.duplicate_of
+                && let Some((_, plugin)) = self.files.get(original).and_then(|t| t.serving.as_ref())
+                && plugin.digest() == digest
+            {
+                registry.duplicate(path, original, plugin);
+            }
         }
         for (path, tracked) in &self.files {
             if let Some((digest, reason)) = &tracked.rejected {

@@ -6,9 +6,10 @@
 //! snapshot: [`PluginDir`] watches the directory, validates new and changed files and
 //! builds the next snapshot; [`watch`] is the daemon's task that swaps it in
 //! (`Controller::set_plugins`). A file that fails validation is listed as `rejected`
-//! with the reason and never takes the place of a valid plugin; a plugin whose file was
-//! removed or replaced stays reachable by digest, as `retiring`, while a rollout in
-//! flight still uses it ([`PluginRegistry::retain_in_use`]).
+//! with the reason and never takes the place of a valid plugin; a byte-identical copy of
+//! a serving file under another name is listed as `duplicate` and not loaded again; a
+//! plugin whose file was removed or replaced stays reachable by digest, as `retiring`,
+//! while a rollout in flight still uses it ([`PluginRegistry::retain_in_use`]).
 
 mod dir;
 pub mod watch;
@@ -42,7 +43,7 @@ pub struct PluginEntry {
     /// The optional control-plane capabilities it imports, when it loaded.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub capabilities: Vec<Capability>,
-    /// `active`, `superseded`, `retiring`, or `rejected` with the reason.
+    /// `active`, `superseded`, `retiring`, or `rejected` or `duplicate` with the reason.
     #[serde(flatten)]
     pub state: EntryState,
 }
@@ -75,11 +76,24 @@ pub enum EntryState {
     Retiring,
     /// Failed validation; the reason says why. It never replaces a valid version.
     Rejected(String),
+    /// The same bytes as a file that serves (a copy under another name): not loaded a
+    /// second time, never selected; the reason names that file. It takes over when that
+    /// file goes away.
+    Duplicate(String),
 }
 
 impl EntryState {
     /// Every state's name, as `/metrics` labels them.
-    pub const NAMES: [&'static str; 4] = ["active", "superseded", "retiring", "rejected"];
+    pub const NAMES: [&'static str; 5] =
+        ["active", "superseded", "retiring", "rejected", "duplicate"];
+
+    /// Why the file does not serve, for `rejected` and `duplicate`.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            EntryState::Rejected(reason) | EntryState::Duplicate(reason) => Some(reason),
+            _ => None,
+        }
+    }
 
     /// The state's name.
     pub fn as_str(&self) -> &'static str {
@@ -88,6 +102,7 @@ impl EntryState {
             EntryState::Superseded => "superseded",
             EntryState::Retiring => "retiring",
             EntryState::Rejected(_) => "rejected",
+            EntryState::Duplicate(_) => "duplicate",
         }
     }
 }
@@ -158,7 +173,8 @@ impl PluginRegistry {
 
     /// Add a loaded plugin (the embedder's way to register plugins it built in). A
     /// second plugin with the same kind, name and version but other content is listed as
-    /// rejected, naming both files; the first keeps serving.
+    /// rejected, naming both files; with the same content, as a duplicate; the first
+    /// keeps serving.
     pub fn add(&mut self, file: &Path, plugin: Arc<Plugin>) {
         let meta = plugin.metadata().clone();
         let versions = self
@@ -175,7 +191,10 @@ impl PluginRegistry {
                     existing.origin()
                 ))
             }
-            Some(_) => EntryState::Active,
+            Some(existing) => EntryState::Duplicate(duplicate_reason(
+                Path::new(existing.origin()),
+                existing.digest(),
+            )),
             None => {
                 versions.insert(meta.version.clone(), plugin.clone());
                 EntryState::Active
@@ -192,6 +211,22 @@ impl PluginRegistry {
             state,
         });
         self.refresh_states();
+    }
+
+    /// List `file`, whose bytes are those of `original`'s plugin (`plugin`), as a
+    /// duplicate of it: listed, never selected.
+    pub fn duplicate(&mut self, file: &Path, original: &Path, plugin: &Plugin) {
+        let meta = plugin.metadata();
+        self.entries.push(PluginEntry {
+            file: file.to_path_buf(),
+            digest: plugin.digest().to_owned(),
+            name: Some(meta.name.clone()),
+            version: Some(meta.version.to_string()),
+            kind: Some(meta.kind),
+            contract: Some(plugin.contract()),
+            capabilities: plugin.capabilities().to_vec(),
+            state: EntryState::Duplicate(duplicate_reason(original, plugin.digest())),
+        });
     }
 
     /// List a file that failed validation.
@@ -245,7 +280,7 @@ impl PluginRegistry {
     }
 
     /// How many entries are in each state, in [`EntryState::NAMES`] order.
-    pub fn counts(&self) -> [(&'static str, usize); 4] {
+    pub fn counts(&self) -> [(&'static str, usize); 5] {
         EntryState::NAMES.map(|name| {
             (
                 name,
@@ -350,4 +385,16 @@ impl PluginRegistry {
             };
         }
     }
+}
+
+/// Why a file is a duplicate: the same component as `original` (by digest).
+fn duplicate_reason(original: &Path, digest: &str) -> String {
+    let name = original
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| original.display().to_string());
+    format!(
+        "same component as {name} (digest {}…); remove one",
+        digest.get(..12).unwrap_or(digest)
+    )
 }

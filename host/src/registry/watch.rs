@@ -115,10 +115,18 @@ pub fn publish(dir: &PluginDir, controller: &Controller, metrics: &Metrics) -> b
     }
 }
 
-/// Set the `setpoint_plugins{state}` gauge from a registry.
+/// Set the `setpoint_plugins{state}` gauge from a registry, and register the call
+/// metrics of every plugin it serves at zero.
 pub fn count(metrics: &Metrics, registry: &PluginRegistry) {
     for (state, n) in registry.counts() {
         metrics.set_plugins(state, n);
+    }
+    for entry in registry.entries() {
+        if matches!(entry.state, EntryState::Active | EntryState::Superseded)
+            && let Some(kind) = entry.kind
+        {
+            metrics.plugin_loaded(&entry.label(), kind);
+        }
     }
 }
 
@@ -152,6 +160,9 @@ pub fn log_changes(before: &PluginRegistry, after: &PluginRegistry) {
             }
             EntryState::Rejected(reason) => {
                 tracing::warn!(%plugin, %file, %reason, "plugin rejected")
+            }
+            EntryState::Duplicate(reason) => {
+                tracing::warn!(%plugin, %file, %reason, "plugin file is a duplicate; not loaded")
             }
         }
     }
