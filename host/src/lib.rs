@@ -15,6 +15,7 @@ pub mod queue;
 pub mod registry;
 pub mod runtime;
 pub mod store;
+pub mod tls;
 
 /// An error and its causes on one line, `outer: cause: root cause`, for log fields and
 /// one-line messages.
