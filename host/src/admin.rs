@@ -1216,6 +1216,13 @@ mod tests {
             ("/v1/instances/{id}/reconcile", "post"),
             ("/v1/instances/{id}/approve", "post"),
             ("/v1/instances/{id}/abort", "post"),
+            ("/v1/instances/{id}/promote", "post"),
+            ("/v1/instances/{id}/retry", "post"),
+            ("/v1/instances/{id}/rollback", "post"),
+            ("/v1/instances/{id}/history", "get"),
+            ("/v1/groups/{name}", "get"),
+            ("/v1/groups/{name}/approve", "post"),
+            ("/v1/groups/{name}/abort", "post"),
             ("/v1/audit", "get"),
             ("/v1/plugins", "get"),
         ] {
