@@ -832,8 +832,7 @@ mod tests {
         );
         let error = Daemon::start_with(settings, Arc::new(Fleet::new(1)))
             .await
-            .err()
-            .expect("an empty certificate file is refused");
+            .expect_err("an empty certificate file is refused");
         let chain = crate::error_chain(&error);
         assert!(
             chain.contains("no certificate in") && chain.contains("admin.tls_cert"),
@@ -845,8 +844,7 @@ mod tests {
         settings.admin.listen = "0.0.0.0:0".parse().unwrap();
         let error = Daemon::start_with(settings, Arc::new(Fleet::new(1)))
             .await
-            .err()
-            .expect("a remote listen without a token is refused");
+            .expect_err("a remote listen without a token is refused");
         let chain = crate::error_chain(&error);
         assert!(chain.contains("admin.allow_insecure_remote"), "{chain}");
     }
