@@ -664,8 +664,13 @@ async fn diff(
     State(state): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    check_known(&state, &id).await?;
-    let plan = state.controller.plan(&id).await.map_err(from_controller)?;
+    // No lookup of its own: the plan reads the instance, and a control plane that does
+    // not know it answers not found (one round trip less before the plan is taken).
+    check_id(&id)?;
+    let plan = state.controller.plan(&id).await.map_err(|e| match &e {
+        crate::controller::Error::ControlPlane(c) if c.is_not_found() => unknown_instance(&id),
+        _ => from_controller(e),
+    })?;
     Ok(Json(serde_json::to_value(plan).map_err(internal)?))
 }
 
@@ -812,8 +817,12 @@ async fn history(
     State(state): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    check_known(&state, &id).await?;
+    check_id(&id)?;
     let history = state.controller.store().history(&id).map_err(internal)?;
+    if history.is_empty() {
+        // Nothing applied yet, or no such instance: only the latter is a 404.
+        check_known(&state, &id).await?;
+    }
     Ok(Json(serde_json::to_value(history).map_err(internal)?))
 }
 
