@@ -5,12 +5,23 @@
 //! Start at [`router`]. Routes live under `/v1/`; [`OPENAPI`] documents them and a test
 //! checks that every route is in it. Without a configured token the mutating routes
 //! answer 403: they are disabled, never open.
+//!
+//! Every error is JSON `{"error": "..."}` that says what was wrong and what to do, axum's
+//! own answers (unknown route, 405, 413, 415, a bad body or query) included: see
+//! [`json_errors`]. An instance id or group name is checked cheaply ([`MAX_ID_BYTES`],
+//! its characters) and then against the control plane and this host's records before
+//! anything is queued for it, so work for an unknown instance is refused with 404 rather
+//! than dropped. Bodies are limited to [`MAX_BODY_BYTES`], URIs to [`MAX_URI_BYTES`], and
+//! every answer carries headers that keep a browser from sniffing, framing or caching it.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::body::Body;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -23,6 +34,23 @@ use crate::store::AuditFilter;
 
 /// The OpenAPI document of this API, served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("admin_openapi.json");
+
+/// The longest instance id or group name the API takes, in bytes. Ids are UUIDs from
+/// the reference control plane; other control planes' ids are short strings too.
+pub const MAX_ID_BYTES: usize = 256;
+
+/// The largest request body, in bytes: the API's bodies are small JSON objects such as
+/// `{"by": "alice"}`.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// The longest request URI (path and query), in bytes; a longer one is answered 414.
+pub const MAX_URI_BYTES: usize = 16 * 1024;
+
+/// The characters an instance id may have, as the error messages say it.
+const ID_CHARSET: &str = "[A-Za-z0-9._:-]";
+
+/// The characters a group name (`key=value[,key=value]`) may have.
+const GROUP_CHARSET: &str = "[A-Za-z0-9._:=,/-]";
 
 /// What the admin handlers share.
 #[derive(Clone)]
@@ -69,6 +97,285 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/audit", get(audit))
         .route("/v1/plugins", get(plugins))
         .with_state(state)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(json_errors))
+        .layer(axum::middleware::from_fn(limit_uri))
+        .layer(axum::middleware::from_fn(security_headers))
+}
+
+/// Answers 414 to a URI longer than [`MAX_URI_BYTES`] before anything reads it.
+async fn limit_uri(request: Request, next: Next) -> Response {
+    let len = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |p| p.as_str().len());
+    if len > MAX_URI_BYTES {
+        return ApiError(
+            StatusCode::URI_TOO_LONG,
+            format!(
+                "the request URI is {len} bytes, more than the limit of {MAX_URI_BYTES} bytes; instance ids and group names are at most {MAX_ID_BYTES} bytes (GET /v1/openapi.json lists the routes)"
+            ),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+/// Headers on every answer, for browsers (a dashboard may come): no content sniffing, no
+/// framing, no caching of API answers, and a content security policy that loads nothing.
+async fn security_headers(request: Request, next: Next) -> Response {
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (
+            header::CONTENT_SECURITY_POLICY,
+            "default-src 'none'; frame-ancestors 'none'",
+        ),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
+}
+
+/// Makes every error answer JSON `{"error": "..."}`: axum's own answers (a 405 with an
+/// empty body, a 413, 415 or 400 rejection as text) are rewritten with a message that
+/// says what to do. Answers that are JSON already pass unchanged.
+async fn json_errors(request: Request, next: Next) -> Response {
+    let method = request.method().clone();
+    let uri_path = request.uri().path().to_owned();
+    let path = shorten(&uri_path);
+    let response = next.run(request).await;
+    let status = response.status();
+    let is_json = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|t| t.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+        .unwrap_or_default();
+    const BODY_HINT: &str = "send a JSON object such as {\"by\": \"alice\"} (fields: by, digest, to, full) with Content-Type: application/json, or no body";
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => {
+            // axum sets `Allow` only outside this layer: the OpenAPI document knows.
+            let allowed = documented_methods(uri_path.as_str()).join(", ");
+            if let Ok(value) = HeaderValue::from_str(&allowed) {
+                parts.headers.insert(header::ALLOW, value);
+            }
+            format!(
+                "method {method} is not allowed on {path}; allowed: {allowed} (GET /v1/openapi.json lists the routes)"
+            )
+        }
+        // Handlers answer their 404s in JSON: this one is axum's, for a path no route has.
+        StatusCode::NOT_FOUND => format!(
+            "no route {method} {path}: the admin API's routes are listed in GET /v1/openapi.json"
+        ),
+        StatusCode::PAYLOAD_TOO_LARGE => format!(
+            "the request body is larger than the admin API's limit of {} KiB ({MAX_BODY_BYTES} bytes); {BODY_HINT}",
+            MAX_BODY_BYTES / 1024
+        ),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            format!("{method} {path}: the body is not JSON ({text}); {BODY_HINT}")
+        }
+        StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY if method == "POST" => {
+            format!("{method} {path}: {text}; {BODY_HINT}")
+        }
+        _ if text.is_empty() => format!(
+            "{method} {path}: {}",
+            status.canonical_reason().unwrap_or("request failed")
+        ),
+        _ => format!("{method} {path}: {text}"),
+    };
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, Body::from(json!({ "error": message }).to_string()))
+}
+
+/// The methods [`OPENAPI`] documents for `path` (a concrete path such as
+/// `/v1/instances/abc/reconcile`), upper case.
+fn documented_methods(path: &str) -> Vec<String> {
+    static DOC: std::sync::LazyLock<Value> =
+        std::sync::LazyLock::new(|| serde_json::from_str(OPENAPI).unwrap_or_default());
+    let segments: Vec<&str> = path.split('/').collect();
+    let Some(paths) = DOC["paths"].as_object() else {
+        return Vec::new();
+    };
+    paths
+        .iter()
+        .filter(|(template, _)| {
+            let template: Vec<&str> = template.split('/').collect();
+            template.len() == segments.len()
+                && template
+                    .iter()
+                    .zip(&segments)
+                    .all(|(t, s)| t == s || (t.starts_with('{') && t.ends_with('}')))
+        })
+        .flat_map(|(_, operations)| operations.as_object().into_iter().flat_map(|o| o.keys()))
+        .filter(|m| m.as_str() != "parameters")
+        .map(|m| m.to_uppercase())
+        .collect()
+}
+
+/// `text` quoted for a message, its start only when it is long (an 8 KB id).
+fn shorten(text: &str) -> String {
+    const KEEP: usize = 48;
+    if text.chars().count() <= KEEP * 2 {
+        return format!("{text:?}");
+    }
+    let start: String = text.chars().take(KEEP).collect();
+    format!("{start:?}... ({} bytes)", text.len())
+}
+
+/// Whether `id` can be an instance id at all: 1 to [`MAX_ID_BYTES`] bytes of
+/// [`ID_CHARSET`], not only dots (`.`, `..` would walk a control plane's URL paths).
+fn plausible_id(id: &str) -> bool {
+    !id.is_empty()
+        && id.len() <= MAX_ID_BYTES
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+        && !id.bytes().all(|b| b == b'.')
+}
+
+const LIST_HINT: &str = "`setpoint status` (GET /v1/instances) lists the instances";
+
+/// The 404 of an instance the control plane does not know and this host has no records of.
+fn unknown_instance(id: &str) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no instance {} is known to the control plane or recorded by this host; {LIST_HINT}",
+            shorten(id)
+        ),
+    )
+}
+
+/// Refuse an id no instance can have (see [`plausible_id`]), before any lookup.
+fn check_id(id: &str) -> Result<(), ApiError> {
+    if plausible_id(id) {
+        return Ok(());
+    }
+    Err(ApiError(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no instance can have the id {}: an instance id is 1 to {MAX_ID_BYTES} bytes of {ID_CHARSET}, not only dots; {LIST_HINT}",
+            shorten(id)
+        ),
+    ))
+}
+
+/// Whether this host has records of `id` that a reconcile or an operator acts on: an
+/// applied configuration, a rollout, a given-up revision, an abort, a promotion, an
+/// approval or a host stop (an instance deleted from the control plane still has them).
+fn recorded(state: &AdminState, id: &str) -> Result<bool, ApiError> {
+    let r = state
+        .controller
+        .store()
+        .instance_records(id)
+        .map_err(internal)?;
+    Ok(r.applied.is_some()
+        || r.rollout.is_some()
+        || r.given_up.is_some()
+        || r.abort.is_some()
+        || r.promote.is_some()
+        || r.approval.is_some()
+        || r.host_stopped)
+}
+
+/// Refuse with 404 an id that is not plausible, or that neither the control plane nor
+/// this host's records know. When the control plane cannot be asked, an instance this
+/// host has records of goes on (aborts and approvals work from the records); another
+/// answers 502 with the control plane's error.
+async fn check_known(state: &AdminState, id: &str) -> Result<(), ApiError> {
+    check_id(id)?;
+    match state.controller.control_plane().get_instance(id).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.is_not_found() => {
+            if recorded(state, id)? {
+                Ok(())
+            } else {
+                Err(unknown_instance(id))
+            }
+        }
+        Err(e) => {
+            if recorded(state, id)? {
+                Ok(())
+            } else {
+                Err(ApiError(
+                    StatusCode::BAD_GATEWAY,
+                    format!(
+                        "cannot tell whether instance {} exists: {}",
+                        shorten(id),
+                        crate::error_chain(&e)
+                    ),
+                ))
+            }
+        }
+    }
+}
+
+/// Refuse with 404 a group name no group can have: 1 to [`MAX_ID_BYTES`] bytes of
+/// [`GROUP_CHARSET`].
+fn check_group_name(name: &str) -> Result<(), ApiError> {
+    let plausible = !name.is_empty()
+        && name.len() <= MAX_ID_BYTES
+        && name.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'=' | b',' | b'/' | b'-')
+        });
+    if plausible {
+        return Ok(());
+    }
+    Err(ApiError(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no group can have the name {}: a group name is 1 to {MAX_ID_BYTES} bytes of {GROUP_CHARSET}, the label values a rule's group_by keys take written key=value[,key=value], for example app=orders",
+            shorten(name)
+        ),
+    ))
+}
+
+fn unknown_group(name: &str) -> ApiError {
+    ApiError(
+        StatusCode::NOT_FOUND,
+        format!(
+            "no group named {}: a group is the label values a rule's group_by keys take, written key=value[,key=value], for example app=orders; `setpoint status` shows each instance's labels",
+            shorten(name)
+        ),
+    )
+}
+
+/// Refuse with 404 a group name that is not plausible or that names no group: none has
+/// a rollout or an approval on record and no rule groups instances under it.
+async fn check_group(state: &AdminState, name: &str) -> Result<(), ApiError> {
+    check_group_name(name)?;
+    let store = state.controller.store();
+    for key in state.controller.group_keys_named(name) {
+        if store.load_rollout(&key).map_err(internal)?.is_some()
+            || store.open_approval(&key).map_err(internal)?.is_some()
+        {
+            return Ok(());
+        }
+    }
+    let groups = state
+        .controller
+        .groups_named(name)
+        .await
+        .map_err(internal)?;
+    if groups.is_empty() {
+        return Err(unknown_group(name));
+    }
+    Ok(())
 }
 
 /// An error answer: `{"error": "..."}` with a status.
@@ -126,11 +433,18 @@ fn authorize(state: &AdminState, headers: &HeaderMap) -> Result<(), ApiError> {
     }
 }
 
+/// Whether `a` and `b` are equal, in time that does not depend on where they differ or
+/// on whether their lengths do: both are hashed (SHA-256) and the fixed-size digests are
+/// compared without an early exit. Returning early on a length difference told a caller
+/// the token's length; comparing bytes with `==` would tell how long a prefix matched.
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use sha2::{Digest, Sha256};
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    let difference = a
+        .iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y));
+    std::hint::black_box(difference) == 0
 }
 
 async fn healthz() -> &'static str {
@@ -141,11 +455,11 @@ async fn readyz(State(state): State<AdminState>) -> Response {
     if state.ready.load(Ordering::SeqCst) {
         (StatusCode::OK, "ready\n").into_response()
     } else {
-        (
+        ApiError(
             StatusCode::SERVICE_UNAVAILABLE,
-            "starting: first resync not done\n",
+            "starting: the first resync is not done yet; ask again shortly".into(),
         )
-            .into_response()
+        .into_response()
     }
 }
 
@@ -211,12 +525,11 @@ async fn list_instances(State(state): State<AdminState>) -> Result<Json<Value>, 
 }
 
 async fn fetch_instance(state: &AdminState, id: &str) -> Result<crate::client::Instance, ApiError> {
-    state
-        .controller
-        .control_plane()
-        .get_instance(id)
-        .await
-        .map_err(from_client)
+    check_id(id)?;
+    match state.controller.control_plane().get_instance(id).await {
+        Err(e) if e.is_not_found() => Err(unknown_instance(id)),
+        other => other.map_err(from_client),
+    }
 }
 
 async fn get_instance(
@@ -253,18 +566,14 @@ async fn get_group(
     State(state): State<AdminState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    check_group_name(&name)?;
     let groups = state
         .controller
         .groups_named(&name)
         .await
         .map_err(internal)?;
     if groups.is_empty() {
-        return Err(ApiError(
-            StatusCode::NOT_FOUND,
-            format!(
-                "no group named {name:?}: a group is the label values a rule's group_by keys take, written key=value[,key=value], for example app=orders"
-            ),
-        ));
+        return Err(unknown_group(&name));
     }
     Ok(Json(json!({ "groups": groups })))
 }
@@ -278,6 +587,7 @@ async fn approve_group(
     body: Option<Json<OperatorBody>>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
+    check_group(&state, &name).await?;
     let by = operator(&body);
     let store = state.controller.store();
     let mut approved = Vec::new();
@@ -309,6 +619,7 @@ async fn abort_group(
     body: Option<Json<OperatorBody>>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
+    check_group(&state, &name).await?;
     let by = operator(&body);
     let mut aborting = Vec::new();
     for key in state.controller.group_keys_named(&name) {
@@ -360,7 +671,13 @@ async fn diff(
     State(state): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let plan = state.controller.plan(&id).await.map_err(from_controller)?;
+    // No lookup of its own: the plan reads the instance, and a control plane that does
+    // not know it answers not found (one round trip less before the plan is taken).
+    check_id(&id)?;
+    let plan = state.controller.plan(&id).await.map_err(|e| match &e {
+        crate::controller::Error::ControlPlane(c) if c.is_not_found() => unknown_instance(&id),
+        _ => from_controller(e),
+    })?;
     Ok(Json(serde_json::to_value(plan).map_err(internal)?))
 }
 
@@ -370,6 +687,7 @@ async fn reconcile(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
+    check_known(&state, &id).await?;
     state.queue.enqueue(id.clone());
     Ok((StatusCode::ACCEPTED, Json(json!({ "queued": id }))).into_response())
 }
@@ -399,6 +717,7 @@ async fn approve(
     body: Option<Json<OperatorBody>>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
+    check_known(&state, &id).await?;
     let by = operator(&body);
     let store = state.controller.store();
     // A digest prefix (as `setpoint status` shows it) names the pending revision only if
@@ -431,6 +750,7 @@ async fn abort(
     body: Option<Json<OperatorBody>>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
+    check_known(&state, &id).await?;
     let by = operator(&body);
     let Some(digest) = state
         .controller
@@ -459,6 +779,7 @@ async fn promote(
     body: Option<Json<OperatorBody>>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
+    check_known(&state, &id).await?;
     let by = operator(&body);
     let full = body.as_ref().and_then(|Json(b)| b.full).unwrap_or(false);
     let Some(digest) = state
@@ -488,6 +809,7 @@ async fn retry(
     body: Option<Json<OperatorBody>>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
+    check_known(&state, &id).await?;
     let by = operator(&body);
     let retried = state.controller.retry(&id, &by).map_err(from_controller)?;
     state.queue.enqueue(id.clone());
@@ -502,7 +824,12 @@ async fn history(
     State(state): State<AdminState>,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    check_id(&id)?;
     let history = state.controller.store().history(&id).map_err(internal)?;
+    if history.is_empty() {
+        // Nothing applied yet, or no such instance: only the latter is a 404.
+        check_known(&state, &id).await?;
+    }
     Ok(Json(serde_json::to_value(history).map_err(internal)?))
 }
 
@@ -513,6 +840,7 @@ async fn rollback(
     body: Option<Json<OperatorBody>>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers)?;
+    check_known(&state, &id).await?;
     let by = operator(&body);
     let to = body.as_ref().and_then(|Json(b)| b.to.clone());
     let digest = state
@@ -537,8 +865,17 @@ struct AuditQuery {
 
 async fn audit(
     State(state): State<AdminState>,
-    Query(q): Query<AuditQuery>,
+    query: Result<Query<AuditQuery>, QueryRejection>,
 ) -> Result<Json<Value>, ApiError> {
+    let Query(q) = query.map_err(|e| {
+        ApiError(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "bad query parameters: {}; GET /v1/audit takes instance=<instance id>, after=<audit record id, a whole number>, limit=<a whole number>",
+                e.body_text()
+            ),
+        )
+    })?;
     let mut filter = AuditFilter {
         instance_id: q.instance,
         after_id: q.after,
@@ -562,6 +899,323 @@ async fn plugins(State(state): State<AdminState>) -> Result<Json<Value>, ApiErro
 mod tests {
     use super::*;
 
+    use std::time::Duration;
+
+    use async_trait::async_trait;
+
+    use crate::client::{
+        self, ChangeBatch, ControlPlane, Instance, InstanceStatus, PlatformType, RuntimeInfo,
+        StatusChange, Timestamp,
+    };
+
+    /// A control plane that knows one instance, `KNOWN`.
+    #[derive(Debug)]
+    struct OneInstance;
+
+    const KNOWN: &str = "3f2c9b1e-0a4d-4e7f-9c1b-2d5e8f0a1b2c";
+    const TOKEN: &str = "t0ken";
+
+    fn not_found(id: &str) -> client::Error {
+        client::Error::NotFound {
+            call: format!("GET /instances/{id}"),
+            body: String::new(),
+        }
+    }
+
+    fn instance() -> Instance {
+        Instance {
+            id: KNOWN.to_owned(),
+            name: "orders".to_owned(),
+            description: String::new(),
+            platform_type: PlatformType::Process,
+            created_at: Timestamp::default(),
+            last_modified_at: None,
+            status: InstanceStatus::Running,
+            metadata: Default::default(),
+        }
+    }
+
+    #[async_trait]
+    impl ControlPlane for OneInstance {
+        async fn list_instances(&self) -> client::Result<Vec<Instance>> {
+            Ok(vec![instance()])
+        }
+        async fn get_instance(&self, id: &str) -> client::Result<Instance> {
+            if id == KNOWN {
+                Ok(instance())
+            } else {
+                Err(not_found(id))
+            }
+        }
+        async fn desired_configuration(&self, id: &str) -> client::Result<Value> {
+            if id == KNOWN {
+                Ok(json!({"port": 8080}))
+            } else {
+                Err(not_found(id))
+            }
+        }
+        async fn runtime_status(&self, id: &str) -> client::Result<RuntimeInfo> {
+            Err(not_found(id))
+        }
+        async fn start(&self, _: &str, _: Option<&Value>) -> client::Result<()> {
+            Ok(())
+        }
+        async fn stop(&self, _: &str) -> client::Result<()> {
+            Ok(())
+        }
+        async fn restart(&self, _: &str) -> client::Result<()> {
+            Ok(())
+        }
+        async fn changes_after(&self, _: Option<u64>, _: Duration) -> client::Result<ChangeBatch> {
+            Err(client::Error::FeedUnsupported {
+                call: "changes_after".into(),
+                reason: "in memory".into(),
+            })
+        }
+        async fn changes_since(&self, _: Timestamp) -> client::Result<Vec<StatusChange>> {
+            Ok(Vec::new())
+        }
+    }
+
+    /// The admin API on a loopback port, with its queue.
+    struct Served {
+        base: String,
+        queue: WorkQueue,
+        http: reqwest::Client,
+    }
+
+    async fn serve() -> Served {
+        let controller = Arc::new(Controller::new(
+            Arc::new(OneInstance),
+            Arc::new(crate::runtime::PluginRuntime::new(Default::default()).unwrap()),
+            Arc::new(crate::registry::PluginRegistry::default()),
+            Arc::new(crate::store::Store::open_in_memory().unwrap()),
+            Arc::new(crate::policy::Policy::from_rules(Vec::new()).unwrap()),
+            crate::controller::ControllerSettings::default(),
+            Arc::new(crate::metrics::Metrics::new()),
+        ));
+        let queue =
+            WorkQueue::new(crate::config::ControllerSettings::default().queue_settings()).unwrap();
+        let app = router(AdminState {
+            controller,
+            queue: queue.clone(),
+            token: Some(TOKEN.to_owned()),
+            ready: Arc::new(AtomicBool::new(true)),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Served {
+            base,
+            queue,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    impl Served {
+        async fn send(&self, request: reqwest::RequestBuilder) -> (StatusCode, HeaderMap, Value) {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let headers = response.headers().clone();
+            let text = response.text().await.unwrap();
+            let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+            (status, headers, body)
+        }
+
+        async fn post(&self, path: &str) -> (StatusCode, HeaderMap, Value) {
+            self.send(
+                self.http
+                    .post(format!("{}{path}", self.base))
+                    .bearer_auth(TOKEN),
+            )
+            .await
+        }
+
+        async fn get(&self, path: &str) -> (StatusCode, HeaderMap, Value) {
+            self.send(self.http.get(format!("{}{path}", self.base)))
+                .await
+        }
+    }
+
+    /// A JSON error answer: `{"error": "..."}` with a JSON content type; its message.
+    fn json_error(status: StatusCode, headers: &HeaderMap, body: &Value) -> String {
+        assert_eq!(
+            headers
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok()),
+            Some("application/json"),
+            "{status}: {body}"
+        );
+        body["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{status}: no error string in {body}"))
+            .to_owned()
+    }
+
+    const MUTATIONS: [&str; 6] = [
+        "reconcile",
+        "approve",
+        "abort",
+        "promote",
+        "retry",
+        "rollback",
+    ];
+
+    #[tokio::test]
+    async fn unknown_or_absurd_instance_ids_are_404_json_and_nothing_is_queued() {
+        let api = serve().await;
+        let huge = "a".repeat(8 * 1024);
+        for route in MUTATIONS {
+            for (id, named) in [
+                ("no-such-instance", "no-such-instance"),
+                ("..%2F..%2Fetc", "../../etc"),
+                (huge.as_str(), "aaaaaaaaaaaaaaaa"),
+            ] {
+                let (status, headers, body) =
+                    api.post(&format!("/v1/instances/{id}/{route}")).await;
+                assert_eq!(status, StatusCode::NOT_FOUND, "{route} {named}: {body}");
+                let error = json_error(status, &headers, &body);
+                assert!(error.contains(named), "{error}");
+                assert!(error.contains("setpoint status"), "{error}");
+                assert!(error.len() < 1024, "a huge id is shortened: {error}");
+            }
+        }
+        let (_, _, body) = api.post("/v1/instances/..%2F..%2Fetc/reconcile").await;
+        assert!(
+            body["error"].as_str().unwrap().contains("[A-Za-z0-9._:-]"),
+            "{body}"
+        );
+        assert_eq!(api.queue.len(), 0, "nothing queued for unknown instances");
+        let (status, _, body) = api.post(&format!("/v1/instances/{KNOWN}/reconcile")).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+        assert_eq!(api.queue.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn reads_of_unknown_instances_are_404_json() {
+        let api = serve().await;
+        for route in ["", "/explain", "/diff", "/history"] {
+            for id in ["no-such-instance", "..%2F..%2Fetc"] {
+                let (status, headers, body) = api.get(&format!("/v1/instances/{id}{route}")).await;
+                assert_eq!(status, StatusCode::NOT_FOUND, "{route} {id}: {body}");
+                let error = json_error(status, &headers, &body);
+                assert!(error.contains("setpoint status"), "{error}");
+            }
+        }
+        let (status, _, body) = api.get(&format!("/v1/instances/{KNOWN}/history")).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+
+    #[tokio::test]
+    async fn unknown_or_absurd_groups_are_404_json() {
+        let api = serve().await;
+        let huge = "a".repeat(8 * 1024);
+        for name in ["app=nothing", "..%2F..%2Fetc%00", huge.as_str()] {
+            for (status, headers, body) in [
+                api.get(&format!("/v1/groups/{name}")).await,
+                api.post(&format!("/v1/groups/{name}/approve")).await,
+                api.post(&format!("/v1/groups/{name}/abort")).await,
+            ] {
+                assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+                let error = json_error(status, &headers, &body);
+                assert!(error.len() < 1024, "a huge name is shortened: {error}");
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_error_is_json_and_says_what_to_do() {
+        let api = serve().await;
+        let url = |path: &str| format!("{}{path}", api.base);
+        let checks: Vec<(reqwest::RequestBuilder, StatusCode, &str)> = vec![
+            (
+                api.http.get(url("/v1/nothing-here")),
+                StatusCode::NOT_FOUND,
+                "/v1/openapi.json",
+            ),
+            (
+                api.http
+                    .get(url(&format!("/v1/instances/{KNOWN}/reconcile"))),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "POST",
+            ),
+            (
+                api.http.get(url(&format!("/v1/{}", "x".repeat(20 * 1024)))),
+                StatusCode::URI_TOO_LONG,
+                "bytes",
+            ),
+            (
+                api.http
+                    .post(url(&format!("/v1/instances/{KNOWN}/approve")))
+                    .bearer_auth(TOKEN)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body(format!("{{\"by\": \"{}\"}}", "x".repeat(100 * 1024))),
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "KiB",
+            ),
+            (
+                api.http
+                    .post(url(&format!("/v1/instances/{KNOWN}/approve")))
+                    .bearer_auth(TOKEN)
+                    .header(header::CONTENT_TYPE, "text/plain")
+                    .body("by=me"),
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "application/json",
+            ),
+            (
+                api.http
+                    .post(url(&format!("/v1/instances/{KNOWN}/approve")))
+                    .bearer_auth(TOKEN)
+                    .header(header::CONTENT_TYPE, "application/json")
+                    .body("{not json"),
+                StatusCode::BAD_REQUEST,
+                "JSON",
+            ),
+            (
+                api.http.get(url("/v1/audit?limit=lots")),
+                StatusCode::BAD_REQUEST,
+                "limit",
+            ),
+        ];
+        for (request, expected, hint) in checks {
+            let (status, headers, body) = api.send(request).await;
+            assert_eq!(status, expected, "{body}");
+            let error = json_error(status, &headers, &body);
+            assert!(
+                error.contains(hint),
+                "{expected}: {error:?} should mention {hint:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn every_answer_carries_the_security_headers() {
+        let api = serve().await;
+        for path in [
+            "/healthz",
+            "/v1/instances",
+            "/v1/openapi.json",
+            "/v1/nothing-here",
+        ] {
+            let (status, headers, _) = api.get(path).await;
+            for (name, value) in [
+                ("x-content-type-options", "nosniff"),
+                ("cache-control", "no-store"),
+                ("x-frame-options", "DENY"),
+                (
+                    "content-security-policy",
+                    "default-src 'none'; frame-ancestors 'none'",
+                ),
+            ] {
+                assert_eq!(
+                    headers.get(name).and_then(|v| v.to_str().ok()),
+                    Some(value),
+                    "{path} ({status}): {name}"
+                );
+            }
+        }
+    }
+
     #[test]
     fn every_route_is_in_the_openapi_document() {
         let doc: Value = serde_json::from_str(OPENAPI).expect("valid JSON");
@@ -578,6 +1232,13 @@ mod tests {
             ("/v1/instances/{id}/reconcile", "post"),
             ("/v1/instances/{id}/approve", "post"),
             ("/v1/instances/{id}/abort", "post"),
+            ("/v1/instances/{id}/promote", "post"),
+            ("/v1/instances/{id}/retry", "post"),
+            ("/v1/instances/{id}/rollback", "post"),
+            ("/v1/instances/{id}/history", "get"),
+            ("/v1/groups/{name}", "get"),
+            ("/v1/groups/{name}/approve", "post"),
+            ("/v1/groups/{name}/abort", "post"),
             ("/v1/audit", "get"),
             ("/v1/plugins", "get"),
         ] {
@@ -593,5 +1254,7 @@ mod tests {
         assert!(constant_time_eq(b"secret", b"secret"));
         assert!(!constant_time_eq(b"secret", b"secreT"));
         assert!(!constant_time_eq(b"secret", b"secret2"));
+        assert!(!constant_time_eq(b"", b"secret"));
+        assert!(constant_time_eq(b"", b""));
     }
 }

@@ -372,6 +372,13 @@ pub struct AdminSettings {
     pub listen: SocketAddr,
     /// Bearer token required by mutating routes; without one they are refused.
     pub token: Option<String>,
+    /// Serve the admin API over TLS with this certificate chain (PEM); with `tls_key`.
+    pub tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of `tls_cert`.
+    pub tls_key: Option<PathBuf>,
+    /// Listen beyond loopback without a token or without TLS all the same: a decision an
+    /// operator makes explicitly (a private network, TLS ended by a proxy in front).
+    pub allow_insecure_remote: bool,
 }
 
 impl Default for AdminSettings {
@@ -381,7 +388,55 @@ impl Default for AdminSettings {
             listen: SocketAddr::from(([127, 0, 0, 1], 9187)),
             // No token means mutating routes are refused: safe until an operator opts in.
             token: None,
+            tls_cert: None,
+            tls_key: None,
+            allow_insecure_remote: false,
         }
+    }
+}
+
+impl AdminSettings {
+    /// TLS needs both files; beyond loopback the API needs a token and TLS, unless
+    /// `allow_insecure_remote` says an operator accepts going without. [`Settings::load`]
+    /// checks it, and so does the daemon at start (an embedder's settings too).
+    pub fn validate(&self) -> Result<()> {
+        match (&self.tls_cert, &self.tls_key) {
+            (Some(_), None) => {
+                return Err(Error::Invalid {
+                    key: "admin.tls_key",
+                    reason: "must be set with admin.tls_cert: the PEM file of the certificate's private key".to_owned(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(Error::Invalid {
+                    key: "admin.tls_cert",
+                    reason: "must be set with admin.tls_key: the PEM file of the certificate chain"
+                        .to_owned(),
+                });
+            }
+            _ => {}
+        }
+        if self.listen.ip().is_loopback() || self.allow_insecure_remote {
+            return Ok(());
+        }
+        let listen = self.listen;
+        if self.token.is_none() {
+            return Err(Error::Invalid {
+                key: "admin.listen",
+                reason: format!(
+                    "{listen} is not a loopback address and admin.token is not set: set admin.token (SETPOINT_ADMIN_TOKEN) and admin.tls_cert/admin.tls_key, or listen on 127.0.0.1, or set admin.allow_insecure_remote = true to accept that anyone who reaches {listen} reads the fleet's state"
+                ),
+            });
+        }
+        if self.tls_cert.is_none() {
+            return Err(Error::Invalid {
+                key: "admin.listen",
+                reason: format!(
+                    "{listen} is not a loopback address and there is no TLS, so the admin token would cross the network in clear text: set admin.tls_cert and admin.tls_key (PEM files), or listen on 127.0.0.1, or set admin.allow_insecure_remote = true (e.g. when a proxy in front ends TLS)"
+                ),
+            });
+        }
+        Ok(())
     }
 }
 
@@ -390,6 +445,9 @@ impl fmt::Debug for AdminSettings {
         f.debug_struct("AdminSettings")
             .field("listen", &self.listen)
             .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("tls_cert", &self.tls_cert)
+            .field("tls_key", &self.tls_key)
+            .field("allow_insecure_remote", &self.allow_insecure_remote)
             .finish()
     }
 }
@@ -495,6 +553,7 @@ impl Settings {
                 ),
             });
         }
+        self.admin.validate()?;
         self.policy().map(drop)
     }
 
@@ -791,6 +850,27 @@ static SPECS: &[Spec] = &[
             "Bearer token required by mutating admin routes.",
         )
     },
+    Spec {
+        default_note: Some("none: plain HTTP (loopback only)"),
+        ..spec(
+            "admin.tls_cert",
+            Kind::OptionalPath,
+            "Certificate chain (PEM) the admin API serves HTTPS with; needed beyond loopback.",
+        )
+    },
+    Spec {
+        default_note: Some("none: plain HTTP"),
+        ..spec(
+            "admin.tls_key",
+            Kind::OptionalPath,
+            "Private key (PEM) of admin.tls_cert.",
+        )
+    },
+    spec(
+        "admin.allow_insecure_remote",
+        Kind::Bool,
+        "Let admin.listen be beyond loopback without admin.token or without TLS.",
+    ),
     spec(
         "dry_run",
         Kind::Bool,
@@ -1222,6 +1302,8 @@ mod tests {
             ("SETPOINT_CONTROL_PLANE_URL", "http://cp:9000"),
             ("SETPOINT_ADMIN_TOKEN", "t0ken"),
             ("SETPOINT_ADMIN_LISTEN", "0.0.0.0:9999"),
+            ("SETPOINT_ADMIN_TLS_CERT", "/etc/setpoint/admin.crt"),
+            ("SETPOINT_ADMIN_TLS_KEY", "/etc/setpoint/admin.key"),
             ("SETPOINT_DRY_RUN", "true"),
             ("SETPOINT_CONTROLLER_BACKOFF_JITTER", "0"),
             ("SETPOINT_PLUGINS_CACHE_DIR", "/var/cache/setpoint"),
@@ -1235,6 +1317,44 @@ mod tests {
         assert!(!s.controller.backoff_jitter);
         assert_eq!(s.plugin_cache_dir(), PathBuf::from("/var/cache/setpoint"));
         assert_eq!(s.store.backup_retention, 0);
+    }
+
+    #[test]
+    fn listening_beyond_loopback_needs_a_token_and_tls_or_an_explicit_allow() {
+        let listen = ("SETPOINT_ADMIN_LISTEN", "0.0.0.0:9187");
+        let token = ("SETPOINT_ADMIN_TOKEN", "t0ken");
+        let cert = ("SETPOINT_ADMIN_TLS_CERT", "/etc/setpoint/admin.crt");
+        let key = ("SETPOINT_ADMIN_TLS_KEY", "/etc/setpoint/admin.key");
+        let allow = ("SETPOINT_ADMIN_ALLOW_INSECURE_REMOTE", "true");
+        let error = load_env(&[listen]).unwrap_err().to_string();
+        assert!(
+            error.starts_with("admin.listen: 0.0.0.0:9187 is not a loopback address")
+                && error.contains("admin.token")
+                && error.contains("admin.allow_insecure_remote = true"),
+            "{error}"
+        );
+        let error = load_env(&[listen, token]).unwrap_err().to_string();
+        assert!(
+            error.contains("admin.tls_cert") && error.contains("admin.allow_insecure_remote"),
+            "{error}"
+        );
+        let error = load_env(&[cert]).unwrap_err().to_string();
+        assert!(error.starts_with("admin.tls_key: must be set"), "{error}");
+        let error = load_env(&[key]).unwrap_err().to_string();
+        assert!(error.starts_with("admin.tls_cert: must be set"), "{error}");
+        let s = load_env(&[listen, token, cert, key]).unwrap();
+        assert_eq!(
+            s.admin.tls_cert.as_deref(),
+            Some(Path::new("/etc/setpoint/admin.crt"))
+        );
+        assert!(
+            load_env(&[listen, allow])
+                .unwrap()
+                .admin
+                .allow_insecure_remote
+        );
+        load_env(&[("SETPOINT_ADMIN_LISTEN", "[::1]:9187")]).unwrap();
+        load_env(&[("SETPOINT_ADMIN_LISTEN", "127.0.0.2:9187")]).unwrap();
     }
 
     #[test]
@@ -1368,7 +1488,7 @@ mod tests {
         assert_eq!(
             error.to_string(),
             "unknown environment variable SETPOINT_ADMIN_TOKN (did you mean SETPOINT_ADMIN_TOKEN?); \
-             the settings of this section are: SETPOINT_ADMIN_LISTEN, SETPOINT_ADMIN_TOKEN"
+             the settings of this section are: SETPOINT_ADMIN_LISTEN, SETPOINT_ADMIN_TOKEN, SETPOINT_ADMIN_TLS_CERT, SETPOINT_ADMIN_TLS_KEY, SETPOINT_ADMIN_ALLOW_INSECURE_REMOTE"
         );
     }
 

@@ -62,6 +62,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The admin API's TLS certificate or key could not be used.
+    #[error("cannot serve the admin API over TLS")]
+    AdminTls(#[source] crate::tls::Error),
 }
 
 /// How long the daemon waits at start for the control plane to say what it offers
@@ -140,6 +143,15 @@ impl Daemon {
         settings: Settings,
         cp: Arc<dyn ControlPlane>,
     ) -> Result<Daemon, Error> {
+        // Before anything starts: an admin API beyond loopback without a token or TLS is
+        // refused here too, for settings an embedder built without `Settings::load`.
+        settings.admin.validate().map_err(Error::Settings)?;
+        let tls = match (&settings.admin.tls_cert, &settings.admin.tls_key) {
+            (Some(cert), Some(key)) => {
+                Some(crate::tls::server_config(cert, key).map_err(Error::AdminTls)?)
+            }
+            _ => None,
+        };
         let store_path = settings.store.path.clone();
         let retention = settings.store.backup_retention;
         let store = tokio::task::spawn_blocking(move || Store::open(&store_path))
@@ -280,15 +292,38 @@ impl Daemon {
             ready,
         });
         let mut admin_stop = stop_rx.clone();
-        let admin = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = admin_stop.wait_for(|s| *s).await;
-            });
-            if let Err(error) = serve.await {
-                tracing::error!(%error, "admin API stopped");
+        let stopped = async move {
+            let _ = admin_stop.wait_for(|s| *s).await;
+        };
+        let admin = match tls {
+            None => tokio::spawn(async move {
+                let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                if let Err(error) = serve.await {
+                    tracing::error!(%error, "admin API stopped");
+                }
+            }),
+            Some(config) => {
+                let listener =
+                    crate::tls::TlsListener::new(listener, config).map_err(|source| {
+                        Error::Bind {
+                            addr: settings.admin.listen,
+                            source,
+                        }
+                    })?;
+                tokio::spawn(async move {
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(stopped);
+                    if let Err(error) = serve.await {
+                        tracing::error!(%error, "admin API stopped");
+                    }
+                })
             }
-        });
-        tracing::info!(admin = %admin_addr, control_plane = %settings.control_plane.url, "setpoint daemon started");
+        };
+        let scheme = if settings.admin.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        tracing::info!(admin = %format!("{scheme}://{admin_addr}"), control_plane = %settings.control_plane.url, "setpoint daemon started");
 
         Ok(Daemon {
             admin_addr,
@@ -689,6 +724,145 @@ mod tests {
             .filter(|l| l.starts_with("setpoint_reconciles_total{"))
             .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
             .sum()
+    }
+
+    /// Settings for a daemon on a loopback port with `fleet`-less defaults and `extra`.
+    fn quiet_settings(dir: &std::path::Path, extra: &[(&str, String)]) -> Settings {
+        let plugins = dir.join("plugins");
+        std::fs::create_dir_all(&plugins).unwrap();
+        let mut overrides = Overrides::new()
+            .set("control_plane.url", "http://127.0.0.1:9")
+            .set("plugins.dir", plugins.display().to_string())
+            .set("store.path", dir.join("s.db").display().to_string())
+            .set("admin.listen", "127.0.0.1:0")
+            .set("controller.resync_interval", "1h");
+        for (key, value) in extra {
+            overrides = overrides.set(key, value.clone());
+        }
+        Settings::load(None, Vec::<(String, String)>::new(), &overrides).unwrap()
+    }
+
+    /// `GET path` over `stream` with HTTP/1.1; everything the server sent back (a server
+    /// that closes without TLS close_notify still gives what it sent before).
+    async fn get_over<S>(mut stream: S, path: &str) -> Vec<u8>
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let request =
+            format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        if stream.write_all(request.as_bytes()).await.is_err() {
+            return Vec::new();
+        }
+        let mut answer = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), stream.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => answer.extend_from_slice(&buf[..n]),
+                _ => break,
+            }
+        }
+        answer
+    }
+
+    #[tokio::test]
+    async fn with_a_certificate_the_admin_api_answers_https_and_not_plain_http() {
+        let dir = tempfile::tempdir().unwrap();
+        let rcgen::CertifiedKey { cert, key_pair } =
+            rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+        let cert_path = dir.path().join("admin.crt");
+        let key_path = dir.path().join("admin.key");
+        std::fs::write(&cert_path, cert.pem()).unwrap();
+        std::fs::write(&key_path, key_pair.serialize_pem()).unwrap();
+        let settings = quiet_settings(
+            dir.path(),
+            &[
+                ("admin.tls_cert", cert_path.display().to_string()),
+                ("admin.tls_key", key_path.display().to_string()),
+            ],
+        );
+        let daemon = Daemon::start_with(settings, Arc::new(Fleet::new(1)))
+            .await
+            .unwrap();
+        let addr = daemon.admin_addr();
+
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).unwrap();
+        let client = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(client));
+        for path in ["/healthz", "/v1/openapi.json"] {
+            let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let tls = connector
+                .connect("localhost".try_into().unwrap(), tcp)
+                .await
+                .expect("TLS handshake with the admin API");
+            let answer = String::from_utf8_lossy(&get_over(tls, path).await).into_owned();
+            assert!(answer.starts_with("HTTP/1.1 200 OK"), "{path}: {answer}");
+            assert!(
+                answer.contains("x-content-type-options: nosniff"),
+                "{answer}"
+            );
+        }
+
+        // Plain HTTP to the TLS port gets no HTTP answer: the handshake fails.
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let answer = get_over(tcp, "/healthz").await;
+        assert!(
+            !answer.starts_with(b"HTTP/"),
+            "plain HTTP answered: {}",
+            String::from_utf8_lossy(&answer)
+        );
+        // And the API still answers over TLS after it.
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let tls = connector
+            .connect("localhost".try_into().unwrap(), tcp)
+            .await
+            .unwrap();
+        let answer = String::from_utf8_lossy(&get_over(tls, "/healthz").await).into_owned();
+        assert!(answer.starts_with("HTTP/1.1 200 OK"), "{answer}");
+        daemon.shutdown().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn unusable_tls_files_or_a_remote_listen_without_token_refuse_to_start() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("empty.pem"), "").unwrap();
+        let settings = quiet_settings(
+            dir.path(),
+            &[
+                (
+                    "admin.tls_cert",
+                    dir.path().join("empty.pem").display().to_string(),
+                ),
+                (
+                    "admin.tls_key",
+                    dir.path().join("missing.pem").display().to_string(),
+                ),
+            ],
+        );
+        let error = Daemon::start_with(settings, Arc::new(Fleet::new(1)))
+            .await
+            .expect_err("an empty certificate file is refused");
+        let chain = crate::error_chain(&error);
+        assert!(
+            chain.contains("no certificate in") && chain.contains("admin.tls_cert"),
+            "{chain}"
+        );
+
+        // Settings built without `Settings::load` are checked at start too.
+        let mut settings = quiet_settings(dir.path(), &[]);
+        settings.admin.listen = "0.0.0.0:0".parse().unwrap();
+        let error = Daemon::start_with(settings, Arc::new(Fleet::new(1)))
+            .await
+            .expect_err("a remote listen without a token is refused");
+        let chain = crate::error_chain(&error);
+        assert!(chain.contains("admin.allow_insecure_remote"), "{chain}");
     }
 
     #[tokio::test]

@@ -16,6 +16,7 @@ pub mod reachability;
 pub mod registry;
 pub mod runtime;
 pub mod store;
+pub mod tls;
 
 /// An error and its causes on one line, `outer: cause: root cause`, for log fields and
 /// one-line messages.

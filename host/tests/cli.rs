@@ -116,3 +116,64 @@ fn plugins_list_shows_valid_and_rejected_files() {
         "{table}"
     );
 }
+
+/// `setpoint run` with `args`, killed if still running after 30 s: (exited, stderr).
+fn run_briefly(args: &[&str]) -> (Option<std::process::ExitStatus>, String) {
+    use std::io::Read;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_setpoint"))
+        .arg("run")
+        .args(args)
+        .env_remove("SETPOINT_ADMIN_TOKEN")
+        .env_remove("SETPOINT_ADMIN_ALLOW_INSECURE_REMOTE")
+        .env_remove("SETPOINT_ADMIN_TLS_CERT")
+        .env_remove("SETPOINT_ADMIN_TLS_KEY")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run setpoint");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if std::time::Instant::now() > until {
+            child.kill().unwrap();
+            child.wait().unwrap();
+            break None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    (status, stderr)
+}
+
+#[test]
+fn run_refuses_an_admin_address_beyond_loopback_without_token_or_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("s.db");
+    let common = [
+        "--control-plane",
+        "http://127.0.0.1:9",
+        "--plugins",
+        dir.path().to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--admin",
+        "0.0.0.0:0",
+    ];
+    let (status, stderr) = run_briefly(&common);
+    let status = status.expect("setpoint run refuses to start, not serve");
+    assert!(!status.success(), "{stderr}");
+    assert!(
+        stderr.contains("admin.listen")
+            && stderr.contains("admin.token")
+            && stderr.contains("admin.allow_insecure_remote"),
+        "{stderr}"
+    );
+}
