@@ -145,23 +145,9 @@ pub const MIGRATIONS: &[&str] = &[
     );
     ALTER TABLE abort_requests ADD COLUMN give_up INTEGER NOT NULL DEFAULT 1;
     "#,
-    // 4: intents. A mutating control-plane call is written here before it is sent and
-    // removed once its outcome is in the audit log; a row left behind after a crash is a
-    // call that may or may not have gone through (in doubt).
-    r#"
-    CREATE TABLE intents (
-        id            INTEGER PRIMARY KEY AUTOINCREMENT,
-        rollout_key   TEXT    NOT NULL,
-        plugin        TEXT    NOT NULL,
-        call          TEXT    NOT NULL,
-        target        TEXT    NOT NULL,
-        config_digest TEXT,
-        at            INTEGER NOT NULL,
-        outcome       TEXT
-    );
-    CREATE INDEX intents_by_key ON intents (rollout_key);
-    "#,
 ];
+
+mod journal;
 
 /// A mutating control-plane call recorded before it was sent ([`Store::record_intent`]).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -569,6 +555,9 @@ pub struct InstanceRecords {
 #[derive(Debug)]
 pub struct Store {
     conn: Mutex<Connection>,
+    /// Mutating calls in flight (`journal.rs`): a file beside the database, not a table,
+    /// so that journalling a call never waits for the database.
+    intents: Mutex<journal::Journal>,
     path: PathBuf,
     backup_retention: usize,
 }
@@ -603,8 +592,13 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| open_error(Box::new(e)))?;
         migrate(&mut conn, &path, MIGRATIONS)?;
+        let mut journal_path = path.clone().into_os_string();
+        journal_path.push("-intents");
+        let journal = journal::Journal::open(Path::new(&journal_path))
+            .map_err(|e| open_error(Box::new(e)))?;
         Ok(Store {
             conn: Mutex::new(conn),
+            intents: Mutex::new(journal),
             path,
             backup_retention: DEFAULT_BACKUP_RETENTION,
         })
@@ -621,6 +615,7 @@ impl Store {
         migrate(&mut conn, &path, MIGRATIONS)?;
         Ok(Store {
             conn: Mutex::new(conn),
+            intents: Mutex::new(journal::Journal::in_memory()),
             path,
             backup_retention: DEFAULT_BACKUP_RETENTION,
         })
@@ -1167,9 +1162,16 @@ impl Store {
 
     // ----- intents: mutating calls in flight -----
 
+    fn journal(&self) -> MutexGuard<'_, journal::Journal> {
+        self.intents
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
     /// Records, before it is sent, that `plugin` is about to make the mutating call
     /// `call` on `target` for the rollout `rollout_key`; its id, for
-    /// [`Store::clear_intents`]. Durable when it returns: a crash after it leaves the row.
+    /// [`Store::settle_intent`]. In the journal beside the database when it returns: a
+    /// killed process leaves it there.
     pub fn record_intent(
         &self,
         rollout_key: &str,
@@ -1178,70 +1180,36 @@ impl Store {
         target: &str,
         config_digest: Option<&str>,
     ) -> Result<i64> {
-        self.write("record intent", |tx| {
-            tx.execute(
-                "INSERT INTO intents (rollout_key, plugin, call, target, config_digest, at) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-                params![
-                    rollout_key,
-                    plugin,
-                    call,
-                    target,
-                    config_digest,
-                    to_millis(SystemTime::now())
-                ],
-            )
-            .during("record intent")?;
-            Ok(tx.last_insert_rowid())
-        })
+        self.journal()
+            .record(rollout_key, plugin, call, target, config_digest)
+            .map_err(|e| self.journal_error("record intent", e))
     }
 
     /// Records how the call of intent `id` ended, as soon as it returned: after a crash
     /// before the step's audit, the outcome is known rather than in doubt.
     pub fn settle_intent(&self, id: i64, outcome: &str) -> Result<()> {
-        self.write("settle intent", |tx| {
-            tx.execute(
-                "UPDATE intents SET outcome = ?2 WHERE id = ?1",
-                params![id, outcome],
-            )
-            .during("settle intent")?;
-            Ok(())
-        })
+        self.journal()
+            .settle(id, outcome)
+            .map_err(|e| self.journal_error("settle intent", e))
     }
 
     /// Forgets the intents of `rollout_key` (their outcomes are in the audit log now).
     pub fn clear_intents(&self, rollout_key: &str) -> Result<usize> {
-        self.write("clear intents", |tx| {
-            tx.execute("DELETE FROM intents WHERE rollout_key = ?1", [rollout_key])
-                .during("clear intents")
-        })
+        self.journal()
+            .clear(rollout_key)
+            .map_err(|e| self.journal_error("clear intents", e))
     }
 
     /// Every intent still recorded, oldest first: after a crash, the calls in doubt.
     pub fn intents(&self) -> Result<Vec<Intent>> {
-        const OP: &str = "read intents";
-        let conn = self.lock();
-        let mut stmt = conn
-            .prepare_cached(
-                "SELECT id, rollout_key, plugin, call, target, config_digest, at, outcome \
-                 FROM intents ORDER BY id",
-            )
-            .during(OP)?;
-        let rows = stmt
-            .query_map([], |row| {
-                Ok(Intent {
-                    id: row.get(0)?,
-                    rollout_key: row.get(1)?,
-                    plugin: row.get(2)?,
-                    call: row.get(3)?,
-                    target: row.get(4)?,
-                    config_digest: row.get(5)?,
-                    at: from_millis(row.get(6)?),
-                    outcome: row.get(7)?,
-                })
-            })
-            .during(OP)?;
-        rows.collect::<std::result::Result<Vec<_>, _>>().during(OP)
+        Ok(self.journal().pending())
+    }
+
+    fn journal_error(&self, what: &str, e: std::io::Error) -> Error {
+        Error::Open {
+            path: self.path.clone(),
+            source: format!("intent journal: {what}: {e}").into(),
+        }
     }
 
     // ----- stops made by this host -----
