@@ -261,6 +261,39 @@ fn preview_analysis_passes_on_requests_sent_to_the_clone() {
 }
 
 #[test]
+fn preview_analysis_by_a_named_query_keeps_the_switch_from_a_bad_clone() {
+    let params = json!({"preview_analysis": {"interval": "5s", "query": "error-rate", "max": 0.1}});
+    // Good: the query's value is within max, the switch happens.
+    let mut d = driver(params.clone());
+    d.cp = control_plane().with_query("error-rate", CLONE, [Some(0.01)]);
+    assert!(matches!(run_to_end(&mut d), Progress::Done(_)));
+    assert_eq!(mutations(&d.cp), HAPPY_PATH);
+    assert!(
+        !d.cp
+            .calls()
+            .iter()
+            .any(|c| matches!(c, Call::GetCounters { .. })),
+        "the counters are read although the analysis names a query"
+    );
+    // Bad: above max, the instance is never touched and the clone goes.
+    let mut d = driver(params);
+    d.cp = control_plane().with_query("error-rate", CLONE, [Some(0.4)]);
+    let p = run_to_end(&mut d);
+    let Progress::Failed { reason, .. } = &p else {
+        panic!("{p:?}")
+    };
+    assert!(reason.contains("`error-rate` 0.4 > max 0.1"), "{reason}");
+    assert!(
+        !d.cp
+            .mutations()
+            .iter()
+            .any(|c| matches!(c, Call::Stop { .. })),
+        "the instance is never touched"
+    );
+    assert_clean(&d.cp);
+}
+
+#[test]
 fn preview_analysis_without_requests_is_inconclusive_and_fails_after_the_limit() {
     let mut d = driver(json!({"preview_analysis": {"interval": "5s", "max_error_rate": 0.1}}));
     d.step();
