@@ -14,9 +14,10 @@
 //!
 //! Format: one JSON object per line: `{"i":id,"k":rollout,"p":plugin,"c":call,"t":target,
 //! "d":digest,"at":ms}` (intent), `{"s":id,"o":outcome}` (settled), `{"x":rollout}`
-//! (cleared). Opening replays it, keeps what is still pending, and rewrites the file
-//! with only that; at run time it is emptied whenever nothing is pending and it has grown
-//! past [`COMPACT_BYTES`]. A torn last line (a crash mid-write) is ignored.
+//! (cleared). Opening replays it and keeps what is still pending (it never rewrites the
+//! file: another process may hold it open); it is emptied whenever nothing is pending
+//! and it has grown past [`COMPACT_BYTES`]. A torn last line (a crash mid-write) is
+//! ignored, and the next record starts on a new line.
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
@@ -78,8 +79,8 @@ impl Journal {
         }
     }
 
-    /// Open (creating if needed) the journal at `path`: replay it, keep what is pending,
-    /// and rewrite it with only that.
+    /// Open (creating if needed) the journal at `path`: replay it and keep what is
+    /// pending.
     pub fn open(path: &Path) -> std::io::Result<Journal> {
         let mut pending: BTreeMap<i64, Intent> = BTreeMap::new();
         let mut next_id = 1;
@@ -124,29 +125,22 @@ impl Journal {
                 }
             }
         }
-        // Rewrite it with only what is pending, atomically.
-        let tmp = path.with_extension("intents-tmp");
-        {
-            let mut out = File::create(&tmp)?;
-            for intent in pending.values() {
-                writeln!(
-                    out,
-                    "{}",
-                    serde_json::to_string(&Self::intent_line(intent))?
-                )?;
-                if let Some(o) = &intent.outcome {
-                    let settled = Line::Settled {
-                        s: intent.id,
-                        o: o.clone(),
-                    };
-                    writeln!(out, "{}", serde_json::to_string(&settled)?)?;
-                }
+        // Appended to as it is: another process opening the store (a tool reading the
+        // database while the daemon runs) must not rewrite the file under the daemon's
+        // open handle. A torn last line gets its newline, so the next record starts on
+        // a line of its own.
+        let mut file = OpenOptions::new().create(true).append(true).open(path)?;
+        let mut written = file.metadata()?.len();
+        if written > 0 {
+            let mut last = [0u8; 1];
+            let mut reader = File::open(path)?;
+            std::io::Seek::seek(&mut reader, std::io::SeekFrom::End(-1))?;
+            std::io::Read::read_exact(&mut reader, &mut last)?;
+            if last[0] != b'\n' {
+                file.write_all(b"\n")?;
+                written += 1;
             }
-            out.sync_all()?;
         }
-        std::fs::rename(&tmp, path)?;
-        let file = OpenOptions::new().append(true).open(path)?;
-        let written = file.metadata()?.len();
         Ok(Journal {
             file: Some((file, path.to_path_buf())),
             written,
@@ -246,7 +240,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_torn_last_line_is_ignored_and_reopening_compacts() {
+    fn a_torn_last_line_is_ignored_and_the_next_record_survives_a_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db-intents");
         let mut j = Journal::open(&path).unwrap();
@@ -266,10 +260,17 @@ mod tests {
             (pending[0].call.as_str(), pending[0].outcome.as_deref()),
             ("stop", Some("ok"))
         );
-        // Rewritten with only that: two lines.
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert_eq!(text.lines().count(), 2, "{text}");
+        // A record after the torn line is read back.
         let mut j = Journal::open(&path).unwrap();
-        assert!(j.record("k4", "p", "stop", "i4", None).unwrap() > a);
+        let c = j.record("k4", "p", "stop", "i4", None).unwrap();
+        assert!(c > a);
+        drop(j);
+        let j = Journal::open(&path).unwrap();
+        assert_eq!(
+            j.pending().iter().map(|i| i.id).collect::<Vec<_>>(),
+            [a, c],
+            "{}",
+            std::fs::read_to_string(&path).unwrap()
+        );
     }
 }
