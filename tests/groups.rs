@@ -9,10 +9,10 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use setpoint_tests::plugin;
 use setpoint_tests::process::Setpoint;
 use setpoint_tests::traffic::{Load, LoadSpec, endpoint_weights, install_plugins, set_endpoint};
 use setpoint_tests::world::{World, converged, eventually, set_level, within};
-use setpoint_tests::{plugin, setpoint_bin};
 
 /// `rolling` over the instances labelled `app=orders`, grouped by `app`.
 fn rule(params: &str) -> String {
@@ -253,15 +253,12 @@ async fn a_group_of_six_rolls_out_two_at_a_time_never_more_than_two_down() {
         "the audit shows the batches: {audit:#?}"
     );
     // What the README shows an operator, through the CLI.
-    let printed = cli(
-        &world,
-        &["audit", "group:orders/app=orders", "--limit", "500"],
-    );
+    let printed = world.cli(&["audit", "group:orders/app=orders", "--limit", "500"]);
     assert!(
         printed.contains("group rollout progress") && printed.contains("rolling step"),
         "`setpoint audit group:orders/app=orders` does not show the batches:\n{printed}"
     );
-    let printed = cli(&world, &["status", "--group", "app=orders"]);
+    let printed = world.cli(&["status", "--group", "app=orders"]);
     for id in &ids {
         assert!(
             printed.contains(id.as_str()),
@@ -269,25 +266,6 @@ async fn a_group_of_six_rolls_out_two_at_a_time_never_more_than_two_down() {
         );
     }
     world.stop_daemon().await;
-}
-
-/// Run the `setpoint` CLI against the in-process daemon's admin API; its stdout.
-fn cli(world: &World, args: &[&str]) -> String {
-    let output = std::process::Command::new(setpoint_bin())
-        .args(args)
-        .arg("--endpoint")
-        .arg(format!("http://{}", world.daemon().admin_addr()))
-        .env("SETPOINT_ADMIN_TOKEN", "test-token")
-        .output()
-        .expect("the setpoint CLI runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "setpoint {args:?} failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
 }
 
 /// The change most members get, and the one that makes a member fail its health gate.

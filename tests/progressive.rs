@@ -954,26 +954,6 @@ async fn aborting_a_blue_green_after_the_switch_restores_the_instance_without_a_
 
 // ----- setpoint status ----------------------------------------------------------------------
 
-/// Run the real `setpoint` CLI against the test's daemon; its stdout, or a panic with
-/// its stderr.
-fn cli(world: &World, args: &[&str]) -> String {
-    let output = Command::new(setpoint_bin())
-        .args(args)
-        .arg("--endpoint")
-        .arg(format!("http://{}", world.daemon().admin_addr()))
-        .env("SETPOINT_ADMIN_TOKEN", "test-token")
-        .output()
-        .expect("the setpoint CLI runs");
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    assert!(
-        output.status.success(),
-        "setpoint {args:?} failed ({}):\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn setpoint_status_shows_the_canary_step_and_weights_and_watch_follows_it() {
     bounded(Duration::from_secs(90), true, async {
@@ -995,7 +975,7 @@ async fn setpoint_status_shows_the_canary_step_and_weights_and_watch_follows_it(
             .unwrap()
             .to_owned();
 
-        let out = cli(&world, &["status", &id]);
+        let out = world.cli(&["status", &id]);
         eprintln!("setpoint status {id}:\n{out}");
         for expected in [
             "canary step 2/3".to_owned(),
@@ -1019,7 +999,7 @@ async fn setpoint_status_shows_the_canary_step_and_weights_and_watch_follows_it(
             .spawn()
             .expect("setpoint status --watch runs");
         tokio::time::sleep(Duration::from_millis(1500)).await;
-        let out = cli(&world, &["promote", &id, "--full"]);
+        let out = world.cli(&["promote", &id, "--full"]);
         eprintln!("setpoint promote {id} --full:\n{out}");
         rollout_ends(
             &world,

@@ -122,6 +122,26 @@ impl World {
         }
     }
 
+    /// Run the `setpoint` CLI against the in-process daemon's admin API, with the
+    /// test's token; its stdout. Panics with stdout and stderr when it fails.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let output = std::process::Command::new(crate::setpoint_bin())
+            .args(args)
+            .arg("--endpoint")
+            .arg(format!("http://{}", self.daemon().admin_addr()))
+            .env("SETPOINT_ADMIN_TOKEN", "test-token")
+            .output()
+            .expect("the setpoint CLI runs");
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "setpoint {args:?} failed ({}):\n{stdout}\n{}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout
+    }
+
     pub fn plugin_dir(&self) -> PathBuf {
         self.dir.path().join("plugins")
     }
