@@ -1691,10 +1691,17 @@ async fn a_canary_is_rolled_back_on_a_promql_error_rate_and_a_good_change_passes
             .await;
         rollout_ends(&world, &id, Duration::from_secs(40), "healthy PromQL canary").await;
         left_clean(&world, &id, "debug", false, "healthy PromQL canary").await;
-        let (synced, synced_reason, _) = world.condition(&id, ConditionType::Synced).unwrap();
+        // The rollout's end is recorded before the next pass verifies the instance and
+        // says `Synced`, so that condition is waited for, not read once.
+        let synced = within(Duration::from_secs(10), async || {
+            world
+                .condition(&id, ConditionType::Synced)
+                .is_some_and(|(status, _, _)| status)
+        })
+        .await;
         assert!(
             synced,
-            "the good change is not synced: {synced_reason}\n{}",
+            "the good change is not synced\n{}",
             explain(&world, &id).await
         );
         let passed = audit_records(&world, &id).iter().any(|r| {
