@@ -177,3 +177,99 @@ fn run_refuses_an_admin_address_beyond_loopback_without_token_or_tls() {
         "{stderr}"
     );
 }
+
+/// Kills the daemon when the test ends, however it ends.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_cli_talks_https_to_an_admin_api_with_a_self_signed_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let rcgen::CertifiedKey { cert, key_pair } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
+    let cert_path = dir.path().join("admin.crt");
+    let key_path = dir.path().join("admin.key");
+    std::fs::write(&cert_path, cert.pem()).unwrap();
+    std::fs::write(&key_path, key_pair.serialize_pem()).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let db = dir.path().join("s.db");
+    let _daemon = Running(
+        Command::new(env!("CARGO_BIN_EXE_setpoint"))
+            .args(["run", "--control-plane", "http://127.0.0.1:9", "--plugins"])
+            .arg(dir.path())
+            .arg("--db")
+            .arg(&db)
+            .args(["--admin", &format!("127.0.0.1:{port}")])
+            .env("SETPOINT_ADMIN_TLS_CERT", &cert_path)
+            .env("SETPOINT_ADMIN_TLS_KEY", &key_path)
+            .env_remove("SETPOINT_ADMIN_TOKEN")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("run setpoint"),
+    );
+    let https = format!("https://localhost:{port}");
+    let ca = cert_path.to_str().unwrap();
+    let status = |endpoint: &str, ca: Option<&str>| {
+        // `plugins list` asks the daemon alone (`status` would ask the control plane).
+        let mut args = vec!["plugins", "list", "--json", "--endpoint", endpoint];
+        if let Some(ca) = ca {
+            args.extend(["--ca-cert", ca]);
+        }
+        let out = Command::new(env!("CARGO_BIN_EXE_setpoint"))
+            .args(&args)
+            .env_remove("SETPOINT_ADMIN_CA_CERT")
+            .env_remove("SETPOINT_ENDPOINT")
+            .output()
+            .expect("run setpoint plugins list");
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    // The daemon takes a moment to listen; a real process, so real waiting.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let (ok, stdout, stderr) = loop {
+        let answer = status(&https, Some(ca));
+        if answer.0 || std::time::Instant::now() > until {
+            break answer;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        ok,
+        "plugins list over HTTPS with --ca-cert failed: {stdout}{stderr}"
+    );
+    let listed: serde_json::Value = serde_json::from_str(stdout.trim()).expect("JSON");
+    assert!(listed.is_array(), "{listed}");
+
+    // Without the certificate, the error says how to trust it.
+    let (ok, _, stderr) = status(&https, None);
+    assert!(!ok);
+    assert!(
+        stderr.contains("not trusted") && stderr.contains("--ca-cert"),
+        "{stderr}"
+    );
+    // Plain HTTP to the HTTPS port says to use https://.
+    let (ok, _, stderr) = status(&format!("http://localhost:{port}"), None);
+    assert!(!ok);
+    assert!(stderr.contains("https://"), "{stderr}");
+    // A file that is not a certificate is named.
+    let (ok, _, stderr) = status(&https, Some(key_path.to_str().unwrap()));
+    assert!(!ok);
+    assert!(
+        stderr.contains("--ca-cert") && stderr.contains("no PEM certificate"),
+        "{stderr}"
+    );
+}

@@ -25,6 +25,11 @@ pub struct AdminArgs {
         global = true
     )]
     pub token: Option<String>,
+    /// PEM file with the certificate (or its CA) that the daemon's HTTPS admin API
+    /// presents (`admin.tls_cert`), for a self-signed or private-CA certificate. The
+    /// system's trusted roots are used as well.
+    #[arg(long, env = "SETPOINT_ADMIN_CA_CERT", global = true)]
+    pub ca_cert: Option<std::path::PathBuf>,
     /// Print the raw JSON answer.
     #[arg(long, global = true)]
     pub json: bool,
@@ -38,14 +43,32 @@ pub(super) struct Admin {
 }
 
 impl Admin {
-    pub(super) fn new(args: AdminArgs) -> Self {
-        Admin {
-            args,
-            http: reqwest::Client::builder()
-                .timeout(std::time::Duration::from_secs(30))
-                .build()
-                .expect("building an HTTP client"),
+    pub(super) fn new(args: AdminArgs) -> Result<Self, CliError> {
+        let mut http = reqwest::Client::builder().timeout(std::time::Duration::from_secs(30));
+        if let Some(path) = &args.ca_cert {
+            let pem = std::fs::read(path).map_err(|e| {
+                format!(
+                    "cannot read --ca-cert {}: {e}; give the PEM file of the daemon's admin.tls_cert (or of its CA)",
+                    path.display()
+                )
+            })?;
+            let certificates = reqwest::Certificate::from_pem_bundle(&pem)
+                .ok()
+                .filter(|c| !c.is_empty())
+                .ok_or_else(|| {
+                    format!(
+                        "--ca-cert {} holds no PEM certificate (a `-----BEGIN CERTIFICATE-----` block); give the daemon's admin.tls_cert or its CA",
+                        path.display()
+                    )
+                })?;
+            for certificate in certificates {
+                http = http.add_root_certificate(certificate);
+            }
         }
+        let http = http
+            .build()
+            .map_err(|e| format!("cannot set up the HTTP client: {e}"))?;
+        Ok(Admin { args, http })
     }
 
     fn url(&self, path: &str) -> String {
@@ -79,11 +102,26 @@ impl Admin {
     }
 
     fn unreachable(&self, e: reqwest::Error) -> CliError {
-        format!(
-            "cannot reach the setpoint admin API at {} ({e}); is `setpoint run` running? set --endpoint or SETPOINT_ENDPOINT",
-            self.args.endpoint
-        )
-        .into()
+        // reqwest's own message is "error sending request"; the cause (refused, a
+        // certificate not trusted, …) is further down the chain.
+        let mut cause = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(inner) = source {
+            cause = format!("{cause}: {inner}");
+            source = inner.source();
+        }
+        let endpoint = &self.args.endpoint;
+        let hint = if cause.contains("certificate") || cause.contains("UnknownIssuer") {
+            "the daemon's certificate is not trusted: pass its admin.tls_cert (or its CA) with --ca-cert or SETPOINT_ADMIN_CA_CERT"
+        } else if endpoint.starts_with("http://")
+            && (cause.contains("invalid HTTP version") || cause.contains("connection closed"))
+        {
+            // A TLS listener answers a plain request with an alert, not HTTP.
+            "if the daemon serves HTTPS (admin.tls_cert is set), use an https:// endpoint"
+        } else {
+            "is `setpoint run` running? set --endpoint or SETPOINT_ENDPOINT"
+        };
+        format!("cannot reach the setpoint admin API at {endpoint} ({cause}); {hint}").into()
     }
 
     pub(super) fn json(&self) -> bool {

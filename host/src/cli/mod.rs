@@ -218,7 +218,7 @@ async fn admin_command(command: Command) -> Result<(), CliError> {
             group,
             admin,
         } => {
-            let admin = Admin::new(admin);
+            let admin = Admin::new(admin)?;
             match (id, group) {
                 (_, Some(group)) => admin_client::group_status(&admin, &group).await,
                 (Some(id), None) if watch => admin_client::watch(&admin, &id).await,
@@ -226,43 +226,43 @@ async fn admin_command(command: Command) -> Result<(), CliError> {
             }
         }
         Command::Promote { id, full, admin } => {
-            admin_client::promote(&Admin::new(admin), &id, full).await
+            admin_client::promote(&Admin::new(admin)?, &id, full).await
         }
-        Command::Explain { id, admin } => admin_client::explain(&Admin::new(admin), &id).await,
-        Command::Diff { id, admin } => admin_client::diff(&Admin::new(admin), &id).await,
+        Command::Explain { id, admin } => admin_client::explain(&Admin::new(admin)?, &id).await,
+        Command::Diff { id, admin } => admin_client::diff(&Admin::new(admin)?, &id).await,
         Command::Reconcile { id, admin } => {
-            admin_client::mutate(&Admin::new(admin), &id, "reconcile").await
+            admin_client::mutate(&Admin::new(admin)?, &id, "reconcile").await
         }
         Command::Approve {
             group: Some(group),
             admin,
             ..
-        } => admin_client::group_action(&Admin::new(admin), &group, "approve").await,
+        } => admin_client::group_action(&Admin::new(admin)?, &group, "approve").await,
         Command::Approve {
             id: Some(id),
             digest,
             admin,
             ..
-        } => admin_client::approve(&Admin::new(admin), &id, digest).await,
+        } => admin_client::approve(&Admin::new(admin)?, &id, digest).await,
         Command::Retry { id, admin } => {
-            admin_client::mutate(&Admin::new(admin), &id, "retry").await
+            admin_client::mutate(&Admin::new(admin)?, &id, "retry").await
         }
-        Command::History { id, admin } => admin_client::history(&Admin::new(admin), &id).await,
+        Command::History { id, admin } => admin_client::history(&Admin::new(admin)?, &id).await,
         Command::Rollback { id, to, admin } => {
-            admin_client::rollback(&Admin::new(admin), &id, to).await
+            admin_client::rollback(&Admin::new(admin)?, &id, to).await
         }
         Command::Abort {
             group: Some(group),
             admin,
             ..
-        } => admin_client::group_action(&Admin::new(admin), &group, "abort").await,
+        } => admin_client::group_action(&Admin::new(admin)?, &group, "abort").await,
         Command::Abort {
             id: Some(id),
             admin,
             ..
-        } => admin_client::mutate(&Admin::new(admin), &id, "abort").await,
+        } => admin_client::mutate(&Admin::new(admin)?, &id, "abort").await,
         Command::Audit { id, limit, admin } => {
-            admin_client::audit(&Admin::new(admin), id.as_deref(), limit).await
+            admin_client::audit(&Admin::new(admin)?, id.as_deref(), limit).await
         }
         Command::Approve { .. } | Command::Abort { .. } => {
             Err("name an instance, or a group with --group".into())

@@ -103,7 +103,7 @@ pub(super) fn run(cmd: PluginsCommand) -> Result<ExitCode, CliError> {
             let rows = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()?
-                .block_on(async move { Admin::new(admin).get("/v1/plugins").await })?;
+                .block_on(async move { Admin::new(admin)?.get("/v1/plugins").await })?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
