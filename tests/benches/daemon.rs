@@ -299,6 +299,7 @@ async fn event_latency() {
     let store = daemon.controller().store().clone();
     let deadline = Instant::now() + Duration::from_secs(60);
     let mut first_call = std::collections::HashMap::new();
+    let mut decided = std::collections::HashMap::new();
     let mut after = None;
     while first_call.len() < n && Instant::now() < deadline {
         let page = store
@@ -313,7 +314,11 @@ async fn event_latency() {
         }
         for r in page {
             after = Some(r.id);
-            if r.entry.kind == AuditKind::Action
+            if r.entry.kind == AuditKind::Decision
+                && let Some(id) = r.entry.instance_id.clone()
+            {
+                decided.entry(id).or_insert(r.at);
+            } else if r.entry.kind == AuditKind::Action
                 && let Some(id) = r.entry.instance_id.clone()
             {
                 first_call.entry(id).or_insert(r.at);
@@ -339,6 +344,35 @@ async fn event_latency() {
         } else {
             "MISSED"
         }
+    );
+    // Where the time goes: change → decision (feed, queue, observe, judge, decide)
+    // and decision → first call (the strategy's step up to its first recorded call).
+    let split = |from: &dyn Fn(&str, SystemTime) -> Option<SystemTime>,
+                 to: &dyn Fn(&str) -> Option<SystemTime>| {
+        let mut d: Vec<Duration> = sent
+            .iter()
+            .filter_map(|(id, at)| to(id)?.duration_since(from(id, *at)?).ok())
+            .collect();
+        d.sort();
+        let q = |p: f64| d[((d.len() as f64 * p) as usize).min(d.len().saturating_sub(1))];
+        if d.is_empty() {
+            (Duration::ZERO, Duration::ZERO, Duration::ZERO)
+        } else {
+            (q(0.50), q(0.99), d[d.len() - 1])
+        }
+    };
+    let (a50, a99, amax) = split(&|_, at| Some(at), &|id| decided.get(id).copied());
+    let (b50, b99, bmax) = split(&|id, _| decided.get(id).copied(), &|id| {
+        first_call.get(id).copied()
+    });
+    println!(
+        "  breakdown: change -> decision p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms; decision -> first call p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        a50.as_secs_f64() * 1e3,
+        a99.as_secs_f64() * 1e3,
+        amax.as_secs_f64() * 1e3,
+        b50.as_secs_f64() * 1e3,
+        b99.as_secs_f64() * 1e3,
+        bmax.as_secs_f64() * 1e3,
     );
     daemon.shutdown().await.unwrap();
 }
