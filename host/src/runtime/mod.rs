@@ -544,11 +544,7 @@ impl PluginRuntime {
     }
 
     /// Run `program plugins compile …` on `bytes`; its peak RSS in KiB as it reported it.
-    fn compile_in_child(
-        &self,
-        program: &Path,
-        bytes: &[u8],
-    ) -> std::result::Result<u64, String> {
+    fn compile_in_child(&self, program: &Path, bytes: &[u8]) -> std::result::Result<u64, String> {
         use std::io::Write as _;
         use std::process::{Command, Stdio};
         let mut command = Command::new(program);
