@@ -105,11 +105,16 @@ pub fn stub_bin() -> PathBuf {
     .clone()
 }
 
-/// The `setpoint` executable, built like [`stub_bin`], for tests of its command line.
+/// The `setpoint` executable, built like [`stub_bin`], for tests of its command line;
+/// `SETPOINT_BIN` wins (a release build for the large-plugin tests' figures).
 pub fn setpoint_bin() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| build_bin("setpoint", "setpoint"))
-        .clone()
+    BIN.get_or_init(|| {
+        std::env::var_os("SETPOINT_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| build_bin("setpoint", "setpoint"))
+    })
+    .clone()
 }
 
 /// The `setpoint-controlplane` executable, built like [`stub_bin`], for tests that must
