@@ -328,6 +328,12 @@ pub struct PluginSettings {
     /// Directory of compiled components; `None` means `plugin-cache` next to the state
     /// database (see [`Settings::plugin_cache_dir`]).
     pub cache_dir: Option<PathBuf>,
+    /// The program that compiles plugins in a child process
+    /// (`crate::runtime::RuntimeConfig::compiler`); not a configuration key: `setpoint
+    /// run` sets its own executable, an embedder may set a `setpoint` binary. `None`:
+    /// compile in the daemon's process.
+    #[serde(skip)]
+    pub compiler: Option<PathBuf>,
 }
 
 impl Default for PluginSettings {
@@ -340,6 +346,7 @@ impl Default for PluginSettings {
             max_memory_bytes: crate::runtime::MAX_PLUGIN_MEMORY_BYTES as u64,
             // Derived from store.path so that all state lives in one directory.
             cache_dir: None,
+            compiler: None,
         }
     }
 }

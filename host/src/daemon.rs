@@ -170,6 +170,7 @@ impl Daemon {
             max_memory_bytes: usize::try_from(settings.plugins.max_memory_bytes)
                 .unwrap_or(usize::MAX),
             cache_dir: Some(settings.plugin_cache_dir()),
+            compiler: settings.plugins.compiler.clone(),
             ..RuntimeConfig::default()
         };
         let plugin_dir = settings.plugins.dir.clone();

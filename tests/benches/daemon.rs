@@ -42,12 +42,28 @@ impl Drop for ControlPlane {
 }
 
 fn control_plane_bin() -> std::path::PathBuf {
+    release_bin("setpoint-controlplane", "setpoint-controlplane")
+}
+
+/// The `setpoint` executable: the daemon's plugin compiler child (`plugins compile`), as
+/// `setpoint run` uses its own executable for it. `SETPOINT_BENCH_COMPILE_IN_PROCESS=1`
+/// leaves it out, so plugins compile in the bench process as an embedder's default.
+fn compiler_bin() -> Option<std::path::PathBuf> {
+    if std::env::var_os("SETPOINT_BENCH_COMPILE_IN_PROCESS").is_some() {
+        return None;
+    }
+    Some(release_bin("setpoint", "setpoint"))
+}
+
+fn release_bin(package: &str, name: &str) -> std::path::PathBuf {
     let output = Command::new(env!("CARGO"))
         .args([
             "build",
             "--release",
             "-p",
-            "setpoint-controlplane",
+            package,
+            "--bin",
+            name,
             "--message-format=json",
         ])
         .stderr(Stdio::inherit())
@@ -57,11 +73,9 @@ fn control_plane_bin() -> std::path::PathBuf {
     String::from_utf8_lossy(&output.stdout)
         .lines()
         .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .filter(|m| {
-            m["reason"] == "compiler-artifact" && m["target"]["name"] == "setpoint-controlplane"
-        })
+        .filter(|m| m["reason"] == "compiler-artifact" && m["target"]["name"] == name)
         .find_map(|m| m["executable"].as_str().map(Into::into))
-        .expect("setpoint-controlplane executable")
+        .unwrap_or_else(|| panic!("{name} executable"))
 }
 
 fn start_control_plane(dir: &std::path::Path) -> ControlPlane {
@@ -87,13 +101,49 @@ fn start_control_plane(dir: &std::path::Path) -> ControlPlane {
 }
 
 fn peak_rss_mib() -> f64 {
+    status_mib("VmHWM:")
+}
+
+/// A memory figure of this process's `/proc/self/status` (`VmHWM:`, `VmRSS:`), in MiB.
+fn status_mib(field: &str) -> f64 {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     status
         .lines()
-        .find(|l| l.starts_with("VmHWM:"))
+        .find(|l| l.starts_with(field))
         .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
         .map(|kib| kib / 1024.0)
         .unwrap_or(f64::NAN)
+}
+
+/// The memory breakdown by phase: each phase's own peak (the high-water mark is reset
+/// to the current RSS between phases through `/proc/self/clear_refs`, Linux 4.0+) and
+/// the RSS at its end. Printed when `SETPOINT_BENCH_PHASES=1`.
+struct Phases {
+    on: bool,
+    overall: f64,
+}
+
+impl Phases {
+    fn new() -> Self {
+        let on = std::env::var_os("SETPOINT_BENCH_PHASES").is_some();
+        Phases { on, overall: 0.0 }
+    }
+
+    /// End a phase: print its peak and the RSS now, then start the next one at the RSS
+    /// now.
+    fn mark(&mut self, what: &str) {
+        let peak = peak_rss_mib();
+        self.overall = self.overall.max(peak);
+        if !self.on {
+            return;
+        }
+        eprintln!(
+            "  [memory] {what:<58} peak {peak:>6.1} MiB, RSS after {:>6.1} MiB",
+            status_mib("VmRSS:")
+        );
+        // Writing 5 resets VmHWM to the current RSS.
+        let _ = std::fs::write("/proc/self/clear_refs", "5");
+    }
 }
 
 /// Create `n` Simulated instances, start them through the control plane, and record
@@ -157,7 +207,8 @@ async fn converged_fleet(
 }
 
 fn settings(url: &str, dir: &std::path::Path, plugins: &std::path::Path, resync: &str) -> Settings {
-    Settings::load(
+    static COMPILER: std::sync::OnceLock<Option<std::path::PathBuf>> = std::sync::OnceLock::new();
+    let mut settings = Settings::load(
         None,
         Vec::<(String, String)>::new(),
         &Overrides::new()
@@ -167,7 +218,9 @@ fn settings(url: &str, dir: &std::path::Path, plugins: &std::path::Path, resync:
             .set("admin.listen", "127.0.0.1:0")
             .set("controller.resync_interval", resync),
     )
-    .expect("settings")
+    .expect("settings");
+    settings.plugins.compiler = COMPILER.get_or_init(compiler_bin).clone();
+    settings
 }
 
 fn synced(daemon: &Daemon) -> u64 {
@@ -188,32 +241,40 @@ async fn resync(n: usize) {
     for name in ["field-diff", "restart"] {
         std::fs::copy(plugin(name), plugins.join(format!("{name}.wasm"))).unwrap();
     }
+    let mut phases = Phases::new();
+    phases.mark("before the fleet (bench process, earlier runs)");
     let cp = start_control_plane(dir.path());
     let http = reqwest::Client::new();
     let store = Store::open(dir.path().join("setpoint.db")).unwrap();
     let ids = converged_fleet(&http, &cp.url, &store, n).await;
     drop(store);
+    phases.mark("making the fleet (the bench's HTTP client, its store)");
 
     // A first daemon records every instance's conditions; the measured one starts on the
     // same database, as a restarted daemon does, and resyncs a converged fleet.
     let first = Daemon::start(settings(&cp.url, dir.path(), &plugins, "1h"))
         .await
         .unwrap();
+    phases.mark("first daemon start: compile both plugins (cache cold)");
     while synced(&first) < ids.len() as u64 {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+    phases.mark("first daemon: first reconcile of every instance");
     first.shutdown().await.unwrap();
+    phases.mark("first daemon shut down");
 
     // The clock starts when the daemon is up (plugins loaded; the first resync tick
     // fires at once) and stops when every instance has been reconciled.
     let daemon = Daemon::start(settings(&cp.url, dir.path(), &plugins, "1h"))
         .await
         .unwrap();
+    phases.mark("measured daemon start: both plugins from the cache");
     let started = Instant::now();
     while synced(&daemon) < ids.len() as u64 {
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
     let took = started.elapsed();
+    phases.mark("measured daemon: resync of every instance");
     let compares: f64 = daemon
         .controller()
         .metrics()
@@ -234,7 +295,7 @@ async fn resync(n: usize) {
     println!(
         "resync of {n:>6} converged instances: {:>7.3} s, {rate:>8.0} reconciles/s, peak RSS {:.0} MiB{}",
         took.as_secs_f64(),
-        peak_rss_mib(),
+        phases.overall,
         if n == 10_000 {
             format!(
                 "  (target <= {:?}: {:.2}x of target, {})",

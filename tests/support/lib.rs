@@ -105,11 +105,16 @@ pub fn stub_bin() -> PathBuf {
     .clone()
 }
 
-/// The `setpoint` executable, built like [`stub_bin`], for tests of its command line.
+/// The `setpoint` executable, built like [`stub_bin`], for tests of its command line;
+/// `SETPOINT_BIN` wins (a release build for the large-plugin tests' figures).
 pub fn setpoint_bin() -> PathBuf {
     static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
-    BIN.get_or_init(|| build_bin("setpoint", "setpoint"))
-        .clone()
+    BIN.get_or_init(|| {
+        std::env::var_os("SETPOINT_BIN")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| build_bin("setpoint", "setpoint"))
+    })
+    .clone()
 }
 
 /// The `setpoint-controlplane` executable, built like [`stub_bin`], for tests that must
@@ -205,4 +210,94 @@ pub fn install_atomically(path: &std::path::Path, bytes: &[u8]) {
 pub fn digest(bytes: &[u8]) -> String {
     use sha2::Digest as _;
     hex::encode(sha2::Sha256::digest(bytes))
+}
+
+/// `component` grown to about `target` bytes of code: its largest core module gets
+/// copies of all its own function bodies appended (new functions that nobody calls; their
+/// calls go to the originals, so the module stays valid). The same plugin (name, version,
+/// behaviour) with as much real compiled-Rust code as asked for, for the compiler to
+/// chew on: the hardest kind of large component (a large data segment or an embedded
+/// script costs the compiler almost nothing).
+pub fn with_code_grown_to(component: &[u8], target: usize) -> Vec<u8> {
+    fn uleb(bytes: &[u8], at: &mut usize) -> usize {
+        let (mut value, mut shift) = (0usize, 0);
+        loop {
+            let byte = bytes[*at];
+            *at += 1;
+            value |= usize::from(byte & 0x7f) << shift;
+            shift += 7;
+            if byte < 0x80 {
+                return value;
+            }
+        }
+    }
+    fn leb128(mut n: usize, out: &mut Vec<u8>) {
+        loop {
+            let byte = (n & 0x7f) as u8;
+            n >>= 7;
+            if n == 0 {
+                out.push(byte);
+                return;
+            }
+            out.push(byte | 0x80);
+        }
+    }
+    // (id, content) of each section after the 8-byte preamble.
+    fn sections(bytes: &[u8]) -> Vec<(u8, &[u8])> {
+        let mut at = 8;
+        let mut out = Vec::new();
+        while at < bytes.len() {
+            let id = bytes[at];
+            at += 1;
+            let len = uleb(bytes, &mut at);
+            out.push((id, &bytes[at..at + len]));
+            at += len;
+        }
+        out
+    }
+    fn section(id: u8, content: &[u8], out: &mut Vec<u8>) {
+        out.push(id);
+        leb128(content.len(), out);
+        out.extend_from_slice(content);
+    }
+    // A vector section (function: type indices; code: sized bodies) repeated.
+    fn repeated(content: &[u8], times: usize) -> Vec<u8> {
+        let mut at = 0;
+        let count = uleb(content, &mut at);
+        let mut out = Vec::new();
+        leb128(count * times, &mut out);
+        for _ in 0..times {
+            out.extend_from_slice(&content[at..]);
+        }
+        out
+    }
+    const CORE_MODULE: u8 = 1;
+    const FUNCTION: u8 = 3;
+    const CODE: u8 = 10;
+    let outer = sections(component);
+    let (largest, module) = outer
+        .iter()
+        .enumerate()
+        .filter(|(_, (id, _))| *id == CORE_MODULE)
+        .max_by_key(|(_, (_, content))| content.len())
+        .map(|(i, (_, content))| (i, *content))
+        .expect("a component with a core module");
+    let code_len = sections(module)
+        .iter()
+        .find(|(id, _)| *id == CODE)
+        .map(|(_, content)| content.len())
+        .expect("a core module with code");
+    let times = 1 + target.saturating_sub(component.len()) / code_len;
+    let mut grown = module[..8].to_vec();
+    for (id, content) in sections(module) {
+        match id {
+            FUNCTION | CODE => section(id, &repeated(content, times), &mut grown),
+            _ => section(id, content, &mut grown),
+        }
+    }
+    let mut out = component[..8].to_vec();
+    for (i, (id, content)) in outer.iter().enumerate() {
+        section(*id, if i == largest { &grown } else { content }, &mut out);
+    }
+    out
 }

@@ -113,6 +113,11 @@ impl Setpoint {
         strip_ansi(&std::fs::read_to_string(&self.log).unwrap_or_default())
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// SIGKILL: no shutdown, no checkpoint, whatever it was doing.
     pub fn kill(mut self) {
         self.child.kill().expect("SIGKILL setpoint run");

@@ -60,7 +60,10 @@ impl RunArgs {
 }
 
 pub(super) async fn run(args: RunArgs) -> Result<(), CliError> {
-    let settings = args.settings()?;
+    let mut settings = args.settings()?;
+    // Plugins are compiled by a child `setpoint plugins compile`, so the compiler's
+    // memory peak is not the daemon's (see `RuntimeConfig::compiler`).
+    settings.plugins.compiler = std::env::current_exe().ok();
     let daemon = Daemon::start(settings).await?;
     eprintln!("setpoint: admin API on http://{}", daemon.admin_addr());
     shutdown_signal().await;

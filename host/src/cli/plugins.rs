@@ -83,6 +83,25 @@ pub enum PluginsCommand {
     /// package: it builds into a component and passes `plugins check` with no edits, and
     /// its README says how to build and try it.
     New(super::plugins_new::NewArgs),
+    /// (Internal: the daemon's compile child.) Compile the component on standard input
+    /// into the cache directory with the engine the given settings make, print
+    /// `peak_rss_kib N` (this process's peak RSS) and exit. See `RuntimeConfig::compiler`.
+    #[command(hide = true)]
+    Compile {
+        /// The compilation cache directory (`plugins.cache_dir`).
+        #[arg(long, value_name = "DIR")]
+        cache_dir: PathBuf,
+        /// The plugin memory cap (`plugins.max_memory_bytes`), part of the engine's
+        /// configuration.
+        #[arg(long, value_name = "BYTES")]
+        max_memory_bytes: usize,
+        /// The runtime instantiates on demand rather than from a pool.
+        #[arg(long)]
+        no_pooling: bool,
+        /// The runtime writes perf maps.
+        #[arg(long)]
+        perf_map: bool,
+    },
 }
 
 pub(super) fn run(cmd: PluginsCommand) -> Result<ExitCode, CliError> {
@@ -127,6 +146,32 @@ pub(super) fn run(cmd: PluginsCommand) -> Result<ExitCode, CliError> {
             install(&runtime, &file, &dir)
         }
         PluginsCommand::New(args) => super::plugins_new::run(args),
+        PluginsCommand::Compile {
+            cache_dir,
+            max_memory_bytes,
+            no_pooling,
+            perf_map,
+        } => {
+            let config = RuntimeConfig {
+                cache_dir: Some(cache_dir),
+                max_memory_bytes,
+                pooling: !no_pooling,
+                perf_map,
+                ..RuntimeConfig::default()
+            };
+            let mut bytes = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)?;
+            crate::runtime::precompile(&config, &bytes)?;
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            if let Some(kib) = status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.split_whitespace().next())
+            {
+                println!("peak_rss_kib {kib}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         PluginsCommand::Run {
             file,
             desired,

@@ -112,6 +112,19 @@ const POOL_KEEP_RESIDENT_BYTES_NO_PAGEMAP: usize = 512 * 1024;
 /// keep the about 5 % per call that inlining buys.
 pub const LARGE_COMPONENT_BYTES: usize = 4 * 1024 * 1024;
 
+/// Compilations that run at once in one runtime (the daemon's plugin directory scans one
+/// file at a time; `plugins list DIR` and embedders may load from several threads).
+/// Compiling is memory-heavy (with inlining, a Rust plugin of 400 KB peaks at about
+/// 200 MB; a component of tens of megabytes at hundreds) and CPU-bound, so one at a
+/// time bounds both; loads from the compilation cache wait behind it too, which costs
+/// milliseconds.
+pub const MAX_CONCURRENT_COMPILES: usize = 1;
+
+/// Compiler threads a child process compiling a component of [`LARGE_COMPONENT_BYTES`]
+/// or more may use (`RAYON_NUM_THREADS`): a large component takes seconds of CPU, and
+/// one thread leaves the other cores to the daemon's reconciles and plugin calls.
+pub const LARGE_COMPILE_THREADS: usize = 1;
+
 /// Bytes of each pooled table kept resident, for the same reason (tables are small).
 const POOL_TABLE_KEEP_RESIDENT_BYTES: usize = 64 * 1024;
 
@@ -141,6 +154,17 @@ pub struct RuntimeConfig {
     /// plugins (for profiling; `benches/plugins.rs` turns it on with
     /// `SETPOINT_BENCH_PERFMAP=1`). Default off.
     pub perf_map: bool,
+    /// A program that compiles components in a child process: `PROGRAM plugins compile
+    /// …` with the component on its standard input (see [`compile_args`](Self::compile_args)
+    /// and [`precompile`]), which writes the compiled code into
+    /// [`cache_dir`](Self::cache_dir); this process then loads it from the cache. The
+    /// compiler's memory peak (about 200 MB for a Rust plugin of 400 KB with inlining,
+    /// hundreds for a component of tens of megabytes) is then the child's, returned to
+    /// the system when it exits, not this process's high-water mark. Used only with a
+    /// `cache_dir`; when the child fails, the component is compiled in this process
+    /// (which reports the compile error, if that is what it was). `setpoint run` sets
+    /// its own executable. Default `None`: compile in this process.
+    pub compiler: Option<PathBuf>,
 }
 
 impl Default for RuntimeConfig {
@@ -153,8 +177,45 @@ impl Default for RuntimeConfig {
             pooling: true,
             offered_capabilities: None,
             perf_map: false,
+            compiler: None,
         }
     }
+}
+
+impl RuntimeConfig {
+    /// The arguments after the program's name of the child that compiles a component for
+    /// a runtime with these settings: `plugins compile` and every setting that goes into
+    /// the engine's configuration, so the child's engine is this one's and its cache
+    /// entries are the ones this runtime looks up.
+    pub fn compile_args(&self) -> Vec<String> {
+        let mut args = vec!["plugins".to_owned(), "compile".to_owned()];
+        if let Some(dir) = &self.cache_dir {
+            args.push("--cache-dir".to_owned());
+            args.push(dir.display().to_string());
+        }
+        args.push("--max-memory-bytes".to_owned());
+        args.push(self.max_memory_bytes.to_string());
+        if !self.pooling {
+            args.push("--no-pooling".to_owned());
+        }
+        if self.perf_map {
+            args.push("--perf-map".to_owned());
+        }
+        args
+    }
+}
+
+/// The child's side of [`RuntimeConfig::compiler`]: compile `bytes` (a component) with the
+/// engine a runtime of `config` would use for it, which stores the result in
+/// `config.cache_dir`. Nothing is instantiated or called; the parent validates the
+/// plugin when it loads it from the cache.
+pub fn precompile(config: &RuntimeConfig, bytes: &[u8]) -> Result<()> {
+    let engine = build_engine(config, bytes.len() >= LARGE_COMPONENT_BYTES)?;
+    Component::new(&engine, bytes).map_err(|e| Error::Compile {
+        origin: "<stdin>".to_owned(),
+        source: e.into_boxed_dyn_error(),
+    })?;
+    Ok(())
 }
 
 /// What a plugin says about itself, validated.
@@ -283,6 +344,8 @@ pub struct PluginRuntime {
     large_linker: Linker<HostState>,
     config: RuntimeConfig,
     gate: Gate,
+    /// Bounds compilations to [`MAX_CONCURRENT_COMPILES`].
+    compiles: Gate,
     loaded: Mutex<HashMap<String, Weak<Plugin>>>,
     _ticker: EpochTicker,
 }
@@ -309,6 +372,7 @@ impl PluginRuntime {
             large_engine,
             large_linker,
             gate: Gate::new(config.max_concurrent_calls.max(1)),
+            compiles: Gate::new(MAX_CONCURRENT_COMPILES),
             config,
             loaded: Mutex::new(HashMap::new()),
             _ticker: ticker,
@@ -370,10 +434,7 @@ impl PluginRuntime {
         } else {
             (&self.engine, &self.linker)
         };
-        let component = Component::new(engine, bytes).map_err(|e| Error::Compile {
-            origin: origin.to_owned(),
-            source: e.into_boxed_dyn_error(),
-        })?;
+        let component = self.compile(engine, origin, bytes)?;
         let link_error = |e: wasmtime::Error| Error::Link {
             origin: origin.to_owned(),
             world: shape.world,
@@ -452,6 +513,70 @@ impl PluginRuntime {
         loaded.retain(|_, weak| weak.strong_count() > 0);
         loaded.insert(digest, Arc::downgrade(&plugin));
         Ok(plugin)
+    }
+
+    /// Compile a component (or load it from the cache), one at a time: in a child process
+    /// first when [`RuntimeConfig::compiler`] is set, so that this process only loads
+    /// the result from the cache.
+    fn compile(&self, engine: &Engine, origin: &str, bytes: &[u8]) -> Result<Component> {
+        let _permit = self.compiles.enter();
+        if let (Some(program), Some(_)) = (&self.config.compiler, &self.config.cache_dir) {
+            let started = Instant::now();
+            match self.compile_in_child(program, bytes) {
+                Ok(peak_kib) => tracing::info!(
+                    plugin = %short_origin(origin),
+                    bytes = bytes.len(),
+                    took = ?started.elapsed(),
+                    child_peak_rss_kib = peak_kib,
+                    "plugin compiled by a child process"
+                ),
+                Err(why) => tracing::warn!(
+                    plugin = %short_origin(origin),
+                    %why,
+                    "compiling the plugin in a child process failed; compiling it here"
+                ),
+            }
+        }
+        Component::new(engine, bytes).map_err(|e| Error::Compile {
+            origin: origin.to_owned(),
+            source: e.into_boxed_dyn_error(),
+        })
+    }
+
+    /// Run `program plugins compile …` on `bytes`; its peak RSS in KiB as it reported it.
+    fn compile_in_child(&self, program: &Path, bytes: &[u8]) -> std::result::Result<u64, String> {
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
+        let mut command = Command::new(program);
+        command
+            .args(self.config.compile_args())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        if bytes.len() >= LARGE_COMPONENT_BYTES {
+            command.env("RAYON_NUM_THREADS", LARGE_COMPILE_THREADS.to_string());
+        }
+        let mut child = command
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", program.display()))?;
+        let written = child
+            .stdin
+            .take()
+            .map(|mut stdin| stdin.write_all(bytes))
+            .unwrap_or(Ok(()));
+        let output = child
+            .wait_with_output()
+            .map_err(|e| format!("waiting for {}: {e}", program.display()))?;
+        if !output.status.success() {
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            return Err(format!("{} ({})", output.status, stderr.trim()));
+        }
+        written.map_err(|e| format!("writing the component to the child: {e}"))?;
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        Ok(stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("peak_rss_kib ")?.trim().parse().ok())
+            .unwrap_or(0))
     }
 
     /// Read, validate, load and smoke-test a plugin file: what the plugin directory
