@@ -25,9 +25,11 @@ use setpoint::client::{
 use setpoint::config::{Overrides, Settings};
 use setpoint::store::{AuditFilter, Store};
 
+/// A target's check: one input, panics on a finding.
+pub type Check = fn(&[u8]);
+
 /// The fuzz targets of the host, by name: `(name, function)`.
-pub const TARGETS: &[(&str, fn(&[u8]))] =
-    &[("settings", settings), ("feed", feed), ("admin", admin)];
+pub const TARGETS: &[(&str, Check)] = &[("settings", settings), ("feed", feed), ("admin", admin)];
 
 /// `<TOML text> NUL <lines>`: each line `NAME=VALUE` is an environment variable
 /// (prefixed with `SETPOINT_` unless it is already), or `--key=value` a flag.
