@@ -477,13 +477,30 @@ impl Settings {
         env: impl IntoIterator<Item = (String, String)>,
         overrides: &Overrides,
     ) -> Result<Settings> {
+        let text = match file {
+            Some(path) => {
+                Some(
+                    std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
+                        path: path.to_path_buf(),
+                        source,
+                    })?,
+                )
+            }
+            None => None,
+        };
+        Settings::load_text(file.zip(text.as_deref()), env, overrides)
+    }
+
+    /// [`Settings::load`] with the file's text already read: `file` is its path (named
+    /// in errors) and its text. The settings fuzz target (`fuzz/`) enters here.
+    pub fn load_text(
+        file: Option<(&Path, &str)>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &Overrides,
+    ) -> Result<Settings> {
         let mut layered = toml::Table::new();
-        if let Some(path) = file {
-            let text = std::fs::read_to_string(path).map_err(|source| Error::ReadFile {
-                path: path.to_path_buf(),
-                source,
-            })?;
-            layer_file(&mut layered, path, &text)?;
+        if let Some((path, text)) = file {
+            layer_file(&mut layered, path, text)?;
         }
         let mut env: Vec<(String, String)> = env
             .into_iter()

@@ -209,6 +209,31 @@ pub enum Error {
         #[source]
         source: rusqlite::Error,
     },
+    /// The filesystem holding the database (or its intent journal) is full. The write
+    /// was rolled back: nothing of it is stored, and everything written before is kept.
+    #[error(
+        "state database {path}: {operation} failed because the filesystem is full; nothing of it was stored (what was stored before is kept). Free space on the filesystem holding {path}: setpoint retries the work, and reads go on meanwhile"
+    )]
+    Full {
+        /// The database path.
+        path: PathBuf,
+        /// What the store was doing.
+        operation: String,
+        /// SQLite's or the journal's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    /// The database file is damaged (overwritten, truncated): SQLite cannot read it, or
+    /// its integrity check fails.
+    #[error(
+        "state database {path} is corrupted or truncated ({detail}); setpoint does not run on it. Stop every setpoint using it and restore the file from a backup (keep the damaged one: `sqlite3 {path} .recover` may save its records); or, to start afresh with an empty store (rollouts in flight, approvals and the audit log are then lost), move it and its -wal, -shm and -intents files aside"
+    )]
+    Corrupted {
+        /// The database path.
+        path: PathBuf,
+        /// What SQLite found.
+        detail: String,
+    },
     /// A query or write failed.
     #[error("state database: {operation} failed")]
     Sqlite {
@@ -574,6 +599,29 @@ impl Store {
         if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
             std::fs::create_dir_all(parent).map_err(|e| open_error(Box::new(e)))?;
         }
+        let mut journal_path = path.clone().into_os_string();
+        journal_path.push("-intents");
+        let journal_path = PathBuf::from(journal_path);
+        // SQLite takes an empty file for a new database; but the journal beside it says
+        // a store was opened here before (the journal is made after the schema), so the
+        // file was truncated: starting afresh on it would lose every record silently.
+        if std::fs::metadata(&path).is_ok_and(|m| m.len() == 0) && journal_path.exists() {
+            return Err(Error::Corrupted {
+                path,
+                detail: "the file is empty, but its intent journal shows it held a store"
+                    .to_owned(),
+            });
+        }
+        let corrupted = |e: &rusqlite::Error| {
+            matches!(
+                e.sqlite_error_code(),
+                Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase)
+            )
+            .then(|| Error::Corrupted {
+                path: path.clone(),
+                detail: e.to_string(),
+            })
+        };
         let mut conn = Connection::open(&path).map_err(|e| open_error(Box::new(e)))?;
         conn.busy_timeout(BUSY_TIMEOUT)
             .map_err(|e| open_error(Box::new(e)))?;
@@ -583,7 +631,7 @@ impl Store {
         conn.set_prepared_statement_cache_capacity(STATEMENT_CACHE);
         let mode: String = conn
             .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-            .map_err(|e| open_error(Box::new(e)))?;
+            .map_err(|e| corrupted(&e).unwrap_or_else(|| open_error(Box::new(e))))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(open_error(
                 format!("SQLite refused WAL journal mode (got \"{mode}\"); is the file on a network filesystem?").into(),
@@ -591,11 +639,20 @@ impl Store {
         }
         conn.pragma_update(None, "synchronous", "NORMAL")
             .map_err(|e| open_error(Box::new(e)))?;
+        // Damaged pages (overwritten, cut off) are found before anything is read from
+        // them or written over them. Reads every page once: milliseconds for the store's
+        // usual size (figures: tests/reliability/storage.rs).
+        let check: String = conn
+            .query_row("PRAGMA quick_check(1)", [], |row| row.get(0))
+            .map_err(|e| corrupted(&e).unwrap_or_else(|| open_error(Box::new(e))))?;
+        if check != "ok" {
+            return Err(Error::Corrupted {
+                path,
+                detail: format!("integrity check: {check}"),
+            });
+        }
         migrate(&mut conn, &path, MIGRATIONS)?;
-        let mut journal_path = path.clone().into_os_string();
-        journal_path.push("-intents");
-        let journal = journal::Journal::open(Path::new(&journal_path))
-            .map_err(|e| open_error(Box::new(e)))?;
+        let journal = journal::Journal::open(&journal_path).map_err(|e| open_error(Box::new(e)))?;
         Ok(Store {
             conn: Mutex::new(conn),
             intents: Mutex::new(journal),
@@ -655,12 +712,37 @@ impl Store {
         body: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
         let mut conn = self.lock();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .during(operation)?;
-        let value = body(&tx)?;
-        tx.commit().during(operation)?;
-        Ok(value)
+        let written = (|| {
+            let tx = conn
+                .transaction_with_behavior(TransactionBehavior::Immediate)
+                .during(operation)?;
+            let value = body(&tx)?;
+            tx.commit().during(operation)?;
+            Ok(value)
+        })();
+        written.map_err(|e| self.classify(e))
+    }
+
+    /// Names the file and what to do for the failures an operator must act on: a full
+    /// filesystem, a damaged file.
+    fn classify(&self, error: Error) -> Error {
+        let Error::Sqlite { operation, source } = error else {
+            return error;
+        };
+        match source.sqlite_error_code() {
+            Some(rusqlite::ErrorCode::DiskFull) => Error::Full {
+                path: self.path.clone(),
+                operation: operation.to_owned(),
+                source: Box::new(source),
+            },
+            Some(rusqlite::ErrorCode::DatabaseCorrupt | rusqlite::ErrorCode::NotADatabase) => {
+                Error::Corrupted {
+                    path: self.path.clone(),
+                    detail: format!("{operation}: {source}"),
+                }
+            }
+            _ => Error::Sqlite { operation, source },
+        }
     }
 
     // ----- applied configurations and backups -----
@@ -1206,6 +1288,13 @@ impl Store {
     }
 
     fn journal_error(&self, what: &str, e: std::io::Error) -> Error {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            return Error::Full {
+                path: self.path.clone(),
+                operation: format!("intent journal: {what}"),
+                source: Box::new(e),
+            };
+        }
         Error::Open {
             path: self.path.clone(),
             source: format!("intent journal: {what}: {e}").into(),

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 pub mod figures;
+pub mod fuzz;
 pub mod process;
 pub mod prometheus;
 pub mod traffic;

@@ -122,6 +122,47 @@ fn explain(kind: &json_patch::PatchErrorKind, raw: Option<&Value>) -> String {
     }
 }
 
+/// The properties the JSON Patch fuzz target (`fuzz/fuzz_targets/json_patch.rs`) checks
+/// on one input, `<document JSON> NUL <patch JSON>`: parsing and applying never panic,
+/// the document is never modified, a refusal names an operation that exists and says
+/// whether the document was malformed, and applying is deterministic. Inputs that are
+/// not two JSON texts are ignored (they are serde_json's to refuse).
+#[doc(hidden)]
+pub fn fuzz_one(data: &[u8]) {
+    let split = data.iter().position(|b| *b == 0).unwrap_or(data.len());
+    let (doc, rest) = data.split_at(split);
+    let Ok(document) = serde_json::from_slice::<Value>(doc) else {
+        return;
+    };
+    let Ok(patch_doc) = serde_json::from_slice::<Value>(rest.get(1..).unwrap_or_default()) else {
+        return;
+    };
+    let before = document.clone();
+    match Patch::parse(&patch_doc) {
+        Err(failure) => {
+            assert!(failure.malformed, "a parse failure is malformed: {failure}");
+            if let Some(index) = failure.index {
+                assert!(index < patch_doc.as_array().map_or(0, Vec::len));
+            }
+            let _ = failure.to_string();
+        }
+        Ok(patch) => {
+            let first = patch.apply(&document);
+            assert_eq!(document, before, "apply modified its input");
+            match &first {
+                Ok(_) => {}
+                Err(failure) => {
+                    assert!(!failure.malformed, "an apply failure is not malformed");
+                    let index = failure.index.expect("an apply failure names its operation");
+                    assert!(index < patch.len(), "{failure}");
+                    let _ = failure.to_string();
+                }
+            }
+            assert_eq!(patch.apply(&document), first, "apply is deterministic");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

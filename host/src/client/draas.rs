@@ -431,14 +431,7 @@ impl ControlPlane for DraasClient {
             }
             Err(error) => return Err(error),
         };
-        let value: Value = decode(&answer.call, &answer.body)?;
-        if value.is_array() {
-            return Err(Error::FeedUnsupported {
-                call: answer.call,
-                reason: "`after=` was ignored: the answer is a plain array".to_owned(),
-            });
-        }
-        decode_value(&answer.call, value)
+        decode_feed_page(&answer.call, &answer.body)
     }
 
     async fn feed_head(&self) -> Result<Option<u64>> {
@@ -471,13 +464,7 @@ impl ControlPlane for DraasClient {
             &since.to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
         );
         let answer = self.send(self.request(Method::GET, url)).await?;
-        // A control plane that answers with its feed page here too is read as well.
-        match decode::<Value>(&answer.call, &answer.body)? {
-            Value::Object(mut page) if page.contains_key("changes") => {
-                decode_value(&answer.call, page.remove("changes").unwrap_or_default())
-            }
-            other => decode_value(&answer.call, other),
-        }
+        decode_changes_since(&answer.call, &answer.body)
     }
 
     async fn clone_instance(&self, id: &str, request: &Value) -> Result<Instance> {
@@ -664,6 +651,32 @@ fn error_text(body: &[u8]) -> String {
         }
     }
     excerpt(body)
+}
+
+/// Decodes one answer of the sequence-numbered feed (`recent-changes?after=`): a page
+/// object, or [`Error::FeedUnsupported`] when the control plane ignored `after=` and
+/// answered a plain array. The feed fuzz target (`fuzz/`) enters here.
+pub fn decode_feed_page(call: &str, body: &[u8]) -> Result<ChangeBatch> {
+    let value: Value = decode(call, body)?;
+    if value.is_array() {
+        return Err(Error::FeedUnsupported {
+            call: call.to_owned(),
+            reason: "`after=` was ignored: the answer is a plain array".to_owned(),
+        });
+    }
+    decode_value(call, value)
+}
+
+/// Decodes one answer of the timestamp feed (`recent-changes?since=`): an array of
+/// changes, or a feed page whose `changes` are read.
+pub fn decode_changes_since(call: &str, body: &[u8]) -> Result<Vec<StatusChange>> {
+    // A control plane that answers with its feed page here too is read as well.
+    match decode::<Value>(call, body)? {
+        Value::Object(mut page) if page.contains_key("changes") => {
+            decode_value(call, page.remove("changes").unwrap_or_default())
+        }
+        other => decode_value(call, other),
+    }
 }
 
 fn decode_error(call: &str, error: serde_path_to_error::Error<serde_json::Error>) -> Error {

@@ -24,6 +24,7 @@ use serde_json::Value;
 pub use draas::{
     ClientConfig, DEFAULT_BACKOFF_BASE, DEFAULT_BACKOFF_CAP, DEFAULT_BASE_PATH,
     DEFAULT_MAX_RETRY_AFTER, DEFAULT_REQUEST_TIMEOUT, DEFAULT_RETRIES, DraasClient, Routes,
+    decode_changes_since, decode_feed_page,
 };
 pub use error::{Error, MAX_BODY_EXCERPT, Result};
 pub use types::{

@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use wasmtime::ResourceLimiter;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{Linker, ResourceTable};
+use wasmtime::{ResourceLimiter, StoreContextMut};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::{logging, v0_1};
@@ -81,6 +81,37 @@ fn deny_all_wasi() -> WasiCtx {
         .allow_udp(false)
         .allow_ip_name_lookup(false);
     builder.build()
+}
+
+/// A pollable that is ready at once: what `wasi:clocks/monotonic-clock`'s
+/// `subscribe-duration` and `subscribe-instant` give a plugin (see [`shadow_sleeps`]).
+struct Ready;
+
+#[async_trait::async_trait]
+impl wasmtime_wasi::p2::Pollable for Ready {
+    async fn ready(&mut self) {}
+}
+
+/// Replaces WASI's timers with ones that are ready at once. A plugin's clocks are frozen,
+/// so there is no time to wait for; and WASI's own timers wait in the host, on real
+/// time, where the call's time budget (epoch interruption, which only reaches running
+/// Wasm) cannot stop them: a plugin that slept for a day held a blocking thread and one
+/// of the runtime's call slots for a day (`tests/reliability/sandbox.rs`).
+pub(super) fn shadow_sleeps(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    linker.allow_shadowing(true);
+    let mut clock = linker.instance("wasi:clocks/monotonic-clock@0.2.12")?;
+    for name in ["subscribe-duration", "subscribe-instant"] {
+        clock.func_wrap(
+            name,
+            |mut store: StoreContextMut<'_, HostState>, (_,): (u64,)| {
+                let table = &mut store.data_mut().table;
+                let ready = table.push(Ready)?;
+                Ok((wasmtime_wasi::p2::subscribe(table, ready)?,))
+            },
+        )?;
+    }
+    linker.allow_shadowing(false);
+    Ok(())
 }
 
 /// A clock that never moves.

@@ -385,6 +385,7 @@ impl PluginRuntime {
 fn build_linker(engine: &Engine) -> Result<Linker<HostState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
+    host::shadow_sleeps(&mut linker).map_err(engine_error)?;
     // Each version's strategy world imports a superset of its comparator world's
     // (logging), so one linker serves both worlds; the versions' interfaces have
     // distinct names (`…@0.1.0`, `…@0.2.0`), so one linker serves both versions.

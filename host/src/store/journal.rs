@@ -59,6 +59,8 @@ enum Line {
 pub struct Journal {
     file: Option<(File, PathBuf)>,
     written: u64,
+    /// The last append failed, perhaps after writing part of its line.
+    torn: bool,
     next_id: i64,
     pending: BTreeMap<i64, Intent>,
 }
@@ -74,6 +76,7 @@ impl Journal {
         Journal {
             file: None,
             written: 0,
+            torn: false,
             next_id: 1,
             pending: BTreeMap::new(),
         }
@@ -144,6 +147,7 @@ impl Journal {
         Ok(Journal {
             file: Some((file, path.to_path_buf())),
             written,
+            torn: false,
             next_id,
             pending,
         })
@@ -163,10 +167,20 @@ impl Journal {
 
     fn append(&mut self, line: &Line) -> std::io::Result<()> {
         if let Some((file, _)) = &mut self.file {
-            let mut text = serde_json::to_string(line)?;
+            let mut text = String::new();
+            // A failed write (a full filesystem) may have left part of a line: the next
+            // record starts on a line of its own, or replay would lose it with the torn one.
+            if self.torn {
+                text.push('\n');
+            }
+            text.push_str(&serde_json::to_string(line)?);
             text.push('\n');
             // One write(2) of the whole line: O_APPEND keeps it in one piece.
-            file.write_all(text.as_bytes())?;
+            if let Err(error) = file.write_all(text.as_bytes()) {
+                self.torn = true;
+                return Err(error);
+            }
+            self.torn = false;
             self.written += text.len() as u64;
         }
         Ok(())
