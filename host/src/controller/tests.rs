@@ -497,3 +497,32 @@ fn a_reported_status_reads_as_one_line() {
     );
     assert_eq!(rollout::describe_status(&json!({})), "{}");
 }
+
+/// A `stop` whose answer was lost may have stopped the instance: it counts as this host's
+/// stop (the instance is brought back, not left alone as stopped on purpose); only a
+/// successful start clears that.
+#[test]
+fn a_failed_stop_counts_as_the_hosts_own_stop() {
+    use crate::runtime::scope::{CallOutcome, ImportCall};
+    let call = |name: &str, target: &str, outcome: CallOutcome| ImportCall {
+        call: name.into(),
+        target: target.into(),
+        mutating: true,
+        outcome,
+        configuration: None,
+        weights: None,
+    };
+    let lost =
+        CallOutcome::Failed("unavailable: POST .../stop: cannot reach the control plane".into());
+    let effect = |c: &ImportCall| rollout::host_stop_effect("a", c);
+    assert_eq!(effect(&call("stop", "a", CallOutcome::Ok)), Some(true));
+    assert_eq!(effect(&call("stop", "a", lost.clone())), Some(true));
+    assert_eq!(effect(&call("stop", "b", CallOutcome::Ok)), None);
+    assert_eq!(effect(&call("start", "a", CallOutcome::Ok)), Some(false));
+    assert_eq!(effect(&call("start", "a", lost)), None);
+    assert_eq!(
+        effect(&call("stop", "a", CallOutcome::Denied("no".into()))),
+        None
+    );
+    assert_eq!(effect(&call("stop", "a", CallOutcome::Simulated)), None);
+}
