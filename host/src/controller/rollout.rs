@@ -1047,6 +1047,9 @@ impl Controller {
         strategy: &Plugin,
     ) -> Result<()> {
         for call in calls {
+            if call.mutating && matches!(call.outcome, CallOutcome::Ok | CallOutcome::Failed(_)) {
+                self.note_own_change(&call.target);
+            }
             if let Some(stopped) = host_stop_effect(id, call) {
                 self.store.set_host_stopped(id, stopped)?;
             }
