@@ -338,16 +338,12 @@ enum Draw {
     Fault(Fault),
 }
 
-fn draw(shared: &Shared, method: &str, target: &str) -> Draw {
+fn draw(shared: &Shared) -> Draw {
     if !shared.enabled.load(Ordering::SeqCst) {
         return Draw::Pass;
     }
     let rates = shared.rates.lock().unwrap().clone();
     let mut rng = shared.rng.lock().unwrap();
-    let is_feed = target.starts_with(FEED_PATH);
-    // A long-poll feed request faulted after forwarding would hold a fault for the
-    // whole poll; the draw is the same either way.
-    let _ = (method, is_feed);
     if rates.rate <= 0.0 || rng.unit() >= rates.rate {
         return Draw::Pass;
     }
@@ -571,7 +567,7 @@ async fn serve_connection(mut socket: TcpStream, connection: u64, shared: Arc<Sh
     let mut buf = Vec::new();
     while let Some(request) = read_request(&mut socket, &mut buf).await {
         let at = Instant::now();
-        let fault = match draw(&shared, &request.method, &request.target) {
+        let fault = match draw(&shared) {
             Draw::Pass => None,
             Draw::Fault(fault) => Some(fault),
         };
