@@ -44,6 +44,10 @@ pub struct FaultRates {
     pub reset: u32,
     /// Weight of a forwarded answer whose body is cut short of its `Content-Length`.
     pub truncate: u32,
+    /// Whether a `POST .../start` may lose its answer after the control plane acted on
+    /// it (reset after forwarding, truncated); when `false` such a draw resets the
+    /// connection before forwarding instead.
+    pub lose_start_answers: bool,
 }
 
 impl FaultRates {
@@ -58,6 +62,7 @@ impl FaultRates {
             retry_after_secs: 1,
             reset: 0,
             truncate: 0,
+            lose_start_answers: true,
         }
     }
 
@@ -72,6 +77,7 @@ impl FaultRates {
             retry_after_secs: 1,
             reset: 1,
             truncate: 1,
+            lose_start_answers: true,
         }
     }
 }
@@ -338,7 +344,20 @@ enum Draw {
     Fault(Fault),
 }
 
-fn draw(shared: &Shared) -> Draw {
+fn draw(shared: &Shared, method: &str, path: &str) -> Draw {
+    match draw_any(shared) {
+        Draw::Fault(Fault::ResetAfterForward | Fault::Truncated)
+            if method == "POST"
+                && path.ends_with("/start")
+                && !shared.rates.lock().unwrap().lose_start_answers =>
+        {
+            Draw::Fault(Fault::ResetBeforeForward)
+        }
+        draw => draw,
+    }
+}
+
+fn draw_any(shared: &Shared) -> Draw {
     if !shared.enabled.load(Ordering::SeqCst) {
         return Draw::Pass;
     }
@@ -567,7 +586,8 @@ async fn serve_connection(mut socket: TcpStream, connection: u64, shared: Arc<Sh
     let mut buf = Vec::new();
     while let Some(request) = read_request(&mut socket, &mut buf).await {
         let at = Instant::now();
-        let fault = match draw(&shared) {
+        let path = request.target.split('?').next().unwrap_or_default();
+        let fault = match draw(&shared, &request.method, path) {
             Draw::Pass => None,
             Draw::Fault(fault) => Some(fault),
         };
