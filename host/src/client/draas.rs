@@ -284,29 +284,7 @@ impl DraasClient {
     async fn send(&self, req: Request<'_>) -> Result<Answer> {
         let mut attempt = 0;
         loop {
-            if let Some(left) = self.held_for(&req.url) {
-                if !req.retry {
-                    return Err(Error::Status {
-                        call: describe(&req.method, &req.url),
-                        status: StatusCode::TOO_MANY_REQUESTS,
-                        body: format!(
-                            "not sent: the control plane's Retry-After for this route has {} ms left",
-                            left.as_millis()
-                        ),
-                        retry_after: Some(left),
-                    });
-                }
-                tokio::time::sleep(left).await;
-            }
             let outcome = self.send_once(&req).await.and_then(check);
-            if let Err(Error::Status {
-                status: StatusCode::TOO_MANY_REQUESTS,
-                retry_after: Some(asked),
-                ..
-            }) = &outcome
-            {
-                self.hold(&req.url, *asked);
-            }
             match outcome {
                 Err(error)
                     if req.retry && attempt < self.config.retries && error.is_retryable() =>
@@ -325,7 +303,33 @@ impl DraasClient {
     }
 
     /// One attempt: transport errors and timeouts become errors, any status is an answer.
+    /// Every request goes out here, so this is where a 429's `Retry-After` holds its
+    /// route back (see [`DraasClient::send`]).
     async fn send_once(&self, req: &Request<'_>) -> Result<Answer> {
+        if let Some(left) = self.held_for(&req.url) {
+            if !req.retry {
+                return Err(Error::Status {
+                    call: describe(&req.method, &req.url),
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    body: format!(
+                        "not sent: the control plane's Retry-After for this route has {} ms left",
+                        left.as_millis()
+                    ),
+                    retry_after: Some(left),
+                });
+            }
+            tokio::time::sleep(left).await;
+        }
+        let answer = self.send_unheld(req).await?;
+        if answer.status == StatusCode::TOO_MANY_REQUESTS
+            && let Some(asked) = answer.retry_after
+        {
+            self.hold(&req.url, asked);
+        }
+        Ok(answer)
+    }
+
+    async fn send_unheld(&self, req: &Request<'_>) -> Result<Answer> {
         let call = describe(&req.method, &req.url);
         let mut builder = self
             .http
