@@ -453,7 +453,13 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(state): State<AdminState>) -> Response {
     if state.ready.load(Ordering::SeqCst) {
-        (StatusCode::OK, "ready\n").into_response()
+        // Ready (the admin API serves, the daemon's records are readable) but degraded
+        // while the control plane does not answer: still 200, so an orchestrator does
+        // not restart a daemon that cannot help it, and the body says why nothing moves.
+        match state.controller.reachability().degraded() {
+            Some(why) => (StatusCode::OK, format!("ready, {why}\n")).into_response(),
+            None => (StatusCode::OK, "ready\n").into_response(),
+        }
     } else {
         ApiError(
             StatusCode::SERVICE_UNAVAILABLE,

@@ -408,14 +408,17 @@ async fn resync_loop(
             _ = ticker.tick() => {}
         }
         // The listing and what every instance runs, fetched side by side.
+        let requested = std::time::Instant::now();
         let (listing, running) = tokio::join!(cp.list_instances(), bulk_running(cp.as_ref()));
         match listing {
             Ok(instances) => {
                 failures = 0;
                 reachability.answered();
                 let n = instances.len();
-                let listed: std::collections::HashSet<String> =
-                    controller.prime(instances, running).into_iter().collect();
+                let listed: std::collections::HashSet<String> = controller
+                    .prime(instances, running, requested)
+                    .into_iter()
+                    .collect();
                 for id in &listed {
                     queue.enqueue(id.clone());
                 }
@@ -523,8 +526,9 @@ async fn feed_loop(
                 let first = cursor.is_none() && !use_fallback;
                 if truncated && !first {
                     tracing::warn!(cursor = ?cursor, "change feed cursor fell behind the control plane's buffer; resyncing every instance");
+                    let requested = std::time::Instant::now();
                     if let Ok(instances) = cp.list_instances().await {
-                        for id in controller.prime(instances, None) {
+                        for id in controller.prime(instances, None, requested) {
                             queue.enqueue(id);
                         }
                     }

@@ -88,6 +88,25 @@ impl Reachability {
         }
     }
 
+    /// The outage going on, if any: how long the control plane has not answered and
+    /// how many attempts failed.
+    pub fn outage(&self) -> Option<(Duration, u64)> {
+        self.outage
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .map(|o| (o.since.elapsed(), o.failed_attempts))
+    }
+
+    /// What `/readyz` adds while an outage goes on: `degraded: ...`.
+    pub fn degraded(&self) -> Option<String> {
+        self.outage().map(|(down_for, failed)| {
+            format!(
+                "degraded: the control plane has not answered for {} ({failed} failed attempts); reconciles wait for it, nothing is applied meanwhile",
+                rounded(down_for)
+            )
+        })
+    }
+
     /// Whether an outage is going on.
     pub fn is_down(&self) -> bool {
         self.outage
@@ -124,5 +143,17 @@ mod tests {
         assert_eq!(r.outage.lock().unwrap().unwrap().failed_attempts, 2);
         r.answered();
         assert!(!r.is_down());
+    }
+
+    #[test]
+    fn degraded_says_so_only_during_an_outage() {
+        let r = Reachability::default();
+        assert_eq!(r.degraded(), None);
+        r.failed("listing", "connection refused", Duration::from_secs(1));
+        let text = r.degraded().unwrap();
+        assert!(text.starts_with("degraded: "), "{text}");
+        assert!(text.contains("1 failed attempts"), "{text}");
+        r.answered();
+        assert_eq!(r.degraded(), None);
     }
 }

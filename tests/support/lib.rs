@@ -6,6 +6,7 @@
 
 use std::path::PathBuf;
 
+pub mod fault_proxy;
 pub mod figures;
 pub mod fuzz;
 pub mod process;

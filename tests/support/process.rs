@@ -129,6 +129,15 @@ impl Setpoint {
         self.get(&format!("/v1/instances/{id}")).await
     }
 
+    /// `GET {path}` on the admin API as text: the status and the body; `(0, "")` when it
+    /// does not answer.
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        match self.http.get(format!("{}{path}", self.admin)).send().await {
+            Ok(r) => (r.status().as_u16(), r.text().await.unwrap_or_default()),
+            Err(_) => (0, String::new()),
+        }
+    }
+
     /// `GET {path}` on the admin API; `Value::Null` when it does not answer with success.
     pub async fn get(&self, path: &str) -> Value {
         match self.http.get(format!("{}{path}", self.admin)).send().await {

@@ -94,13 +94,20 @@ impl World {
 
     /// Start the daemon with `config` (TOML) appended to the test's settings.
     pub async fn start_daemon(&mut self, resync: &str, config: &str) {
+        let url = self.cp_url();
+        self.start_daemon_at(&url, resync, config).await;
+    }
+
+    /// Start the daemon like [`start_daemon`](Self::start_daemon), talking to the control
+    /// plane at `cp_url` (a proxy in front of it) instead of directly.
+    pub async fn start_daemon_at(&mut self, cp_url: &str, resync: &str, config: &str) {
         let file = self.dir.path().join("setpoint.toml");
         std::fs::write(&file, config).unwrap();
         let settings = Settings::load(
             Some(&file),
             Vec::<(String, String)>::new(),
             &Overrides::new()
-                .set("control_plane.url", self.cp_url())
+                .set("control_plane.url", cp_url)
                 .set("plugins.dir", self.plugin_dir().display().to_string())
                 .set(
                     "store.path",
@@ -301,6 +308,18 @@ impl World {
             .unwrap_or(0.0)
     }
 
+    /// The control plane's own record of what happened to each instance, read from its
+    /// change feed (every retained change, oldest first): per instance, one
+    /// [`Lifecycle`] per revision of its desired configuration.
+    pub async fn lifecycle(&self) -> std::collections::BTreeMap<String, Vec<Lifecycle>> {
+        let page = self.get("/api/status/recent-changes?after=0").await;
+        assert!(
+            page["truncated"] == false,
+            "the feed dropped changes: raise the control plane's feed_capacity"
+        );
+        lifecycle_from(page["changes"].as_array().expect("feed changes"))
+    }
+
     pub async fn latest_sequence(&self) -> u64 {
         self.get("/api/status/recent-changes?after=0").await["latestSequence"]
             .as_u64()
@@ -308,7 +327,39 @@ impl World {
     }
 }
 
-/// Poll `check` every 20 ms until it holds or `limit` passes.
+/// What the control plane did to an instance while one revision of its desired
+/// configuration stood: from one `ConfigurationChanged` (or the instance's creation) to
+/// the next. Counted from the control plane's own feed entries (source `controlplane`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// Processes started (`Running` entries).
+    pub starts: usize,
+    /// Processes stopped (`Stopped` entries; stopping a stopped instance records none).
+    pub stops: usize,
+}
+
+/// [`Lifecycle`]s per instance from a list of feed changes, oldest first.
+pub fn lifecycle_from(changes: &[Value]) -> std::collections::BTreeMap<String, Vec<Lifecycle>> {
+    let mut out: std::collections::BTreeMap<String, Vec<Lifecycle>> = Default::default();
+    for change in changes {
+        if change["source"] != "controlplane" {
+            continue;
+        }
+        let id = change["instanceId"].as_str().unwrap_or_default().to_owned();
+        let revisions = out.entry(id).or_default();
+        if revisions.is_empty() {
+            revisions.push(Lifecycle::default());
+        }
+        match change["status"].as_str().unwrap_or_default() {
+            "ConfigurationChanged" => revisions.push(Lifecycle::default()),
+            "Running" => revisions.last_mut().unwrap().starts += 1,
+            "Stopped" => revisions.last_mut().unwrap().stops += 1,
+            _ => {}
+        }
+    }
+    out
+}
+
 /// Create an instance on the control plane at `cp_url`: a small Drasi configuration
 /// (one mock source, one query, one log reaction) with the keys of `extra` added (such
 /// as `{"stub": {"failRate": 0.5}}`), labelled `labels`. Its id.
@@ -343,6 +394,7 @@ pub async fn create_instance(
     created["id"].as_str().unwrap().to_owned()
 }
 
+/// Poll `check` every 20 ms until it holds or `limit` passes.
 pub async fn eventually(limit: Duration, what: &str, mut check: impl AsyncFnMut() -> bool) {
     let until = Instant::now() + limit;
     while !check().await {
@@ -384,4 +436,11 @@ pub async fn converged(world: &World, ids: &[&str]) {
         )
         .await;
     }
+}
+
+/// Run a test body with an overall bound, so a hang fails instead of blocking the run.
+pub async fn bounded(limit: Duration, body: impl Future<Output = ()>) {
+    tokio::time::timeout(limit, body)
+        .await
+        .unwrap_or_else(|_| panic!("test did not finish within {limit:?}"));
 }

@@ -158,6 +158,9 @@ pub struct DraasClient {
     /// `base_url` with `base_path` appended, as path segments.
     base: Url,
     capabilities: OnceCell<Capabilities>,
+    /// Routes (URL paths) a 429 asked to leave alone, until when: nothing is sent to
+    /// them before (a read waits, a mutation fails at once; see [`DraasClient::send`]).
+    held: std::sync::Mutex<std::collections::HashMap<String, std::time::Instant>>,
 }
 
 /// The media type of an RFC 6902 JSON Patch document.
@@ -220,6 +223,7 @@ impl DraasClient {
             config,
             base,
             capabilities: OnceCell::new(),
+            held: std::sync::Mutex::default(),
         })
     }
 
@@ -250,8 +254,33 @@ impl DraasClient {
         }
     }
 
+    /// How long `url`'s route is still held back by a 429's `Retry-After`, if it is.
+    fn held_for(&self, url: &Url) -> Option<Duration> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let until = *held.get(url.path())?;
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            held.remove(url.path());
+            return None;
+        }
+        Some(left)
+    }
+
+    /// Holds `url`'s route back for what a 429 asked (up to `max_retry_after`).
+    fn hold(&self, url: &Url, asked: Duration) {
+        let until = std::time::Instant::now() + asked.min(self.config.max_retry_after);
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = held.entry(url.path().to_owned()).or_insert(until);
+        *entry = (*entry).max(until);
+    }
+
     /// Sends `req`, repeating a retryable failure of a read, and returns a successful
     /// answer or the error.
+    ///
+    /// A 429's `Retry-After` is honoured for the route (the URL's path) by every later
+    /// request of this client, not only by this call's retries: a read waits out the rest
+    /// of it; a mutation, which the caller decides whether to repeat, fails at once with
+    /// a retryable 429 that says so, without reaching the control plane.
     async fn send(&self, req: Request<'_>) -> Result<Answer> {
         let mut attempt = 0;
         loop {
@@ -274,7 +303,33 @@ impl DraasClient {
     }
 
     /// One attempt: transport errors and timeouts become errors, any status is an answer.
+    /// Every request goes out here, so this is where a 429's `Retry-After` holds its
+    /// route back (see [`DraasClient::send`]).
     async fn send_once(&self, req: &Request<'_>) -> Result<Answer> {
+        if let Some(left) = self.held_for(&req.url) {
+            if !req.retry {
+                return Err(Error::Status {
+                    call: describe(&req.method, &req.url),
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    body: format!(
+                        "not sent: the control plane's Retry-After for this route has {} ms left",
+                        left.as_millis()
+                    ),
+                    retry_after: Some(left),
+                });
+            }
+            tokio::time::sleep(left).await;
+        }
+        let answer = self.send_unheld(req).await?;
+        if answer.status == StatusCode::TOO_MANY_REQUESTS
+            && let Some(asked) = answer.retry_after
+        {
+            self.hold(&req.url, asked);
+        }
+        Ok(answer)
+    }
+
+    async fn send_unheld(&self, req: &Request<'_>) -> Result<Answer> {
         let call = describe(&req.method, &req.url);
         let mut builder = self
             .http
@@ -891,6 +946,72 @@ mod tests {
                 .starts_with("POST /api/server/instances/abc/start: 503"),
             "{err}"
         );
+    }
+
+    /// A 429's `Retry-After` holds the route back for this client: a mutation sent again
+    /// before it passed fails at once without reaching the control plane, one sent after
+    /// it goes out.
+    #[tokio::test]
+    async fn a_mutation_answered_429_is_not_sent_again_before_its_retry_after() {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let router = Router::new()
+            .route(
+                "/api/server/instances/abc/stop",
+                post(|State(hits): State<Arc<AtomicUsize>>| async move {
+                    if counted(&hits) == 1 {
+                        let mut headers = HeaderMap::new();
+                        headers.insert("retry-after", "1".parse().unwrap());
+                        (AxumStatus::TOO_MANY_REQUESTS, headers, "slow down").into_response()
+                    } else {
+                        axum::Json(json!({})).into_response()
+                    }
+                }),
+            )
+            .with_state(hits.clone());
+        let cp = client(&serve(router).await);
+        let first = cp.stop("abc").await.unwrap_err();
+        let answered = Instant::now();
+        assert!(first.is_retryable(), "{first}");
+        let held = cp.stop("abc").await.unwrap_err();
+        assert!(held.is_retryable(), "{held}");
+        assert!(held.to_string().contains("Retry-After"), "{held}");
+        assert_eq!(hits.load(Ordering::SeqCst), 1, "held back, not sent");
+        // The hold began before `answered`: it is over 1 s after it.
+        tokio::time::sleep(Duration::from_secs(1).saturating_sub(answered.elapsed())).await;
+        cp.stop("abc").await.unwrap();
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
+    }
+
+    /// A read of a held-back route waits out the rest of the `Retry-After` instead.
+    #[tokio::test]
+    async fn a_read_of_a_route_answered_429_waits_for_its_retry_after() {
+        let hits = Arc::new(AtomicUsize::new(0));
+        let router = Router::new()
+            .route(
+                "/api/server/instances",
+                get(|State(hits): State<Arc<AtomicUsize>>| async move {
+                    if counted(&hits) == 1 {
+                        let mut headers = HeaderMap::new();
+                        headers.insert("retry-after", "1".parse().unwrap());
+                        (AxumStatus::TOO_MANY_REQUESTS, headers, "slow down").into_response()
+                    } else {
+                        axum::Json(json!([])).into_response()
+                    }
+                }),
+            )
+            .with_state(hits.clone());
+        let mut config = ClientConfig::new(serve(router).await);
+        config.retries = 0;
+        let cp = DraasClient::new(config).unwrap();
+        let started = Instant::now();
+        cp.list_instances().await.unwrap_err();
+        cp.list_instances().await.unwrap();
+        assert!(
+            started.elapsed() >= Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]

@@ -93,7 +93,12 @@ fn to_cp_error(e: client::Error) -> CpError {
             CpError::Unavailable(text)
         }
         client::Error::Unsupported { .. } => CpError::Unavailable(text),
-        client::Error::Status { status, .. } if status.is_client_error() => CpError::Invalid(text),
+        // A 429 asks for time; it is no verdict on the arguments.
+        client::Error::Status { status, .. }
+            if status.is_client_error() && status != reqwest::StatusCode::TOO_MANY_REQUESTS =>
+        {
+            CpError::Invalid(text)
+        }
         _ => CpError::Other(text),
     }
 }
@@ -244,5 +249,40 @@ impl StrategyHost for Bridge {
         self.queries.template(name)?;
         let instance = self.get_instance(id)?;
         self.handle.block_on(self.queries.evaluate(name, &instance))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use reqwest::StatusCode;
+
+    use super::*;
+
+    fn status(status: StatusCode) -> client::Error {
+        client::Error::Status {
+            call: "POST /api/server/instances/a/stop".into(),
+            status,
+            body: String::new(),
+            retry_after: None,
+        }
+    }
+
+    /// A 429 is the control plane asking for time, not refusing the arguments: a strategy
+    /// must see a failure it may retry (`other`, as for a 5xx), or a rate limit would give
+    /// up a revision for good.
+    #[test]
+    fn too_many_requests_is_not_invalid() {
+        assert!(matches!(
+            to_cp_error(status(StatusCode::TOO_MANY_REQUESTS)),
+            CpError::Other(_)
+        ));
+        assert!(matches!(
+            to_cp_error(status(StatusCode::SERVICE_UNAVAILABLE)),
+            CpError::Other(_)
+        ));
+        assert!(matches!(
+            to_cp_error(status(StatusCode::BAD_REQUEST)),
+            CpError::Invalid(_)
+        ));
     }
 }

@@ -363,6 +363,9 @@ pub struct Controller {
 struct Snapshots {
     instances: HashMap<String, Snapshot>,
     changed_at: HashMap<String, client::Timestamp>,
+    /// When this host last sent a mutating call about an instance (its own clock): a
+    /// listing requested before that may show the instance as it was before the call.
+    own_changes: HashMap<String, Instant>,
 }
 
 #[derive(Debug)]
@@ -529,11 +532,14 @@ impl Controller {
     /// `running`, when the control plane serves running configurations in bulk, is what
     /// each instance ran at the listing (absent: nothing). An instance the change feed
     /// has reported a newer change for than the listing shows is not kept: its reconcile
-    /// reads it afresh.
+    /// reads it afresh; nor is one this host sent a mutating call about since
+    /// `requested` (when the listing was asked for): the change feed may not have
+    /// reported that call's effect yet, and the listing may predate it.
     pub fn prime(
         &self,
         instances: Vec<client::Instance>,
         mut running: Option<HashMap<String, Value>>,
+        requested: Instant,
     ) -> Vec<String> {
         let mut snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
         let mut ids = Vec::with_capacity(instances.len());
@@ -542,7 +548,11 @@ impl Controller {
             let stale = snapshots
                 .changed_at
                 .get(&instance.id)
-                .is_some_and(|at| *at > modified_at(&instance));
+                .is_some_and(|at| *at > modified_at(&instance))
+                || snapshots
+                    .own_changes
+                    .get(&instance.id)
+                    .is_some_and(|at| *at >= requested);
             if !stale {
                 let ran = running.as_mut().map(|r| r.remove(&instance.id));
                 snapshots.instances.insert(
@@ -572,6 +582,14 @@ impl Controller {
         {
             snapshots.instances.remove(id);
         }
+    }
+
+    /// This host sent a mutating call about `id` (its outcome known or not): a listing
+    /// snapshot of it, taken or in flight, may predate the call and is not used.
+    pub(crate) fn note_own_change(&self, id: &str) {
+        let mut snapshots = self.snapshots.lock().unwrap_or_else(|e| e.into_inner());
+        snapshots.instances.remove(id);
+        snapshots.own_changes.insert(id.to_owned(), Instant::now());
     }
 
     fn take_snapshot(&self, id: &str) -> Option<Snapshot> {

@@ -1047,13 +1047,14 @@ impl Controller {
         strategy: &Plugin,
     ) -> Result<()> {
         for call in calls {
+            if call.mutating && matches!(call.outcome, CallOutcome::Ok | CallOutcome::Failed(_)) {
+                self.note_own_change(&call.target);
+            }
+            if let Some(stopped) = host_stop_effect(id, call) {
+                self.store.set_host_stopped(id, stopped)?;
+            }
             if call.target != id || call.outcome != CallOutcome::Ok {
                 continue;
-            }
-            match call.call.as_str() {
-                "stop" => self.store.set_host_stopped(id, true)?,
-                "start" | "restart" => self.store.set_host_stopped(id, false)?,
-                _ => {}
             }
             if call.call == "start" {
                 let sent = call.configuration.as_ref().unwrap_or(desired);
@@ -1323,4 +1324,21 @@ fn drift_summary(judged: &Judged) -> String {
         .map(|d| d.message.as_str())
         .collect::<Vec<_>>()
         .join("; ")
+}
+
+/// What `call` says about whether this host stopped instance `id` last: `Some(true)`
+/// after a `stop` it sent, also one that failed (its answer may have been lost after the
+/// control plane stopped the instance: a reset, a truncated answer, a timeout), so that a
+/// rollout failing after its own stop brings the instance back instead of leaving it
+/// "stopped on purpose"; `Some(false)` after a successful `start` or `restart`; `None`
+/// for anything else (other calls, other instances, calls not sent).
+pub(super) fn host_stop_effect(id: &str, call: &ImportCall) -> Option<bool> {
+    if call.target != id {
+        return None;
+    }
+    match (call.call.as_str(), &call.outcome) {
+        ("stop", CallOutcome::Ok | CallOutcome::Failed(_)) => Some(true),
+        ("start" | "restart", CallOutcome::Ok) => Some(false),
+        _ => None,
+    }
 }

@@ -497,3 +497,56 @@ fn a_reported_status_reads_as_one_line() {
     );
     assert_eq!(rollout::describe_status(&json!({})), "{}");
 }
+
+/// A `stop` whose answer was lost may have stopped the instance: it counts as this host's
+/// stop (the instance is brought back, not left alone as stopped on purpose); only a
+/// successful start clears that.
+#[test]
+fn a_failed_stop_counts_as_the_hosts_own_stop() {
+    use crate::runtime::scope::{CallOutcome, ImportCall};
+    let call = |name: &str, target: &str, outcome: CallOutcome| ImportCall {
+        call: name.into(),
+        target: target.into(),
+        mutating: true,
+        outcome,
+        configuration: None,
+        weights: None,
+    };
+    let lost =
+        CallOutcome::Failed("unavailable: POST .../stop: cannot reach the control plane".into());
+    let effect = |c: &ImportCall| rollout::host_stop_effect("a", c);
+    assert_eq!(effect(&call("stop", "a", CallOutcome::Ok)), Some(true));
+    assert_eq!(effect(&call("stop", "a", lost.clone())), Some(true));
+    assert_eq!(effect(&call("stop", "b", CallOutcome::Ok)), None);
+    assert_eq!(effect(&call("start", "a", CallOutcome::Ok)), Some(false));
+    assert_eq!(effect(&call("start", "a", lost)), None);
+    assert_eq!(
+        effect(&call("stop", "a", CallOutcome::Denied("no".into()))),
+        None
+    );
+    assert_eq!(effect(&call("stop", "a", CallOutcome::Simulated)), None);
+}
+
+/// A listing asked for before this host's own mutating call may show the instance as it
+/// was before it (the change feed may not have reported the call yet): it is not used by
+/// the next reconcile. Found through the fault proxy: a delayed listing made a converged
+/// instance look missing and restarted it a second time for one revision.
+#[tokio::test]
+async fn a_listing_older_than_the_hosts_own_call_is_not_used() {
+    let cp = Arc::new(MemoryControlPlane::default());
+    cp.add("a", InstanceStatus::Created, &[], Some(json!({})), None);
+    let c = controller(cp.clone(), Vec::new());
+    let listing = cp.list_instances().await.unwrap();
+
+    let requested = Instant::now();
+    c.note_own_change("a");
+    c.prime(listing.clone(), None, requested);
+    assert!(c.take_snapshot("a").is_none(), "listed before the call");
+
+    c.prime(listing.clone(), None, Instant::now());
+    assert!(c.take_snapshot("a").is_some(), "listed after the call");
+
+    c.prime(listing, None, Instant::now());
+    c.note_own_change("a");
+    assert!(c.take_snapshot("a").is_none(), "kept, then the call");
+}
