@@ -334,9 +334,31 @@ pub struct LastDecision {
     pub at: SystemTime,
 }
 
+/// Where the controller reads the time: its decisions (a strategy's requeue delay, the
+/// progress deadline, maintenance windows), the times it hands a strategy (`elapsed`)
+/// and the times it records (rollout start, condition transitions). The daemon uses
+/// [`SystemClock`]; a simulation hands [`Controller::with_clock`] a virtual one so that
+/// a run depends on its seed, not on how fast the machine is. The store's own
+/// bookkeeping times (audit entries, approvals) stay wall-clock.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// The current time.
+    fn now(&self) -> SystemTime;
+}
+
+/// The wall clock: [`SystemTime::now`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
 /// The reconcile logic with everything it needs. Cheap to share in an `Arc`.
 pub struct Controller {
     cp: Arc<dyn ControlPlane>,
+    clock: Arc<dyn Clock>,
     runtime: Arc<PluginRuntime>,
     plugins: RwLock<Arc<PluginRegistry>>,
     store: Arc<Store>,
@@ -434,6 +456,7 @@ impl Controller {
     ) -> Self {
         Controller {
             cp,
+            clock: Arc::new(SystemClock),
             runtime,
             plugins: RwLock::new(plugins),
             store,
@@ -446,6 +469,17 @@ impl Controller {
             group_locks: Mutex::new(HashMap::new()),
             reachability: Arc::default(),
         }
+    }
+
+    /// Read the time from `clock` instead of the wall clock ([`SystemClock`]).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The time by the controller's [`Clock`].
+    fn now(&self) -> SystemTime {
+        self.clock.now()
     }
 
     /// Whether the control plane answers: the daemon's resync and change feed report
@@ -769,7 +803,7 @@ impl Controller {
 
     /// The pure decision for a judged observation.
     fn decision(&self, o: &Observation, judged: &Judged) -> Decision {
-        let now = SystemTime::now();
+        let now = self.now();
         let window_opens_in = o
             .selection
             .gates
@@ -808,7 +842,7 @@ impl Controller {
                 LastDecision {
                     decision: decision.clone(),
                     desired_digest: digest.to_owned(),
-                    at: SystemTime::now(),
+                    at: self.now(),
                 },
             );
     }

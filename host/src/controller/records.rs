@@ -2,8 +2,6 @@
 //! audit entries, drift metrics, and the report-only paths (orphaned instances, clones
 //! seen on their own).
 
-use std::time::SystemTime;
-
 use serde_json::Value;
 
 use super::{CLONE_OF_LABEL, Classification, Controller, Error, Outcome, Result};
@@ -73,7 +71,7 @@ impl Controller {
                     status: *status,
                     reason: (*reason).to_owned(),
                     message: (*message).to_owned(),
-                    last_transition: SystemTime::now(),
+                    last_transition: self.now(),
                 },
             )?;
         }

@@ -121,7 +121,7 @@ impl Controller {
                 // message stays the same across the resyncs of one closed period and the
                 // condition and audit entry are written once.
                 let opens_at = chrono::DateTime::<chrono::Utc>::from(
-                    SystemTime::now() + opens_in + Duration::from_secs(30),
+                    self.now() + opens_in + Duration::from_secs(30),
                 );
                 let message = format!(
                     "revision {revision} waits: outside the maintenance window of rule `{}`; it opens at {}",
@@ -351,7 +351,7 @@ impl Controller {
             ),
             serde_json::json!({ "strategy": strategy.label(), "digest": strategy.digest(), "desiredDigest": o.desired_digest }),
         )?;
-        let now = SystemTime::now();
+        let now = self.now();
         let envelope = Envelope {
             plugin_state: None,
             scope: RolloutScope::new(id),
@@ -405,7 +405,7 @@ impl Controller {
         // Waiting for an approval or in a pause the strategy reported is not a lack of
         // progress: the deadline counts from the end of the wait.
         if approved || before.as_ref().is_some_and(paused) {
-            envelope.progress_at_ms = Some(unix_ms(SystemTime::now()));
+            envelope.progress_at_ms = Some(unix_ms(self.now()));
         }
         if approved {
             if let Some(approval) = self.store.take_approval(id, &envelope.desired_digest)? {
@@ -552,7 +552,7 @@ impl Controller {
         message: &str,
     ) -> Result<bool> {
         let id = o.instance.id.as_str();
-        let now = unix_ms(SystemTime::now());
+        let now = unix_ms(self.now());
         let status = envelope.status();
         let key = match &status {
             Some(status) => status.to_string(),
@@ -638,7 +638,7 @@ impl Controller {
             }
             Progress::Requeue(requeue) => {
                 envelope.plugin_state = Some(requeue.state);
-                envelope.not_before_ms = Some(unix_ms(SystemTime::now()) + requeue.after_ms);
+                envelope.not_before_ms = Some(unix_ms(self.now()) + requeue.after_ms);
                 record.step += 1;
                 record.phase = RolloutPhase::Running;
                 if self.check_progress(o, &mut envelope, &requeue.message)? {
@@ -934,7 +934,7 @@ impl Controller {
 
     fn save_envelope(&self, record: &mut RolloutRecord, envelope: &Envelope) -> Result<()> {
         record.state = serde_json::to_value(envelope).expect("envelope serialises");
-        record.updated_at = SystemTime::now();
+        record.updated_at = self.now();
         self.store.save_rollout(record)?;
         Ok(())
     }
@@ -964,7 +964,8 @@ impl Controller {
             .clone()
             .or_else(|| o.desired.clone())
             .unwrap_or(Value::Null);
-        let elapsed_ms = SystemTime::now()
+        let elapsed_ms = self
+            .now()
             .duration_since(record.started_at)
             .unwrap_or_default()
             .as_millis() as u64;
