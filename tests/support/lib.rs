@@ -9,6 +9,7 @@ use std::path::PathBuf;
 pub mod figures;
 pub mod process;
 pub mod prometheus;
+pub mod sim;
 pub mod traffic;
 pub mod world;
 
