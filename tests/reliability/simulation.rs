@@ -194,6 +194,7 @@ impl<'a> World<'a> {
                         modified_ms: EPOCH_MS,
                         boot_ms: rng.random_range(0..2_000),
                         healthy_at_ms: EPOCH_MS,
+                        stopped_out_of_band: false,
                     },
                 );
             }
@@ -514,6 +515,7 @@ impl<'a> World<'a> {
             0 if stop_allowed => {
                 instance.status = InstanceStatus::Stopped;
                 instance.running = None;
+                instance.stopped_out_of_band = true;
                 "stopped".to_owned()
             }
             1 => {
@@ -643,8 +645,14 @@ impl<'a> World<'a> {
         };
         let state = self.sim.state();
         let instance = &state.instances[id];
-        if instance.status != InstanceStatus::Running
-            || instance.running.as_ref() != Some(&instance.desired)
+        // An instance an operator stopped is left alone, and that is in sync with what
+        // they want; one the host stopped is not.
+        let left_alone = synced.reason == "Stopped"
+            && instance.status == InstanceStatus::Stopped
+            && instance.stopped_out_of_band;
+        if !left_alone
+            && (instance.status != InstanceStatus::Running
+                || instance.running.as_ref() != Some(&instance.desired))
         {
             let what = format!(
                 "{id} is reported Synced ({}: {}) but it is {:?} running {:?}, desired {}",
@@ -878,4 +886,26 @@ async fn the_controller_holds_its_invariants_under_seeded_faults_and_converges()
         ),
         ..Figures::default()
     });
+}
+
+/// Seed 46 found it: a restart's `stop` timed out after the control plane had stopped
+/// the instance; the strategy failed (retryable) and the rollout ended, and since the
+/// failed call was not taken as the host's stop, the next reconcile (with
+/// `reconcile_stopped_instances = false`) left the instance stopped as if an operator
+/// had stopped it, and reported it `Synced`: the desired configuration was never applied.
+#[tokio::test(flavor = "current_thread")]
+async fn an_instance_the_host_stopped_behind_a_timeout_is_brought_back() {
+    let plugins = plugins();
+    let mut world = World::new(46, &plugins);
+    world.settings.reconcile_stopped_instances = false;
+    world.sim.state().armed_call = Some(("stop", Fault::FailAfter));
+    world.step += 1;
+    world.boot().await;
+    assert!(
+        world.sim.state().armed_call.is_none(),
+        "the first rollout's stop met the fault"
+    );
+    world.check();
+    world.quiet().await;
+    world.check();
 }

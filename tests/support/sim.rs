@@ -86,6 +86,8 @@ pub struct SimInstance {
     pub boot_ms: u64,
     /// When it answers its health probe (virtual Unix ms).
     pub healthy_at_ms: u64,
+    /// Whether its last stop was someone else's (an operator's), not the host's.
+    pub stopped_out_of_band: bool,
 }
 
 /// What the scheduler can make of one control-plane call.
@@ -133,6 +135,8 @@ pub struct SimState {
     pub calls: u64,
     /// `(n, fault)`: the n-th call from now meets `fault`.
     pub armed: Option<(u64, Fault)>,
+    /// `(call, fault)`: the next call of this name meets `fault` (for scripted tests).
+    pub armed_call: Option<(&'static str, Fault)>,
     /// The live generation's store, for the scope check, and the path of its files.
     pub store: Option<(Arc<Store>, PathBuf)>,
     /// Set by a crash: the image of the store's files at the moment of the crash.
@@ -163,6 +167,7 @@ impl Sim {
                 live: 0,
                 calls: 0,
                 armed: None,
+                armed_call: None,
                 store: None,
                 crash_image: None,
                 images: 0,
@@ -283,6 +288,13 @@ impl SimHandle {
                 Some(fault)
             }
             _ => None,
+        };
+        let fault = match state.armed_call {
+            Some((call, fault)) if call == name && self.generation == state.live => {
+                state.armed_call = None;
+                Some(fault)
+            }
+            _ => fault,
         };
         let fault = match fault {
             // A read that fails after it "took effect" is a read that failed.
@@ -424,6 +436,7 @@ impl ControlPlane for SimHandle {
                 .ok_or_else(|| not_found("stop"))?;
             instance.status = InstanceStatus::Stopped;
             instance.running = None;
+            instance.stopped_out_of_band = false;
             Ok(())
         })
     }

@@ -1039,7 +1039,10 @@ impl Controller {
     /// Record as applied what the strategy's successful `start` calls sent to the
     /// instance itself (a `start` without a configuration starts the desired one the
     /// strategy was given), and whether its last lifecycle call stopped it: an instance
-    /// this host stopped is brought back, never "left alone" as a stopped one.
+    /// this host stopped is brought back, never "left alone" as a stopped one. A `stop`
+    /// that failed counts as one that went through: a timeout may come after the control
+    /// plane acted, and an instance this host may have stopped must not be taken for one
+    /// an operator stopped (the next successful start clears it).
     pub(super) fn record_sent(
         &self,
         id: &str,
@@ -1048,7 +1051,14 @@ impl Controller {
         strategy: &Plugin,
     ) -> Result<()> {
         for call in calls {
-            if call.target != id || call.outcome != CallOutcome::Ok {
+            if call.target != id {
+                continue;
+            }
+            if call.call == "stop" && matches!(call.outcome, CallOutcome::Failed(_)) {
+                self.store.set_host_stopped(id, true)?;
+                continue;
+            }
+            if call.outcome != CallOutcome::Ok {
                 continue;
             }
             match call.call.as_str() {
