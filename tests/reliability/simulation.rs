@@ -46,8 +46,9 @@ use setpoint_tests::figures::{self, Figures};
 use setpoint_tests::sim::{EPOCH_MS, Fault, Sim, SimClock, SimInstance, timestamp};
 use sha2::Digest as _;
 
-/// Steps with faults per seed.
-const FAULT_STEPS: u64 = 120;
+/// Steps with faults per seed, in CI and in the long run (`SETPOINT_SIM_STEPS` overrides).
+const CI_FAULT_STEPS: u64 = 25;
+const LONG_FAULT_STEPS: u64 = 120;
 /// Quiet steps allowed for convergence after the faults stop.
 const QUIET_STEPS: u64 = 300;
 /// Seeds CI runs.
@@ -153,6 +154,8 @@ struct World<'a> {
     audit_seen: Option<i64>,
     audited: BTreeMap<(String, String), (usize, usize)>,
     step: u64,
+    /// Steps with faults before the quiet phase.
+    fault_steps: u64,
     trace: Vec<String>,
     stats: Stats,
 }
@@ -224,6 +227,7 @@ impl<'a> World<'a> {
             audit_seen: None,
             audited: BTreeMap::new(),
             step: 0,
+            fault_steps: fault_steps(),
             trace: Vec::new(),
             stats: Stats::default(),
         }
@@ -760,7 +764,7 @@ impl<'a> World<'a> {
     }
 
     async fn run(&mut self) -> String {
-        for _ in 0..FAULT_STEPS {
+        for _ in 0..self.fault_steps {
             self.step += 1;
             self.stats.steps += 1;
             self.sim.state().step = self.step;
@@ -811,6 +815,19 @@ fn audited_call(message: &str) -> Option<(String, String, bool)> {
     ))
 }
 
+fn fault_steps() -> u64 {
+    std::env::var("SETPOINT_SIM_STEPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(if figures::long_run() {
+            LONG_FAULT_STEPS
+        } else {
+            CI_FAULT_STEPS
+        })
+}
+
+/// The seeds to run: `SETPOINT_SIM_SEED` alone, or `SETPOINT_SIM_SEEDS` of them (CI's
+/// or the long run's count by default) from `SETPOINT_SIM_FIRST_SEED` (default 0).
 fn seeds() -> Vec<u64> {
     if let Some(seed) = std::env::var("SETPOINT_SIM_SEED")
         .ok()
@@ -826,7 +843,11 @@ fn seeds() -> Vec<u64> {
         } else {
             CI_SEEDS
         });
-    (0..count).collect()
+    let first: u64 = std::env::var("SETPOINT_SIM_FIRST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (first..first + count).collect()
 }
 
 #[tokio::test(flavor = "current_thread")]
@@ -842,6 +863,12 @@ async fn the_controller_holds_its_invariants_under_seeded_faults_and_converges()
         let hash = world.run().await;
         all.update(hash.as_bytes());
         total.add(&world.stats);
+        if (seed + 1) % 100 == 0 {
+            eprintln!(
+                "seeds up to {seed} pass ({:.0} s)",
+                started.elapsed().as_secs_f64()
+            );
+        }
         if single {
             if std::env::var("SETPOINT_SIM_TRACE").is_ok_and(|v| v == "1") {
                 for line in &world.trace {
@@ -875,8 +902,9 @@ async fn the_controller_holds_its_invariants_under_seeded_faults_and_converges()
             total.faults, total.crashes, total.traps, total.feed_duplicates
         ),
         trials: format!(
-            "{} seeds × {FAULT_STEPS} fault steps (+ quiet steps until converged)",
-            seeds.len()
+            "{} seeds × {} fault steps (+ quiet steps until converged)",
+            seeds.len(),
+            fault_steps()
         ),
         lost: "nothing".into(),
         notes: format!(
