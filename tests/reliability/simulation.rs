@@ -346,7 +346,7 @@ impl<'a> World<'a> {
                 self.due.insert(id.to_owned(), now + backoff);
             }
         }
-        if let Ok(_) = &result {
+        if result.is_ok() {
             self.check_synced(id);
         }
         true
