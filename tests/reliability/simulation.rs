@@ -937,3 +937,26 @@ async fn an_instance_the_host_stopped_behind_a_timeout_is_brought_back() {
     world.quiet().await;
     world.check();
 }
+
+/// The first rollout's `start` lands and times out; the desired configuration changes
+/// before the next reconcile. The host started what the instance runs, so it is the
+/// host's to bring to the new revision, not someone else's ("unmanaged").
+#[tokio::test(flavor = "current_thread")]
+async fn a_first_start_that_timed_out_after_it_landed_still_makes_the_instance_managed() {
+    let plugins = plugins();
+    let mut world = World::new(7, &plugins);
+    world.sim.state().armed_call = Some(("start", Fault::FailAfter));
+    world.step += 1;
+    world.boot().await;
+    assert!(world.sim.state().armed_call.is_none());
+    world.step += 1;
+    {
+        let mut state = world.sim.state();
+        let desired = json!({"host": "0.0.0.0", "port": 9999, "logLevel": "trace"});
+        state.instances.get_mut("i0").unwrap().desired = desired;
+        world.sim.changed(&mut state, "i0");
+    }
+    world.check();
+    world.quiet().await;
+    world.check();
+}

@@ -431,6 +431,10 @@ struct Observation {
     /// An operator's pending promotion.
     promote: Option<PromoteRequest>,
     stopped_by_host: bool,
+    /// Whether this host's last lifecycle call on the instance was a stop, or one whose
+    /// outcome it does not know (failed, or in flight at a crash): its own doing either
+    /// way, so the instance is the host's to manage even with nothing recorded as applied.
+    host_touched: bool,
     /// The instance's conditions when observed.
     conditions: Vec<crate::store::Condition>,
 }
@@ -740,6 +744,7 @@ impl Controller {
             promote: records.promote,
             stopped_by_host: instance.status == client::InstanceStatus::Stopped
                 && records.host_stopped,
+            host_touched: records.host_stopped,
             conditions: records.conditions,
             instance,
             selection,
@@ -761,7 +766,7 @@ impl Controller {
             status: o.instance.status,
             desired_digest: o.desired.as_ref().map(|_| o.desired_digest.as_str()),
             actual_digest: o.actual_digest.as_deref(),
-            managed: o.applied.is_some() || o.rollout.is_some(),
+            managed: o.applied.is_some() || o.rollout.is_some() || o.host_touched,
             stopped_by_host: o.stopped_by_host,
         };
         let mut settings = self.settings.clone();

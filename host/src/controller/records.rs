@@ -260,6 +260,12 @@ impl Controller {
             if intent.target != intent.rollout_key {
                 self.audit(&intent.target, AuditKind::Action, message, details)?;
             }
+            // A lifecycle call a crash hid may have stopped the instance, or started it
+            // with nothing recorded as applied: it is this host's doing (see
+            // `record_sent`), until a start of its own is seen to succeed.
+            if matches!(intent.call.as_str(), "stop" | "start" | "restart") {
+                self.store.set_host_stopped(&intent.target, true)?;
+            }
             keys.insert(intent.rollout_key.clone());
         }
         for key in keys {

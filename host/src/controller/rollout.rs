@@ -1039,10 +1039,11 @@ impl Controller {
     /// Record as applied what the strategy's successful `start` calls sent to the
     /// instance itself (a `start` without a configuration starts the desired one the
     /// strategy was given), and whether its last lifecycle call stopped it: an instance
-    /// this host stopped is brought back, never "left alone" as a stopped one. A `stop`
-    /// that failed counts as one that went through: a timeout may come after the control
-    /// plane acted, and an instance this host may have stopped must not be taken for one
-    /// an operator stopped (the next successful start clears it).
+    /// this host stopped is brought back, never "left alone" as a stopped one. A
+    /// lifecycle call that failed counts as a stop: a timeout may come after the control
+    /// plane acted, so the instance may be stopped by this host, or run what this host
+    /// started without a record of it; either way it is not taken for one an operator
+    /// stopped or one this host never managed (the next successful start clears it).
     pub(super) fn record_sent(
         &self,
         id: &str,
@@ -1054,7 +1055,9 @@ impl Controller {
             if call.target != id {
                 continue;
             }
-            if call.call == "stop" && matches!(call.outcome, CallOutcome::Failed(_)) {
+            if matches!(call.call.as_str(), "stop" | "start" | "restart")
+                && matches!(call.outcome, CallOutcome::Failed(_))
+            {
                 self.store.set_host_stopped(id, true)?;
                 continue;
             }
