@@ -960,3 +960,25 @@ async fn a_first_start_that_timed_out_after_it_landed_still_makes_the_instance_m
     world.quiet().await;
     world.check();
 }
+
+/// The same with a crash instead of a timeout: the controller dies right after the first
+/// rollout's `start` landed, the desired configuration changes while it is down, and the
+/// next controller (which finds the calls in doubt in the intent journal) supersedes the
+/// rollout and must still take the instance for its own.
+#[tokio::test(flavor = "current_thread")]
+async fn a_first_start_a_crash_hid_still_makes_the_instance_managed() {
+    let plugins = plugins();
+    let mut world = World::new(7, &plugins);
+    world.sim.state().armed_call = Some(("start", Fault::CrashAfter));
+    world.step += 1;
+    world.boot().await;
+    assert!(world.controller.is_none(), "the controller crashed");
+    {
+        let mut state = world.sim.state();
+        let desired = json!({"host": "0.0.0.0", "port": 9999, "logLevel": "trace"});
+        state.instances.get_mut("i0").unwrap().desired = desired;
+        world.sim.changed(&mut state, "i0");
+    }
+    world.quiet().await;
+    world.check();
+}
