@@ -1304,8 +1304,9 @@ impl Store {
     // ----- stops made by this host -----
 
     /// Records whether the last lifecycle call this host's strategies made on
-    /// `instance_id` was a `stop` (`true`) or a `start`/`restart` (`false`). A stopped
-    /// instance is left alone only when someone else stopped it.
+    /// `instance_id` was a `stop`, or one whose outcome is unknown (`true`), or a
+    /// `start`/`restart` that succeeded (`false`). A stopped instance is left alone only
+    /// when someone else stopped it.
     pub fn set_host_stopped(&self, instance_id: &str, stopped: bool) -> Result<()> {
         self.write("record host stop", |tx| {
             if stopped {

@@ -11,6 +11,7 @@ pub mod figures;
 pub mod fuzz;
 pub mod process;
 pub mod prometheus;
+pub mod sim;
 pub mod traffic;
 pub mod world;
 

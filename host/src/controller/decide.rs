@@ -106,7 +106,8 @@ pub struct Observed<'a> {
     pub desired_digest: Option<&'a str>,
     /// Digest of the actual configuration; `None` when it is unknown or nothing runs.
     pub actual_digest: Option<&'a str>,
-    /// Whether this host ever applied a configuration to the instance.
+    /// Whether this host ever applied a configuration to the instance, or has a rollout
+    /// of it, or made a lifecycle call on it whose outcome it does not know.
     pub managed: bool,
     /// Whether the last lifecycle call of this host's strategies on the instance was a
     /// `stop`: a stop of its own is never "left alone".

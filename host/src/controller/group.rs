@@ -20,7 +20,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -253,9 +253,9 @@ impl Controller {
                 return Ok((Action::await_change(), Outcome::Reported));
             }
             if let Some(window) = &selection.gates.window
-                && !window.is_open(SystemTime::now())
+                && !window.is_open(self.now())
             {
-                let wait = window.until_open(SystemTime::now());
+                let wait = window.until_open(self.now());
                 return Ok((Action::requeue(wait), Outcome::Skipped));
             }
             let strategy = self.resolve(&selection, World::Strategy)?;
@@ -269,7 +269,7 @@ impl Controller {
                     ),
                 });
             }
-            let now = SystemTime::now();
+            let now = self.now();
             let envelope = GroupEnvelope {
                 group: group.to_owned(),
                 plugin_state: None,
@@ -330,7 +330,7 @@ impl Controller {
             record.phase = RolloutPhase::Running;
         }
         if let Some(not_before) = envelope.not_before_ms {
-            let now = unix_ms(SystemTime::now());
+            let now = unix_ms(self.now());
             if now < not_before {
                 return Ok((
                     Action::requeue(Duration::from_millis(not_before - now)),
@@ -345,6 +345,7 @@ impl Controller {
     /// The rollout handed to the strategy: every member with its drifts, the rule's
     /// parameters and `$approval`, and the state of the last step.
     fn group_rollout(
+        &self,
         selection: &Selection,
         members: &[Seen],
         record: &RolloutRecord,
@@ -369,7 +370,8 @@ impl Controller {
             })
             .collect();
         let params = super::rollout::selection_params(selection);
-        let elapsed_ms = SystemTime::now()
+        let elapsed_ms = self
+            .now()
             .duration_since(record.started_at)
             .unwrap_or_default()
             .as_millis() as u64;
@@ -396,7 +398,7 @@ impl Controller {
         abort: bool,
     ) -> Result<(Arc<Plugin>, Result<Progress>)> {
         let strategy: Arc<Plugin> = self.pinned(record)?;
-        let rollout = Self::group_rollout(selection, members, record, envelope);
+        let rollout = self.group_rollout(selection, members, record, envelope);
         let scope = envelope.scope.clone().unwrap_or_else(|| {
             RolloutScope::group(
                 members[0].observation.instance.id.clone(),
@@ -450,8 +452,7 @@ impl Controller {
         match progress {
             Progress::Requeue(requeue) => {
                 envelope.plugin_state = Some(requeue.state);
-                envelope.not_before_ms =
-                    Some(unix_ms(SystemTime::now()).saturating_add(requeue.after_ms));
+                envelope.not_before_ms = Some(unix_ms(self.now()).saturating_add(requeue.after_ms));
                 record.step += 1;
                 self.save_group(record, envelope)?;
                 self.audit_group_status(key, before.as_ref(), envelope)?;
@@ -655,7 +656,7 @@ impl Controller {
 
     fn save_group(&self, record: &mut RolloutRecord, envelope: &GroupEnvelope) -> Result<()> {
         record.state = serde_json::to_value(envelope).expect("envelope serialises");
-        record.updated_at = SystemTime::now();
+        record.updated_at = self.now();
         self.store.save_rollout(record)?;
         Ok(())
     }

@@ -334,9 +334,31 @@ pub struct LastDecision {
     pub at: SystemTime,
 }
 
+/// Where the controller reads the time: its decisions (a strategy's requeue delay, the
+/// progress deadline, maintenance windows), the times it hands a strategy (`elapsed`)
+/// and the times it records (rollout start, condition transitions). The daemon uses
+/// [`SystemClock`]; a simulation hands [`Controller::with_clock`] a virtual one so that
+/// a run depends on its seed, not on how fast the machine is. The store's own
+/// bookkeeping times (audit entries, approvals) stay wall-clock.
+pub trait Clock: Send + Sync + std::fmt::Debug {
+    /// The current time.
+    fn now(&self) -> SystemTime;
+}
+
+/// The wall clock: [`SystemTime::now`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
 /// The reconcile logic with everything it needs. Cheap to share in an `Arc`.
 pub struct Controller {
     cp: Arc<dyn ControlPlane>,
+    clock: Arc<dyn Clock>,
     runtime: Arc<PluginRuntime>,
     plugins: RwLock<Arc<PluginRegistry>>,
     store: Arc<Store>,
@@ -412,6 +434,10 @@ struct Observation {
     /// An operator's pending promotion.
     promote: Option<PromoteRequest>,
     stopped_by_host: bool,
+    /// Whether this host's last lifecycle call on the instance was a stop, or one whose
+    /// outcome it does not know (failed, or in flight at a crash): its own doing either
+    /// way, so the instance is the host's to manage even with nothing recorded as applied.
+    host_touched: bool,
     /// The instance's conditions when observed.
     conditions: Vec<crate::store::Condition>,
 }
@@ -437,6 +463,7 @@ impl Controller {
     ) -> Self {
         Controller {
             cp,
+            clock: Arc::new(SystemClock),
             runtime,
             plugins: RwLock::new(plugins),
             store,
@@ -449,6 +476,17 @@ impl Controller {
             group_locks: Mutex::new(HashMap::new()),
             reachability: Arc::default(),
         }
+    }
+
+    /// Read the time from `clock` instead of the wall clock ([`SystemClock`]).
+    pub fn with_clock(mut self, clock: Arc<dyn Clock>) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The time by the controller's [`Clock`].
+    fn now(&self) -> SystemTime {
+        self.clock.now()
     }
 
     /// Whether the control plane answers: the daemon's resync and change feed report
@@ -724,6 +762,7 @@ impl Controller {
             promote: records.promote,
             stopped_by_host: instance.status == client::InstanceStatus::Stopped
                 && records.host_stopped,
+            host_touched: records.host_stopped,
             conditions: records.conditions,
             instance,
             selection,
@@ -745,7 +784,7 @@ impl Controller {
             status: o.instance.status,
             desired_digest: o.desired.as_ref().map(|_| o.desired_digest.as_str()),
             actual_digest: o.actual_digest.as_deref(),
-            managed: o.applied.is_some() || o.rollout.is_some(),
+            managed: o.applied.is_some() || o.rollout.is_some() || o.host_touched,
             stopped_by_host: o.stopped_by_host,
         };
         let mut settings = self.settings.clone();
@@ -787,7 +826,7 @@ impl Controller {
 
     /// The pure decision for a judged observation.
     fn decision(&self, o: &Observation, judged: &Judged) -> Decision {
-        let now = SystemTime::now();
+        let now = self.now();
         let window_opens_in = o
             .selection
             .gates
@@ -826,7 +865,7 @@ impl Controller {
                 LastDecision {
                     decision: decision.clone(),
                     desired_digest: digest.to_owned(),
-                    at: SystemTime::now(),
+                    at: self.now(),
                 },
             );
     }

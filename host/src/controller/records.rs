@@ -2,8 +2,6 @@
 //! audit entries, drift metrics, and the report-only paths (orphaned instances, clones
 //! seen on their own).
 
-use std::time::SystemTime;
-
 use serde_json::Value;
 
 use super::{CLONE_OF_LABEL, Classification, Controller, Error, Outcome, Result};
@@ -73,7 +71,7 @@ impl Controller {
                     status: *status,
                     reason: (*reason).to_owned(),
                     message: (*message).to_owned(),
-                    last_transition: SystemTime::now(),
+                    last_transition: self.now(),
                 },
             )?;
         }
@@ -261,6 +259,12 @@ impl Controller {
             )?;
             if intent.target != intent.rollout_key {
                 self.audit(&intent.target, AuditKind::Action, message, details)?;
+            }
+            // A lifecycle call a crash hid may have stopped the instance, or started it
+            // with nothing recorded as applied: it is this host's doing (see
+            // `record_sent`), until a start of its own is seen to succeed.
+            if matches!(intent.call.as_str(), "stop" | "start" | "restart") {
+                self.store.set_host_stopped(&intent.target, true)?;
             }
             keys.insert(intent.rollout_key.clone());
         }

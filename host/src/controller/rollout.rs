@@ -121,7 +121,7 @@ impl Controller {
                 // message stays the same across the resyncs of one closed period and the
                 // condition and audit entry are written once.
                 let opens_at = chrono::DateTime::<chrono::Utc>::from(
-                    SystemTime::now() + opens_in + Duration::from_secs(30),
+                    self.now() + opens_in + Duration::from_secs(30),
                 );
                 let message = format!(
                     "revision {revision} waits: outside the maintenance window of rule `{}`; it opens at {}",
@@ -351,7 +351,7 @@ impl Controller {
             ),
             serde_json::json!({ "strategy": strategy.label(), "digest": strategy.digest(), "desiredDigest": o.desired_digest }),
         )?;
-        let now = SystemTime::now();
+        let now = self.now();
         let envelope = Envelope {
             plugin_state: None,
             scope: RolloutScope::new(id),
@@ -405,7 +405,7 @@ impl Controller {
         // Waiting for an approval or in a pause the strategy reported is not a lack of
         // progress: the deadline counts from the end of the wait.
         if approved || before.as_ref().is_some_and(paused) {
-            envelope.progress_at_ms = Some(unix_ms(SystemTime::now()));
+            envelope.progress_at_ms = Some(unix_ms(self.now()));
         }
         if approved {
             if let Some(approval) = self.store.take_approval(id, &envelope.desired_digest)? {
@@ -552,7 +552,7 @@ impl Controller {
         message: &str,
     ) -> Result<bool> {
         let id = o.instance.id.as_str();
-        let now = unix_ms(SystemTime::now());
+        let now = unix_ms(self.now());
         let status = envelope.status();
         let key = match &status {
             Some(status) => status.to_string(),
@@ -638,7 +638,7 @@ impl Controller {
             }
             Progress::Requeue(requeue) => {
                 envelope.plugin_state = Some(requeue.state);
-                envelope.not_before_ms = Some(unix_ms(SystemTime::now()) + requeue.after_ms);
+                envelope.not_before_ms = Some(unix_ms(self.now()) + requeue.after_ms);
                 record.step += 1;
                 record.phase = RolloutPhase::Running;
                 if self.check_progress(o, &mut envelope, &requeue.message)? {
@@ -934,7 +934,7 @@ impl Controller {
 
     fn save_envelope(&self, record: &mut RolloutRecord, envelope: &Envelope) -> Result<()> {
         record.state = serde_json::to_value(envelope).expect("envelope serialises");
-        record.updated_at = SystemTime::now();
+        record.updated_at = self.now();
         self.store.save_rollout(record)?;
         Ok(())
     }
@@ -964,7 +964,8 @@ impl Controller {
             .clone()
             .or_else(|| o.desired.clone())
             .unwrap_or(Value::Null);
-        let elapsed_ms = SystemTime::now()
+        let elapsed_ms = self
+            .now()
             .duration_since(record.started_at)
             .unwrap_or_default()
             .as_millis() as u64;
@@ -1038,7 +1039,11 @@ impl Controller {
     /// Record as applied what the strategy's successful `start` calls sent to the
     /// instance itself (a `start` without a configuration starts the desired one the
     /// strategy was given), and whether its last lifecycle call stopped it: an instance
-    /// this host stopped is brought back, never "left alone" as a stopped one.
+    /// this host stopped is brought back, never "left alone" as a stopped one. A
+    /// lifecycle call that failed counts as a stop: a timeout may come after the control
+    /// plane acted, so the instance may be stopped by this host, or run what this host
+    /// started without a record of it; either way it is not taken for one an operator
+    /// stopped or one this host never managed (the next successful start clears it).
     pub(super) fn record_sent(
         &self,
         id: &str,
@@ -1330,14 +1335,21 @@ fn drift_summary(judged: &Judged) -> String {
 /// after a `stop` it sent, also one that failed (its answer may have been lost after the
 /// control plane stopped the instance: a reset, a truncated answer, a timeout), so that a
 /// rollout failing after its own stop brings the instance back instead of leaving it
-/// "stopped on purpose"; `Some(false)` after a successful `start` or `restart`; `None`
-/// for anything else (other calls, other instances, calls not sent).
+/// "stopped on purpose"; `Some(true)` too after a `start` or `restart` that failed (it may
+/// have landed, so nothing was recorded as applied, or left the instance down: either
+/// way the instance stays the host's to manage); `Some(false)` after a successful `start`
+/// or `restart`; `None` for anything else (other calls, other instances, calls not sent).
 pub(super) fn host_stop_effect(id: &str, call: &ImportCall) -> Option<bool> {
     if call.target != id {
         return None;
     }
     match (call.call.as_str(), &call.outcome) {
-        ("stop", CallOutcome::Ok | CallOutcome::Failed(_)) => Some(true),
+        // A stop that failed may have landed (its answer lost); a start or restart that
+        // failed may have landed or left the instance down. Either way the instance is
+        // the host's to bring back, not an operator's stop to leave alone.
+        ("stop", CallOutcome::Ok) | ("stop" | "start" | "restart", CallOutcome::Failed(_)) => {
+            Some(true)
+        }
         ("start" | "restart", CallOutcome::Ok) => Some(false),
         _ => None,
     }
