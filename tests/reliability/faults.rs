@@ -15,21 +15,11 @@ use setpoint_tests::world::{World, bounded, set_level, within};
 const RATE: f64 = 0.2;
 const LEVELS: [&str; 3] = ["debug", "warn", "info"];
 
-/// Every fault kind, except that a `start` never loses its answer after the control
-/// plane acted on it (see the ignored test below for why).
+/// Every fault kind, a `start` whose answer is lost after the control plane acted on it
+/// included (that once left a new instance unmanaged: the host now keeps an instance
+/// whose start failed as its own, found by the simulation too).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fleet_converges_through_twenty_percent_faults_without_a_double_start() {
-    fleet_through_faults(false).await;
-}
-
-/// KNOWN BUG, not fixed yet: when the answer to the first `start` of a created instance
-/// is lost after the control plane started it (reset, truncated answer), the host never
-/// records a configuration as applied, so the instance counts as not managed by it; the
-/// next desired change is then reported `Unmanaged` and never rolled out. Run with
-/// `--ignored` to see it (it fails in about one run in four).
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-#[ignore = "known bug: a start whose answer was lost leaves the instance unmanaged"]
-async fn a_fleet_converges_when_start_answers_are_lost_too() {
     fleet_through_faults(true).await;
 }
 

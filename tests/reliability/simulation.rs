@@ -355,6 +355,9 @@ impl<'a> World<'a> {
     /// The daemon's resync: list, prime, reconcile every listed instance.
     async fn resync(&mut self) {
         let cp = self.controller.as_ref().unwrap().control_plane().clone();
+        // When the listing was asked for (the controller skips instances it acted on
+        // since); nothing runs between here and `prime`, so the real clock is harmless.
+        let requested = std::time::Instant::now();
         let listed = cp.list_instances().await;
         let running = cp.running_configurations().await;
         if self.crashed() {
@@ -369,7 +372,7 @@ impl<'a> World<'a> {
             .controller
             .as_ref()
             .unwrap()
-            .prime(instances, Some(running));
+            .prime(instances, Some(running), requested);
         for id in ids {
             if !self.reconcile(&id, "resync").await {
                 return;
