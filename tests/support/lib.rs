@@ -7,8 +7,10 @@
 use std::path::PathBuf;
 
 pub mod figures;
+pub mod lifecycle;
 pub mod process;
 pub mod prometheus;
+pub mod relay;
 pub mod traffic;
 pub mod world;
 
