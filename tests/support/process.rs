@@ -124,6 +124,30 @@ impl Setpoint {
         self.child.wait().expect("reap setpoint run");
     }
 
+    /// SIGTERM, then wait up to `limit` for the process to exit: its exit status and how
+    /// long it took, or `None` when it was still running at `limit` (it is then
+    /// SIGKILLed, so nothing outlives the test).
+    pub async fn terminate(
+        mut self,
+        limit: Duration,
+    ) -> Option<(std::process::ExitStatus, Duration)> {
+        let sent = Instant::now();
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill(1) runs");
+        assert!(status.success(), "kill -TERM {} failed", self.child.id());
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for setpoint run") {
+                return Some((status, sent.elapsed()));
+            }
+            if sent.elapsed() >= limit {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// `GET /v1/instances/{id}`; `Value::Null` when it does not answer.
     pub async fn instance(&self, id: &str) -> Value {
         self.get(&format!("/v1/instances/{id}")).await

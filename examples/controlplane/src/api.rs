@@ -114,6 +114,7 @@ pub fn router_with(cp: ControlPlane, options: ApiOptions) -> Router {
             )
             // Extensions.
             .route("/api/extensions/info", get(info))
+            .route("/api/extensions/lifecycle-calls", get(lifecycle_calls))
             .route("/api/extensions/instances/{id}/clone", post(clone_instance))
             .route(
                 "/api/extensions/instances/{id}/health",
@@ -594,9 +595,30 @@ async fn info(State(api): State<Api>) -> Response {
             "platforms": ["Process", "Simulated"],
             "extensions": ["sequenceFeed", "longPoll", "metadata", "clone", "health",
                            "metrics", "runningConfiguration", "runningConfigurations",
-                           "endpoints", "deleteConfiguration", "prometheusTargets"],
+                           "endpoints", "deleteConfiguration", "prometheusTargets",
+                           "lifecycleCalls"],
         }),
     )
+}
+
+/// `GET /api/extensions/lifecycle-calls[?after=SEQ]`: the lifecycle calls (start, stop,
+/// restart, clone, delete) this control plane carried out or refused since it started,
+/// in the order they ended: `{"calls": [{"sequence", "operation", "instanceId",
+/// "cloneId"?, "ok", "error"?, "at"}]}`. A client compares it with its own record.
+async fn lifecycle_calls(
+    State(api): State<Api>,
+    Query(params): Query<HashMap<String, String>>,
+) -> ApiResult {
+    let after = match params.get("after") {
+        None => 0,
+        Some(text) => text
+            .parse::<u64>()
+            .map_err(|_| Error::BadRequest(format!("after: `{text}` is not a sequence number")))?,
+    };
+    Ok(api.ok(
+        StatusCode::OK,
+        json!({ "calls": api.cp.lifecycle_calls(after) }),
+    ))
 }
 
 async fn clone_instance(State(api): State<Api>, Path(id): Path<String>, body: Bytes) -> ApiResult {

@@ -236,6 +236,41 @@ struct Inner {
     /// seed-only mode) a parameter the seed API lacks. Tests read it to prove a client
     /// stayed within an API.
     refused: Mutex<Vec<String>>,
+    /// Lifecycle calls carried out, in the order they ended ([`ControlPlane::lifecycle_calls`]).
+    calls: Mutex<CallLog>,
+}
+
+/// How many lifecycle calls [`ControlPlane::lifecycle_calls`] keeps (the oldest go first).
+pub const LIFECYCLE_CALLS_KEPT: usize = 100_000;
+
+#[derive(Debug, Default)]
+struct CallLog {
+    next: u64,
+    calls: std::collections::VecDeque<LifecycleCall>,
+}
+
+/// One lifecycle call (start, stop, restart, clone, delete) this control plane received
+/// and carried out, or refused, as it ended: what a client's own record of its calls can
+/// be compared with. Kept in memory only (a restart of the control plane forgets them).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LifecycleCall {
+    /// Increases by one per call, in the order calls ended.
+    pub sequence: u64,
+    /// `start`, `stop`, `restart`, `clone` or `delete`.
+    pub operation: String,
+    /// The instance the call named (for `clone`, the instance cloned).
+    pub instance_id: String,
+    /// For a `clone` that succeeded: the new instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub clone_id: Option<String>,
+    /// Whether it succeeded.
+    pub ok: bool,
+    /// Why it failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// When it ended.
+    pub at: chrono::DateTime<Utc>,
 }
 
 /// A status transition to record with [`ControlPlane::commit`].
@@ -309,6 +344,7 @@ impl ControlPlane {
                 in_flight: watch::channel(0).0,
                 shutting_down: watch::channel(false).0,
                 refused: Mutex::new(Vec::new()),
+                calls: Mutex::default(),
             }),
         })
     }
@@ -525,8 +561,12 @@ impl ControlPlane {
     /// caller stops waiting (see [`ControlPlane::detached`]).
     pub async fn delete(&self, id: &str) -> Result<()> {
         let id = id.to_owned();
-        self.detached(move |cp| async move { cp.delete_now(&id).await })
-            .await
+        self.detached(move |cp| async move {
+            let result = cp.delete_now(&id).await;
+            cp.log_call("delete", &id, None, &result);
+            result
+        })
+        .await
     }
 
     async fn delete_now(&self, id: &str) -> Result<()> {
@@ -583,8 +623,12 @@ impl ControlPlane {
     /// [`ControlPlane::detached`]).
     pub async fn start(&self, id: &str, configuration: Option<Value>) -> Result<Instance> {
         let id = id.to_owned();
-        self.detached(move |cp| async move { cp.start_now(&id, configuration).await })
-            .await
+        self.detached(move |cp| async move {
+            let result = cp.start_now(&id, configuration).await;
+            cp.log_call("start", &id, None, &result);
+            result
+        })
+        .await
     }
 
     async fn start_now(&self, id: &str, configuration: Option<Value>) -> Result<Instance> {
@@ -673,8 +717,12 @@ impl ControlPlane {
     /// caller stops waiting (see [`ControlPlane::detached`]).
     pub async fn stop(&self, id: &str) -> Result<Instance> {
         let id = id.to_owned();
-        self.detached(move |cp| async move { cp.stop_now(&id).await })
-            .await
+        self.detached(move |cp| async move {
+            let result = cp.stop_now(&id).await;
+            cp.log_call("stop", &id, None, &result);
+            result
+        })
+        .await
     }
 
     async fn stop_now(&self, id: &str) -> Result<Instance> {
@@ -703,8 +751,12 @@ impl ControlPlane {
     /// waiting (see [`ControlPlane::detached`]).
     pub async fn restart(&self, id: &str) -> Result<Instance> {
         let id = id.to_owned();
-        self.detached(move |cp| async move { cp.restart_now(&id).await })
-            .await
+        self.detached(move |cp| async move {
+            let result = cp.restart_now(&id).await;
+            cp.log_call("restart", &id, None, &result);
+            result
+        })
+        .await
     }
 
     async fn restart_now(&self, id: &str) -> Result<Instance> {
@@ -865,6 +917,37 @@ impl ControlPlane {
             .clone()
     }
 
+    /// Records a lifecycle call as it ends (see [`LifecycleCall`]).
+    fn log_call<T>(&self, operation: &str, id: &str, clone_id: Option<String>, result: &Result<T>) {
+        let mut log = self.inner.calls.lock().unwrap_or_else(|e| e.into_inner());
+        log.next += 1;
+        let call = LifecycleCall {
+            sequence: log.next,
+            operation: operation.to_owned(),
+            instance_id: id.to_owned(),
+            clone_id,
+            ok: result.is_ok(),
+            error: result.as_ref().err().map(|e| error_chain(e)),
+            at: Utc::now(),
+        };
+        if log.calls.len() >= LIFECYCLE_CALLS_KEPT {
+            log.calls.pop_front();
+        }
+        log.calls.push_back(call);
+    }
+
+    /// The lifecycle calls carried out or refused since this control plane started, oldest
+    /// first (at most [`LIFECYCLE_CALLS_KEPT`]), with a sequence number greater than
+    /// `after`.
+    pub fn lifecycle_calls(&self, after: u64) -> Vec<LifecycleCall> {
+        let log = self.inner.calls.lock().unwrap_or_else(|e| e.into_inner());
+        log.calls
+            .iter()
+            .filter(|c| c.sequence > after)
+            .cloned()
+            .collect()
+    }
+
     /// The configuration the instance was last started with, while it runs.
     pub fn running_configuration(&self, id: &str) -> Result<Option<Value>> {
         Ok(self.record(id)?.runtime.running_configuration)
@@ -911,6 +994,13 @@ impl ControlPlane {
     /// Creates a sibling of `id` on the same platform with a new port, labelled
     /// [`CLONE_OF_LABEL`].
     pub fn clone_instance(&self, id: &str, request: CloneInstance) -> Result<Instance> {
+        let result = self.clone_now(id, request);
+        let clone_id = result.as_ref().ok().map(|i| i.id.clone());
+        self.log_call("clone", id, clone_id, &result);
+        result
+    }
+
+    fn clone_now(&self, id: &str, request: CloneInstance) -> Result<Instance> {
         let source = self.record(id)?;
         let mut config = match request.configuration {
             None | Some(Value::Null) => desired_or_conflict(&source, "clone from")?,

@@ -387,3 +387,72 @@ async fn a_removed_desired_configuration_is_404_until_a_put_and_what_runs_keeps_
     assert_eq!(cp.get(&running).await.1, before, "a PUT does not restart");
     cp.shutdown().await;
 }
+
+#[tokio::test]
+async fn lifecycle_calls_are_recorded_in_the_order_they_ended_with_their_outcome() {
+    let cp = TestCp::start().await;
+    let a = cp.create(json!({"name": "orders"})).await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    cp.start(&a).await;
+    let (status, _) = cp
+        .post(&format!("/api/server/instances/{a}/restart"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = cp
+        .post(&format!("/api/server/instances/{a}/stop"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, clone) = cp
+        .post(&format!("/api/extensions/instances/{a}/clone"), None)
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{clone}");
+    let b = clone["id"].as_str().unwrap().to_owned();
+    let (status, _) = cp.delete(&format!("/api/server/instances/{b}")).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    // Refused calls are recorded too, as not ok.
+    let (status, _) = cp
+        .post("/api/server/instances/no-such-instance/start", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    let (status, log) = cp.get("/api/extensions/lifecycle-calls").await;
+    assert_eq!(status, StatusCode::OK, "{log}");
+    let calls = log["calls"].as_array().unwrap();
+    let seen: Vec<(&str, &str, bool)> = calls
+        .iter()
+        .map(|c| {
+            (
+                c["operation"].as_str().unwrap(),
+                c["instanceId"].as_str().unwrap(),
+                c["ok"].as_bool().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("start", a.as_str(), true),
+            ("restart", a.as_str(), true),
+            ("stop", a.as_str(), true),
+            ("clone", a.as_str(), true),
+            ("delete", b.as_str(), true),
+            ("start", "no-such-instance", false),
+        ],
+        "{log:#}"
+    );
+    assert_eq!(calls[3]["cloneId"], b.as_str());
+    assert!(calls[5]["error"].as_str().unwrap().contains("not found"));
+    let sequences: Vec<u64> = calls
+        .iter()
+        .map(|c| c["sequence"].as_u64().unwrap())
+        .collect();
+    assert_eq!(sequences, [1, 2, 3, 4, 5, 6]);
+    // `after=` reads only what is newer.
+    let (_, newer) = cp.get("/api/extensions/lifecycle-calls?after=4").await;
+    assert_eq!(newer["calls"].as_array().unwrap().len(), 2, "{newer}");
+    let (status, _) = cp.get("/api/extensions/lifecycle-calls?after=x").await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    cp.shutdown().await;
+}
