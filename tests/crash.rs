@@ -600,3 +600,87 @@ async fn a_call_in_flight_when_the_daemon_dies_is_audited_as_in_doubt_after_rest
     })
     .await;
 }
+
+/// The host's own delete of a leaked clone (not a strategy's call) is journalled too: a
+/// daemon killed between the delete and its audit entry reports it at its next start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leaked_clone_deleted_as_the_daemon_dies_is_audited_after_restart() {
+    use setpoint_tests::lifecycle::{audited_calls, clones, compare, recorded_calls};
+    bounded(Duration::from_secs(120), async {
+        let world = World::new(&[]).await;
+        let relay = Relay::start(world.cp_addr).await;
+        let daemon = Setpoint::start_via(&world, &relay.url, SLOW_HEALTH).await;
+        let id = world.create("orders", json!({})).await;
+        converges(&world, &daemon, &id, "info", "creation").await;
+
+        // A clone no rollout owns (what a crash between a clone call and the step's save
+        // leaves): the daemon deletes it, itself rather than through a strategy. That
+        // delete is held at the relay; the daemon dies; then it reaches the control plane.
+        let delete = relay.hold("DELETE /api/server/instances/".to_owned());
+        let clone: Value = world
+            .http
+            .post(format!(
+                "{}/api/extensions/instances/{id}/clone",
+                world.cp_url()
+            ))
+            .send()
+            .await
+            .unwrap()
+            .error_for_status()
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let clone = clone["id"].as_str().unwrap().to_owned();
+        assert!(
+            delete.seen(Duration::from_secs(10)).await,
+            "the daemon never deleted the leaked clone {clone}"
+        );
+        daemon.kill();
+        delete.forward();
+        let gone = within(Duration::from_secs(10), async || {
+            clones(&world).await.is_empty()
+        })
+        .await;
+        assert!(gone, "the delete sent before the kill never landed");
+
+        let daemon = Setpoint::start_via(&world, &relay.url, SLOW_HEALTH).await;
+        converges(&world, &daemon, &id, "info", "after the restart").await;
+        // The start-up report of calls in doubt comes before the first reconcile.
+        let db = world.dir.path().join("setpoint.db");
+        let reported = within(Duration::from_secs(10), async || {
+            audited_calls(&db)
+                .iter()
+                .any(|c| c.operation == "delete" && c.target == clone.as_str())
+        })
+        .await;
+        let audit = format!(
+            "{}\n{}",
+            daemon.audit_tail(&id).await,
+            daemon.audit_tail(&clone).await
+        );
+        daemon.kill();
+        assert!(reported, "the delete of {clone} was never audited\n{audit}");
+        // The control plane deleted the clone: the audit says so, as done or in doubt.
+        let recorded = recorded_calls(&world).await;
+        assert!(
+            recorded
+                .iter()
+                .any(|c| c.operation == "delete" && c.target == clone && c.ok),
+            "{recorded:?}"
+        );
+        // The clone call was this test's, made behind the daemon's back: not the
+        // daemon's to audit.
+        let recorded: Vec<_> = recorded
+            .into_iter()
+            .filter(|c| c.operation != "clone")
+            .collect();
+        let agreement = compare(&recorded, &audited_calls(&db));
+        assert!(
+            agreement.problems.is_empty(),
+            "the audit and the control plane disagree:\n{}\naudit:\n{audit}",
+            agreement.problems.join("\n")
+        );
+    })
+    .await;
+}

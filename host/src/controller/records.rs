@@ -134,6 +134,36 @@ impl Controller {
         )
     }
 
+    /// Deletes `clone` for the host itself (not for a strategy), journalled as a
+    /// strategy's mutating call is: the intent under the clone's own id (no rollout is
+    /// keyed by a clone's id, so clearing it after the caller's audit entry clears
+    /// nothing else), so a daemon that dies between the delete and that audit entry
+    /// reports the delete at its next start instead of losing it. The caller audits the
+    /// outcome, then clears the intent with `clear_intents(clone)`.
+    pub(super) async fn delete_clone_journalled(
+        &self,
+        clone: &str,
+        why: &str,
+    ) -> Result<client::Result<()>> {
+        let intent = self.store.record_intent(
+            clone,
+            &format!("setpoint ({why})"),
+            "delete-clone",
+            clone,
+            None,
+        )?;
+        let result = self.cp.delete_instance(clone).await;
+        let outcome = match &result {
+            Ok(()) => "ok".to_owned(),
+            Err(e) => format!("failed: {}", crate::error_chain(e)),
+        };
+        // Best effort: without it the delete is reported in doubt after a crash.
+        if let Err(e) = self.store.settle_intent(intent, &outcome) {
+            tracing::warn!(error = %crate::error_chain(&e), "could not record a delete's outcome ahead of the audit");
+        }
+        Ok(result)
+    }
+
     /// An instance labelled as a clone: it belongs to its owner's rollout (or to the
     /// group rollout its owner is a member of: a surge clone) and is never reconciled on
     /// its own. A clone whose owner has no rollout any more is a leak and is deleted.
@@ -155,7 +185,9 @@ impl Controller {
             )?;
             return Ok((Action::await_change(), Outcome::Reported));
         }
-        let result = self.cp.delete_instance(id).await;
+        let result = self
+            .delete_clone_journalled(id, "leaked-clone sweep")
+            .await?;
         let outcome = match &result {
             Ok(()) => "deleted".to_owned(),
             Err(e) if e.is_not_found() => "already gone".to_owned(),
@@ -169,6 +201,7 @@ impl Controller {
             ),
             serde_json::json!({ "clone": id, "outcome": outcome }),
         )?;
+        self.store.clear_intents(id)?;
         match result {
             Ok(()) => Ok((Action::await_change(), Outcome::Reported)),
             Err(e) if e.is_not_found() => Ok((Action::await_change(), Outcome::Reported)),

@@ -900,7 +900,10 @@ impl Controller {
             return Ok(true);
         }
         for clone in &envelope.scope.clones {
-            let outcome = match self.cp.delete_instance(clone).await {
+            let deleted = self
+                .delete_clone_journalled(clone, "superseded rollout")
+                .await?;
+            let outcome = match deleted {
                 Ok(()) => "deleted".to_owned(),
                 Err(e) if e.is_not_found() => "already gone".to_owned(),
                 Err(e) => format!(
@@ -914,6 +917,7 @@ impl Controller {
                 format!("clone {clone} of the superseded rollout: {outcome}"),
                 serde_json::json!({ "clone": clone, "digest": from }),
             )?;
+            self.store.clear_intents(clone)?;
         }
         self.store.clear_rollout(id)?;
         self.store.withdraw_approvals(id)?;
