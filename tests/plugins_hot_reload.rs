@@ -508,10 +508,20 @@ strategy = "restart"
 strategy_params = { health_poll_ms = 4000 }
 "#;
 
+/// Slower still: the rebuild below is compiled while the rollout waits, and compiling
+/// `restart` with inlining takes seconds on a loaded CI machine (2 s was missed there).
+const SLOWER_RESTART: &str = r#"
+[[policy.rules]]
+name = "slow"
+match = { labels = { speed = "slow" } }
+strategy = "restart"
+strategy_params = { health_poll_ms = 12000 }
+"#;
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_strategy_replaced_mid_rollout_finishes_on_the_old_digest_and_the_next_uses_the_new() {
     let mut world = World::new(&[]).await;
-    world.start_daemon("30s", SLOW_RESTART).await;
+    world.start_daemon("30s", SLOWER_RESTART).await;
     let id = world.create("slow", json!({ "speed": "slow" })).await;
     converged(&world, &[&id]).await;
     let restart = world.plugin_dir().join("restart.wasm");
@@ -529,9 +539,11 @@ async fn a_strategy_replaced_mid_rollout_finishes_on_the_old_digest_and_the_next
     install_atomically(&restart, &rebuilt);
     let new = digest_of(&restart);
     assert_ne!(old, new);
-    eventually(Duration::from_secs(2), "the rebuild to serve", async || {
-        digest_serving(&world, Kind::Strategy, "restart").as_deref() == Some(new.as_str())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the rebuild to serve",
+        async || digest_serving(&world, Kind::Strategy, "restart").as_deref() == Some(new.as_str()),
+    )
     .await;
     assert_eq!(
         rollout_digest(&world, &id).as_deref(),
@@ -547,7 +559,7 @@ async fn a_strategy_replaced_mid_rollout_finishes_on_the_old_digest_and_the_next
     );
 
     eventually(
-        Duration::from_secs(20),
+        Duration::from_secs(30),
         "the rollout to finish",
         async || world.synced(&id),
     )
