@@ -75,23 +75,6 @@ async fn settled(world: &World, daemon: &Setpoint, id: &str, level: &str, canary
                 == Some(vec![(id.to_owned(), 100)]))
 }
 
-async fn explain(world: &World, daemon: &Setpoint, id: &str, level: &str) -> String {
-    let v = daemon.instance(id).await;
-    format!(
-        "{id}: desired {level}, stub serves {:?}, endpoint {:?}\nadmin view: {:#}\naudit:\n{}",
-        world.stub_config(id).await.map(|c| c["logLevel"].clone()),
-        endpoint_weights(&world.http, &world.cp_url(), id).await,
-        json!({
-            "status": v["instance"]["status"],
-            "conditions": v["conditions"],
-            "rollout": v["rollout"],
-            "givenUp": v["givenUp"],
-            "lastDecision": v["lastDecision"],
-        }),
-        daemon.audit_tail(id).await
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_at_random_moments_of_a_changing_fleet_loses_nothing() {
     tokio::task::spawn_blocking(setpoint_bin)
@@ -129,7 +112,7 @@ async fn run() {
         assert!(
             up,
             "{id} did not come up\n{}",
-            explain(&world, &daemon, id, "info").await
+            daemon.explain(&world, id, "info").await
         );
         if *canary {
             label(&world, id, "delivery", "canary").await;
@@ -184,7 +167,7 @@ async fn run() {
         assert!(
             ok,
             "seed {seed}: {id} did not converge on {level} after the last restart\n{}",
-            explain(&world, &daemon, id, level).await
+            daemon.explain(&world, id, level).await
         );
     }
     let converged_after = last_start.elapsed();

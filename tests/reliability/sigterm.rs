@@ -83,24 +83,6 @@ async fn settled(world: &World, daemon: &Setpoint, id: &str, level: &str, publis
                 == Some(vec![(id.to_owned(), 100)]))
 }
 
-async fn explain(world: &World, daemon: &Setpoint, id: &str, level: &str) -> String {
-    let v = daemon.instance(id).await;
-    format!(
-        "{id}: desired {level}, stub serves {:?}, endpoint {:?}, clones {:?}\nadmin view: {:#}\naudit:\n{}",
-        world.stub_config(id).await.map(|c| c["logLevel"].clone()),
-        endpoint_weights(&world.http, &world.cp_url(), id).await,
-        clones(world).await,
-        json!({
-            "status": v["instance"]["status"],
-            "conditions": v["conditions"],
-            "rollout": v["rollout"],
-            "givenUp": v["givenUp"],
-            "lastDecision": v["lastDecision"],
-        }),
-        daemon.audit_tail(id).await
-    )
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_during_rollouts_checkpoints_and_every_rollout_completes_after_restart() {
     tokio::task::spawn_blocking(setpoint_bin)
@@ -132,7 +114,7 @@ async fn run() {
         assert!(
             up,
             "{id} did not come up\n{}",
-            explain(&world, &daemon, id, "info").await
+            daemon.explain(&world, id, "info").await
         );
         if let Some(rule) = rule {
             label(&world, id, "delivery", rule).await;
@@ -235,7 +217,7 @@ async fn run() {
                 assert!(
                     ok,
                     "{what}: {id} did not complete its rollout after the restart\n{}",
-                    explain(&world, &daemon, id, level).await
+                    daemon.explain(&world, id, level).await
                 );
             }
             let none = within(Duration::from_secs(10), async || {

@@ -204,6 +204,27 @@ impl Setpoint {
     }
 
     /// The last 40 audit records of `id`, one line each, for failure messages.
+    /// What a failed check shows about instance `id` that should run `level`: what its
+    /// stub serves, its endpoint's weights, the control plane's clones, the daemon's view
+    /// of it and the tail of its audit.
+    pub async fn explain(&self, world: &World, id: &str, level: &str) -> String {
+        let v = self.instance(id).await;
+        format!(
+            "{id}: desired {level}, stub serves {:?}, endpoint {:?}, clones {:?}\nadmin view: {:#}\naudit:\n{}",
+            world.stub_config(id).await.map(|c| c["logLevel"].clone()),
+            crate::traffic::endpoint_weights(&world.http, &world.cp_url(), id).await,
+            crate::lifecycle::clones(world).await,
+            serde_json::json!({
+                "status": v["instance"]["status"],
+                "conditions": v["conditions"],
+                "rollout": v["rollout"],
+                "givenUp": v["givenUp"],
+                "lastDecision": v["lastDecision"],
+            }),
+            self.audit_tail(id).await
+        )
+    }
+
     pub async fn audit_tail(&self, id: &str) -> String {
         let records = self.audit(id).await;
         records[records.len().saturating_sub(40)..]
