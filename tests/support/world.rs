@@ -162,7 +162,8 @@ impl World {
     }
 
     pub async fn patch(&self, id: &str, ops: Value) {
-        self.http
+        let response = self
+            .http
             .patch(format!(
                 "{}/api/configuration/instances/{id}",
                 self.cp_url()
@@ -170,9 +171,12 @@ impl World {
             .json(&ops)
             .send()
             .await
-            .unwrap()
-            .error_for_status()
-            .unwrap();
+            .expect("PATCH reaches the control plane");
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            panic!("PATCH {id} {ops}: the control plane answered {status}: {body}");
+        }
     }
 
     /// GET a control-plane route; `Value::Null` when it cannot be reached (a test may

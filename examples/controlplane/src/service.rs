@@ -591,8 +591,10 @@ impl ControlPlane {
             .apply(&[Write::Delete(id), Write::Change(&change, self.retain())])?;
         state.instances.remove(id);
         state.ports.retain(|_, owner| owner != id);
-        drop(state);
+        // Published before the state lock goes: the next change's sequence number is
+        // read from the feed under that lock (see `commit_locked`).
         self.inner.feed.push(change);
+        drop(state);
         if record.instance.platform_type == PlatformType::Process {
             self.inner.process.remove_files(id);
         }
@@ -652,12 +654,13 @@ impl ControlPlane {
         };
         match record.instance.platform_type {
             PlatformType::Simulated => {
-                let mut record = record;
-                record.runtime.running_configuration = Some(config);
-                record.runtime.generation += 1;
                 let transition = Transition::new(InstanceStatus::Running, SOURCE_CONTROL_PLANE)
                     .with(Labels::from([("platformType".into(), "Simulated".into())]));
-                Ok(self.commit(record, Some(transition))?.0.instance)
+                let (record, _) = self.commit_runtime(id, Some(transition), |runtime| {
+                    runtime.running_configuration = Some(config);
+                    runtime.generation += 1;
+                })?;
+                Ok(record.instance)
             }
             PlatformType::Process => {
                 if self.inner.process.is_tracked(id) {
@@ -667,16 +670,10 @@ impl ControlPlane {
                 let generation = record.runtime.generation + 1;
                 match self.inner.process.start(id, generation, &config).await {
                     Ok(launched) => {
-                        let mut record = self.record(id)?;
-                        record.runtime.running_configuration = Some(config);
-                        record.runtime.generation = generation;
-                        record.runtime.pid = Some(launched.pid);
-                        record.runtime.host = Some(launched.host.clone());
-                        record.runtime.port = Some(launched.port);
                         let metadata = Labels::from([
                             ("platformType".into(), "Process".into()),
                             ("pid".into(), launched.pid.to_string()),
-                            ("host".into(), launched.host),
+                            ("host".into(), launched.host.clone()),
                             ("port".into(), launched.port.to_string()),
                             (
                                 "configFilePath".into(),
@@ -690,18 +687,25 @@ impl ControlPlane {
                         let transition =
                             Transition::new(InstanceStatus::Running, SOURCE_CONTROL_PLANE)
                                 .with(metadata);
-                        Ok(self.commit(record, Some(transition))?.0.instance)
+                        let (record, _) = self.commit_runtime(id, Some(transition), |runtime| {
+                            runtime.running_configuration = Some(config);
+                            runtime.generation = generation;
+                            runtime.pid = Some(launched.pid);
+                            runtime.host = Some(launched.host);
+                            runtime.port = Some(launched.port);
+                        })?;
+                        Ok(record.instance)
                     }
                     Err(error) => {
-                        let mut record = self.record(id)?;
-                        record.runtime.generation = generation;
-                        record.runtime.pid = None;
-                        record.runtime.running_configuration = None;
                         let mut transition =
                             Transition::new(InstanceStatus::Error, SOURCE_CONTROL_PLANE)
                                 .with(Labels::from([("reason".into(), "start failed".into())]));
                         transition.error = Some(error_chain(&error));
-                        self.commit(record, Some(transition))?;
+                        self.commit_runtime(id, Some(transition), |runtime| {
+                            runtime.generation = generation;
+                            runtime.pid = None;
+                            runtime.running_configuration = None;
+                        })?;
                         Err(Error::StartFailed {
                             id: id.to_owned(),
                             source: error,
@@ -734,16 +738,18 @@ impl ControlPlane {
     async fn stop_locked(&self, id: &str) -> Result<Instance> {
         self.record(id)?;
         let exit = self.inner.process.stop(id).await;
-        let mut record = self.record(id)?;
+        let record = self.record(id)?;
         let was_running = exit.is_some() || record.runtime.running_configuration.is_some();
         if !was_running && record.instance.status == InstanceStatus::Stopped {
             return Ok(record.instance);
         }
-        record.runtime.pid = None;
-        record.runtime.running_configuration = None;
         let transition = Transition::new(InstanceStatus::Stopped, SOURCE_CONTROL_PLANE)
             .with(exit.map(|e| e.metadata()).unwrap_or_default());
-        Ok(self.commit(record, Some(transition))?.0.instance)
+        let (record, _) = self.commit_runtime(id, Some(transition), |runtime| {
+            runtime.pid = None;
+            runtime.running_configuration = None;
+        })?;
+        Ok(record.instance)
     }
 
     /// Stops (if running) and starts with the desired configuration. Without one it is a
@@ -1233,17 +1239,12 @@ impl ControlPlane {
                 self.inner
                     .process
                     .adopt(&id, record.runtime.generation, pid);
-                let mut record = record;
                 let mut info = runtime_info(&record);
                 info.runtime_metadata
                     .insert("reattached".into(), "true".into());
-                record.runtime.info = Some(info);
-                self.commit(record, None)?;
+                self.commit_runtime(&id, None, |runtime| runtime.info = Some(info))?;
             } else {
                 tracing::warn!(instance.id = %id, pid, "process is gone after restart");
-                let mut record = record;
-                record.runtime.pid = None;
-                record.runtime.running_configuration = None;
                 let mut transition =
                     Transition::new(InstanceStatus::Error, SOURCE_MONITOR).with(Labels::from([
                         (
@@ -1256,7 +1257,10 @@ impl ControlPlane {
                 transition.error = Some(format!(
                     "process {pid} was gone when the control plane restarted"
                 ));
-                self.commit(record, Some(transition))?;
+                self.commit_runtime(&id, Some(transition), |runtime| {
+                    runtime.pid = None;
+                    runtime.running_configuration = None;
+                })?;
             }
         }
         Ok(())
@@ -1267,7 +1271,7 @@ impl ControlPlane {
     pub async fn handle_exit(&self, event: ExitEvent) {
         let lock = self.op_lock(&event.instance_id);
         let _guard = lock.lock().await;
-        let Ok(mut record) = self.record(&event.instance_id) else {
+        let Ok(record) = self.record(&event.instance_id) else {
             return;
         };
         if record.runtime.generation != event.generation || record.runtime.pid != Some(event.pid) {
@@ -1275,8 +1279,6 @@ impl ControlPlane {
         }
         tracing::warn!(instance.id = %event.instance_id, pid = event.pid,
                        exit = %event.exit.describe(), "process exited unexpectedly");
-        record.runtime.pid = None;
-        record.runtime.running_configuration = None;
         let mut metadata = event.exit.metadata();
         metadata.insert("reason".into(), "process exited unexpectedly".into());
         metadata.insert("pid".into(), event.pid.to_string());
@@ -1286,7 +1288,11 @@ impl ControlPlane {
             event.pid,
             event.exit.describe()
         ));
-        if let Err(error) = self.commit(record, Some(transition)) {
+        let stopped = |runtime: &mut Runtime| {
+            runtime.pid = None;
+            runtime.running_configuration = None;
+        };
+        if let Err(error) = self.commit_runtime(&event.instance_id, Some(transition), stopped) {
             tracing::error!(%error, instance.id = %event.instance_id, "recording an exit failed");
         }
     }
@@ -1317,13 +1323,15 @@ impl ControlPlane {
                 let lock = cp.op_lock(&id);
                 let _guard = lock.lock().await;
                 let exit = cp.inner.process.stop(&id).await;
-                if let Ok(mut record) = cp.record(&id) {
-                    record.runtime.pid = None;
-                    record.runtime.running_configuration = None;
-                    let transition =
-                        Transition::new(InstanceStatus::Stopped, "controlplane-shutdown")
-                            .with(exit.map(|e| e.metadata()).unwrap_or_default());
-                    if let Err(error) = cp.commit(record, Some(transition)) {
+                let transition = Transition::new(InstanceStatus::Stopped, "controlplane-shutdown")
+                    .with(exit.map(|e| e.metadata()).unwrap_or_default());
+                let stopped = |runtime: &mut Runtime| {
+                    runtime.pid = None;
+                    runtime.running_configuration = None;
+                };
+                match cp.commit_runtime(&id, Some(transition), stopped) {
+                    Ok(_) | Err(Error::InstanceNotFound(_)) => {}
+                    Err(error) => {
                         tracing::error!(%error, instance.id = %id, "recording a stop failed");
                     }
                 }
@@ -1396,15 +1404,18 @@ impl ControlPlane {
         Self::lookup(&self.state(), id)
     }
 
-    fn commit(
+    /// Applies `update` to the instance's runtime record as it is now and commits it with
+    /// `transition`, all under the state lock: a change stored meanwhile (a PATCH while a
+    /// process started, say) is kept, never overwritten by a copy read before an await.
+    fn commit_runtime(
         &self,
-        record: InstanceRecord,
+        id: &str,
         transition: Option<Transition>,
+        update: impl FnOnce(&mut Runtime),
     ) -> Result<(InstanceRecord, Option<StatusChange>)> {
         let mut state = self.state();
-        if !state.instances.contains_key(&record.instance.id) {
-            return Err(Error::InstanceNotFound(record.instance.id));
-        }
+        let mut record = Self::lookup(&state, id)?;
+        update(&mut record.runtime);
         self.commit_locked(&mut state, record, transition, Vec::new())
     }
 

@@ -456,3 +456,113 @@ async fn lifecycle_calls_are_recorded_in_the_order_they_ended_with_their_outcome
     assert_eq!(status, StatusCode::BAD_REQUEST);
     cp.shutdown().await;
 }
+
+/// Deleting one instance while another's desired configuration changes: every change is
+/// stored with its own feed sequence number. (A delete once published its change after
+/// letting go of the state lock, so a concurrent PATCH took the same number and failed
+/// with a 500 on the feed's primary key; seen in the SIGKILL suite.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn deletes_and_patches_at_once_each_get_their_own_feed_sequence() {
+    let cp = TestCp::start_with(|c| c.feed_capacity = 10_000).await;
+    let id = cp
+        .create(json!({"name": "patched", "platformType": "Simulated"}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let patcher = {
+        let client = cp.client.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            for i in 0..400 {
+                let level = ["info", "debug"][i % 2];
+                let (status, body) = client
+                    .patch(
+                        &format!("/api/configuration/instances/{id}"),
+                        &json!([{ "op": "replace", "path": "/logLevel", "value": level }]),
+                    )
+                    .await;
+                assert_eq!(status, StatusCode::OK, "PATCH {i}: {body}");
+            }
+        })
+    };
+    let cloner = {
+        let client = cp.client.clone();
+        let id = id.clone();
+        tokio::spawn(async move {
+            for i in 0..200 {
+                let (status, clone) = client
+                    .post(&format!("/api/extensions/instances/{id}/clone"), None)
+                    .await;
+                assert_eq!(status, StatusCode::CREATED, "clone {i}: {clone}");
+                let clone = clone["id"].as_str().unwrap();
+                let (status, body) = client
+                    .delete(&format!("/api/server/instances/{clone}"))
+                    .await;
+                assert!(status.is_success(), "delete {i}: {status} {body}");
+            }
+        })
+    };
+    patcher.await.expect("every PATCH succeeds");
+    cloner.await.expect("every clone and delete succeeds");
+    let (_, feed) = cp.get("/api/status/recent-changes?after=0").await;
+    let sequences: Vec<u64> = feed["changes"]
+        .as_array()
+        .expect("a feed page")
+        .iter()
+        .map(|c| c["sequence"].as_u64().unwrap())
+        .collect();
+    assert!(
+        sequences.windows(2).all(|w| w[0] < w[1]),
+        "feed sequences are not strictly increasing"
+    );
+    assert_eq!(sequences.len(), 1 + 400 + 2 * 200, "one change per write");
+    cp.shutdown().await;
+}
+
+/// Starting an instance while its desired configuration changes never undoes the change.
+/// (A start once stored the whole record it had read before starting, so a PATCH that
+/// landed meanwhile was silently reverted.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_start_never_reverts_a_desired_change_made_meanwhile() {
+    let cp = TestCp::start().await;
+    let id = cp
+        .create(json!({"name": "busy", "platformType": "Simulated"}))
+        .await["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let starter = {
+        let client = cp.client.clone();
+        let (id, done) = (id.clone(), done.clone());
+        tokio::spawn(async move {
+            while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, body) = client
+                    .post(&format!("/api/server/instances/{id}/start"), None)
+                    .await;
+                assert_eq!(status, StatusCode::OK, "start: {body}");
+            }
+        })
+    };
+    let path = format!("/api/configuration/instances/{id}");
+    let mut reverted = Vec::new();
+    for i in 0..300 {
+        let level = ["info", "debug", "warn"][i % 3];
+        let (status, body) = cp
+            .patch(
+                &path,
+                &json!([{ "op": "replace", "path": "/logLevel", "value": level }]),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "PATCH {i}: {body}");
+        let (_, desired) = cp.get(&path).await;
+        if desired["logLevel"] != level {
+            reverted.push((i, level, desired["logLevel"].clone()));
+        }
+    }
+    done.store(true, std::sync::atomic::Ordering::Relaxed);
+    starter.await.expect("every start succeeds");
+    assert!(reverted.is_empty(), "desired changes undone: {reverted:?}");
+    cp.shutdown().await;
+}
