@@ -1,7 +1,8 @@
 //! Abuse of the sandbox by a plugin (`plugins/fixtures/sandbox-abuse`, built by
 //! `scripts/build-plugins`): every WASI preview1 capability tried, `proc_exit`, deep
 //! recursion on both stacks, an answer that would come after the time budget, a sleep
-//! in a host call, a million drifts, and more calls at once than the runtime runs.
+//! in a host call, a million drifts, drift values that are not JSON, a strategy's 100 MiB
+//! state, and more calls at once than the runtime runs.
 //! Each must be contained (the call fails, or is denied the capability), reported (the
 //! error names the plugin, the instance and the reason) and leave the host as it was: a
 //! well-behaved plugin answers right after, and the host's memory stays bounded.
@@ -15,7 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use setpoint::runtime::{CallError, CallFailure, Plugin, PluginRuntime, RuntimeConfig};
+use setpoint::runtime::scope::{CpError, Health, InstanceInfo, RuntimeStatus};
+use setpoint::runtime::{
+    CallError, CallFailure, Member, Plugin, PluginRuntime, Rollout, RolloutScope, RuntimeConfig,
+    StrategyHost,
+};
 use setpoint_tests::figures::{self, Figures};
 use setpoint_tests::{fixture, plugin};
 
@@ -81,6 +86,33 @@ fn assert_reported(error: &CallError, label: &str, what: &str) {
         )),
         "{what}: the error names plugin, instance and phase: {text}"
     );
+}
+
+/// A control plane the state-bomb never calls: every call is refused.
+struct NoControlPlane;
+
+impl StrategyHost for NoControlPlane {
+    fn get_instance(&self, id: &str) -> Result<InstanceInfo, CpError> {
+        Err(CpError::NotFound(id.into()))
+    }
+    fn get_runtime_status(&self, id: &str) -> Result<RuntimeStatus, CpError> {
+        Err(CpError::NotFound(id.into()))
+    }
+    fn get_desired_configuration(&self, id: &str) -> Result<String, CpError> {
+        Err(CpError::NotFound(id.into()))
+    }
+    fn start(&self, id: &str, _: Option<&str>) -> Result<(), CpError> {
+        Err(CpError::NotFound(id.into()))
+    }
+    fn stop(&self, id: &str) -> Result<(), CpError> {
+        Err(CpError::NotFound(id.into()))
+    }
+    fn restart(&self, id: &str) -> Result<(), CpError> {
+        Err(CpError::NotFound(id.into()))
+    }
+    fn probe_health(&self, id: &str) -> Result<Health, CpError> {
+        Err(CpError::NotFound(id.into()))
+    }
 }
 
 #[test]
@@ -206,7 +238,62 @@ fn every_abuse_of_the_sandbox_is_contained_reported_and_leaves_the_host_fine() {
     }
     host_is_fine(&rt, "a million drifts");
 
-    // 7. More calls at once than the runtime runs (16) or its pool holds instances
+    // 7. Drift values that are not JSON text (the SDK cannot write them; the fixture's
+    //    hand-written export does): the whole answer is refused, naming the drift.
+    let (result, _) = abuse(&rt, &p, json!({"abuse": "bad-json"}));
+    let error = result.expect_err("drift values that are not JSON are refused");
+    assert_reported(&error, &label, "bad JSON");
+    assert!(
+        matches!(&error.failure, CallFailure::BadOutput(why)
+            if why.contains("drift 1 (path \"/truncated\")") && why.contains("not JSON text")),
+        "the refusal names the drift: {error}"
+    );
+    notes.push(format!("drift values not JSON: {}", short(&error.failure)));
+    host_is_fine(&rt, "drift values that are not JSON");
+
+    // 8. A strategy's state: 100 MiB cannot even be built under the memory cap; 8 MiB
+    //    can, and is refused as an answer (it would be stored with every step). Either
+    //    way the step fails, reported, and returns no state to store.
+    let bomb = rt
+        .load_file(&fixture("state-bomb"))
+        .expect("the state-bomb fixture loads");
+    let bomb_label = bomb.label().to_string();
+    for (mib, expect) in [(100, "memory cap"), (8, "state of")] {
+        let rollout = Rollout {
+            group: None,
+            members: vec![Member {
+                instance_id: INSTANCE.into(),
+                desired: "{}".into(),
+                actual: Some("{}".into()),
+                drifts: vec![],
+            }],
+            params: json!({ "mib": mib }).to_string(),
+            state: None,
+            step: 0,
+            elapsed_ms: 0,
+        };
+        let outcome = rt.step(
+            &bomb,
+            &rollout,
+            Arc::new(NoControlPlane),
+            RolloutScope::new(INSTANCE),
+            false,
+        );
+        let error = outcome.progress.expect_err("a huge state is never taken");
+        let text = error.to_string();
+        assert!(
+            text.starts_with(&format!(
+                "strategy {bomb_label} on instance {INSTANCE}: step"
+            )),
+            "{mib} MiB: the error names plugin, instance and phase: {text}"
+        );
+        assert!(text.contains(expect), "{mib} MiB: {text}");
+        assert!(outcome.calls.is_empty(), "{:?}", outcome.calls);
+        notes.push(format!("{mib} MiB state: {}", short(&error.failure)));
+    }
+    host_is_fine(&rt, "a strategy's huge state");
+
+    // 9. More calls at once than the runtime runs (16) or its pool holds instances
     //    for: every one ends, each with its own report, and nothing is left running.
     let rt = Arc::new(rt);
     let p = Arc::new(p);
@@ -241,8 +328,8 @@ fn every_abuse_of_the_sandbox_is_contained_reported_and_leaves_the_host_fine() {
 
     let mut f = Figures::new("sandbox_abuse");
     f.load = "one runtime, budget 500 ms, memory cap 64 MiB".to_owned();
-    f.faults = "WASI files, dirs, env, args, clocks, random, TCP, UDP, stdio; proc_exit; recursion (shadow and native stack); a late answer; a 3 s sleep; 1 M drifts; 40 runaway calls at once".to_owned();
-    f.bad_inputs = format!("{} abusive calls", seen.len() + 6 + calls);
+    f.faults = "WASI files, dirs, env, args, clocks, random, TCP, UDP, stdio; proc_exit; recursion (shadow and native stack); a late answer; a 3 s sleep; 1 M drifts; drift values not JSON; a strategy's 100 MiB and 8 MiB state; 40 runaway calls at once".to_owned();
+    f.bad_inputs = format!("{} abusive calls", seen.len() + 9 + calls);
     f.trials = "1".to_owned();
     f.notes = format!(
         "{}; peak RSS {} MiB (+{} MiB); {:.1} s",

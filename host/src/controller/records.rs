@@ -354,5 +354,6 @@ pub(super) fn failure_reason(e: &CallError) -> &'static str {
         CallFailure::Trap { .. } => "trap",
         CallFailure::InputTooLarge { .. } => "input_too_large",
         CallFailure::Plugin(_) => "plugin_error",
+        CallFailure::BadOutput(_) => "bad_output",
     }
 }

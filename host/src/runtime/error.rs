@@ -241,6 +241,11 @@ pub enum CallFailure {
     /// The plugin returned an error of its own (not a trap).
     #[error("returned an error: {0}")]
     Plugin(String),
+    /// The plugin returned an answer the contract does not allow (a drift value that
+    /// is not JSON text, a state over [`MAX_JSON_BYTES`](super::MAX_JSON_BYTES)); the
+    /// host took none of it.
+    #[error("returned an answer the host refused: {0}")]
+    BadOutput(String),
 }
 
 impl CallError {
@@ -252,6 +257,7 @@ impl CallError {
             CallFailure::Timeout { .. }
                 | CallFailure::OutOfMemory { .. }
                 | CallFailure::Trap { .. }
+                | CallFailure::BadOutput(_)
         )
     }
 }

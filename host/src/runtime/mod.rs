@@ -670,7 +670,9 @@ impl PluginRuntime {
                 |store| compare_call(&plugin.pre, store, desired, actual, params),
             )
             .0?;
-        result.map_err(|e| fail(CallFailure::Plugin(describe_plugin_error(&e))))
+        let drifts = result.map_err(|e| fail(CallFailure::Plugin(describe_plugin_error(&e))))?;
+        check_drifts(&drifts).map_err(|why| fail(CallFailure::BadOutput(why)))?;
+        Ok(drifts)
     }
 
     /// Run a strategy's `step` for a rollout within `scope`.
@@ -786,6 +788,10 @@ impl PluginRuntime {
             },
         );
         let cp = cp.expect("strategy calls carry a control plane");
+        let progress = progress.and_then(|p| {
+            check_state(&p).map_err(|why| fail(CallFailure::BadOutput(why)))?;
+            Ok(p)
+        });
         StepOutcome {
             progress,
             scope: cp.scope,
@@ -1025,6 +1031,52 @@ fn check_size(what: &'static str, text: &str) -> std::result::Result<(), CallFai
         });
     }
     Ok(())
+}
+
+/// A comparator's drifts as the contract has them: each value JSON text. Checked once
+/// here, so the controller, the audit, the admin API and the strategies that receive
+/// these drifts never meet a value they cannot parse.
+fn check_drifts(drifts: &[Drift]) -> std::result::Result<(), String> {
+    for (i, drift) in drifts.iter().enumerate() {
+        for (which, value) in [("desired", &drift.desired), ("actual", &drift.actual)] {
+            let Some(text) = value else { continue };
+            if let Err(e) = serde_json::from_str::<serde::de::IgnoredAny>(text) {
+                return Err(format!(
+                    "drift {i} (path {:?}) has a {which} value that is not JSON text ({e}): \
+                     {}; a comparator returns values as JSON (the SDK's `Drift` does this)",
+                    preview(&drift.path, 64),
+                    preview(text, 64),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A strategy's new state within [`MAX_JSON_BYTES`]: it is stored with every step and
+/// handed back at the next, where a larger one would be refused as input.
+fn check_state(progress: &Progress) -> std::result::Result<(), String> {
+    let state = match progress {
+        Progress::Requeue(r) => &r.state,
+        Progress::AwaitApproval(a) => &a.state,
+        Progress::Done(_) | Progress::Failed(_) => return Ok(()),
+    };
+    if state.len() > MAX_JSON_BYTES {
+        return Err(format!(
+            "a state of {} bytes, more than the limit of {MAX_JSON_BYTES} bytes; keep what a \
+             rollout carries from step to step small (ids, counters, the step reached)",
+            state.len()
+        ));
+    }
+    Ok(())
+}
+
+/// At most `max` characters of `text`, with `…` when cut.
+fn preview(text: &str, max: usize) -> String {
+    match text.char_indices().nth(max) {
+        Some((cut, _)) => format!("{}…", &text[..cut]),
+        None => text.to_owned(),
+    }
 }
 
 fn validate_metadata(origin: &str, world: World, raw: WireMetadata) -> Result<PluginMetadata> {
