@@ -2,7 +2,7 @@
 //! `scripts/build-plugins`): every WASI preview1 capability tried, `proc_exit`, deep
 //! recursion on both stacks, an answer that would come after the time budget, a sleep
 //! in a host call, a million drifts, drift values that are not JSON, a strategy's 100 MiB
-//! state, and more calls at once than the runtime runs.
+//! state, more calls at once than the runtime runs, and a table past the limit.
 //! Each must be contained (the call fails, or is denied the capability), reported (the
 //! error names the plugin, the instance and the reason) and leave the host as it was: a
 //! well-behaved plugin answers right after, and the host's memory stays bounded.
@@ -339,4 +339,65 @@ fn every_abuse_of_the_sandbox_is_contained_reported_and_leaves_the_host_fine() {
         started.elapsed().as_secs_f64()
     );
     figures::record(&f);
+}
+
+/// `component` with every core table's size set to `elements`: what a hostile toolchain
+/// could emit (Rust cannot ask for a table of that size).
+fn with_tables_of(component: &[u8], elements: u64) -> Vec<u8> {
+    use wasm_encoder::reencode::{Error, Reencode, ReencodeComponent, RoundtripReencoder, utils};
+
+    struct BigTables(u64);
+    impl Reencode for BigTables {
+        type Error = std::convert::Infallible;
+        fn table_type(
+            &mut self,
+            table: wasmparser::TableType,
+        ) -> Result<wasm_encoder::TableType, Error<Self::Error>> {
+            let mut table = utils::table_type(&mut RoundtripReencoder, table)?;
+            table.minimum = self.0;
+            table.maximum = Some(self.0);
+            Ok(table)
+        }
+    }
+    impl ReencodeComponent for BigTables {}
+
+    let mut out = wasm_encoder::Component::new();
+    BigTables(elements)
+        .parse_component(&mut out, wasmparser::Parser::new(0), component)
+        .expect("the fixture re-encodes");
+    out.finish()
+}
+
+/// A component whose table is larger than the host allows is refused when it loads,
+/// with a reason, pooled or not; the runtime then loads and runs other plugins.
+#[test]
+fn a_plugin_whose_table_exceeds_the_limit_is_refused_at_load() {
+    let original = std::fs::read(plugin("field-diff")).expect("field-diff is built");
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big-table.wasm");
+    std::fs::write(&file, with_tables_of(&original, 10_000_000)).unwrap();
+    for pooling in [true, false] {
+        let rt = PluginRuntime::new(RuntimeConfig {
+            pooling,
+            ..RuntimeConfig::default()
+        })
+        .unwrap();
+        let rss_before = peak_rss_kib();
+        let error = rt
+            .load_file(&file)
+            .expect_err("a table of ten million elements is refused");
+        let reason = setpoint::error_chain(&error);
+        assert!(
+            reason.contains("big-table.wasm") && reason.contains("table"),
+            "pooling {pooling}: the refusal names the file and the table: {reason}"
+        );
+        // Ten million elements would be 80 MiB; the growth seen is field-diff's first
+        // compile (no cache here), not the table.
+        let growth_mib = peak_rss_kib().saturating_sub(rss_before) / 1024;
+        assert!(
+            growth_mib < 256,
+            "pooling {pooling}: grew by {growth_mib} MiB"
+        );
+        host_is_fine(&rt, "a table past the limit");
+    }
 }
