@@ -18,8 +18,10 @@
 //! last transactions before a WAL checkpoint. `FULL` would fsync every commit, which
 //! costs milliseconds per write on ordinary disks and made a rollout step (a handful
 //! of writes) dominate event-to-action latency; what could be lost is at most a
-//! rollout's last step (strategies are idempotent steps) or recent audit lines. Times
-//! are stored as Unix milliseconds, so they come back truncated to the millisecond.
+//! rollout's last step (strategies are idempotent steps) or recent audit lines. WAL
+//! checkpoints run on a thread of their own ([`CHECKPOINT_INTERVAL`]), never inside a
+//! commit. Times are stored as Unix milliseconds, so they come back truncated to the
+//! millisecond.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
@@ -579,12 +581,85 @@ pub struct InstanceRecords {
 /// The durable state of one setpoint host. See the module documentation for concurrency.
 #[derive(Debug)]
 pub struct Store {
+    /// Moves the WAL into the database off the write path (file stores only). First, so
+    /// it is dropped (its thread joined) before the connection below closes. Held only
+    /// for its `Drop`.
+    _checkpointer: Option<Checkpointer>,
     conn: Mutex<Connection>,
     /// Mutating calls in flight (`journal.rs`): a file beside the database, not a table,
     /// so that journalling a call never waits for the database.
     intents: Mutex<journal::Journal>,
     path: PathBuf,
     backup_retention: usize,
+}
+
+/// How often the background checkpointer copies the WAL into the database.
+pub const CHECKPOINT_INTERVAL: Duration = Duration::from_millis(500);
+
+/// A thread with a connection of its own that runs `PRAGMA wal_checkpoint(PASSIVE)`
+/// every [`CHECKPOINT_INTERVAL`].
+///
+/// SQLite's default is to checkpoint inside the commit that takes the WAL past 1,000
+/// pages: that commit copies about 4 MiB into the database file and syncs both files,
+/// while holding the store's one connection, so every reconcile waits behind it. At a
+/// few hundred changes a second that happened several times a second, and it was the
+/// tail of event-to-action latency. A passive checkpoint runs beside writers and
+/// readers (it never takes the write lock), so commits go on while it copies. The WAL
+/// still holds every committed transaction until it is copied: durability is unchanged.
+#[derive(Debug)]
+struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    fn start(path: &Path) -> std::io::Result<Checkpointer> {
+        let conn = Connection::open(path).map_err(std::io::Error::other)?;
+        conn.busy_timeout(BUSY_TIMEOUT)
+            .map_err(std::io::Error::other)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let shown = path.display().to_string();
+        let thread = std::thread::Builder::new()
+            .name("setpoint-store-checkpoint".to_owned())
+            .spawn(move || {
+                let mut failing = false;
+                while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                    stopped.recv_timeout(CHECKPOINT_INTERVAL)
+                {
+                    let result = conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |row| {
+                        row.get::<_, i64>(0)
+                    });
+                    // One line when checkpoints start failing (a full disk, say: the WAL
+                    // keeps every commit meanwhile) and one when they work again.
+                    match (result, failing) {
+                        (Err(error), false) => {
+                            tracing::warn!(path = %shown, %error, "WAL checkpoint failed; retrying every {CHECKPOINT_INTERVAL:?} (nothing committed is lost)");
+                            failing = true;
+                        }
+                        (Ok(_), true) => {
+                            tracing::info!(path = %shown, "WAL checkpoints work again");
+                            failing = false;
+                        }
+                        _ => {}
+                    }
+                }
+            })?;
+        Ok(Checkpointer {
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        // Hang up, then wait for a checkpoint in progress: the store's own connection,
+        // closed after this, is then the last one and checkpoints what is left.
+        self.stop.take();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Store {
@@ -652,12 +727,17 @@ impl Store {
             });
         }
         migrate(&mut conn, &path, MIGRATIONS)?;
+        // Checkpoints run in the background (see [`Checkpointer`]), not in a commit.
+        conn.pragma_update(None, "wal_autocheckpoint", 0)
+            .map_err(|e| open_error(Box::new(e)))?;
+        let checkpointer = Checkpointer::start(&path).map_err(|e| open_error(Box::new(e)))?;
         let journal = journal::Journal::open(&journal_path).map_err(|e| open_error(Box::new(e)))?;
         Ok(Store {
             conn: Mutex::new(conn),
             intents: Mutex::new(journal),
             path,
             backup_retention: DEFAULT_BACKUP_RETENTION,
+            _checkpointer: Some(checkpointer),
         })
     }
 
@@ -675,6 +755,7 @@ impl Store {
             intents: Mutex::new(journal::Journal::in_memory()),
             path,
             backup_retention: DEFAULT_BACKUP_RETENTION,
+            _checkpointer: None,
         })
     }
 
@@ -1869,6 +1950,49 @@ mod tests {
             .pragma_query_value(None, "journal_mode", |row| row.get(0))
             .unwrap();
         assert_eq!(mode, "wal");
+    }
+
+    /// Commits never checkpoint (`wal_autocheckpoint = 0`); the background thread moves
+    /// the WAL into the database file, which only a checkpoint writes to.
+    #[test]
+    fn the_wal_is_checkpointed_in_the_background_not_by_commits() {
+        let (_dir, path, store) = temp_store();
+        let autocheckpoint: i64 = store
+            .lock()
+            .pragma_query_value(None, "wal_autocheckpoint", |row| row.get(0))
+            .unwrap();
+        assert_eq!(autocheckpoint, 0, "commits must not checkpoint");
+        let db_size = || std::fs::metadata(&path).unwrap().len();
+        let before = db_size();
+        let message = "x".repeat(2_000);
+        for _ in 0..2_000 {
+            store
+                .append_audit(&audit_entry(Some("i-1"), AuditKind::Action, &message))
+                .unwrap();
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while db_size() <= before && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(
+            db_size() > before,
+            "nothing was checkpointed into {} within 10 s",
+            path.display()
+        );
+        // Closing leaves no WAL behind, and everything is in the file.
+        drop(store);
+        let mut wal = path.clone().into_os_string();
+        wal.push("-wal");
+        assert!(
+            !std::path::Path::new(&wal).exists(),
+            "the WAL outlived the store"
+        );
+        let count: i64 = Store::open(&path)
+            .unwrap()
+            .lock()
+            .query_row("SELECT COUNT(*) FROM audit", [], |row| row.get(0))
+            .unwrap();
+        assert_eq!(count, 2_000);
     }
 
     #[test]
