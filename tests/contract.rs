@@ -7,13 +7,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use setpoint::runtime::scope::{CpError, Health, InstanceInfo, RuntimeStatus};
 use setpoint::runtime::{
-    Contract, Member, Phase, PluginRuntime, Rollout, RolloutScope, RuntimeConfig, StrategyHost,
+    Contract, Member, Phase, PluginRuntime, Rollout, RolloutScope, RuntimeConfig,
 };
 use setpoint::store::AuditKind;
 use setpoint_tests::world::{World, converged, eventually};
-use setpoint_tests::{plugin, workspace_root};
+use setpoint_tests::{Quiet, plugin, workspace_root};
 
 /// The restart strategy as it was built before contract 0.2.0.
 fn restart_0_1() -> std::path::PathBuf {
@@ -129,36 +128,6 @@ async fn a_strategy_needing_capabilities_the_control_plane_lacks_is_refused_at_l
         "{canary:#}"
     );
     world.stop_daemon().await;
-}
-
-/// A control plane that answers every read and refuses nothing.
-struct Quiet;
-
-impl StrategyHost for Quiet {
-    fn get_instance(&self, id: &str) -> Result<InstanceInfo, CpError> {
-        Err(CpError::NotFound(id.into()))
-    }
-    fn get_runtime_status(&self, id: &str) -> Result<RuntimeStatus, CpError> {
-        Err(CpError::NotFound(id.into()))
-    }
-    fn get_desired_configuration(&self, id: &str) -> Result<String, CpError> {
-        Err(CpError::NotFound(id.into()))
-    }
-    fn start(&self, _: &str, _: Option<&str>) -> Result<(), CpError> {
-        Ok(())
-    }
-    fn stop(&self, _: &str) -> Result<(), CpError> {
-        Ok(())
-    }
-    fn restart(&self, _: &str) -> Result<(), CpError> {
-        Ok(())
-    }
-    fn probe_health(&self, _: &str) -> Result<Health, CpError> {
-        Ok(Health {
-            healthy: true,
-            detail: "ok".into(),
-        })
-    }
 }
 
 fn member(id: &str) -> Member {

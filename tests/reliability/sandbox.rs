@@ -16,13 +16,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use setpoint::runtime::scope::{CpError, Health, InstanceInfo, RuntimeStatus};
 use setpoint::runtime::{
     CallError, CallFailure, Member, Plugin, PluginRuntime, Rollout, RolloutScope, RuntimeConfig,
-    StrategyHost,
 };
 use setpoint_tests::figures::{self, Figures};
-use setpoint_tests::{fixture, plugin};
+use setpoint_tests::{Quiet, fixture, plugin};
 
 const BUDGET: Duration = Duration::from_millis(500);
 const INSTANCE: &str = "inst-abuse";
@@ -86,33 +84,6 @@ fn assert_reported(error: &CallError, label: &str, what: &str) {
         )),
         "{what}: the error names plugin, instance and phase: {text}"
     );
-}
-
-/// A control plane the state-bomb never calls: every call is refused.
-struct NoControlPlane;
-
-impl StrategyHost for NoControlPlane {
-    fn get_instance(&self, id: &str) -> Result<InstanceInfo, CpError> {
-        Err(CpError::NotFound(id.into()))
-    }
-    fn get_runtime_status(&self, id: &str) -> Result<RuntimeStatus, CpError> {
-        Err(CpError::NotFound(id.into()))
-    }
-    fn get_desired_configuration(&self, id: &str) -> Result<String, CpError> {
-        Err(CpError::NotFound(id.into()))
-    }
-    fn start(&self, id: &str, _: Option<&str>) -> Result<(), CpError> {
-        Err(CpError::NotFound(id.into()))
-    }
-    fn stop(&self, id: &str) -> Result<(), CpError> {
-        Err(CpError::NotFound(id.into()))
-    }
-    fn restart(&self, id: &str) -> Result<(), CpError> {
-        Err(CpError::NotFound(id.into()))
-    }
-    fn probe_health(&self, id: &str) -> Result<Health, CpError> {
-        Err(CpError::NotFound(id.into()))
-    }
 }
 
 #[test]
@@ -275,7 +246,7 @@ fn every_abuse_of_the_sandbox_is_contained_reported_and_leaves_the_host_fine() {
         let outcome = rt.step(
             &bomb,
             &rollout,
-            Arc::new(NoControlPlane),
+            Arc::new(Quiet),
             RolloutScope::new(INSTANCE),
             false,
         );

@@ -17,6 +17,41 @@ pub mod sim;
 pub mod traffic;
 pub mod world;
 
+use setpoint::runtime::StrategyHost;
+use setpoint::runtime::scope::{CpError, Health, InstanceInfo, RuntimeStatus};
+
+/// A control plane for a strategy stepped by the runtime alone: every mutation succeeds,
+/// every instance answers healthy, and reads find nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Quiet;
+
+impl StrategyHost for Quiet {
+    fn get_instance(&self, id: &str) -> Result<InstanceInfo, CpError> {
+        Err(CpError::NotFound(id.into()))
+    }
+    fn get_runtime_status(&self, id: &str) -> Result<RuntimeStatus, CpError> {
+        Err(CpError::NotFound(id.into()))
+    }
+    fn get_desired_configuration(&self, id: &str) -> Result<String, CpError> {
+        Err(CpError::NotFound(id.into()))
+    }
+    fn start(&self, _: &str, _: Option<&str>) -> Result<(), CpError> {
+        Ok(())
+    }
+    fn stop(&self, _: &str) -> Result<(), CpError> {
+        Ok(())
+    }
+    fn restart(&self, _: &str) -> Result<(), CpError> {
+        Ok(())
+    }
+    fn probe_health(&self, _: &str) -> Result<Health, CpError> {
+        Ok(Health {
+            healthy: true,
+            detail: "ok".into(),
+        })
+    }
+}
+
 /// The workspace root.
 pub fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
