@@ -18,11 +18,11 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use setpoint_tests::figures::{Figures, long_run, record};
 use setpoint_tests::lifecycle::{
-    Rng, audited_calls, clones, compare, label, recorded_calls, settings_with_cache,
+    Rng, audited_calls, clones, compare, label, recorded_calls, settings_with_cache, settled,
 };
 use setpoint_tests::process::Setpoint;
 use setpoint_tests::setpoint_bin;
-use setpoint_tests::traffic::{endpoint_weights, install_plugins, set_endpoint};
+use setpoint_tests::traffic::{install_plugins, set_endpoint};
 use setpoint_tests::world::{World, set_level, within};
 
 const POLICY: &str = r#"
@@ -56,23 +56,6 @@ fn pick_level(rng: &mut Rng, current: &str) -> &'static str {
             return level;
         }
     }
-}
-
-/// In sync on `level`, no rollout, nothing given up; a canary instance with all its
-/// traffic on itself.
-async fn settled(world: &World, daemon: &Setpoint, id: &str, level: &str, canary: bool) -> bool {
-    let v = daemon.instance(id).await;
-    let in_sync = v["rollout"].is_null()
-        && v["givenUp"].is_null()
-        && v["conditions"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type_"] == "Synced" && c["status"] == true && c["reason"] == "InSync")
-        });
-    in_sync
-        && world.serves(id, level).await
-        && (!canary
-            || endpoint_weights(&world.http, &world.cp_url(), id).await
-                == Some(vec![(id.to_owned(), 100)]))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

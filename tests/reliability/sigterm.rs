@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 use setpoint::store::Store;
 use setpoint_tests::figures::{Figures, long_run, record};
-use setpoint_tests::lifecycle::{clones, label, settings_with_cache};
+use setpoint_tests::lifecycle::{clones, label, settings_with_cache, settled};
 use setpoint_tests::process::Setpoint;
 use setpoint_tests::setpoint_bin;
 use setpoint_tests::traffic::{endpoint_weights, install_plugins, set_endpoint};
@@ -65,23 +65,6 @@ const FLEET: [(&str, Option<&str>); 5] = [
 /// step, during the first steps (stop/start, clone, first weights), in the pauses and
 /// health waits, around promotion and the drains.
 const MOMENTS_MS: [u64; 7] = [0, 100, 300, 700, 1200, 1800, 2600];
-
-/// In sync on `level`, no rollout, nothing given up; an instance with an endpoint has
-/// all its traffic on itself.
-async fn settled(world: &World, daemon: &Setpoint, id: &str, level: &str, published: bool) -> bool {
-    let v = daemon.instance(id).await;
-    let in_sync = v["rollout"].is_null()
-        && v["givenUp"].is_null()
-        && v["conditions"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type_"] == "Synced" && c["status"] == true && c["reason"] == "InSync")
-        });
-    in_sync
-        && world.serves(id, level).await
-        && (!published
-            || endpoint_weights(&world.http, &world.cp_url(), id).await
-                == Some(vec![(id.to_owned(), 100)]))
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_during_rollouts_checkpoints_and_every_rollout_completes_after_restart() {

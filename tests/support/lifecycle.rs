@@ -3,8 +3,8 @@
 //! mutating calls in the daemon's audit (done, failed, or in doubt after a crash), read
 //! from its SQLite store. Plus what the crash and shutdown tests share: a seeded random
 //! number generator whose seed a test prints and an environment variable replays, the
-//! instance's clones, a rule label, and the daemon's settings with the shared compile
-//! cache.
+//! instance's clones, a rule label, the daemon's settings with the shared compile
+//! cache, and when an instance counts as settled.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -12,6 +12,8 @@ use std::path::Path;
 use serde_json::{Value, json};
 use setpoint::store::{AuditFilter, Store};
 
+use crate::process::Setpoint;
+use crate::traffic::endpoint_weights;
 use crate::workspace_root;
 use crate::world::World;
 
@@ -59,6 +61,30 @@ pub async fn clones(world: &World) -> Vec<(String, String)> {
             ))
         })
         .collect()
+}
+
+/// In sync on `level` (the daemon says `Synced` `InSync`, no rollout, nothing given
+/// up, and the instance serves `level`); with `endpoint`, its traffic endpoint sends
+/// all traffic to itself.
+pub async fn settled(
+    world: &World,
+    daemon: &Setpoint,
+    id: &str,
+    level: &str,
+    endpoint: bool,
+) -> bool {
+    let v = daemon.instance(id).await;
+    let in_sync = v["rollout"].is_null()
+        && v["givenUp"].is_null()
+        && v["conditions"].as_array().is_some_and(|cs| {
+            cs.iter()
+                .any(|c| c["type_"] == "Synced" && c["status"] == true && c["reason"] == "InSync")
+        });
+    in_sync
+        && world.serves(id, level).await
+        && (!endpoint
+            || endpoint_weights(&world.http, &world.cp_url(), id).await
+                == Some(vec![(id.to_owned(), 100)]))
 }
 
 /// A small seeded generator (SplitMix64): the same seed gives the same trials.
