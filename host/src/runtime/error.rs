@@ -112,7 +112,7 @@ pub enum Error {
 
     /// The component needs imports the host does not provide.
     #[error(
-        "cannot link {origin} as a {world} plugin; it imports [{imports}], the host provides setpoint:plugin/logging, setpoint:plugin/control-plane (strategies) and WASI 0.2 without capabilities"
+        "cannot link {origin} as a {world} plugin; it imports [{imports}], the host provides setpoint:plugin@0.2.0's types and logging (and instances, clones, traffic, metrics to strategies), setpoint:plugin@0.1.0's types and logging (and control-plane to strategies), and WASI 0.2 without capabilities"
     )]
     Link {
         /// The file or name the bytes came from.
