@@ -40,12 +40,13 @@ pub const DRIFT_CLASSIFICATIONS: [&str; 5] =
     ["missing", "drifted", "unwanted", "unmanaged", "orphaned"];
 
 /// `setpoint_plugin_call_failures_total` reasons.
-pub const FAILURE_REASONS: [&str; 5] = [
+pub const FAILURE_REASONS: [&str; 6] = [
     "timeout",
     "out_of_memory",
     "trap",
     "plugin_error",
     "input_too_large",
+    "bad_output",
 ];
 
 /// Labels of `setpoint_reconciles_total`.
@@ -72,7 +73,8 @@ pub struct PluginFailureLabels {
     pub plugin: String,
     /// `compare`, `step`, `abort`.
     pub phase: String,
-    /// `timeout`, `out_of_memory`, `trap`, `plugin_error`, `input_too_large`.
+    /// `timeout`, `out_of_memory`, `trap`, `plugin_error`, `input_too_large`,
+    /// `bad_output`.
     pub reason: String,
 }
 
