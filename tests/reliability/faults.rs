@@ -149,9 +149,14 @@ async fn fleet_through_faults(lose_start_answers: bool) {
                 instances * rounds
             ),
             faults: format!(
-                "{:.0} % of {} requests (a start never loses its answer after acting: known bug): {}",
+                "{:.0} % of {} requests ({}): {}",
                 share * 100.0,
                 log.len(),
+                if lose_start_answers {
+                    "starts too may lose their answer after acting"
+                } else {
+                    "a start never loses its answer after acting"
+                },
                 counts
                     .iter()
                     .map(|(k, n)| format!("{k} {n}"))
