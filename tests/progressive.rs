@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use setpoint::store::{AuditFilter, AuditRecord, ConditionType};
+use setpoint_tests::lifecycle::settled;
 use setpoint_tests::process::Setpoint;
 use setpoint_tests::prometheus::Prometheus;
 use setpoint_tests::traffic::{
@@ -1080,24 +1081,6 @@ fn left_behind(world: &World, ids: &[String]) -> Vec<Option<String>> {
         .collect()
 }
 
-/// In sync on `level`, no rollout, nothing given up, 100 % on itself.
-async fn settled(world: &World, daemon: &Setpoint, id: &str, level: &str) -> bool {
-    let v = daemon.instance(id).await;
-    let in_sync = v["rollout"].is_null()
-        && v["givenUp"].is_null()
-        && v["conditions"].as_array().is_some_and(|cs| {
-            cs.iter()
-                .any(|c| c["type_"] == "Synced" && c["status"] == true && c["reason"] == "InSync")
-        });
-    in_sync
-        && world
-            .stub_config(id)
-            .await
-            .is_some_and(|c| c["logLevel"] == level)
-        && endpoint_weights(&world.http, &world.cp_url(), id).await
-            == Some(vec![(id.to_owned(), 100)])
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_canary_resumes_after_the_daemon_is_sigkilled_at_any_step() {
     bounded(Duration::from_secs(150), true, async {
@@ -1173,7 +1156,7 @@ async fn a_canary_resumes_after_the_daemon_is_sigkilled_at_any_step() {
             }
             for id in &ids {
                 let ok = within(Duration::from_secs(30), async || {
-                    settled(&world, &daemon, id, level).await
+                    settled(&world, &daemon, id, level, true).await
                 })
                 .await;
                 assert!(
