@@ -500,28 +500,24 @@ comparator = "fixture-trap"
 
 /// A rule whose rollouts wait `health_poll_ms` between steps, so a test can act while
 /// one is in flight.
-const SLOW_RESTART: &str = r#"
+fn slow_restart(health_poll_ms: u64) -> String {
+    format!(
+        r#"
 [[policy.rules]]
 name = "slow"
-match = { labels = { speed = "slow" } }
+match = {{ labels = {{ speed = "slow" }} }}
 strategy = "restart"
-strategy_params = { health_poll_ms = 4000 }
-"#;
-
-/// Slower still: the rebuild below is compiled while the rollout waits, and compiling
-/// `restart` with inlining takes seconds on a loaded CI machine (2 s was missed there).
-const SLOWER_RESTART: &str = r#"
-[[policy.rules]]
-name = "slow"
-match = { labels = { speed = "slow" } }
-strategy = "restart"
-strategy_params = { health_poll_ms = 12000 }
-"#;
+strategy_params = {{ health_poll_ms = {health_poll_ms} }}
+"#
+    )
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_strategy_replaced_mid_rollout_finishes_on_the_old_digest_and_the_next_uses_the_new() {
     let mut world = World::new(&[]).await;
-    world.start_daemon("30s", SLOWER_RESTART).await;
+    // The rebuild below is compiled while the rollout waits, and compiling `restart`
+    // with inlining takes seconds on a loaded CI machine (2 s was missed there).
+    world.start_daemon("30s", &slow_restart(12_000)).await;
     let id = world.create("slow", json!({ "speed": "slow" })).await;
     converged(&world, &[&id]).await;
     let restart = world.plugin_dir().join("restart.wasm");
@@ -593,7 +589,7 @@ async fn a_strategy_replaced_mid_rollout_finishes_on_the_old_digest_and_the_next
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn removing_a_strategy_stops_new_selections_without_disturbing_a_rollout_in_flight() {
     let mut world = World::new(&[]).await;
-    world.start_daemon("30s", SLOW_RESTART).await;
+    world.start_daemon("30s", &slow_restart(4_000)).await;
     let slow = world.create("slow", json!({ "speed": "slow" })).await;
     let other = world.create("other", json!({})).await;
     converged(&world, &[&slow, &other]).await;
