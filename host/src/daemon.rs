@@ -84,7 +84,7 @@ async fn offered_capabilities(
     match tokio::time::timeout(CAPABILITIES_WAIT, cp.capabilities()).await {
         Ok(Ok(c)) => {
             let offered = [
-                (Capability::Clones, c.clone_instance && c.delete_instance),
+                (Capability::Clones, c.clone_instance && c.delete_clone),
                 (Capability::Traffic, c.traffic_weights),
                 (Capability::Metrics, c.metrics || has_queries),
             ];

@@ -404,7 +404,7 @@ impl DraasClient {
                 return Ok(Capabilities {
                     sequence_feed: has("sequenceFeed"),
                     clone_instance: has("clone"),
-                    delete_instance: true,
+                    delete_clone: true,
                     traffic_weights: has("endpoints"),
                     health: has("health"),
                     metrics: has("metrics"),
@@ -528,7 +528,7 @@ impl ControlPlane for DraasClient {
         decode(&answer.call, &answer.body)
     }
 
-    async fn delete_instance(&self, id: &str) -> Result<()> {
+    async fn delete_clone(&self, id: &str) -> Result<()> {
         let url = self.url(&self.config.routes.instances, &[id]);
         self.mutate(Method::DELETE, url, None).await.map(drop)
     }
@@ -1326,7 +1326,7 @@ mod tests {
         let caps = cp.capabilities().await.unwrap();
         assert!(
             caps.sequence_feed
-                && caps.delete_instance
+                && caps.delete_clone
                 && !caps.clone_instance
                 && !caps.running_configuration,
             "{caps:?}"
@@ -1423,7 +1423,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(clone.name, "canary");
-        cp.delete_instance("abc").await.unwrap();
+        cp.delete_clone("abc").await.unwrap();
     }
 
     /// The reference control plane's answers for instances `run` (running `{"logLevel":

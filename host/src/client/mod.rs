@@ -106,12 +106,15 @@ pub trait ControlPlane: Send + Sync + 'static {
         })
     }
 
-    /// *Extension* (in the seed API, but not every control plane lets a host delete).
-    /// DRaaS: `DELETE /api/server/instances/{id}`.
-    async fn delete_instance(&self, id: &str) -> Result<()> {
+    /// Deletes an instance that [`clone_instance`](Self::clone_instance) created: the
+    /// host deletes nothing else (a strategy's `delete-clone`, and the host's sweep of
+    /// clones a rollout left behind). The same name as the contract's call, for the same
+    /// thing. *Extension* (in the seed API, but not every control plane lets a host
+    /// delete). DRaaS: `DELETE /api/server/instances/{id}`.
+    async fn delete_clone(&self, id: &str) -> Result<()> {
         let _ = id;
         Err(Error::Unsupported {
-            call: "delete_instance".to_owned(),
+            call: "delete_clone".to_owned(),
         })
     }
 
@@ -249,7 +252,7 @@ mod tests {
             "clone_instance: not supported by this control plane"
         );
         assert!(matches!(
-            cp.delete_instance("a").await,
+            cp.delete_clone("a").await,
             Err(Error::Unsupported { .. })
         ));
         assert!(matches!(

@@ -417,8 +417,10 @@ pub struct Capabilities {
     pub sequence_feed: bool,
     /// [`clone_instance`](super::ControlPlane::clone_instance).
     pub clone_instance: bool,
-    /// [`delete_instance`](super::ControlPlane::delete_instance).
-    pub delete_instance: bool,
+    /// [`delete_clone`](super::ControlPlane::delete_clone). Read as `deleteInstance`
+    /// too, its name before contract 0.2.
+    #[serde(alias = "deleteInstance")]
+    pub delete_clone: bool,
     /// [`set_traffic_weights`](super::ControlPlane::set_traffic_weights).
     pub traffic_weights: bool,
     /// [`probe_health`](super::ControlPlane::probe_health).
@@ -437,7 +439,7 @@ impl Capabilities {
     pub const SEED: Capabilities = Capabilities {
         sequence_feed: false,
         clone_instance: false,
-        delete_instance: true,
+        delete_clone: true,
         traffic_weights: false,
         health: false,
         metrics: false,
@@ -448,7 +450,7 @@ impl Capabilities {
     pub const REFERENCE: Capabilities = Capabilities {
         sequence_feed: true,
         clone_instance: true,
-        delete_instance: true,
+        delete_clone: true,
         traffic_weights: true,
         health: true,
         metrics: true,

@@ -213,7 +213,7 @@ impl StrategyHost for Bridge {
     }
 
     fn delete_clone(&self, id: &str) -> Result<(), CpError> {
-        self.block(self.cp.delete_instance(id))
+        self.block(self.cp.delete_clone(id))
     }
 
     fn set_traffic_weights(

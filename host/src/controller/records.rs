@@ -152,7 +152,7 @@ impl Controller {
             clone,
             None,
         )?;
-        let result = self.cp.delete_instance(clone).await;
+        let result = self.cp.delete_clone(clone).await;
         let outcome = match &result {
             Ok(()) => "ok".to_owned(),
             Err(e) => format!("failed: {}", crate::error_chain(e)),

@@ -123,7 +123,7 @@ impl ControlPlane for MemoryControlPlane {
     async fn changes_since(&self, _: Timestamp) -> client::Result<Vec<StatusChange>> {
         Ok(Vec::new())
     }
-    async fn delete_instance(&self, id: &str) -> client::Result<()> {
+    async fn delete_clone(&self, id: &str) -> client::Result<()> {
         self.known(id)?;
         self.instances.lock().unwrap().remove(id);
         self.deleted.lock().unwrap().push(id.to_owned());
@@ -135,7 +135,7 @@ impl ControlPlane for MemoryControlPlane {
     async fn capabilities(&self) -> client::Result<Capabilities> {
         Ok(Capabilities {
             running_configuration: true,
-            delete_instance: true,
+            delete_clone: true,
             ..Capabilities::default()
         })
     }
