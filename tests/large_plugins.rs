@@ -7,7 +7,10 @@
 //! - dropped into a running daemon's plugin directory, it is compiled by the daemon's
 //!   compile child (`setpoint plugins compile`, one at a time, one compiler thread for a
 //!   large component) while another instance's change is reconciled, well before the
-//!   compile ends; neither the daemon nor the child peaks at 1 GiB.
+//!   compile ends; neither the daemon nor the child peaks at 1 GiB;
+//! - already in the directory when the daemon starts, it is compiled after the daemon is
+//!   ready: other instances converge meanwhile, and an instance whose rule needs it
+//!   waits as `PluginLoading` (not degraded) until it serves.
 //!
 //! The hot-reload test's component is 8 MiB in a debug build (`cargo test`, as CI runs
 //! it): 32 MiB takes minutes of CPU on the child's one compiler thread, more in a debug
@@ -249,5 +252,140 @@ async fn a_large_plugin_compiles_in_a_child_while_another_instance_is_reconciled
         child_peak.max(reported.unwrap_or(0)) < GIB_KIB,
         "compile child peaked at {:.0} MiB",
         mib(child_peak.max(reported.unwrap_or(0)))
+    );
+}
+
+/// The instance's condition of `kind` (`Synced`, `Degraded`): its status and reason.
+fn condition(instance: &serde_json::Value, kind: &str) -> Option<(bool, String)> {
+    instance["conditions"]
+        .as_array()?
+        .iter()
+        .find(|c| c["type_"] == kind)
+        .map(|c| {
+            (
+                c["status"] == true,
+                c["reason"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+}
+
+// See the test above for the guard.
+#[allow(clippy::await_holding_lock)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_large_plugin_present_at_start_compiles_after_the_daemon_is_ready() {
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let world = World::new(&[]).await;
+    // The large component is `field-diff` 0.2.0; the rule for `app=large` pins it, the
+    // others take the `field-diff` 0.1.0 the directory also holds.
+    let config = r#"
+[[policy.rules]]
+name = "large"
+match = { labels = { app = "large" } }
+comparator = "field-diff@=0.2.0"
+"#;
+    // Two running instances, then a change to each while no daemon runs, so the next
+    // daemon must judge drift (a comparator call) for both.
+    let daemon = Setpoint::start(&world, "").await;
+    let other = world.create("orders", serde_json::json!({})).await;
+    let big = world
+        .create("big", serde_json::json!({ "app": "large" }))
+        .await;
+    assert!(
+        within(Duration::from_secs(60), async || {
+            world.serves(&other, "info").await && world.serves(&big, "info").await
+        })
+        .await,
+        "the instances did not start\n{}",
+        daemon.log_text()
+    );
+    daemon.kill();
+    world.patch(&other, set_level("debug")).await;
+    world.patch(&big, set_level("debug")).await;
+    let bytes = large_component(if cfg!(debug_assertions) { 8 } else { 32 });
+    install_atomically(&world.plugin_dir().join("large.wasm"), &bytes);
+
+    let started = Instant::now();
+    let daemon = Setpoint::start(&world, config).await;
+    let ready_after = started.elapsed();
+    let active = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("plugin active") && l.contains("large.wasm"))
+    };
+    assert!(
+        !active(&daemon.log_text()),
+        "the daemon was ready only once the large plugin was loaded ({ready_after:?})\n{}",
+        daemon.log_text()
+    );
+    let compile_child = loop {
+        if let Some(&pid) = children_running(daemon.pid(), "plugins compile").first() {
+            break pid;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "no compile child within 30 s of the start\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let compiling = || std::path::Path::new(&format!("/proc/{compile_child}")).exists();
+
+    // While it compiles: the instance under the default rule converges, and the one
+    // that needs the large plugin waits for it, not degraded.
+    let mut other_synced = None;
+    let mut big_waiting = None;
+    let until = Instant::now() + Duration::from_secs(600);
+    while compiling() && (other_synced.is_none() || big_waiting.is_none()) {
+        assert!(Instant::now() < until, "still compiling after 600 s");
+        if other_synced.is_none()
+            && world.serves(&other, "debug").await
+            && condition(&daemon.instance(&other).await, "Synced").is_some_and(|(s, _)| s)
+        {
+            other_synced = Some(started.elapsed());
+        }
+        let status = daemon.instance(&big).await;
+        if big_waiting.is_none()
+            && condition(&status, "Synced") == Some((false, "PluginLoading".to_owned()))
+        {
+            assert_ne!(
+                condition(&status, "Degraded").map(|(s, _)| s),
+                Some(true),
+                "an instance waiting for a plugin that is loading is not degraded: {status:#}"
+            );
+            big_waiting = Some(status);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let log = daemon.log_text();
+    assert!(
+        other_synced.is_some(),
+        "the other instance did not converge while the large plugin compiled\n{log}"
+    );
+    let big_waiting = big_waiting.unwrap_or_else(|| {
+        panic!("the instance needing the large plugin was never seen waiting for it\n{log}")
+    });
+    let message = big_waiting["conditions"].to_string();
+    assert!(
+        message.contains("large.wasm"),
+        "the condition names the file still loading: {message}"
+    );
+
+    // Then it serves, and the instance that needed it converges.
+    let converged = within(Duration::from_secs(120), async || {
+        active(&daemon.log_text())
+            && world.serves(&big, "debug").await
+            && condition(&daemon.instance(&big).await, "Synced").is_some_and(|(s, _)| s)
+    })
+    .await;
+    assert!(
+        converged,
+        "the large plugin never served the instance that needs it: {:#}\n{}",
+        daemon.instance(&big).await,
+        daemon.log_text()
+    );
+    eprintln!(
+        "large component ({:.1} MiB) present at start: ready after {ready_after:.1?}, \
+         the other instance synced {:.1?} after the start, while it compiled",
+        bytes.len() as f64 / MIB as f64,
+        other_synced.unwrap(),
     );
 }

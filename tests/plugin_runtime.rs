@@ -720,3 +720,57 @@ fn restart_strategy_abort_restarts_with_the_previous_configuration() {
         "{calls:?}"
     );
 }
+
+/// A component whose compiled code the cache holds is loaded from it, without a compile
+/// child: a second runtime on the same cache (a daemon's next start) starts none, and
+/// says the code is compiled before it loads it.
+#[cfg(unix)]
+#[test]
+fn a_component_the_cache_holds_is_not_handed_to_a_compile_child_again() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    // A "compiler" that only counts its runs and fails, so the runtime compiles in
+    // process (into the cache), as it does when a child fails.
+    let runs = dir.path().join("runs");
+    let compiler = dir.path().join("count-and-fail");
+    std::fs::write(
+        &compiler,
+        format!("#!/bin/sh\necho run >> '{}'\nexit 1\n", runs.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&compiler, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = RuntimeConfig {
+        cache_dir: Some(dir.path().join("cache")),
+        compiler: Some(compiler),
+        ..RuntimeConfig::default()
+    };
+    let children = || {
+        std::fs::read_to_string(&runs)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    };
+    let file = plugin("field-diff");
+    let bytes = std::fs::read(&file).unwrap();
+    let digest = {
+        use sha2::Digest as _;
+        hex::encode(sha2::Sha256::digest(&bytes))
+    };
+
+    let first = PluginRuntime::new(config.clone()).unwrap();
+    assert!(!first.is_compiled(&bytes, &digest), "nothing is cached yet");
+    first.load_file(&file).expect("field-diff loads");
+    assert_eq!(children(), 1, "the first load asks a compile child");
+    assert!(first.is_compiled(&bytes, &digest));
+
+    let next = PluginRuntime::new(config).unwrap();
+    assert!(next.is_compiled(&bytes, &digest), "the next start sees it cached");
+    let started = Instant::now();
+    next.load_file(&file).expect("field-diff loads from the cache");
+    assert_eq!(
+        children(),
+        1,
+        "no compile child for code the cache holds (load took {:?})",
+        started.elapsed()
+    );
+}

@@ -177,7 +177,9 @@ impl Daemon {
         let (runtime, plugin_dir) = tokio::task::spawn_blocking(move || {
             let runtime = PluginRuntime::new(runtime_config)?;
             let mut dir = PluginDir::new(&plugin_dir);
-            dir.load(&runtime);
+            // A large component not compiled yet is left to the watcher, so it delays
+            // neither the start nor other instances' reconciles.
+            dir.load_at_start(&runtime);
             Ok::<_, crate::runtime::Error>((Arc::new(runtime), dir))
         })
         .await

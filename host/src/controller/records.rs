@@ -8,6 +8,7 @@ use super::{CLONE_OF_LABEL, Classification, Controller, Error, Outcome, Result};
 use crate::client;
 use crate::metrics::DriftLabels;
 use crate::queue::Action;
+use crate::registry::ResolveError;
 use crate::runtime::{CallError, CallFailure, CallOutcome, ImportCall, Plugin};
 use crate::store::{AuditEntry, AuditKind, Condition, ConditionType};
 
@@ -213,6 +214,21 @@ impl Controller {
     /// and a failed plugin call each say so, so `Synced` never stays `true` over them.
     pub(super) fn failed_condition(&self, id: &str, error: &Error) -> Result<()> {
         let message = crate::error_chain(error);
+        if let Error::Resolve {
+            source: ResolveError::Loading { .. },
+            ..
+        } = error
+        {
+            // Not a fault: the plugin is being compiled, and the instance is tried again.
+            self.conditions(
+                id,
+                &[
+                    (ConditionType::Synced, false, "PluginLoading", &message),
+                    (ConditionType::Degraded, false, "PluginLoading", &message),
+                ],
+            )?;
+            return Ok(());
+        }
         let reason = match error {
             Error::Resolve { .. } => "PluginMissing",
             Error::PinnedPluginGone { .. } => "PluginMissing",

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use sha2::Digest as _;
 
 use super::PluginRegistry;
-use crate::runtime::{Plugin, PluginRuntime};
+use crate::runtime::{LARGE_COMPONENT_BYTES, Plugin, PluginRuntime};
 
 /// How long a file's size and modification time must stay the same before it is
 /// validated. Copying a plugin of a few hundred kilobytes takes milliseconds, so a
@@ -79,6 +79,9 @@ pub struct PluginDir {
     files: BTreeMap<PathBuf, Tracked>,
     accepted: u64,
     unreadable: Option<String>,
+    /// While set ([`load_at_start`](Self::load_at_start)), a large component whose code
+    /// is not in the compile cache is left for a later scan.
+    defer_uncompiled_large: bool,
 }
 
 impl PluginDir {
@@ -89,6 +92,7 @@ impl PluginDir {
             files: BTreeMap::new(),
             accepted: 0,
             unreadable: None,
+            defer_uncompiled_large: false,
         }
     }
 
@@ -107,6 +111,17 @@ impl PluginDir {
             std::thread::sleep(SETTLE_DELAY);
         }
         tracing::warn!(dir = %self.dir.display(), "some plugin files are still being written; they are loaded once they settle");
+    }
+
+    /// [`load`](Self::load) as the daemon starts: the same, except that a large component
+    /// ([`LARGE_COMPONENT_BYTES`] or more) whose code is not in the compile cache yet is
+    /// left for the next [`scan`](Self::scan), so that compiling it (seconds to minutes)
+    /// does not hold up the start and every other instance's reconciles. Until it is
+    /// loaded, the registry lists it as loading ([`PluginRegistry::loading`]).
+    pub fn load_at_start(&mut self, runtime: &PluginRuntime) {
+        self.defer_uncompiled_large = true;
+        self.load(runtime);
+        self.defer_uncompiled_large = false;
     }
 
     /// Look at the directory once: forget removed files, note new and changed ones,
@@ -188,8 +203,15 @@ impl PluginDir {
                     continue;
                 }
             };
-            tracked.validated = Some(seen);
             let digest = digest(&bytes);
+            if self.defer_uncompiled_large
+                && bytes.len() >= LARGE_COMPONENT_BYTES
+                && !runtime.is_compiled(&bytes, &digest)
+            {
+                tracing::info!(file = %path.display(), bytes = bytes.len(), "large plugin file not compiled yet: it is compiled in the background, and serves once loaded");
+                continue;
+            }
+            tracked.validated = Some(seen);
             if tracked
                 .serving
                 .as_ref()
@@ -274,6 +296,9 @@ impl PluginDir {
         for (path, tracked) in &self.files {
             if let Some((digest, reason)) = &tracked.rejected {
                 registry.reject(path, digest.clone(), reason.clone());
+            }
+            if tracked.validated != Some(tracked.seen) {
+                registry.add_loading(path);
             }
         }
         registry

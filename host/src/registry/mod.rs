@@ -122,6 +122,21 @@ pub enum ResolveError {
         /// What is there.
         available: String,
     },
+    /// Nothing loaded matches yet, but plugin files are still being loaded (a large
+    /// component compiling in the background): one of them may be it.
+    #[error(
+        "no {kind} plugin named `{name}`{requirement} is loaded yet; still loading: {files} (large components compile in the background; the instance is tried again)"
+    )]
+    Loading {
+        /// The name asked for.
+        name: String,
+        /// The kind asked for.
+        kind: World,
+        /// ` matching REQ` when a version was required, else empty.
+        requirement: String,
+        /// The files not loaded yet, by name.
+        files: String,
+    },
     /// Plugins of that name exist but none matches the version requirement.
     #[error("no version of {kind} `{name}` matches `{requirement}` (loaded: {available})")]
     NoMatchingVersion {
@@ -145,6 +160,8 @@ pub struct PluginRegistry {
     index: BTreeMap<(World, String), BTreeMap<semver::Version, Arc<Plugin>>>,
     /// digest → plugin: removed or replaced, kept for the rollouts that use them.
     retiring: BTreeMap<String, Arc<Plugin>>,
+    /// Files whose current content is not loaded (nor rejected) yet.
+    loading: Vec<PathBuf>,
 }
 
 impl PluginRegistry {
@@ -292,6 +309,18 @@ impl PluginRegistry {
         })
     }
 
+    /// List `file` as not loaded yet: its content is waiting to settle, or to be
+    /// compiled ([`PluginDir::load_at_start`]).
+    pub fn add_loading(&mut self, file: &Path) {
+        self.loading.push(file.to_path_buf());
+    }
+
+    /// The files of the directory whose current content is not loaded (nor rejected)
+    /// yet.
+    pub fn loading(&self) -> &[PathBuf] {
+        &self.loading
+    }
+
     /// Whether any plugin is kept only for rollouts in flight.
     pub fn has_retiring(&self) -> bool {
         !self.retiring.is_empty()
@@ -305,7 +334,28 @@ impl PluginRegistry {
         name: &str,
         requirement: Option<&semver::VersionReq>,
     ) -> Result<Arc<Plugin>, ResolveError> {
+        let loading = || {
+            (!self.loading.is_empty()).then(|| ResolveError::Loading {
+                name: name.to_owned(),
+                kind,
+                requirement: requirement
+                    .map(|r| format!(" matching `{r}`"))
+                    .unwrap_or_default(),
+                files: self
+                    .loading
+                    .iter()
+                    .map(|f| {
+                        f.file_name()
+                            .map_or_else(|| f.display().to_string(), |n| n.to_string_lossy().into())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            })
+        };
         let Some(versions) = self.index.get(&(kind, name.to_owned())) else {
+            if let Some(loading) = loading() {
+                return Err(loading);
+            }
             let available: Vec<String> = self
                 .index
                 .iter()
@@ -328,6 +378,7 @@ impl PluginRegistry {
             .find(|(v, _)| requirement.is_none_or(|r| r.matches(v)));
         match found {
             Some((_, plugin)) => Ok(plugin.clone()),
+            None if let Some(loading) = loading() => Err(loading),
             None => Err(ResolveError::NoMatchingVersion {
                 name: name.to_owned(),
                 kind,
@@ -397,4 +448,30 @@ fn duplicate_reason(original: &Path, digest: &str) -> String {
         "same component as {name} (digest {}…); remove one",
         digest.get(..12).unwrap_or(digest)
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_plugin_not_found_while_files_load_is_loading_not_unknown() {
+        let mut registry = PluginRegistry::default();
+        let unknown = registry
+            .resolve(World::Comparator, "big-diff", None)
+            .unwrap_err();
+        assert!(matches!(unknown, ResolveError::Unknown { .. }), "{unknown}");
+
+        registry.add_loading(Path::new("/plugins/big.wasm"));
+        let requirement = semver::VersionReq::parse("=0.2.0").unwrap();
+        let loading = registry
+            .resolve(World::Comparator, "big-diff", Some(&requirement))
+            .unwrap_err();
+        assert!(matches!(loading, ResolveError::Loading { .. }), "{loading}");
+        let message = loading.to_string();
+        assert!(
+            message.contains("`big-diff` matching `=0.2.0`") && message.contains("big.wasm"),
+            "{message}"
+        );
+    }
 }

@@ -435,7 +435,7 @@ impl PluginRuntime {
         } else {
             (&self.engine, &self.linker)
         };
-        let component = self.compile(engine, origin, bytes)?;
+        let component = self.compile(engine, origin, bytes, &digest)?;
         let link_error = |e: wasmtime::Error| Error::Link {
             origin: origin.to_owned(),
             world: shape.world,
@@ -517,11 +517,21 @@ impl PluginRuntime {
     }
 
     /// Compile a component (or load it from the cache), one at a time: in a child process
-    /// first when [`RuntimeConfig::compiler`] is set, so that this process only loads
-    /// the result from the cache.
-    fn compile(&self, engine: &Engine, origin: &str, bytes: &[u8]) -> Result<Component> {
+    /// first when [`RuntimeConfig::compiler`] is set and the cache has no code for it,
+    /// so that this process only loads the result from the cache.
+    fn compile(
+        &self,
+        engine: &Engine,
+        origin: &str,
+        bytes: &[u8],
+        digest: &str,
+    ) -> Result<Component> {
         let _permit = self.compiles.enter();
-        if let (Some(program), Some(_)) = (&self.config.compiler, &self.config.cache_dir) {
+        let marker = self.compiled_marker(engine, digest);
+        let cached = marker.as_ref().is_some_and(|m| m.exists());
+        if cached {
+            tracing::debug!(plugin = %short_origin(origin), "plugin code is in the compile cache");
+        } else if let (Some(program), Some(_)) = (&self.config.compiler, &self.config.cache_dir) {
             let started = Instant::now();
             match self.compile_in_child(program, bytes) {
                 Ok(peak_kib) => tracing::info!(
@@ -538,10 +548,51 @@ impl PluginRuntime {
                 ),
             }
         }
-        Component::new(engine, bytes).map_err(|e| Error::Compile {
+        let component = Component::new(engine, bytes).map_err(|e| Error::Compile {
             origin: origin.to_owned(),
             source: e.into_boxed_dyn_error(),
-        })
+        })?;
+        if let Some(marker) = marker.filter(|_| !cached) {
+            // Best effort: without the marker the next start asks a child again, which
+            // finds the code in the cache (tens of milliseconds).
+            let written = marker
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&marker, b""));
+            if let Err(error) = written {
+                tracing::debug!(marker = %marker.display(), %error, "cannot mark the plugin's code as cached");
+            }
+        }
+        Ok(component)
+    }
+
+    /// Whether the compile cache holds code for the component `bytes` (by its SHA-256,
+    /// `digest`) made by the engine this runtime would use for it: a load then needs no
+    /// compile (nor a compile child). `false` without a cache. Read from a marker this
+    /// runtime writes beside the cache once it has loaded a component; should the cache
+    /// have evicted the code since, the next load compiles it again in this process.
+    pub fn is_compiled(&self, bytes: &[u8], digest: &str) -> bool {
+        let engine = if bytes.len() >= LARGE_COMPONENT_BYTES {
+            &self.large_engine
+        } else {
+            &self.engine
+        };
+        self.compiled_marker(engine, digest)
+            .is_some_and(|m| m.exists())
+    }
+
+    /// `<cache_dir>/setpoint-compiled/<engine>-<digest>`, where `<engine>` hashes what
+    /// makes compiled code usable by an engine (wasmtime's version and the compiler's
+    /// settings): the marker that `digest`'s code is in the cache for `engine`.
+    fn compiled_marker(&self, engine: &Engine, digest: &str) -> Option<PathBuf> {
+        use std::hash::{Hash as _, Hasher as _};
+        let dir = self.config.cache_dir.as_ref()?;
+        let mut hasher = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        Some(
+            dir.join("setpoint-compiled")
+                .join(format!("{:016x}-{digest}", hasher.finish())),
+        )
     }
 
     /// Run `program plugins compile …` on `bytes`; its peak RSS in KiB as it reported it.
