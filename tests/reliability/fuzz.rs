@@ -2,9 +2,8 @@
 //! ordinary test: every input of the checked-in corpus (`fuzz/corpus/<target>/`) and of
 //! the regression inputs (`fuzz/regressions/<target>/`), then seeded random inputs made
 //! by mutating them (byte flips, insertions, splices: a poor man's fuzzer without
-//! coverage guidance). This is what CI runs for these targets; the coverage-guided runs
-//! are `scripts/fuzz` (cargo fuzz), whose instrumented build of wasmtime costs more than
-//! CI's fuzzing budget (figures in `fuzz/README.md`).
+//! coverage guidance), so every found regression is replayed by every `cargo test`. The
+//! coverage-guided runs of the same functions are `scripts/fuzz` (`fuzz/README.md`).
 //!
 //! Random inputs per target: `SETPOINT_FUZZ_INPUTS`, by default 2 000 (admin: 400,
 //! each builds a store and a controller), ten times as many under `scripts/reliability`. A panic is a failure, and names the input (printed as hex) to add to

@@ -2,12 +2,11 @@
 //! the fuzzer's bytes: settings (TOML + `SETPOINT_*` + flags), the change-feed decoder
 //! and the admin API's routes with arbitrary ids, queries, headers and bodies.
 //!
-//! Two callers: the coverage-guided targets in `fuzz/fuzz_targets/` (libFuzzer, through
-//! `cargo fuzz`), and `tests/reliability/fuzz.rs`, which runs every function over the
-//! checked-in corpus (`fuzz/corpus/<target>/`) plus seeded random inputs as an ordinary
-//! test. CI takes the second path for these targets: a coverage-instrumented build of
-//! the `setpoint` crate compiles wasmtime and Cranelift with instrumentation, which costs
-//! more than CI's budget for fuzzing (figures in `fuzz/README.md`).
+//! Two callers: the coverage-guided targets in `tests/fuzz_targets/` (libFuzzer; bins of
+//! this crate built by `scripts/fuzz` with only the host's crates and parsers
+//! instrumented, a short run of each in CI), and `tests/reliability/fuzz.rs`, which runs
+//! every function over the checked-in corpus (`fuzz/corpus/<target>/`), the regressions
+//! and seeded random inputs as an ordinary test.
 //!
 //! The property of every target: no panic; a refusal is an error value naming what was
 //! wrong; and (admin) a refused request changes nothing in the store.
