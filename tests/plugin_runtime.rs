@@ -764,9 +764,13 @@ fn a_component_the_cache_holds_is_not_handed_to_a_compile_child_again() {
     assert!(first.is_compiled(&bytes, &digest));
 
     let next = PluginRuntime::new(config).unwrap();
-    assert!(next.is_compiled(&bytes, &digest), "the next start sees it cached");
+    assert!(
+        next.is_compiled(&bytes, &digest),
+        "the next start sees it cached"
+    );
     let started = Instant::now();
-    next.load_file(&file).expect("field-diff loads from the cache");
+    next.load_file(&file)
+        .expect("field-diff loads from the cache");
     assert_eq!(
         children(),
         1,
