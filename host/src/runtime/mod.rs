@@ -581,16 +581,17 @@ impl PluginRuntime {
             .is_some_and(|m| m.exists())
     }
 
-    /// `<cache_dir>/setpoint-compiled/<engine>-<digest>`, where `<engine>` hashes what
-    /// makes compiled code usable by an engine (wasmtime's version and the compiler's
-    /// settings): the marker that `digest`'s code is in the cache for `engine`.
+    /// `<cache_dir>/compiled/<engine>-<digest>`, where `<engine>` hashes what makes
+    /// compiled code usable by an engine (wasmtime's version and the compiler's
+    /// settings): the marker that `digest`'s code is in the cache for `engine`. Beside
+    /// wasmtime's own directory (`<cache_dir>/wasmtime`), whose cleanup would delete it.
     fn compiled_marker(&self, engine: &Engine, digest: &str) -> Option<PathBuf> {
         use std::hash::{Hash as _, Hasher as _};
         let dir = self.config.cache_dir.as_ref()?;
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         Some(
-            dir.join("setpoint-compiled")
+            dir.join("compiled")
                 .join(format!("{:016x}-{digest}", hasher.finish())),
         )
     }
@@ -1042,7 +1043,9 @@ fn build_engine(config: &RuntimeConfig, large: bool) -> Result<Engine> {
             ),
         })?;
         let mut cache = wasmtime::CacheConfig::new();
-        cache.with_directory(dir);
+        // A directory of wasmtime's own: its cleanup removes whatever it does not
+        // recognise, such as the markers beside it (`compiled_marker`).
+        cache.with_directory(dir.join("wasmtime"));
         let cache = wasmtime::Cache::new(cache).map_err(engine_error)?;
         cfg.cache(Some(cache));
     }
