@@ -86,7 +86,10 @@ impl Patch {
     /// never modified.
     pub fn apply(&self, document: &Value) -> Result<Value, PatchFailure> {
         let mut patched = document.clone();
-        json_patch::patch(&mut patched, &self.ops).map_err(|e| {
+        // The copy is dropped on failure, so nothing needs undoing: `patch_unsafe` does
+        // not undo. (`json_patch::patch` does, and its undo panics on some patches, such
+        // as a move onto the whole document followed by a failing operation.)
+        json_patch::patch_unsafe(&mut patched, &self.ops).map_err(|e| {
             let raw = self.raw.get(e.operation);
             PatchFailure {
                 index: Some(e.operation),
@@ -182,6 +185,26 @@ mod tests {
         assert_eq!(err.path.as_deref(), Some("/a"));
         assert!(!err.malformed);
         assert_eq!(doc, json!({"a": 1, "b": [1, 2]}));
+    }
+
+    /// Found by `scripts/fuzz` (json_patch, December 2, 2026): json-patch 5.0.0's
+    /// `patch` panicked undoing a move onto the whole document ("unable to undo applied
+    /// patches"), which took down the request.
+    #[test]
+    fn a_move_onto_the_whole_document_then_a_failing_operation_is_refused_not_a_panic() {
+        let doc = json!({"a": 1, "b": [1, 2]});
+        let patch = Patch::parse(&json!([
+            {"op": "move", "from": "/b", "path": ""},
+            {"op": "remove", "path": "/a/b^~1^^^^^^^^^^^^^~1^^^^"},
+        ]))
+        .unwrap();
+        let failure = patch.apply(&doc).unwrap_err();
+        assert_eq!(failure.index, Some(1), "{failure:?}");
+        assert_eq!(failure.op.as_deref(), Some("remove"));
+        // And the fuzz target's property holds for the input it found.
+        fuzz_one(
+            b"{\"a\":1,\"b\":[1,2]}\0[{\"op\":\"move\",\"from\":\"/b\",\"path\":\"\",\"value\":1},{\"op\":\"remove\",\"path\":\"/a/b^~1^^^^^^^^^^^^^~1^^^^\"}]",
+        );
     }
 
     #[test]
