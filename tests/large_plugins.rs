@@ -66,6 +66,21 @@ fn peak_rss_kib(pid: u32) -> Option<u64> {
         .ok()
 }
 
+/// The daemon's compile child, once it runs: within 30 s of `since`.
+async fn compile_child(daemon: &Setpoint, since: Instant) -> u32 {
+    loop {
+        if let Some(&pid) = children_running(daemon.pid(), "plugins compile").first() {
+            return pid;
+        }
+        assert!(
+            since.elapsed() < Duration::from_secs(30),
+            "no compile child within 30 s\n{}",
+            daemon.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
 /// The children of `pid` whose command line contains `needle`.
 fn children_running(pid: u32, needle: &str) -> Vec<u32> {
     let Ok(entries) = std::fs::read_dir("/proc") else {
@@ -168,17 +183,7 @@ async fn a_large_plugin_compiles_in_a_child_while_another_instance_is_reconciled
     let bytes = large_component(if cfg!(debug_assertions) { 8 } else { 32 });
     let dropped = Instant::now();
     install_atomically(&world.plugin_dir().join("large.wasm"), &bytes);
-    let compile_child = loop {
-        if let Some(&pid) = children_running(daemon.pid(), "plugins compile").first() {
-            break pid;
-        }
-        assert!(
-            dropped.elapsed() < Duration::from_secs(30),
-            "no compile child within 30 s\n{}",
-            daemon.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let compile_child = compile_child(&daemon, dropped).await;
     let compile_started = dropped.elapsed();
 
     // While it compiles, another change is made and reconciled.
@@ -316,17 +321,7 @@ comparator = "field-diff@=0.2.0"
         "the daemon was ready only once the large plugin was loaded ({ready_after:?})\n{}",
         daemon.log_text()
     );
-    let compile_child = loop {
-        if let Some(&pid) = children_running(daemon.pid(), "plugins compile").first() {
-            break pid;
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "no compile child within 30 s of the start\n{}",
-            daemon.log_text()
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
+    let compile_child = compile_child(&daemon, started).await;
     let compiling = || std::path::Path::new(&format!("/proc/{compile_child}")).exists();
 
     // While it compiles: the instance under the default rule converges, and the one
