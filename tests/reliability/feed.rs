@@ -1,7 +1,8 @@
 //! Suite item 3: duplicated, reordered and dropped change-feed events. The same scripted
 //! desired changes run twice against a fresh world each time, the daemon reaching the
 //! control plane through the fault proxy: once with the feed's answers as they are, once
-//! with the proxy rewriting them (events duplicated, batches reordered, events dropped).
+//! with the proxy rewriting them (events duplicated, dropped, or held back and delivered
+//! after newer ones).
 //! Both runs must end in the same state with the same mutations, by the control plane's
 //! own record (its change feed, read directly); a dropped event is healed by the
 //! periodic resync, which is kept short.
@@ -25,7 +26,7 @@ struct Run {
     served: BTreeMap<String, String>,
     /// Per instance (by name): starts and stops per revision, from the control plane.
     lifecycle: BTreeMap<String, Vec<Lifecycle>>,
-    /// Events duplicated, dropped; batches reordered.
+    /// Events duplicated, dropped; answers carrying events held back from an earlier one.
     duplicated: usize,
     dropped: usize,
     reordered: usize,
@@ -163,8 +164,8 @@ async fn duplicated_reordered_and_dropped_feed_events_change_nothing() {
                 ),
                 faults: format!(
                     "feed answers rewritten: each event dropped with p = {}, else duplicated \
-                     with p = {}; batches shuffled with p = {}: {} dropped, {} duplicated, \
-                     {} batches reordered",
+                     with p = {}, else held back with p = {} and delivered after newer \
+                     events: {} dropped, {} duplicated, {} answers with late events",
                     faults.drop,
                     faults.duplicate,
                     faults.reorder,

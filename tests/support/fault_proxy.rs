@@ -7,7 +7,8 @@
 //! `Retry-After` (neither forwarded), a connection reset before or after forwarding, or
 //! an answer whose body stops short of its `Content-Length` (forwarded, so the control
 //! plane acted on it). Feed answers (`/api/status/recent-changes`) can be rewritten
-//! instead ([`FeedFaults`]): events duplicated, reordered within the batch, dropped.
+//! instead ([`FeedFaults`]): events duplicated, dropped, or held back and delivered after
+//! newer ones.
 //!
 //! Every request and every fault is logged ([`FaultProxy::log`]) with its time, method
 //! and path. The seed is printed; `SETPOINT_FAULT_SEED=<n>` replays a run's draws (the
@@ -83,7 +84,11 @@ impl FaultRates {
 }
 
 /// How feed answers are rewritten: each event is dropped with `drop`, else duplicated
-/// with `duplicate`; a batch of two or more is shuffled with `reorder`.
+/// with `duplicate`, else held back with `reorder`: a held event is delivered at the end
+/// of the next feed answer, after events newer than it (most answers carry one event, so
+/// reordering within a batch alone would rarely happen). The first event that can get
+/// a kind set here gets it whatever the draw, so a run injects every kind it sets at
+/// least once.
 #[derive(Debug, Clone, Default)]
 pub struct FeedFaults {
     pub duplicate: f64,
@@ -112,7 +117,8 @@ pub enum Fault {
     ResetAfterForward,
     /// Forwarded; the answer's body was cut short of its `Content-Length`.
     Truncated,
-    /// A feed answer rewritten: events duplicated, dropped, and whether reordered.
+    /// A feed answer rewritten: events duplicated, dropped, and whether it carries events
+    /// held back from an earlier answer (after its own, newer ones).
     Feed {
         duplicated: usize,
         dropped: usize,
@@ -201,6 +207,10 @@ struct Shared {
     upstream: Mutex<String>,
     rates: Mutex<FaultRates>,
     feed: Mutex<FeedFaults>,
+    /// Feed events held back, delivered after the next answer's own.
+    held: Mutex<Vec<Value>>,
+    /// Whether a feed event has been dropped, duplicated, held back yet.
+    ever: [AtomicBool; 3],
     enabled: AtomicBool,
     rng: Mutex<Rng>,
     log: Mutex<Vec<Entry>>,
@@ -253,6 +263,8 @@ impl FaultProxy {
             upstream: Mutex::new(upstream.trim_end_matches('/').to_owned()),
             rates: Mutex::new(FaultRates::none()),
             feed: Mutex::new(FeedFaults::default()),
+            held: Mutex::new(Vec::new()),
+            ever: Default::default(),
             enabled: AtomicBool::new(true),
             rng: Mutex::new(Rng(seed)),
             log: Mutex::new(Vec::new()),
@@ -409,33 +421,45 @@ fn rewrite_feed(shared: &Shared, body: &[u8]) -> Option<(Vec<u8>, Fault)> {
     }
     let mut page: Value = serde_json::from_slice(body).ok()?;
     let changes = page.get_mut("changes")?.as_array_mut()?;
-    if changes.is_empty() {
+    let mut held = shared.held.lock().unwrap();
+    if changes.is_empty() && held.is_empty() {
         return None;
     }
+    // Events held back from an earlier answer arrive after this one's, which are newer.
+    let late = std::mem::take(&mut *held);
     let mut rng = shared.rng.lock().unwrap();
     let (mut duplicated, mut dropped) = (0, 0);
     let mut out = Vec::new();
+    // Each kind set is drawn with its probability, and happens for certain the first
+    // time it can: a run with a kind set always injects it at least once.
+    let mut draw = |p: f64, seen: &AtomicBool| {
+        let yes = p > 0.0 && (!seen.load(Ordering::SeqCst) || rng.unit() < p);
+        if yes {
+            seen.store(true, Ordering::SeqCst);
+        }
+        yes
+    };
     for change in changes.drain(..) {
-        if rng.unit() < faults.drop {
+        if draw(faults.drop, &shared.ever[0]) {
             dropped += 1;
             continue;
         }
-        if rng.unit() < faults.duplicate {
+        if draw(faults.duplicate, &shared.ever[1]) {
             duplicated += 1;
             out.push(change.clone());
         }
+        if draw(faults.reorder, &shared.ever[2]) {
+            held.push(change);
+            continue;
+        }
         out.push(change);
     }
-    let reordered = out.len() > 1 && rng.unit() < faults.reorder;
-    if reordered {
-        // Fisher–Yates.
-        for i in (1..out.len()).rev() {
-            let j = rng.below(i as u64 + 1) as usize;
-            out.swap(i, j);
-        }
-    }
+    let reordered = !late.is_empty();
+    out.extend(late);
     drop(rng);
-    if duplicated == 0 && dropped == 0 && !reordered {
+    let holding = !held.is_empty();
+    drop(held);
+    if duplicated == 0 && dropped == 0 && !reordered && !holding {
         return None;
     }
     *changes = out;
