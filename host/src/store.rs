@@ -1281,6 +1281,12 @@ impl Store {
         )
     }
 
+    /// Every approval request of `instance_id`, pending, approved or used, oldest first:
+    /// which revisions an operator released, and when.
+    pub fn approvals(&self, instance_id: &str) -> Result<Vec<ApprovalRecord>> {
+        query_approvals(&self.lock(), "WHERE instance_id = ?1", [instance_id])
+    }
+
     /// The request of `instance_id` not yet used by a rollout (pending or approved), if
     /// any.
     pub fn open_approval(&self, instance_id: &str) -> Result<Option<ApprovalRecord>> {

@@ -3,24 +3,34 @@
 //! intent journal) against a simulated control plane (`setpoint_tests::sim`), driven by
 //! a seeded scheduler on virtual time, as FoundationDB and TigerBeetle test themselves.
 //!
-//! Each step the scheduler (a `StdRng` seeded with the seed) picks one event: reconcile
-//! an instance, let virtual time pass and run the requeues that fall due, deliver a feed
-//! event (any pending one, so out of order; sometimes kept to be delivered again), a
-//! resync, a new desired configuration (also while a rollout runs, also back to an
-//! older one), an out-of-band change (the instance stopped, failed, running another
-//! configuration, slow to become healthy), or a comparator that traps (the
-//! `trap-on-change` fixture, selected by a label). Before a step it may arm a fault for
-//! one of the step's control-plane calls: a 503, a timeout after the call took effect,
-//! a delay, or a crash of the controller as the call is sent or after it took effect
-//! (the store's files as they are at that moment become the next controller's store;
-//! the control plane keeps the call's effect).
+//! Each step the scheduler (a `StdRng` seeded with the seed) picks one event:
+//! - reconcile an instance, or several at once, as the work queue's workers do: one
+//!   reconcile per instance, interleaved call by call in a seeded order
+//!   (`reconcile_all`);
+//! - let virtual time pass and run the requeues that fall due, at once;
+//! - deliver a feed event (any pending one, so out of order; sometimes kept to be
+//!   delivered again), or several at once;
+//! - a resync;
+//! - a new desired configuration (also while a rollout runs, also back to an older one);
+//! - an out-of-band change (the instance stopped, failed, running another configuration,
+//!   slow to become healthy);
+//! - an operator answering an approval request (about 30 % of the instances need one for
+//!   each revision), sometimes naming a stale revision;
+//! - a comparator that traps (the `trap-on-change` fixture, selected by a label).
 //!
-//! After every step: nothing was mutated outside a rollout of its instance, at most one
-//! rollout per instance, nothing is recorded as applied that was not started, every
-//! mutation is in the audit log (or the intent journal, until the next start reports
-//! it), an instance reported `Synced` runs its desired configuration. After the fault
-//! phase: quiet steps until every instance is `Synced` and runs its desired
-//! configuration, within a bound (no lost update).
+//! Before a step it may arm a fault for one of the step's control-plane calls: a 503, a
+//! timeout after the call took effect, a delay, or a crash of the controller as the call
+//! is sent or after it took effect (the store's files as they are at that moment become
+//! the next controller's store; the control plane keeps the call's effect).
+//!
+//! After every step: nothing was mutated outside a rollout of its instance, no revision
+//! was started on an instance that needs approvals unless an operator approved it, at
+//! most one rollout per instance, nothing is recorded as applied that was not started,
+//! every mutation is in the audit log (or the intent journal, until the next start
+//! reports it), an instance reported `Synced` runs its desired configuration. After the
+//! fault phase: quiet steps, in which the operator approves every request, until every
+//! instance is `Synced` and runs its desired configuration, within a bound (no lost
+//! update).
 //!
 //! Replay one seed: `SETPOINT_SIM_SEED=N cargo test -p setpoint-tests --test
 //! reliability_simulation -- --nocapture` (prints the trace's hash;
@@ -37,13 +47,13 @@ use serde_json::{Value, json};
 use setpoint::client::InstanceStatus;
 use setpoint::controller::{Controller, ControllerSettings};
 use setpoint::metrics::Metrics;
-use setpoint::policy::{Match, Policy, Rule};
+use setpoint::policy::{Approval, Match, Policy, Rule};
 use setpoint::queue::Action;
 use setpoint::registry::PluginRegistry;
 use setpoint::runtime::{PluginRuntime, RuntimeConfig};
 use setpoint::store::{AuditFilter, ConditionType, Store};
 use setpoint_tests::figures::{self, Figures};
-use setpoint_tests::sim::{EPOCH_MS, Fault, Sim, SimClock, SimInstance, timestamp};
+use setpoint_tests::sim::{APPROVAL_LABEL, EPOCH_MS, Fault, Sim, SimClock, SimInstance, timestamp};
 use sha2::Digest as _;
 
 /// Steps with faults per seed, in CI and in the long run (`SETPOINT_SIM_STEPS` overrides).
@@ -58,6 +68,29 @@ const LONG_SEEDS: u64 = 10_000;
 
 /// The label that routes an instance to the comparator that traps on a drift.
 const TRAP_LABEL: &str = "sim/comparator";
+
+type ReconcileResult = Result<Action, setpoint::controller::Error>;
+
+/// Poll one reconcile until it parks at a control-plane call's gate (`None`) or
+/// finishes. A call made from a strategy's blocking thread parks there, and wakes this.
+async fn advance<F: std::future::Future>(
+    mut lane: std::pin::Pin<&mut F>,
+    id: &str,
+    sim: &Sim,
+) -> Option<F::Output> {
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(out) = lane.as_mut().poll(cx) {
+            return std::task::Poll::Ready(Some(out));
+        }
+        let mut state = sim.state();
+        if state.parked.contains_key(id) {
+            return std::task::Poll::Ready(None);
+        }
+        state.scheduler = Some(cx.waker().clone());
+        std::task::Poll::Pending
+    })
+    .await
+}
 
 /// What every seed shares: the plugins are compiled once.
 struct Plugins {
@@ -97,10 +130,19 @@ fn plugins() -> Plugins {
         comparator: Some("fixture-trap-on-change".into()),
         ..Rule::default()
     };
+    let approve = Rule {
+        name: "approve".into(),
+        selector: Match {
+            labels: [(APPROVAL_LABEL.to_owned(), "before-apply".to_owned())].into(),
+            ..Match::default()
+        },
+        approval: Approval::BeforeApply,
+        ..Rule::default()
+    };
     Plugins {
         runtime: Arc::new(runtime),
         registry: Arc::new(registry),
-        policy: Arc::new(Policy::from_rules(vec![trap]).expect("policy")),
+        policy: Arc::new(Policy::from_rules(vec![approve, trap]).expect("policy")),
     }
 }
 
@@ -116,6 +158,10 @@ struct Stats {
     crashes: u64,
     traps: u64,
     quiet_steps: u64,
+    /// Steps that ran reconciles of several instances at once.
+    concurrent: u64,
+    /// Approval requests an operator answered.
+    approvals: u64,
 }
 
 impl Stats {
@@ -129,6 +175,8 @@ impl Stats {
         self.crashes += o.crashes;
         self.traps += o.traps;
         self.quiet_steps += o.quiet_steps;
+        self.concurrent += o.concurrent;
+        self.approvals += o.approvals;
     }
 }
 
@@ -193,7 +241,14 @@ impl<'a> World<'a> {
                         status: InstanceStatus::Created,
                         desired,
                         running: None,
-                        labels: BTreeMap::new(),
+                        // Some instances need an operator's approval of each revision
+                        // (for the whole run: a rule that changes mid-rollout is
+                        // another matter).
+                        labels: if rng.random_bool(0.3) {
+                            [(APPROVAL_LABEL.to_owned(), "before-apply".to_owned())].into()
+                        } else {
+                            BTreeMap::new()
+                        },
                         modified_ms: EPOCH_MS,
                         boot_ms: rng.random_range(0..2_000),
                         healthy_at_ms: EPOCH_MS,
@@ -319,15 +374,25 @@ impl<'a> World<'a> {
             .expect("a controller is running")
             .reconcile(id.to_owned())
             .await;
-        let summary = match &result {
-            Ok(action) => format!("{action:?}"),
-            Err(e) => format!("error: {}", setpoint::error_chain(e)),
-        };
-        self.note(format!("reconcile {id} ({why}): {summary}"));
+        self.note_result(id, why, &result);
         if self.crashed() {
             self.note("controller crashed".into());
             return false;
         }
+        self.finish(id, result);
+        true
+    }
+
+    fn note_result(&mut self, id: &str, why: &str, result: &ReconcileResult) {
+        let summary = match result {
+            Ok(action) => format!("{action:?}"),
+            Err(e) => format!("error: {}", setpoint::error_chain(e)),
+        };
+        self.note(format!("reconcile {id} ({why}): {summary}"));
+    }
+
+    /// What the work queue makes of a reconcile's result: the requeue, or the backoff.
+    fn finish(&mut self, id: &str, result: ReconcileResult) {
         let now = self.now_ms();
         match result {
             Ok(Action::Requeue(after)) => {
@@ -348,6 +413,77 @@ impl<'a> World<'a> {
         }
         if result.is_ok() {
             self.check_synced(id);
+        }
+    }
+
+    /// Reconciles of distinct instances at once, as the work queue's workers run them
+    /// (one per instance): the scheduler picks, call by call, which one goes on.
+    /// `false`: the controller crashed meanwhile (the others ran on against the dead
+    /// generation, whose calls no longer reach the control plane).
+    async fn reconcile_all(&mut self, ids: Vec<String>, why: &str) -> bool {
+        if ids.len() < 2 {
+            for id in ids {
+                if !self.reconcile(&id, why).await {
+                    return false;
+                }
+            }
+            return true;
+        }
+        self.stats.reconciles += ids.len() as u64;
+        self.stats.concurrent += 1;
+        self.note(format!("reconcile {} at once ({why})", ids.join(", ")));
+        self.sim.state().gating = ids.iter().cloned().collect();
+        let controller = self.controller.take().expect("a controller is running");
+        let mut lanes: Vec<_> = ids
+            .iter()
+            .map(|id| Some(Box::pin(controller.reconcile(id.clone()))))
+            .collect();
+        let mut done = Vec::new();
+        let mut running: Vec<usize> = (0..ids.len()).collect();
+        while !running.is_empty() {
+            let pick = running[self.rng.random_range(0..running.len())];
+            let id = &ids[pick];
+            // Let its parked call through, if it has one, and run it to its next call.
+            if let Some(through) = self.sim.state().parked.remove(id) {
+                let _ = through.send(());
+            }
+            let lane = lanes[pick].as_mut().expect("a running lane");
+            let advanced = tokio::time::timeout(
+                std::time::Duration::from_secs(60),
+                advance(lane.as_mut(), id, &self.sim),
+            )
+            .await;
+            match advanced {
+                Ok(Some(result)) => {
+                    lanes[pick] = None;
+                    running.retain(|&l| l != pick);
+                    done.push((pick, result));
+                }
+                Ok(None) => {}
+                Err(_) => self.fail(&format!(
+                    "the reconcile of {id} neither reached a control-plane call nor finished \
+                     within 60 s (real time) while {} ran beside it: a deadlock",
+                    ids.join(", ")
+                )),
+            }
+        }
+        drop(lanes);
+        {
+            let mut state = self.sim.state();
+            state.gating.clear();
+            state.parked.clear();
+            state.scheduler = None;
+        }
+        self.controller = Some(controller);
+        for (pick, result) in &done {
+            self.note_result(&ids[*pick], why, result);
+        }
+        if self.crashed() {
+            self.note("controller crashed".into());
+            return false;
+        }
+        for (pick, result) in done {
+            self.finish(&ids[pick], result);
         }
         true
     }
@@ -380,7 +516,7 @@ impl<'a> World<'a> {
         }
     }
 
-    /// Reconcile every instance whose requeue fell due.
+    /// Reconcile every instance whose requeue fell due, at once.
     async fn run_due(&mut self) {
         let now = self.now_ms();
         let mut due: Vec<(u64, String)> = self
@@ -390,12 +526,11 @@ impl<'a> World<'a> {
             .map(|(id, at)| (*at, id.clone()))
             .collect();
         due.sort();
-        for (_, id) in due {
-            self.due.remove(&id);
-            if !self.reconcile(&id, "requeue").await {
-                return;
-            }
+        let ids: Vec<String> = due.into_iter().map(|(_, id)| id).collect();
+        for id in &ids {
+            self.due.remove(id);
         }
+        self.reconcile_all(ids, "requeue").await;
     }
 
     /// Deliver the feed event at `index`; `keep`: it stays to be delivered again.
@@ -414,6 +549,39 @@ impl<'a> World<'a> {
             .note_change(&id, timestamp(at));
         self.reconcile(&id, if keep { "feed, duplicated" } else { "feed" })
             .await;
+    }
+
+    /// Deliver up to three pending feed events of distinct instances, picked in any
+    /// order, and reconcile those instances at once (the feed enqueues them together).
+    async fn deliver_some(&mut self) {
+        let mut ids = Vec::new();
+        {
+            let mut state = self.sim.state();
+            for _ in 0..3 {
+                if state.feed.is_empty() {
+                    break;
+                }
+                let index = self.rng.random_range(0..state.feed.len());
+                let (id, at) = state.feed.remove(index);
+                self.controller
+                    .as_ref()
+                    .unwrap()
+                    .note_change(&id, timestamp(at));
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        self.reconcile_all(ids, "feed").await;
+    }
+
+    /// `items` in a seeded order.
+    fn shuffled<T>(&mut self, mut items: Vec<T>) -> Vec<T> {
+        for i in (1..items.len()).rev() {
+            let j = self.rng.random_range(0..=i);
+            items.swap(i, j);
+        }
+        items
     }
 
     fn pick(&mut self) -> String {
@@ -444,16 +612,23 @@ impl<'a> World<'a> {
         };
         let roll = self.rng.random_range(0..100);
         match roll {
-            0..20 => {
+            0..10 => {
                 let id = self.pick();
                 self.reconcile(&id, "manual").await;
+            }
+            10..20 => {
+                // Several at once: any subset of the instances, in any order.
+                let mut ids = self.ids.clone();
+                ids.retain(|_| self.rng.random_bool(0.6));
+                let ids = self.shuffled(ids);
+                self.reconcile_all(ids, "manual").await;
             }
             20..45 => {
                 let by = self.rng.random_range(1..1_500);
                 self.clock.advance(by);
                 self.run_due().await;
             }
-            45..60 => {
+            45..53 => {
                 let pending = self.sim.state().feed.len();
                 if pending > 0 {
                     let index = self.rng.random_range(0..pending);
@@ -462,6 +637,7 @@ impl<'a> World<'a> {
                     self.deliver(index, keep).await;
                 }
             }
+            53..60 => self.deliver_some().await,
             60..65 => {
                 self.note("resync".into());
                 self.resync().await;
@@ -475,7 +651,8 @@ impl<'a> World<'a> {
                 state.instances.get_mut(&id).unwrap().desired = desired;
                 self.sim.changed(&mut state, &id);
             }
-            77..85 => self.out_of_band().await,
+            77..82 => self.out_of_band().await,
+            82..85 => self.operator_approves().await,
             85..88 => {
                 let id = self.pick();
                 self.stats.traps += 1;
@@ -502,6 +679,47 @@ impl<'a> World<'a> {
             hit
         };
         self.stats.faults += u64::from(hit);
+    }
+
+    /// An operator answers an instance's pending approval request: mostly with the
+    /// revision it asks for, sometimes with another one (an operator who looked at an
+    /// older revision), which must be refused. The admin API then queues the instance.
+    async fn operator_approves(&mut self) {
+        let id = self.pick();
+        let store = self.store().clone();
+        let Some(pending) = store.open_approval(&id).expect("approvals read") else {
+            return;
+        };
+        if pending.is_approved() {
+            return;
+        }
+        self.stats.approvals += 1;
+        if self.rng.random_bool(0.25) {
+            let other = setpoint::controller::config_digest(&config(&mut self.rng));
+            let answer = store.approve(&id, Some(&other), "sim-operator");
+            if other != pending.digest {
+                if answer.is_ok() {
+                    self.fail(&format!(
+                        "{id}: an approval of revision {} released the request for {}",
+                        &other[..12],
+                        &pending.digest[..12]
+                    ));
+                }
+                self.note(format!(
+                    "operator approves {id} at a stale revision: refused"
+                ));
+                return;
+            }
+        } else {
+            store
+                .approve(&id, Some(&pending.digest), "sim-operator")
+                .expect("a pending request is approved");
+        }
+        self.note(format!(
+            "operator approves {id} at {}",
+            &pending.digest[..12]
+        ));
+        self.reconcile(&id, "approved").await;
     }
 
     /// Someone else changes an instance.
@@ -573,6 +791,20 @@ impl<'a> World<'a> {
             if self.converged().is_ok() {
                 self.note(format!("converged after {quiet} quiet step(s)"));
                 return;
+            }
+            // The operator answers every request waiting for them.
+            let store = self.store().clone();
+            for pending in store.pending_approvals().expect("approvals read") {
+                store
+                    .approve(&pending.instance_id, Some(&pending.digest), "sim-operator")
+                    .expect("a pending request is approved");
+                self.note(format!(
+                    "operator approves {} at {}",
+                    pending.instance_id,
+                    &pending.digest[..12]
+                ));
+                let now = self.now_ms();
+                self.due.insert(pending.instance_id, now);
             }
             let pending = self.sim.state().feed.len();
             if pending > 0 {
@@ -683,6 +915,19 @@ impl<'a> World<'a> {
             let what = format!(
                 "{} of {} by generation {} at step {} landed while the store held no rollout of it",
                 m.call, m.target, m.generation, m.step
+            );
+            drop(state);
+            self.fail(&what);
+        }
+        // No revision started on an instance that needs approvals unless approved.
+        if let Some(m) = state.mutations.iter().find(|m| m.unapproved.is_some()) {
+            let what = format!(
+                "{} of {} by generation {} at step {} started revision {} that no operator approved",
+                m.call,
+                m.target,
+                m.generation,
+                m.step,
+                &m.unapproved.as_deref().unwrap_or_default()[..12]
             );
             drop(state);
             self.fail(&what);
@@ -897,8 +1142,12 @@ async fn the_controller_holds_its_invariants_under_seeded_faults_and_converges()
     figures::record(&Figures {
         test: "simulation".into(),
         load: format!(
-            "2-4 instances per seed; {} desired changes (also mid-rollout, also back to an older one), {} out-of-band changes, {} reconciles",
-            total.desired_changes, total.out_of_band, total.reconciles
+            "2-4 instances per seed, about 30 % of them needing an operator's approval of each revision; {} desired changes (also mid-rollout, also back to an older one), {} out-of-band changes, {} reconciles ({} steps reconciling several instances at once, interleaved call by call), {} approval requests answered (a quarter with a stale revision)",
+            total.desired_changes,
+            total.out_of_band,
+            total.reconciles,
+            total.concurrent,
+            total.approvals
         ),
         faults: format!(
             "{} control-plane faults (503, timeout after the effect, delay, crash before/after the call), {} controller crashes, {} comparator trap toggles, {} duplicated and any-order feed deliveries",

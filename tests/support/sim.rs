@@ -11,11 +11,18 @@
 //! nobody reads again. The simulated control plane logs every mutation with whether the
 //! store held a rollout for its instance when it landed, so the simulation can hold the
 //! controller to its scope and its audit log.
+//!
+//! Concurrent reconciles, as the work queue's workers run them, are interleaved by the
+//! scheduler at control-plane calls: while [`SimState::gating`] names an instance, every
+//! call on it first parks at a gate ([`SimState::parked`]) until the scheduler lets it
+//! through. Between two gates only one reconcile runs, so a seed's interleaving, like
+//! everything else, replays exactly.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::Waker;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
@@ -105,6 +112,11 @@ pub enum Fault {
     CrashAfter,
 }
 
+/// The label that puts an instance under the simulation's approval rule
+/// (`approval = "before-apply"`): every revision started on it needs an operator's
+/// approval.
+pub const APPROVAL_LABEL: &str = "sim/approval";
+
 /// A mutation that took effect.
 #[derive(Debug, Clone)]
 pub struct Mutation {
@@ -115,6 +127,9 @@ pub struct Mutation {
     pub target: String,
     /// Whether the store held a rollout of `target` when it landed.
     pub in_rollout: bool,
+    /// A start of a revision no operator approved, on an instance that needs approvals:
+    /// the revision's digest.
+    pub unapproved: Option<String>,
     /// The simulation step it landed in.
     pub step: u64,
 }
@@ -147,6 +162,13 @@ pub struct SimState {
     pub step: u64,
     /// What happened, one line each, for the trace hash.
     pub trace: Vec<String>,
+    /// Instances whose reconciles run at once: their calls park at a gate.
+    pub gating: BTreeSet<String>,
+    /// Calls parked at the gate, by instance; sending lets the call through.
+    pub parked: BTreeMap<String, tokio::sync::oneshot::Sender<()>>,
+    /// Woken when a call parks (the scheduler waits for the running reconcile to park
+    /// or finish).
+    pub scheduler: Option<Waker>,
 }
 
 /// The simulated control plane. Hand each controller a [`Sim::handle`].
@@ -173,6 +195,9 @@ impl Sim {
                 images: 0,
                 step: 0,
                 trace: Vec::new(),
+                gating: BTreeSet::new(),
+                parked: BTreeMap::new(),
+                scheduler: None,
             }),
             clock,
         })
@@ -264,6 +289,29 @@ pub struct SimHandle {
 }
 
 impl SimHandle {
+    /// Park a call on `target` until the scheduler lets it through, while `target`'s
+    /// reconcile runs beside others; at once otherwise.
+    async fn gate(&self, target: &str) {
+        let through = {
+            let mut state = self.sim.state();
+            if !state.gating.contains(target) {
+                return;
+            }
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            let earlier = state.parked.insert(target.to_owned(), tx);
+            assert!(
+                earlier.is_none(),
+                "two calls on {target} at once: the work queue runs one reconcile per instance"
+            );
+            if let Some(scheduler) = state.scheduler.take() {
+                scheduler.wake();
+            }
+            rx
+        };
+        // A dropped sender (the batch ended) lets the call through as well.
+        let _ = through.await;
+    }
+
     /// Run one call: count it, meet the fault armed for it, apply `op`, log a mutation.
     fn call<T>(
         &self,
@@ -327,12 +375,25 @@ impl SimHandle {
                 .store
                 .as_ref()
                 .is_some_and(|(store, _)| store.load_rollout(target).ok().flatten().is_some());
+            let unapproved = state.instances.get(target).and_then(|instance| {
+                let gated = instance.labels.contains_key(APPROVAL_LABEL);
+                let digest = config_digest(instance.running.as_ref()?);
+                let approved = state.store.as_ref().is_some_and(|(store, _)| {
+                    store
+                        .approvals(target)
+                        .unwrap_or_default()
+                        .iter()
+                        .any(|a| a.is_approved() && a.digest == digest)
+                });
+                (gated && name != "stop" && !approved).then_some(digest)
+            });
             let step = state.step;
             state.mutations.push(Mutation {
                 generation: self.generation,
                 call: name,
                 target: target.to_owned(),
                 in_rollout,
+                unapproved,
                 step,
             });
             sim.changed(&mut state, target);
@@ -383,18 +444,21 @@ impl ControlPlane for SimHandle {
     }
 
     async fn get_instance(&self, id: &str) -> client::Result<Instance> {
+        self.gate(id).await;
         self.call("get", id, false, |state, _| {
             Ok(client_instance(id, &Self::instance(state, id, "get")?))
         })
     }
 
     async fn desired_configuration(&self, id: &str) -> client::Result<Value> {
+        self.gate(id).await;
         self.call("desired", id, false, |state, _| {
             Ok(Self::instance(state, id, "desired")?.desired)
         })
     }
 
     async fn runtime_status(&self, id: &str) -> client::Result<RuntimeInfo> {
+        self.gate(id).await;
         self.call("status", id, false, |state, _| {
             let instance = Self::instance(state, id, "status")?;
             Ok(RuntimeInfo {
@@ -409,6 +473,7 @@ impl ControlPlane for SimHandle {
     }
 
     async fn start(&self, id: &str, configuration: Option<&Value>) -> client::Result<()> {
+        self.gate(id).await;
         self.call("start", id, true, |state, now| {
             let instance = state
                 .instances
@@ -429,6 +494,7 @@ impl ControlPlane for SimHandle {
     }
 
     async fn stop(&self, id: &str) -> client::Result<()> {
+        self.gate(id).await;
         self.call("stop", id, true, |state, _| {
             let instance = state
                 .instances
@@ -442,6 +508,7 @@ impl ControlPlane for SimHandle {
     }
 
     async fn restart(&self, id: &str) -> client::Result<()> {
+        self.gate(id).await;
         self.call("restart", id, true, |state, now| {
             let instance = state
                 .instances
@@ -474,6 +541,7 @@ impl ControlPlane for SimHandle {
     }
 
     async fn probe_health(&self, id: &str) -> client::Result<Health> {
+        self.gate(id).await;
         self.call("health", id, false, |state, now| {
             let instance = Self::instance(state, id, "health")?;
             let healthy =
@@ -486,6 +554,7 @@ impl ControlPlane for SimHandle {
     }
 
     async fn running_configuration(&self, id: &str) -> client::Result<Option<Value>> {
+        self.gate(id).await;
         self.call("running", id, false, |state, _| {
             Ok(Self::instance(state, id, "running")?.running)
         })
