@@ -23,8 +23,9 @@
 //! commit. Times are stored as Unix milliseconds, so they come back truncated to the
 //! millisecond.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
@@ -591,6 +592,20 @@ pub struct Store {
     intents: Mutex<journal::Journal>,
     path: PathBuf,
     backup_retention: usize,
+    /// Storage faults a test injects ([`Store::inject_write_faults`]).
+    faults: Mutex<Option<WriteFaults>>,
+}
+
+/// Decides, for each write the store is about to make (named by its operation, such as
+/// `"record intent"` or `"save rollout"`), whether it fails as on a full filesystem.
+#[doc(hidden)]
+#[derive(Clone)]
+pub struct WriteFaults(pub Arc<dyn Fn(&str) -> bool + Send + Sync>);
+
+impl fmt::Debug for WriteFaults {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("WriteFaults(..)")
+    }
 }
 
 /// How often the background checkpointer copies the WAL into the database.
@@ -735,6 +750,7 @@ impl Store {
         Ok(Store {
             conn: Mutex::new(conn),
             intents: Mutex::new(journal),
+            faults: Mutex::new(None),
             path,
             backup_retention: DEFAULT_BACKUP_RETENTION,
             _checkpointer: Some(checkpointer),
@@ -753,6 +769,7 @@ impl Store {
         Ok(Store {
             conn: Mutex::new(conn),
             intents: Mutex::new(journal::Journal::in_memory()),
+            faults: Mutex::new(None),
             path,
             backup_retention: DEFAULT_BACKUP_RETENTION,
             _checkpointer: None,
@@ -787,11 +804,45 @@ impl Store {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Injects storage faults, for tests of what uses the store (the deterministic
+    /// simulation): while set, every write (a database transaction, or a line of the
+    /// intent journal) first asks `faults`, and one it fails is refused with
+    /// [`Error::Full`] before anything is written, as a full filesystem refuses it. How
+    /// the store itself meets a real full filesystem is tested on a small tmpfs
+    /// (`tests/reliability/storage.rs`). `None` ends the faults.
+    #[doc(hidden)]
+    pub fn inject_write_faults(&self, faults: Option<WriteFaults>) {
+        *self
+            .faults
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = faults;
+    }
+
+    /// The refusal of `operation` when an injected fault says it fails.
+    fn injected(&self, operation: &str) -> Option<Error> {
+        let faults = self
+            .faults
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()?;
+        (faults.0)(operation).then(|| Error::Full {
+            path: self.path.clone(),
+            operation: operation.to_owned(),
+            source: Box::new(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "injected storage fault",
+            )),
+        })
+    }
+
     fn write<T>(
         &self,
         operation: &'static str,
         body: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<T>,
     ) -> Result<T> {
+        if let Some(refused) = self.injected(operation) {
+            return Err(refused);
+        }
         let mut conn = self.lock();
         let written = (|| {
             let tx = conn
@@ -1132,6 +1183,20 @@ impl Store {
         self.write("append audit entry", |tx| insert_audit(tx, entry))
     }
 
+    /// Appends several entries to the audit log in one transaction: all of them, or
+    /// none when the write fails.
+    pub fn append_audits(&self, entries: &[AuditEntry]) -> Result<()> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.write("append audit entries", |tx| {
+            for entry in entries {
+                insert_audit(tx, entry)?;
+            }
+            Ok(())
+        })
+    }
+
     /// Audit entries matching `filter`, oldest first.
     pub fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
         const OP: &str = "read audit log";
@@ -1349,6 +1414,9 @@ impl Store {
         target: &str,
         config_digest: Option<&str>,
     ) -> Result<i64> {
+        if let Some(refused) = self.injected("intent journal: record intent") {
+            return Err(refused);
+        }
         self.journal()
             .record(rollout_key, plugin, call, target, config_digest)
             .map_err(|e| self.journal_error("record intent", e))
@@ -1357,6 +1425,9 @@ impl Store {
     /// Records how the call of intent `id` ended, as soon as it returned: after a crash
     /// before the step's audit, the outcome is known rather than in doubt.
     pub fn settle_intent(&self, id: i64, outcome: &str) -> Result<()> {
+        if let Some(refused) = self.injected("intent journal: settle intent") {
+            return Err(refused);
+        }
         self.journal()
             .settle(id, outcome)
             .map_err(|e| self.journal_error("settle intent", e))
@@ -1364,6 +1435,9 @@ impl Store {
 
     /// Forgets the intents of `rollout_key` (their outcomes are in the audit log now).
     pub fn clear_intents(&self, rollout_key: &str) -> Result<usize> {
+        if let Some(refused) = self.injected("intent journal: clear intents") {
+            return Err(refused);
+        }
         self.journal()
             .clear(rollout_key)
             .map_err(|e| self.journal_error("clear intents", e))
@@ -2478,6 +2552,36 @@ mod tests {
                 .collect::<Vec<_>>(),
             [("d2", "canary@0.1.0"), ("d1", "restart@0.1.0")]
         );
+    }
+
+    #[test]
+    fn several_audit_entries_are_written_whole_or_not_at_all() {
+        let store = Store::open_in_memory().unwrap();
+        let entries = [
+            audit_entry(Some("i-1"), AuditKind::Action, "one"),
+            audit_entry(Some("i-1"), AuditKind::Action, "two"),
+        ];
+        store.inject_write_faults(Some(WriteFaults(Arc::new(|op: &str| {
+            op == "append audit entries"
+        }))));
+        let refused = store.append_audits(&entries).unwrap_err();
+        assert!(matches!(refused, Error::Full { .. }), "{refused}");
+        assert!(store.audit(&AuditFilter::default()).unwrap().is_empty());
+        // An intent is refused the same way, before anything is journalled.
+        store.inject_write_faults(Some(WriteFaults(Arc::new(|op: &str| {
+            op.starts_with("intent journal")
+        }))));
+        assert!(store.record_intent("i-1", "p@1", "stop", "i-1", None).is_err());
+        assert!(store.intents().unwrap().is_empty());
+        store.inject_write_faults(None);
+        store.append_audits(&entries).unwrap();
+        let written: Vec<_> = store
+            .audit(&AuditFilter::default())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.entry.message)
+            .collect();
+        assert_eq!(written, ["one", "two"]);
     }
 
     #[test]

@@ -51,7 +51,7 @@ use setpoint::policy::{Approval, Match, Policy, Rule};
 use setpoint::queue::Action;
 use setpoint::registry::PluginRegistry;
 use setpoint::runtime::{PluginRuntime, RuntimeConfig};
-use setpoint::store::{AuditFilter, ConditionType, Store};
+use setpoint::store::{AuditFilter, ConditionType, Store, WriteFaults};
 use setpoint_tests::figures::{self, Figures};
 use setpoint_tests::sim::{APPROVAL_LABEL, EPOCH_MS, Fault, Sim, SimClock, SimInstance, timestamp};
 use sha2::Digest as _;
@@ -162,6 +162,8 @@ struct Stats {
     concurrent: u64,
     /// Approval requests an operator answered.
     approvals: u64,
+    /// Store writes refused as on a full filesystem.
+    storage_faults: u64,
 }
 
 impl Stats {
@@ -177,7 +179,30 @@ impl Stats {
         self.quiet_steps += o.quiet_steps;
         self.concurrent += o.concurrent;
         self.approvals += o.approvals;
+        self.storage_faults += o.storage_faults;
     }
+}
+
+/// A storage fault armed for one step.
+#[derive(Debug, Clone, Copy)]
+enum WriteFault {
+    /// The n-th write from now fails (once).
+    Nth(u64),
+    /// Every write fails: the filesystem is full for the step.
+    All,
+    /// The next write of this operation fails (for scripted tests).
+    Op(&'static str),
+}
+
+/// The store's writes as the scheduler sees them (a lock of its own: the store asks
+/// while it writes, whatever else is held).
+#[derive(Debug, Default)]
+struct Writes {
+    armed: Option<WriteFault>,
+    /// Writes since the fault was armed.
+    count: u64,
+    /// Writes refused, with their operation, for the trace.
+    refused: Vec<String>,
 }
 
 /// One seed's world.
@@ -206,6 +231,7 @@ struct World<'a> {
     fault_steps: u64,
     trace: Vec<String>,
     stats: Stats,
+    writes: Arc<std::sync::Mutex<Writes>>,
 }
 
 /// A desired configuration out of a small space, so that a change back to an older one
@@ -285,6 +311,7 @@ impl<'a> World<'a> {
             fault_steps: fault_steps(),
             trace: Vec::new(),
             stats: Stats::default(),
+            writes: Arc::default(),
         }
     }
 
@@ -321,6 +348,27 @@ impl<'a> World<'a> {
     async fn boot(&mut self) {
         let path = self.next_store.take().expect("a store to start on");
         let store = Arc::new(Store::open(&path).expect("the store opens"));
+        let writes = self.writes.clone();
+        store.inject_write_faults(Some(WriteFaults(Arc::new(move |operation: &str| {
+            let mut writes = writes.lock().unwrap();
+            writes.count += 1;
+            let refused = match writes.armed {
+                Some(WriteFault::All) => true,
+                Some(WriteFault::Nth(n)) if n == writes.count => {
+                    writes.armed = None;
+                    true
+                }
+                Some(WriteFault::Op(op)) if op == operation => {
+                    writes.armed = None;
+                    true
+                }
+                _ => false,
+            };
+            if refused {
+                writes.refused.push(operation.to_owned());
+            }
+            refused
+        }))));
         {
             let mut state = self.sim.state();
             state.store = Some((store.clone(), path.clone()));
@@ -610,6 +658,19 @@ impl<'a> World<'a> {
             state.armed = fault;
             fault.is_some()
         };
+        // Maybe a storage fault for this step.
+        if self.rng.random_bool(0.1) {
+            let fault = if self.rng.random_bool(0.5) {
+                WriteFault::Nth(self.rng.random_range(1..=10))
+            } else {
+                WriteFault::All
+            };
+            self.note(format!("storage fault armed: {fault:?}"));
+            *self.writes.lock().unwrap() = Writes {
+                armed: Some(fault),
+                ..Writes::default()
+            };
+        }
         let roll = self.rng.random_range(0..100);
         match roll {
             0..10 => {
@@ -679,6 +740,11 @@ impl<'a> World<'a> {
             hit
         };
         self.stats.faults += u64::from(hit);
+        let refused = std::mem::take(&mut *self.writes.lock().unwrap()).refused;
+        if !refused.is_empty() {
+            self.stats.storage_faults += refused.len() as u64;
+            self.note(format!("store refused: {}", refused.join(", ")));
+        }
     }
 
     /// An operator answers an instance's pending approval request: mostly with the
@@ -710,10 +776,15 @@ impl<'a> World<'a> {
                 ));
                 return;
             }
-        } else {
-            store
-                .approve(&id, Some(&pending.digest), "sim-operator")
-                .expect("a pending request is approved");
+        } else if let Err(e) = store.approve(&id, Some(&pending.digest), "sim-operator") {
+            // Only a storage fault may refuse it; the operator is told, and tries again.
+            if !matches!(e, setpoint::store::Error::Full { .. }) {
+                self.fail(&format!("{id}: the pending request was not approved: {e}"));
+            }
+            self.note(format!(
+                "operator approves {id}: refused, the store is full"
+            ));
+            return;
         }
         self.note(format!(
             "operator approves {id} at {}",
@@ -1150,8 +1221,8 @@ async fn the_controller_holds_its_invariants_under_seeded_faults_and_converges()
             total.approvals
         ),
         faults: format!(
-            "{} control-plane faults (503, timeout after the effect, delay, crash before/after the call), {} controller crashes, {} comparator trap toggles, {} duplicated and any-order feed deliveries",
-            total.faults, total.crashes, total.traps, total.feed_duplicates
+            "{} control-plane faults (503, timeout after the effect, delay, crash before/after the call), {} controller crashes, {} store writes refused as on a full filesystem (one write, or all of a step's), {} comparator trap toggles, {} duplicated and any-order feed deliveries",
+            total.faults, total.crashes, total.storage_faults, total.traps, total.feed_duplicates
         ),
         trials: format!(
             "{} seeds × {} fault steps (+ quiet steps until converged)",
@@ -1231,6 +1302,28 @@ async fn a_first_start_a_crash_hid_still_makes_the_instance_managed() {
         state.instances.get_mut("i0").unwrap().desired = desired;
         world.sim.changed(&mut state, "i0");
     }
+    world.quiet().await;
+    world.check();
+}
+
+/// Seed 94 found it: writing a step's record failed (a full filesystem) after its
+/// `start` went through; the reconcile failed, the rollout's step ran again, and its
+/// audit then cleared the journal, the first `start`'s intent with it: a call that took
+/// effect was in neither the audit log nor the journal. The next step now audits what
+/// an earlier one left first.
+#[tokio::test(flavor = "current_thread")]
+async fn calls_whose_step_record_failed_are_audited_before_the_next_step() {
+    let plugins = plugins();
+    let mut world = World::new(7, &plugins);
+    world.writes.lock().unwrap().armed = Some(WriteFault::Op("record host stop"));
+    world.step += 1;
+    world.boot().await;
+    assert_eq!(
+        world.writes.lock().unwrap().refused,
+        ["record host stop"],
+        "the first step's record met the fault"
+    );
+    world.check();
     world.quiet().await;
     world.check();
 }

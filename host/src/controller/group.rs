@@ -406,12 +406,15 @@ impl Controller {
             )
         });
         let dry_run = selection.gates.dry_run || self.settings.dry_run;
+        self.report_leftover_intents(key)?;
         let outcome = self
             .run_strategy(key, strategy.clone(), rollout, scope, dry_run, abort)
             .await?;
         envelope.scope = Some(outcome.scope);
-        // Each member's own audit shows what was done to it, the group's shows it all.
-        self.audit_calls(key, &strategy, &outcome.calls)?;
+        // Each member's own audit shows what was done to it, the group's shows it all;
+        // written at once, after the members' records. If a write fails, the step's
+        // intents stay in the journal and the next step audits them first.
+        let mut entries = self.call_entries(key, &strategy, &outcome.calls);
         for m in members {
             let id = &m.observation.instance.id;
             let mine: Vec<_> = outcome
@@ -420,12 +423,13 @@ impl Controller {
                 .filter(|c| c.target == *id)
                 .cloned()
                 .collect();
-            self.audit_calls(id, &strategy, &mine)?;
+            entries.extend(self.call_entries(id, &strategy, &mine));
             if !dry_run && let Some(desired) = &m.observation.desired {
                 self.record_sent(id, &mine, desired, &strategy)?;
             }
         }
-        self.store.clear_intents(key)?;
+        self.store.append_audits(&entries)?;
+        self.clear_audited_intents(key)?;
         Ok((strategy, outcome.progress.map_err(Error::Plugin)))
     }
 

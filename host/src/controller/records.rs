@@ -268,15 +268,78 @@ impl Controller {
     /// through is not assumed undone. Returns how many there were.
     pub fn report_calls_in_doubt(&self) -> Result<usize> {
         let intents = self.store.intents()?;
+        self.uncleared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.report_intents(&intents, Leftover::Restart)?;
+        Ok(intents.len())
+    }
+
+    /// Before a step of the rollout `key`: the intents an earlier step of it left, when
+    /// writing that step's record failed (a full filesystem) after its calls were made,
+    /// are audited now, as [`Controller::report_calls_in_doubt`] does after a restart.
+    /// Without this the next step's `clear_intents` would forget calls that went
+    /// through and were never audited. Intents whose calls were audited and only the
+    /// clearing failed are cleared without a second entry.
+    pub(super) fn report_leftover_intents(&self, key: &str) -> Result<()> {
+        let audited = self
+            .uncleared
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(key);
+        if audited {
+            self.store.clear_intents(key)?;
+            self.uncleared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(key);
+            return Ok(());
+        }
+        let intents: Vec<_> = self
+            .store
+            .intents()?
+            .into_iter()
+            .filter(|i| i.rollout_key == key)
+            .collect();
+        if !intents.is_empty() {
+            self.report_intents(&intents, Leftover::FailedRecord)?;
+        }
+        Ok(())
+    }
+
+    /// Forget the intents of `key` once its step's calls are audited; if that fails,
+    /// remember that they were audited, so they are not reported twice.
+    pub(super) fn clear_audited_intents(&self, key: &str) -> Result<()> {
+        if let Err(e) = self.store.clear_intents(key) {
+            self.uncleared
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(key.to_owned());
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    fn report_intents(&self, intents: &[crate::store::Intent], why: Leftover) -> Result<()> {
         let mut keys = std::collections::BTreeSet::new();
-        for intent in &intents {
-            let message = match &intent.outcome {
-                Some(outcome) => format!(
+        let mut entries = Vec::new();
+        for intent in intents {
+            let message = match (&intent.outcome, why) {
+                (Some(outcome), Leftover::Restart) => format!(
                     "{} called {} on {}: {outcome} (its outcome was saved just before the daemon stopped; the step's record was not)",
                     intent.plugin, intent.call, intent.target
                 ),
-                None => format!(
+                (None, Leftover::Restart) => format!(
                     "in doubt: {} called {} on {} and the daemon stopped before its outcome was recorded; it may have gone through",
+                    intent.plugin, intent.call, intent.target
+                ),
+                (Some(outcome), Leftover::FailedRecord) => format!(
+                    "{} called {} on {}: {outcome} (audited late: writing its step's record had failed)",
+                    intent.plugin, intent.call, intent.target
+                ),
+                (None, Leftover::FailedRecord) => format!(
+                    "in doubt: {} called {} on {} and neither its outcome nor its step's record could be written; it may have gone through",
                     intent.plugin, intent.call, intent.target
                 ),
             };
@@ -294,41 +357,63 @@ impl Controller {
                 "intendedAtMs": at_ms,
                 "outcome": intent.outcome,
             });
-            tracing::warn!(
-                rollout = %intent.rollout_key,
-                call = %intent.call,
-                target = %intent.target,
-                "a control-plane call was in flight when the daemon stopped; its outcome is unknown"
-            );
-            self.audit(
-                &intent.rollout_key,
-                AuditKind::Action,
-                message.clone(),
-                details.clone(),
-            )?;
-            if intent.target != intent.rollout_key {
-                self.audit(&intent.target, AuditKind::Action, message, details)?;
+            match why {
+                Leftover::Restart => tracing::warn!(
+                    rollout = %intent.rollout_key,
+                    call = %intent.call,
+                    target = %intent.target,
+                    "a control-plane call was in flight when the daemon stopped; its outcome is unknown"
+                ),
+                Leftover::FailedRecord => tracing::warn!(
+                    rollout = %intent.rollout_key,
+                    call = %intent.call,
+                    target = %intent.target,
+                    "a control-plane call is audited late: writing its step's record had failed"
+                ),
             }
-            // A lifecycle call a crash hid may have stopped the instance, or started it
-            // with nothing recorded as applied: it is this host's doing (see
-            // `record_sent`), until a start of its own is seen to succeed.
-            if matches!(intent.call.as_str(), "stop" | "start" | "restart") {
-                self.store.set_host_stopped(&intent.target, true)?;
+            entries.push(AuditEntry {
+                instance_id: Some(intent.rollout_key.clone()),
+                kind: AuditKind::Action,
+                message: message.clone(),
+                details: details.clone(),
+            });
+            if intent.target != intent.rollout_key {
+                entries.push(AuditEntry {
+                    instance_id: Some(intent.target.clone()),
+                    kind: AuditKind::Action,
+                    message,
+                    details,
+                });
             }
             keys.insert(intent.rollout_key.clone());
         }
-        for key in keys {
-            self.store.clear_intents(&key)?;
+        for intent in intents {
+            // A lifecycle call a crash (or a failed record) hid may have stopped the
+            // instance, or started it with nothing recorded as applied: it is this
+            // host's doing (see `record_sent`), until a start of its own is seen to
+            // succeed. Before the audit: setting it again, should the audit fail, is
+            // harmless.
+            if matches!(intent.call.as_str(), "stop" | "start" | "restart") {
+                self.store.set_host_stopped(&intent.target, true)?;
+            }
         }
-        Ok(intents.len())
+        // All of them or none: a failure leaves every intent to be reported again.
+        self.store.append_audits(&entries)?;
+        for key in keys {
+            self.clear_audited_intents(&key)?;
+        }
+        Ok(())
     }
 
-    pub(super) fn audit_calls(
+    /// The audit entries of a step's calls under `id`, written at once with
+    /// [`Store::append_audits`](crate::store::Store::append_audits).
+    pub(super) fn call_entries(
         &self,
         id: &str,
         strategy: &Plugin,
         calls: &[ImportCall],
-    ) -> Result<()> {
+    ) -> Vec<AuditEntry> {
+        let mut entries = Vec::new();
         for call in calls {
             let (kind, verb) = match &call.outcome {
                 CallOutcome::Denied(_) => {
@@ -347,20 +432,29 @@ impl Controller {
                     Value::String(super::config_digest(config)),
                 );
             }
-            self.audit(
-                id,
+            entries.push(AuditEntry {
+                instance_id: Some(id.to_owned()),
                 kind,
-                format!(
+                message: format!(
                     "{} called {} on {}: {verb}",
                     strategy.label(),
                     call.call,
                     call.target
                 ),
                 details,
-            )?;
+            });
         }
-        Ok(())
+        entries
     }
+}
+
+/// Why intents are left in the journal when they are reported.
+#[derive(Debug, Clone, Copy)]
+enum Leftover {
+    /// The daemon stopped (or was killed) before the step's record.
+    Restart,
+    /// Writing the step's record failed; the daemon went on.
+    FailedRecord,
 }
 
 pub(super) fn failure_reason(e: &CallError) -> &'static str {

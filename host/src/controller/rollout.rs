@@ -298,7 +298,8 @@ impl Controller {
                 .filter(|c| !is_plan_marker(c))
                 .cloned()
                 .collect();
-            self.audit_calls(id, &strategy, &made)?;
+            self.store
+                .append_audits(&self.call_entries(id, &strategy, &made))?;
             self.audit(
                 id,
                 AuditKind::Decision,
@@ -1014,6 +1015,7 @@ impl Controller {
             step: record.step,
             elapsed_ms,
         };
+        self.report_leftover_intents(&record.instance_id)?;
         let outcome = self
             .run_strategy(
                 &record.instance_id,
@@ -1024,9 +1026,15 @@ impl Controller {
                 abort,
             )
             .await?;
+        // If a write fails here, the step's intents stay in the journal and its next
+        // step audits them first (`report_leftover_intents`).
         self.record_sent(&record.instance_id, &outcome.calls, &desired, &strategy)?;
-        self.audit_calls(&record.instance_id, &strategy, &outcome.calls)?;
-        self.store.clear_intents(&record.instance_id)?;
+        self.store.append_audits(&self.call_entries(
+            &record.instance_id,
+            &strategy,
+            &outcome.calls,
+        ))?;
+        self.clear_audited_intents(&record.instance_id)?;
         if let Some(weights) = outcome
             .calls
             .iter()
