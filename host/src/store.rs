@@ -2571,7 +2571,11 @@ mod tests {
         store.inject_write_faults(Some(WriteFaults(Arc::new(|op: &str| {
             op.starts_with("intent journal")
         }))));
-        assert!(store.record_intent("i-1", "p@1", "stop", "i-1", None).is_err());
+        assert!(
+            store
+                .record_intent("i-1", "p@1", "stop", "i-1", None)
+                .is_err()
+        );
         assert!(store.intents().unwrap().is_empty());
         store.inject_write_faults(None);
         store.append_audits(&entries).unwrap();

@@ -1,7 +1,8 @@
-//! Deterministic simulation: the real controller (decision core, `restart` strategy and
-//! `field-diff` comparator as the built `.wasm` components, the SQLite store and its
-//! intent journal) against a simulated control plane (`setpoint_tests::sim`), driven by
-//! a seeded scheduler on virtual time, as FoundationDB and TigerBeetle test themselves.
+//! Deterministic simulation: the real controller (decision core, `restart` and
+//! `blue-green` strategies and `field-diff` comparator as the built `.wasm` components,
+//! the SQLite store and its intent journal) against a simulated control plane
+//! (`setpoint_tests::sim`, with clones and traffic weights), driven by a seeded
+//! scheduler on virtual time, as FoundationDB and TigerBeetle test themselves.
 //!
 //! Each step the scheduler (a `StdRng` seeded with the seed) picks one event:
 //! - reconcile an instance, or several at once, as the work queue's workers do: one
@@ -21,20 +22,26 @@
 //! Before a step it may arm a fault for one of the step's control-plane calls: a 503, a
 //! timeout after the call took effect, a delay, or a crash of the controller as the call
 //! is sent or after it took effect (the store's files as they are at that moment become
-//! the next controller's store; the control plane keeps the call's effect).
+//! the next controller's store; the control plane keeps the call's effect). It may also
+//! arm a storage fault: one of the step's store writes, or all of them, refused as on a
+//! full filesystem (`Store::inject_write_faults`).
 //!
-//! After every step: nothing was mutated outside a rollout of its instance, no revision
+//! After every step: nothing was mutated outside a rollout of its instance (a clone's
+//! calls are in its owner's rollout; the host's sweep deletes only clones no rollout
+//! holds), no revision
 //! was started on an instance that needs approvals unless an operator approved it, at
 //! most one rollout per instance, nothing is recorded as applied that was not started,
 //! every mutation is in the audit log (or the intent journal, until the next start
 //! reports it), an instance reported `Synced` runs its desired configuration. After the
-//! fault phase: quiet steps, in which the operator approves every request, until every
-//! instance is `Synced` and runs its desired configuration, within a bound (no lost
-//! update).
+//! fault phase: quiet steps, in which the operator approves every request and retries
+//! every revision the host gave up, until every instance is `Synced` and runs its
+//! desired configuration, no clone is left and every endpoint sends all its traffic to
+//! its instance, within a bound (no lost update).
 //!
 //! Replay one seed: `SETPOINT_SIM_SEED=N cargo test -p setpoint-tests --test
 //! reliability_simulation -- --nocapture` (prints the trace's hash;
-//! `SETPOINT_SIM_TRACE=1` prints the trace). `SETPOINT_SIM_SEEDS=N` runs seeds `0..N`.
+//! `SETPOINT_SIM_TRACE=1` prints the trace; `SETPOINT_SIM_AUDIT=1` prints every audit
+//! entry and store write as it happens). `SETPOINT_SIM_SEEDS=N` runs seeds `0..N`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -45,7 +52,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{Value, json};
 use setpoint::client::InstanceStatus;
-use setpoint::controller::{Controller, ControllerSettings};
+use setpoint::controller::{CLONE_OF_LABEL, Controller, ControllerSettings};
 use setpoint::metrics::Metrics;
 use setpoint::policy::{Approval, Match, Policy, Rule};
 use setpoint::queue::Action;
@@ -65,6 +72,10 @@ const QUIET_STEPS: u64 = 300;
 const CI_SEEDS: u64 = 200;
 /// Seeds the long run (`scripts/reliability`) runs.
 const LONG_SEEDS: u64 = 10_000;
+
+/// The label that routes an instance to the `blue-green` strategy (a clone, traffic
+/// weights, the instance restarted, the clone deleted).
+const STRATEGY_LABEL: &str = "sim/strategy";
 
 /// The label that routes an instance to the comparator that traps on a drift.
 const TRAP_LABEL: &str = "sim/comparator";
@@ -108,6 +119,7 @@ fn plugins() -> Plugins {
     let mut registry = PluginRegistry::default();
     for file in [
         setpoint_tests::plugin("restart"),
+        setpoint_tests::plugin("blue-green"),
         setpoint_tests::plugin("field-diff"),
         setpoint_tests::fixture("trap-on-change"),
     ] {
@@ -139,10 +151,23 @@ fn plugins() -> Plugins {
         approval: Approval::BeforeApply,
         ..Rule::default()
     };
+    let blue_green = Rule {
+        name: "blue-green".into(),
+        selector: Match {
+            labels: [(STRATEGY_LABEL.to_owned(), "blue-green".to_owned())].into(),
+            ..Match::default()
+        },
+        strategy: Some("blue-green".into()),
+        strategy_params: serde_json::from_value(json!({
+            "drain": "1s", "scale_down_delay": "2s", "health_poll_ms": 500,
+        }))
+        .unwrap(),
+        ..Rule::default()
+    };
     Plugins {
         runtime: Arc::new(runtime),
         registry: Arc::new(registry),
-        policy: Arc::new(Policy::from_rules(vec![approve, trap]).expect("policy")),
+        policy: Arc::new(Policy::from_rules(vec![approve, trap, blue_green]).expect("policy")),
     }
 }
 
@@ -226,6 +251,8 @@ struct World<'a> {
     /// the call was made (`.0`) and how many say it went through (`.1`).
     audit_seen: Option<i64>,
     audited: BTreeMap<(String, String), (usize, usize)>,
+    /// Intent ids of the audit entries counted (each counted once).
+    intents_seen: std::collections::BTreeSet<i64>,
     step: u64,
     /// Steps with faults before the quiet phase.
     fault_steps: u64,
@@ -270,10 +297,10 @@ impl<'a> World<'a> {
                         // Some instances need an operator's approval of each revision
                         // (for the whole run: a rule that changes mid-rollout is
                         // another matter).
-                        labels: if rng.random_bool(0.3) {
-                            [(APPROVAL_LABEL.to_owned(), "before-apply".to_owned())].into()
-                        } else {
-                            BTreeMap::new()
+                        labels: match rng.random_range(0..10) {
+                            0..3 => [(APPROVAL_LABEL.to_owned(), "before-apply".to_owned())].into(),
+                            3..6 => [(STRATEGY_LABEL.to_owned(), "blue-green".to_owned())].into(),
+                            _ => BTreeMap::new(),
                         },
                         modified_ms: EPOCH_MS,
                         boot_ms: rng.random_range(0..2_000),
@@ -307,6 +334,7 @@ impl<'a> World<'a> {
             ids,
             audit_seen: None,
             audited: BTreeMap::new(),
+            intents_seen: Default::default(),
             step: 0,
             fault_steps: fault_steps(),
             trace: Vec::new(),
@@ -327,12 +355,18 @@ impl<'a> World<'a> {
     fn fail(&self, what: &str) -> ! {
         let tail: Vec<&String> = self.trace.iter().rev().take(40).collect();
         let tail: Vec<&str> = tail.iter().rev().map(|s| s.as_str()).collect();
+        let calls: Vec<String> = {
+            let state = self.sim.state();
+            let from = state.trace.len().saturating_sub(40);
+            state.trace[from..].to_vec()
+        };
         panic!(
-            "simulation seed {} step {}: {what}\nreplay: SETPOINT_SIM_SEED={} cargo test -p setpoint-tests --test reliability_simulation -- --nocapture\nlast events:\n{}",
+            "simulation seed {} step {}: {what}\nreplay: SETPOINT_SIM_SEED={} cargo test -p setpoint-tests --test reliability_simulation -- --nocapture\nlast events:\n{}\nlast control-plane calls:\n{}",
             self.seed,
             self.step,
             self.seed,
-            tail.join("\n")
+            tail.join("\n"),
+            calls.join("\n")
         );
     }
 
@@ -352,6 +386,9 @@ impl<'a> World<'a> {
         store.inject_write_faults(Some(WriteFaults(Arc::new(move |operation: &str| {
             let mut writes = writes.lock().unwrap();
             writes.count += 1;
+            if std::env::var("SETPOINT_SIM_AUDIT").is_ok() {
+                eprintln!("write {operation} (armed {:?})", writes.armed);
+            }
             let refused = match writes.armed {
                 Some(WriteFault::All) => true,
                 Some(WriteFault::Nth(n)) if n == writes.count => {
@@ -392,6 +429,7 @@ impl<'a> World<'a> {
         // The store is the image a crash left: read its audit log afresh.
         self.audit_seen = None;
         self.audited.clear();
+        self.intents_seen.clear();
         self.note(format!(
             "boot on {} ({in_doubt} call(s) in doubt)",
             path.file_name().unwrap().to_string_lossy()
@@ -469,6 +507,31 @@ impl<'a> World<'a> {
     /// `false`: the controller crashed meanwhile (the others ran on against the dead
     /// generation, whose calls no longer reach the control plane).
     async fn reconcile_all(&mut self, ids: Vec<String>, why: &str) -> bool {
+        // A clone's reconcile beside its owner's would share the owner's gate (calls are
+        // told apart by the instance they name): it runs after them instead.
+        let all = ids.clone();
+        let (later, ids): (Vec<String>, Vec<String>) = {
+            let state = self.sim.state();
+            ids.into_iter().partition(|id| {
+                state
+                    .instances
+                    .get(id)
+                    .and_then(|i| i.labels.get(CLONE_OF_LABEL))
+                    .is_some_and(|owner| all.contains(owner))
+            })
+        };
+        if !self.reconcile_batch(ids, why).await {
+            return false;
+        }
+        for id in later {
+            if !self.reconcile(&id, why).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    async fn reconcile_batch(&mut self, ids: Vec<String>, why: &str) -> bool {
         if ids.len() < 2 {
             for id in ids {
                 if !self.reconcile(&id, why).await {
@@ -630,6 +693,14 @@ impl<'a> World<'a> {
             items.swap(i, j);
         }
         items
+    }
+
+    /// Every instance rolled out by `restart`, without approvals (for scripted tests
+    /// written against `restart`'s calls).
+    fn restart_only(&self) {
+        for instance in self.sim.state().instances.values_mut() {
+            instance.labels.clear();
+        }
     }
 
     fn pick(&mut self) -> String {
@@ -863,7 +934,24 @@ impl<'a> World<'a> {
                 self.note(format!("converged after {quiet} quiet step(s)"));
                 return;
             }
-            // The operator answers every request waiting for them.
+            // The operator retries every revision the host gave up (a clone that did not
+            // become healthy in time, say) and answers every request waiting for them.
+            let given_up: Vec<String> = self
+                .ids
+                .iter()
+                .filter(|id| self.store().given_up(id).expect("reads").is_some())
+                .cloned()
+                .collect();
+            for id in given_up {
+                self.controller
+                    .as_ref()
+                    .unwrap()
+                    .retry(&id, "sim-operator")
+                    .expect("a retry is recorded");
+                self.note(format!("operator retries {id}"));
+                let now = self.now_ms();
+                self.due.insert(id, now);
+            }
             let store = self.store().clone();
             for pending in store.pending_approvals().expect("approvals read") {
                 store
@@ -909,6 +997,18 @@ impl<'a> World<'a> {
             return Err("no controller".into());
         };
         let state = self.sim.state();
+        if let Some(clone) = state
+            .instances
+            .keys()
+            .find(|id| state.instances[*id].labels.contains_key(CLONE_OF_LABEL))
+        {
+            return Err(format!("clone {clone} is left"));
+        }
+        for (endpoint, backends) in &state.endpoints {
+            if backends != &[(endpoint.clone(), 100)] {
+                return Err(format!("endpoint {endpoint} sends traffic to {backends:?}"));
+            }
+        }
         for (id, instance) in &state.instances {
             let records = controller.store().instance_records(id).unwrap();
             let synced = records
@@ -954,7 +1054,9 @@ impl<'a> World<'a> {
             return;
         };
         let state = self.sim.state();
-        let instance = &state.instances[id];
+        let Some(instance) = state.instances.get(id) else {
+            return;
+        };
         // An instance an operator stopped is left alone, and that is in sync with what
         // they want; one the host stopped is not.
         let left_alone = synced.reason == "Stopped"
@@ -1028,12 +1130,21 @@ impl<'a> World<'a> {
                 drop(state);
                 self.fail(&what);
             }
-            // Every mutation audited (or, until the next start reports it, journalled).
-            for call in ["start", "stop", "restart"] {
+        }
+        // Every mutation audited (or, until the next start reports it, journalled): per
+        // target (deleted clones included) and call.
+        let targets: std::collections::BTreeSet<String> = state
+            .instances
+            .keys()
+            .chain(state.deleted_clones.keys())
+            .cloned()
+            .collect();
+        for id in targets {
+            for (sim_call, call) in CALLS {
                 let effects = state
                     .mutations
                     .iter()
-                    .filter(|m| m.call == call && &m.target == id)
+                    .filter(|m| m.call == sim_call && m.target == id)
                     .count();
                 let (recorded, ok) = self
                     .audited
@@ -1042,7 +1153,10 @@ impl<'a> World<'a> {
                     .unwrap_or_default();
                 let pending = intents
                     .iter()
-                    .filter(|i| i.call == call && &i.target == id)
+                    .filter(|i| {
+                        i.call == call
+                            && i.target.strip_prefix("endpoint ").unwrap_or(&i.target) == id
+                    })
                     .count();
                 if effects > recorded + pending || ok > effects {
                     let what = format!(
@@ -1069,11 +1183,21 @@ impl<'a> World<'a> {
             };
             self.audit_seen = Some(last.id);
             for record in page {
-                // An entry is written under the rollout and, when it differs, the target:
-                // count each call once, under its target.
-                if let Some((target, call, ok)) = audited_call(&record.entry.message)
-                    && record.entry.instance_id.as_deref() == Some(target.as_str())
+                // A call is audited once under its rollout; an intent reported after a
+                // crash or a failed record is written under its rollout and under its
+                // target: count it once, by its intent id.
+                if let Some(intent) = record.entry.details["intent"].as_i64()
+                    && !self.intents_seen.insert(intent)
                 {
+                    continue;
+                }
+                if std::env::var("SETPOINT_SIM_AUDIT").is_ok() {
+                    eprintln!(
+                        "audit {:?}: {}",
+                        record.entry.instance_id, record.entry.message
+                    );
+                }
+                if let Some((target, call, ok)) = audited_call(&record.entry.message) {
                     let counts = self.audited.entry((target, call)).or_default();
                     counts.0 += 1;
                     counts.1 += usize::from(ok);
@@ -1112,12 +1236,39 @@ impl<'a> World<'a> {
     }
 }
 
-/// `(instance, call, ok)` when an audit message says a strategy called `call` on an
-/// instance (`ok`: and it went through), as `audit_calls` and `report_calls_in_doubt`
-/// write them; `None` for any other message (and for simulated or denied calls).
+/// The simulated control plane's name of each mutating call, and the contract's (as the
+/// audit and the intent journal name it).
+const CALLS: [(&str, &str); 6] = [
+    ("start", "start"),
+    ("stop", "stop"),
+    ("restart", "restart"),
+    ("clone", "clone-instance"),
+    ("delete", "delete-clone"),
+    ("weights", "set-traffic-weights"),
+];
+
+/// `(target, call, ok)` when an audit message says a strategy called `call` on a target
+/// (`ok`: and it went through), as `call_entries` and `report_calls_in_doubt` write
+/// them, or that the host deleted a clone (a leaked one, or one of a superseded
+/// rollout); `None` for any other message (and for simulated or denied calls).
 fn audited_call(message: &str) -> Option<(String, String, bool)> {
+    for prefix in ["leaked clone ", "clone "] {
+        if let Some(rest) = message.strip_prefix(prefix)
+            && (rest.contains("no rollout owns it") || rest.contains("of the superseded rollout"))
+        {
+            let clone = rest.split(' ').next()?;
+            let outcome = rest.rsplit(": ").next()?;
+            return Some((
+                clone.to_owned(),
+                "delete-clone".to_owned(),
+                outcome == "deleted",
+            ));
+        }
+    }
     let (_, rest) = message.split_once(" called ")?;
     let (call, rest) = rest.split_once(" on ")?;
+    // A weighted endpoint is named `endpoint ID`.
+    let rest = rest.strip_prefix("endpoint ").unwrap_or(rest);
     let (target, outcome) = match rest.split_once(": ") {
         Some((target, outcome)) => (target, outcome),
         // "in doubt: … on X and the daemon stopped …"
@@ -1213,7 +1364,7 @@ async fn the_controller_holds_its_invariants_under_seeded_faults_and_converges()
     figures::record(&Figures {
         test: "simulation".into(),
         load: format!(
-            "2-4 instances per seed, about 30 % of them needing an operator's approval of each revision; {} desired changes (also mid-rollout, also back to an older one), {} out-of-band changes, {} reconciles ({} steps reconciling several instances at once, interleaved call by call), {} approval requests answered (a quarter with a stale revision)",
+            "2-4 instances per seed: about 30 % rolled out by `blue-green` (a clone, traffic weights), 30 % needing an operator's approval of each revision, the rest by `restart`; {} desired changes (also mid-rollout, also back to an older one), {} out-of-band changes, {} reconciles ({} steps reconciling several instances at once, interleaved call by call), {} approval requests answered (a quarter with a stale revision)",
             total.desired_changes,
             total.out_of_band,
             total.reconciles,
@@ -1231,7 +1382,7 @@ async fn the_controller_holds_its_invariants_under_seeded_faults_and_converges()
         ),
         lost: "nothing".into(),
         notes: format!(
-            "real controller, restart.wasm, field-diff.wasm, SQLite store + intent journal; virtual time; {} quiet steps in all; {:.0} s wall",
+            "real controller, restart.wasm, blue-green.wasm, field-diff.wasm, SQLite store + intent journal; virtual time; the operator retries given-up revisions and approves requests in the quiet phase; {} quiet steps in all; {:.0} s wall",
             total.quiet_steps,
             elapsed.as_secs_f64()
         ),
@@ -1248,6 +1399,7 @@ async fn the_controller_holds_its_invariants_under_seeded_faults_and_converges()
 async fn an_instance_the_host_stopped_behind_a_timeout_is_brought_back() {
     let plugins = plugins();
     let mut world = World::new(46, &plugins);
+    world.restart_only();
     world.settings.reconcile_stopped_instances = false;
     world.sim.state().armed_call = Some(("stop", Fault::FailAfter));
     world.step += 1;
@@ -1268,6 +1420,7 @@ async fn an_instance_the_host_stopped_behind_a_timeout_is_brought_back() {
 async fn a_first_start_that_timed_out_after_it_landed_still_makes_the_instance_managed() {
     let plugins = plugins();
     let mut world = World::new(7, &plugins);
+    world.restart_only();
     world.sim.state().armed_call = Some(("start", Fault::FailAfter));
     world.step += 1;
     world.boot().await;
@@ -1292,6 +1445,7 @@ async fn a_first_start_that_timed_out_after_it_landed_still_makes_the_instance_m
 async fn a_first_start_a_crash_hid_still_makes_the_instance_managed() {
     let plugins = plugins();
     let mut world = World::new(7, &plugins);
+    world.restart_only();
     world.sim.state().armed_call = Some(("start", Fault::CrashAfter));
     world.step += 1;
     world.boot().await;
@@ -1315,6 +1469,7 @@ async fn a_first_start_a_crash_hid_still_makes_the_instance_managed() {
 async fn calls_whose_step_record_failed_are_audited_before_the_next_step() {
     let plugins = plugins();
     let mut world = World::new(7, &plugins);
+    world.restart_only();
     world.writes.lock().unwrap().armed = Some(WriteFault::Op("record host stop"));
     world.step += 1;
     world.boot().await;
@@ -1324,6 +1479,27 @@ async fn calls_whose_step_record_failed_are_audited_before_the_next_step() {
         "the first step's record met the fault"
     );
     world.check();
+    world.quiet().await;
+    world.check();
+}
+
+/// Found once the simulation ran `blue-green`: `set-traffic-weights` was the one
+/// mutating call made without an intent in the journal, so a crash after it took
+/// effect and before the step's audit left no trace of it anywhere.
+#[tokio::test(flavor = "current_thread")]
+async fn traffic_weights_a_crash_hid_are_reported_in_doubt() {
+    let plugins = plugins();
+    let mut world = World::new(7, &plugins);
+    {
+        let mut state = world.sim.state();
+        for instance in state.instances.values_mut() {
+            instance.labels = [(STRATEGY_LABEL.to_owned(), "blue-green".to_owned())].into();
+        }
+        state.armed_call = Some(("weights", Fault::CrashAfter));
+    }
+    world.step += 1;
+    world.boot().await;
+    assert!(world.controller.is_none(), "the controller crashed");
     world.quiet().await;
     world.check();
 }

@@ -28,10 +28,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use async_trait::async_trait;
 use serde_json::Value;
 use setpoint::client::{
-    self, Capabilities, ChangeBatch, ControlPlane, Health, Instance, InstanceStatus, PlatformType,
-    RuntimeInfo, StatusChange, Timestamp,
+    self, BackendWeight, Capabilities, ChangeBatch, ControlPlane, Health, Instance, InstanceStatus,
+    Metrics, PlatformType, RuntimeInfo, StatusChange, Timestamp,
 };
-use setpoint::controller::{Clock, config_digest};
+use setpoint::controller::{CLONE_OF_LABEL, Clock, config_digest};
 use setpoint::store::Store;
 
 /// Virtual time: Unix milliseconds that move only when the simulation says.
@@ -162,6 +162,12 @@ pub struct SimState {
     pub step: u64,
     /// What happened, one line each, for the trace hash.
     pub trace: Vec<String>,
+    /// Clones made so far (names the next one).
+    pub clones_made: u64,
+    /// Deleted clones and their owners.
+    pub deleted_clones: BTreeMap<String, String>,
+    /// Weighted endpoints (named after their instance): backends and weights.
+    pub endpoints: BTreeMap<String, Vec<(String, u32)>>,
     /// Instances whose reconciles run at once: their calls park at a gate.
     pub gating: BTreeSet<String>,
     /// Calls parked at the gate, by instance; sending lets the call through.
@@ -195,6 +201,9 @@ impl Sim {
                 images: 0,
                 step: 0,
                 trace: Vec::new(),
+                clones_made: 0,
+                deleted_clones: BTreeMap::new(),
+                endpoints: BTreeMap::new(),
                 gating: BTreeSet::new(),
                 parked: BTreeMap::new(),
                 scheduler: None,
@@ -294,14 +303,23 @@ impl SimHandle {
     async fn gate(&self, target: &str) {
         let through = {
             let mut state = self.sim.state();
-            if !state.gating.contains(target) {
+            // A clone's calls belong to the reconcile of the instance it was made from.
+            let lane = match state
+                .instances
+                .get(target)
+                .and_then(|i| i.labels.get(CLONE_OF_LABEL))
+            {
+                Some(owner) if !state.gating.contains(target) => owner.clone(),
+                _ => target.to_owned(),
+            };
+            if !state.gating.contains(&lane) {
                 return;
             }
             let (tx, rx) = tokio::sync::oneshot::channel();
-            let earlier = state.parked.insert(target.to_owned(), tx);
+            let earlier = state.parked.insert(lane.clone(), tx);
             assert!(
                 earlier.is_none(),
-                "two calls on {target} at once: the work queue runs one reconcile per instance"
+                "two calls on {lane} at once: the work queue runs one reconcile per instance"
             );
             if let Some(scheduler) = state.scheduler.take() {
                 scheduler.wake();
@@ -371,10 +389,26 @@ impl SimHandle {
             fault.map(|f| format!(" ({f:?})")).unwrap_or_default()
         ));
         if mutating && result.is_ok() {
-            let in_rollout = state
+            // A clone's calls (and its deletion) are in the scope of its owner's rollout.
+            let owner = state
+                .instances
+                .get(target)
+                .and_then(|i| i.labels.get(CLONE_OF_LABEL).cloned())
+                .or_else(|| state.deleted_clones.get(target).cloned())
+                .unwrap_or_else(|| target.to_owned());
+            let rollout = state
                 .store
                 .as_ref()
-                .is_some_and(|(store, _)| store.load_rollout(target).ok().flatten().is_some());
+                .and_then(|(store, _)| store.load_rollout(&owner).ok().flatten());
+            let in_rollout = match (name, rollout) {
+                // The host's sweep deletes a clone no rollout holds (a leak); a rollout
+                // deletes only a clone it made.
+                ("delete", None) => true,
+                ("delete", Some(r)) => r.state["scope"]["clones"]
+                    .as_array()
+                    .is_some_and(|c| c.iter().any(|c| c == target)),
+                (_, rollout) => rollout.is_some(),
+            };
             let unapproved = state.instances.get(target).and_then(|instance| {
                 let gated = instance.labels.contains_key(APPROVAL_LABEL);
                 let digest = config_digest(instance.running.as_ref()?);
@@ -528,6 +562,108 @@ impl ControlPlane for SimHandle {
         })
     }
 
+    async fn clone_instance(&self, id: &str, request: &Value) -> client::Result<Instance> {
+        self.gate(id).await;
+        // Named before the call, so that the mutation is logged under the clone.
+        let name = {
+            let mut state = self.sim.state();
+            state.clones_made += 1;
+            format!("{id}-clone-{}", state.clones_made)
+        };
+        let made = self.call("clone", id, true, |state, now| {
+            let source = Self::instance(state, id, "clone")?;
+            let configuration = request
+                .get("configuration")
+                .cloned()
+                .unwrap_or(source.desired.clone());
+            let clone = SimInstance {
+                status: InstanceStatus::Created,
+                desired: configuration,
+                running: None,
+                labels: [(CLONE_OF_LABEL.to_owned(), id.to_owned())].into(),
+                modified_ms: now,
+                boot_ms: source.boot_ms,
+                healthy_at_ms: now,
+                stopped_out_of_band: false,
+            };
+            state.instances.insert(name.clone(), clone.clone());
+            // The feed reports the new instance too.
+            state.feed.push((name.clone(), now));
+            Ok(client_instance(&name, &clone))
+        });
+        if made.is_err() {
+            // A call that failed before it took effect made nothing.
+            let mut state = self.sim.state();
+            if !state.instances.contains_key(&name) {
+                state.trace.push(format!("clone {name}: not made"));
+            }
+        }
+        made
+    }
+
+    async fn delete_clone(&self, id: &str) -> client::Result<()> {
+        self.gate(id).await;
+        self.call("delete", id, true, |state, _| {
+            let instance = state.instances.get(id).ok_or_else(|| not_found("delete"))?;
+            let owner = instance
+                .labels
+                .get(CLONE_OF_LABEL)
+                .cloned()
+                .ok_or_else(|| client::Error::Status {
+                    call: format!("delete {id}"),
+                    status: reqwest::StatusCode::FORBIDDEN,
+                    body: "not a clone: the host deletes nothing else".into(),
+                    retry_after: None,
+                })?;
+            state.instances.remove(id);
+            state.deleted_clones.insert(id.to_owned(), owner);
+            for backends in state.endpoints.values_mut() {
+                backends.retain(|(b, _)| b != id);
+            }
+            Ok(())
+        })
+    }
+
+    async fn set_traffic_weights(
+        &self,
+        endpoint: &str,
+        backends: &[BackendWeight],
+    ) -> client::Result<()> {
+        self.gate(endpoint).await;
+        self.call("weights", endpoint, true, |state, _| {
+            if let Some(b) = backends
+                .iter()
+                .find(|b| !state.instances.contains_key(&b.instance_id))
+            {
+                return Err(client::Error::Status {
+                    call: format!("weights {endpoint}"),
+                    status: reqwest::StatusCode::BAD_REQUEST,
+                    body: format!("no instance {}", b.instance_id),
+                    retry_after: None,
+                });
+            }
+            state.endpoints.insert(
+                endpoint.to_owned(),
+                backends
+                    .iter()
+                    .map(|b| (b.instance_id.clone(), b.weight))
+                    .collect(),
+            );
+            Ok(())
+        })
+    }
+
+    async fn metrics(&self, id: &str) -> client::Result<Metrics> {
+        self.gate(id).await;
+        self.call("metrics", id, false, |state, _| {
+            Self::instance(state, id, "metrics")?;
+            Ok(Metrics {
+                requests: 1_000,
+                errors: 0,
+            })
+        })
+    }
+
     async fn changes_after(&self, _: Option<u64>, _: Duration) -> client::Result<ChangeBatch> {
         // The simulation delivers the feed itself (in any order, twice, late).
         Err(client::Error::FeedUnsupported {
@@ -577,6 +713,10 @@ impl ControlPlane for SimHandle {
         Ok(Capabilities {
             health: true,
             running_configuration: true,
+            clone_instance: true,
+            delete_clone: true,
+            traffic_weights: true,
+            metrics: true,
             ..Capabilities::default()
         })
     }

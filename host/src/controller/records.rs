@@ -377,9 +377,14 @@ impl Controller {
                 message: message.clone(),
                 details: details.clone(),
             });
-            if intent.target != intent.rollout_key {
+            // A weighted endpoint (`endpoint ID`) is audited under its instance.
+            let instance = intent
+                .target
+                .strip_prefix("endpoint ")
+                .unwrap_or(&intent.target);
+            if instance != intent.rollout_key {
                 entries.push(AuditEntry {
-                    instance_id: Some(intent.target.clone()),
+                    instance_id: Some(instance.to_owned()),
                     kind: AuditKind::Action,
                     message,
                     details,

@@ -528,11 +528,26 @@ impl traffic::Host for HostState {
             record(cp, CallOutcome::Simulated);
             return Ok(());
         }
+        // Journalled like every other mutating call (see `mutate`): not sent unless its
+        // intent is recorded.
+        let token = match cp.on_host(|h| h.intend("set-traffic-weights", &target, None)) {
+            Ok(token) => token,
+            Err(e) => {
+                record(
+                    cp,
+                    CallOutcome::Failed(format!("not sent: {}", describe(&e))),
+                );
+                return Err(e);
+            }
+        };
         let result = cp.on_host(|h| h.set_traffic_weights(&endpoint, &weights));
         let outcome = match &result {
             Ok(()) => CallOutcome::Ok,
             Err(e) => CallOutcome::Failed(describe(e)),
         };
+        if let Some(token) = token {
+            cp.on_host(|h| h.settle(token, &outcome));
+        }
         record(cp, outcome);
         result
     }
