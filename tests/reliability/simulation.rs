@@ -1503,3 +1503,39 @@ async fn traffic_weights_a_crash_hid_are_reported_in_doubt() {
     world.quiet().await;
     world.check();
 }
+
+/// Seed 238 of the long run found it: while a blue-green rollout was scaling down, the
+/// desired configuration changed; its strategy's undo moved the traffic to the clone
+/// to restart the instance, which someone stopped meanwhile, and the undo failed
+/// (retryable) with the traffic on the clone. The host then forgot the rollout, its
+/// sweep deleted the clone as a leak, and the endpoint was left sending all its traffic
+/// to a deleted instance. A retryable failed undo now keeps the rollout, aborting, and
+/// is tried again from where it began.
+#[tokio::test(flavor = "current_thread")]
+async fn a_failed_undo_keeps_its_clone_and_is_tried_again() {
+    let plugins = plugins();
+    let mut world = World::new(238, &plugins);
+    world.fault_steps = LONG_FAULT_STEPS;
+    world.run().await;
+    let (mut retried, mut after) = (false, None);
+    loop {
+        let page = world
+            .store()
+            .audit(&AuditFilter {
+                instance_id: Some("i2".into()),
+                after_id: after,
+                ..AuditFilter::default()
+            })
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        retried |= page
+            .iter()
+            .any(|r| r.entry.message.contains("failed and is tried again"));
+    }
+    assert!(
+        retried,
+        "seed 238 no longer makes an undo fail: find another seed that does (the \
+         scheduler changed)"
+    );
+}

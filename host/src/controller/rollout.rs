@@ -26,6 +26,9 @@ use crate::runtime::{
 };
 use crate::store::{AuditKind, ConditionType, RolloutPhase, RolloutRecord, short_digest};
 
+/// How long after a failed but retryable abort its strategy is asked to undo again.
+pub const ABORT_RETRY: Duration = Duration::from_secs(10);
+
 /// Most steps `plan` simulates before it stops (a strategy that never finishes in
 /// dry-run must not hang `setpoint diff`).
 const MAX_PLAN_STEPS: u32 = 500;
@@ -365,6 +368,7 @@ impl Controller {
             weights: None,
             progress_at_ms: Some(unix_ms(now)),
             progress_key: None,
+            abort_from: None,
         };
         let record = new_record(id, &strategy, &envelope, now);
         self.store.save_rollout(&record)?;
@@ -765,6 +769,7 @@ impl Controller {
         let revision = short_digest(&envelope.desired_digest).to_owned();
         if record.phase != RolloutPhase::Aborting {
             record.phase = RolloutPhase::Aborting;
+            envelope.abort_from = Some(envelope.plugin_state.clone());
             self.save_envelope(&mut record, &envelope)?;
         }
         let before = envelope.status();
@@ -778,6 +783,36 @@ impl Controller {
             Err(error) => {
                 self.save_envelope(&mut record, &envelope)?;
                 Err(Error::Plugin(error))
+            }
+            Ok(Progress::Failed(failure)) if failure.retryable => {
+                // The undo did not finish (the instance did not come back healthy, say)
+                // and may later: the rollout stays, aborting, so that what it made (a
+                // clone that may be serving the traffic) is still owned and not swept,
+                // and its strategy undoes it again from where the abort began.
+                if let Some(from) = envelope.abort_from.clone() {
+                    envelope.plugin_state = from;
+                }
+                record.step += 1;
+                self.save_envelope(&mut record, &envelope)?;
+                let message = format!(
+                    "undoing revision {revision} failed and is tried again in {}s: {}",
+                    ABORT_RETRY.as_secs(),
+                    failure.reason
+                );
+                self.audit(
+                    id,
+                    AuditKind::Outcome,
+                    message.clone(),
+                    serde_json::json!({ "digest": envelope.desired_digest, "retryable": true }),
+                )?;
+                self.conditions(
+                    id,
+                    &[
+                        (ConditionType::Progressing, true, "Aborting", &message),
+                        (ConditionType::Degraded, true, "AbortFailed", &message),
+                    ],
+                )?;
+                Ok((Action::requeue(ABORT_RETRY), Outcome::Degraded))
             }
             Ok(Progress::Requeue(requeue)) => {
                 envelope.plugin_state = Some(requeue.state);
