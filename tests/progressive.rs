@@ -1633,7 +1633,13 @@ async fn a_canary_is_rolled_back_on_a_promql_error_rate_and_a_good_change_passes
                 ]),
             )
             .await;
-        rollout_ends(&world, &id, Duration::from_secs(40), "failing PromQL canary").await;
+        rollout_ends(
+            &world,
+            &id,
+            Duration::from_secs(40),
+            "failing PromQL canary",
+        )
+        .await;
         left_clean(&world, &id, "info", false, "failing PromQL canary").await;
         let (degraded, reason, message) = world
             .condition(&id, ConditionType::Degraded)
@@ -1680,7 +1686,13 @@ async fn a_canary_is_rolled_back_on_a_promql_error_rate_and_a_good_change_passes
         world
             .patch(&id, json!([{ "op": "remove", "path": "/stub" }]))
             .await;
-        rollout_ends(&world, &id, Duration::from_secs(40), "healthy PromQL canary").await;
+        rollout_ends(
+            &world,
+            &id,
+            Duration::from_secs(40),
+            "healthy PromQL canary",
+        )
+        .await;
         left_clean(&world, &id, "debug", false, "healthy PromQL canary").await;
         // The rollout's end is recorded before the next pass verifies the instance and
         // says `Synced`, so that condition is waited for, not read once.

@@ -1197,6 +1197,25 @@ impl Store {
         })
     }
 
+    /// Whether an entry under `instance_id` names intent `id` recorded at `at_ms`: its
+    /// call was audited already.
+    pub fn intent_audited(&self, instance_id: &str, id: i64, at_ms: u64) -> Result<bool> {
+        const OP: &str = "read audit log";
+        // Newest first: an intent's entry, if any, is among the instance's last ones.
+        self.lock()
+            .prepare_cached(
+                "SELECT 1 FROM audit WHERE instance_id = ?1 \
+                 AND json_extract(details_json, '$.intent') = ?2 \
+                 AND json_extract(details_json, '$.intendedAtMs') = ?3 \
+                 ORDER BY id DESC LIMIT 1",
+            )
+            .during(OP)?
+            .query_row(params![instance_id, id, at_ms as i64], |_| Ok(()))
+            .optional()
+            .during(OP)
+            .map(|found| found.is_some())
+    }
+
     /// Audit entries matching `filter`, oldest first.
     pub fn audit(&self, filter: &AuditFilter) -> Result<Vec<AuditRecord>> {
         const OP: &str = "read audit log";
@@ -2552,6 +2571,19 @@ mod tests {
                 .collect::<Vec<_>>(),
             [("d2", "canary@0.1.0"), ("d1", "restart@0.1.0")]
         );
+    }
+
+    #[test]
+    fn an_intent_is_known_as_audited_by_its_id_and_time() {
+        let store = Store::open_in_memory().unwrap();
+        let mut entry = audit_entry(Some("i-1"), AuditKind::Action, "p called stop on i-1: ok");
+        entry.details = serde_json::json!({ "intent": 3, "intendedAtMs": 1000 });
+        store.append_audit(&entry).unwrap();
+        assert!(store.intent_audited("i-1", 3, 1000).unwrap());
+        // Ids start again when the journal is emptied: the time tells them apart.
+        assert!(!store.intent_audited("i-1", 3, 1001).unwrap());
+        assert!(!store.intent_audited("i-1", 4, 1000).unwrap());
+        assert!(!store.intent_audited("i-2", 3, 1000).unwrap());
     }
 
     #[test]

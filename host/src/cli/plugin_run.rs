@@ -291,6 +291,7 @@ fn marker(call: &str, target: String) -> ImportCall {
         outcome: CallOutcome::Simulated,
         configuration: None,
         weights: None,
+        intent: None,
     }
 }
 

@@ -429,7 +429,7 @@ impl Controller {
             }
         }
         self.store.append_audits(&entries)?;
-        self.clear_audited_intents(key)?;
+        self.store.clear_intents(key)?;
         Ok((strategy, outcome.progress.map_err(Error::Plugin)))
     }
 

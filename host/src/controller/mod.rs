@@ -382,9 +382,6 @@ pub struct Controller {
     group_locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Whether the control plane answers, as the daemon's resync and change feed see it.
     reachability: Arc<Reachability>,
-    /// Rollout keys whose step calls were audited but whose intents could not be
-    /// cleared (`records.rs`): cleared before their next step, not reported again.
-    uncleared: Mutex<std::collections::HashSet<String>>,
 }
 
 /// Listing snapshots and the newest change seen per instance (see
@@ -482,7 +479,6 @@ impl Controller {
             snapshots: Mutex::new(Snapshots::default()),
             decisions: Mutex::new(HashMap::new()),
             group_locks: Mutex::new(HashMap::new()),
-            uncleared: Mutex::new(std::collections::HashSet::new()),
             reachability: Arc::default(),
         }
     }

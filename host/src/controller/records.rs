@@ -268,10 +268,6 @@ impl Controller {
     /// through is not assumed undone. Returns how many there were.
     pub fn report_calls_in_doubt(&self) -> Result<usize> {
         let intents = self.store.intents()?;
-        self.uncleared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .clear();
         self.report_intents(&intents, Leftover::Restart)?;
         Ok(intents.len())
     }
@@ -280,22 +276,9 @@ impl Controller {
     /// writing that step's record failed (a full filesystem) after its calls were made,
     /// are audited now, as [`Controller::report_calls_in_doubt`] does after a restart.
     /// Without this the next step's `clear_intents` would forget calls that went
-    /// through and were never audited. Intents whose calls were audited and only the
-    /// clearing failed are cleared without a second entry.
+    /// through and were never audited. Intents whose calls were audited (only the
+    /// clearing failed) are cleared without a second entry.
     pub(super) fn report_leftover_intents(&self, key: &str) -> Result<()> {
-        let audited = self
-            .uncleared
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .contains(key);
-        if audited {
-            self.store.clear_intents(key)?;
-            self.uncleared
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(key);
-            return Ok(());
-        }
         let intents: Vec<_> = self
             .store
             .intents()?
@@ -308,23 +291,25 @@ impl Controller {
         Ok(())
     }
 
-    /// Forget the intents of `key` once its step's calls are audited; if that fails,
-    /// remember that they were audited, so they are not reported twice.
-    pub(super) fn clear_audited_intents(&self, key: &str) -> Result<()> {
-        if let Err(e) = self.store.clear_intents(key) {
-            self.uncleared
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(key.to_owned());
-            return Err(e.into());
-        }
-        Ok(())
-    }
-
     fn report_intents(&self, intents: &[crate::store::Intent], why: Leftover) -> Result<()> {
         let mut keys = std::collections::BTreeSet::new();
         let mut entries = Vec::new();
+        let mut reported = Vec::new();
         for intent in intents {
+            keys.insert(intent.rollout_key.clone());
+            let at_ms = intent
+                .at
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            // Audited already, by its step or an earlier report, and only the clearing
+            // failed (or the daemon died before it): not audited twice.
+            if self
+                .store
+                .intent_audited(&intent.rollout_key, intent.id, at_ms)?
+            {
+                continue;
+            }
+            reported.push(intent);
             let message = match (&intent.outcome, why) {
                 (Some(outcome), Leftover::Restart) => format!(
                     "{} called {} on {}: {outcome} (its outcome was saved just before the daemon stopped; the step's record was not)",
@@ -343,10 +328,6 @@ impl Controller {
                     intent.plugin, intent.call, intent.target
                 ),
             };
-            let at_ms = intent
-                .at
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
             let details = serde_json::json!({
                 "intent": intent.id,
                 "rollout": intent.rollout_key,
@@ -390,9 +371,8 @@ impl Controller {
                     details,
                 });
             }
-            keys.insert(intent.rollout_key.clone());
         }
-        for intent in intents {
+        for intent in reported {
             // A lifecycle call a crash (or a failed record) hid may have stopped the
             // instance, or started it with nothing recorded as applied: it is this
             // host's doing (see `record_sent`), until a start of its own is seen to
@@ -405,7 +385,7 @@ impl Controller {
         // All of them or none: a failure leaves every intent to be reported again.
         self.store.append_audits(&entries)?;
         for key in keys {
-            self.clear_audited_intents(&key)?;
+            self.store.clear_intents(&key)?;
         }
         Ok(())
     }
@@ -419,6 +399,24 @@ impl Controller {
         calls: &[ImportCall],
     ) -> Vec<AuditEntry> {
         let mut entries = Vec::new();
+        // When each journalled call was intended: with its id, it names the intent
+        // (ids start again when the journal is emptied).
+        let intended: std::collections::HashMap<i64, u64> =
+            if calls.iter().any(|c| c.intent.is_some()) {
+                self.store
+                    .intents()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|i| {
+                        let at =
+                            i.at.duration_since(std::time::UNIX_EPOCH)
+                                .map_or(0, |d| d.as_millis() as u64);
+                        (i.id, at)
+                    })
+                    .collect()
+            } else {
+                Default::default()
+            };
         for call in calls {
             let (kind, verb) = match &call.outcome {
                 CallOutcome::Denied(_) => {
@@ -436,6 +434,12 @@ impl Controller {
                     "configurationDigest".into(),
                     Value::String(super::config_digest(config)),
                 );
+            }
+            if let (Some(intent), Value::Object(map)) = (call.intent, &mut details)
+                && let Some(at) = intended.get(&intent)
+            {
+                map.insert("intent".into(), intent.into());
+                map.insert("intendedAtMs".into(), (*at).into());
             }
             entries.push(AuditEntry {
                 instance_id: Some(id.to_owned()),

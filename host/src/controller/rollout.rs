@@ -1069,7 +1069,7 @@ impl Controller {
             &strategy,
             &outcome.calls,
         ))?;
-        self.clear_audited_intents(&record.instance_id)?;
+        self.store.clear_intents(&record.instance_id)?;
         if let Some(weights) = outcome
             .calls
             .iter()
@@ -1209,6 +1209,7 @@ impl Controller {
                         outcome: CallOutcome::Simulated,
                         configuration: None,
                         weights: None,
+                        intent: None,
                     });
                     state = Some(a.state);
                 }
@@ -1225,6 +1226,7 @@ impl Controller {
                             outcome: CallOutcome::Simulated,
                             configuration: None,
                             weights: None,
+                            intent: None,
                         });
                     }
                     state = Some(r.state);

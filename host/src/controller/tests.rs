@@ -511,6 +511,7 @@ fn a_failed_stop_counts_as_the_hosts_own_stop() {
         outcome,
         configuration: None,
         weights: None,
+        intent: None,
     };
     let lost =
         CallOutcome::Failed("unavailable: POST .../stop: cannot reach the control plane".into());

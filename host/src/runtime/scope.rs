@@ -205,6 +205,10 @@ pub struct ImportCall {
     /// every other call.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub weights: Option<Vec<Weight>>,
+    /// The id of the intent journalled for it (a mutating call that was sent), which its
+    /// audit entry names so that the intent is never audited twice.
+    #[serde(skip)]
+    pub intent: Option<i64>,
 }
 
 /// One backend's weight as a `set-traffic-weights` call set it.
@@ -276,6 +280,7 @@ impl ScopedControlPlane {
             outcome,
             configuration: configuration.map(parse_configuration),
             weights: None,
+            intent: None,
         });
     }
 
@@ -368,6 +373,9 @@ impl ScopedControlPlane {
             self.on_host(|h| h.settle(token, &outcome));
         }
         self.record_with(call, target, true, outcome, configuration);
+        if let Some(last) = self.calls.last_mut() {
+            last.intent = token;
+        }
         result
     }
 }
@@ -549,6 +557,9 @@ impl traffic::Host for HostState {
             cp.on_host(|h| h.settle(token, &outcome));
         }
         record(cp, outcome);
+        if let Some(last) = cp.calls.last_mut() {
+            last.intent = token;
+        }
         result
     }
 }
