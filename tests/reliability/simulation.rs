@@ -512,13 +512,8 @@ impl<'a> World<'a> {
         let all = ids.clone();
         let (later, ids): (Vec<String>, Vec<String>) = {
             let state = self.sim.state();
-            ids.into_iter().partition(|id| {
-                state
-                    .instances
-                    .get(id)
-                    .and_then(|i| i.labels.get(CLONE_OF_LABEL))
-                    .is_some_and(|owner| all.contains(owner))
-            })
+            ids.into_iter()
+                .partition(|id| state.owner(id).is_some_and(|owner| all.contains(&owner)))
         };
         if !self.reconcile_batch(ids, why).await {
             return false;

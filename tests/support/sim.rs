@@ -177,6 +177,16 @@ pub struct SimState {
     pub scheduler: Option<Waker>,
 }
 
+impl SimState {
+    /// The instance `id` is a clone of, if it is one (or was one: deleted clones too).
+    pub fn owner(&self, id: &str) -> Option<String> {
+        match self.instances.get(id) {
+            Some(instance) => instance.labels.get(CLONE_OF_LABEL).cloned(),
+            None => self.deleted_clones.get(id).cloned(),
+        }
+    }
+}
+
 /// The simulated control plane. Hand each controller a [`Sim::handle`].
 #[derive(Debug)]
 pub struct Sim {
@@ -304,12 +314,8 @@ impl SimHandle {
         let through = {
             let mut state = self.sim.state();
             // A clone's calls belong to the reconcile of the instance it was made from.
-            let lane = match state
-                .instances
-                .get(target)
-                .and_then(|i| i.labels.get(CLONE_OF_LABEL))
-            {
-                Some(owner) if !state.gating.contains(target) => owner.clone(),
+            let lane = match state.owner(target) {
+                Some(owner) if !state.gating.contains(target) => owner,
                 _ => target.to_owned(),
             };
             if !state.gating.contains(&lane) {
