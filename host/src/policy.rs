@@ -90,7 +90,7 @@ pub enum Error {
     },
     /// A strategy parameter uses the host's reserved `$` prefix.
     #[error(
-        "rule \"{rule}\": strategy_params.{key}: names starting with `$` are reserved for what the host passes (`$approval`, `$promote`); rename the parameter"
+        "rule \"{rule}\": strategy_params.{key}: names starting with `$` are reserved for what the host passes (`$approval`, `$promote`, `$undo`); rename the parameter"
     )]
     ReservedParam {
         /// The rule.
@@ -1358,7 +1358,7 @@ selected rule \"default\":
         .unwrap_err();
         assert_eq!(
             error.to_string(),
-            "rule \"sneaky\": strategy_params.$promote: names starting with `$` are reserved for what the host passes (`$approval`, `$promote`); rename the parameter"
+            "rule \"sneaky\": strategy_params.$promote: names starting with `$` are reserved for what the host passes (`$approval`, `$promote`, `$undo`); rename the parameter"
         );
         let error = Policy::from_rules(rules_from_toml(
             "[[rules]]\nname = \"never\"\nprogress_deadline = \"0s\"",

@@ -1504,42 +1504,6 @@ async fn traffic_weights_a_crash_hid_are_reported_in_doubt() {
     world.check();
 }
 
-/// Seed 238 of the long run found it: while a blue-green rollout was scaling down, the
-/// desired configuration changed; its strategy's undo moved the traffic to the clone
-/// to restart the instance, which someone stopped meanwhile, and the undo failed
-/// (retryable) with the traffic on the clone. The host then forgot the rollout, its
-/// sweep deleted the clone as a leak, and the endpoint was left sending all its traffic
-/// to a deleted instance. A retryable failed undo now keeps the rollout, aborting, and
-/// is tried again from where it began.
-#[tokio::test(flavor = "current_thread")]
-async fn a_failed_undo_keeps_its_clone_and_is_tried_again() {
-    let plugins = plugins();
-    let mut world = World::new(238, &plugins);
-    world.fault_steps = LONG_FAULT_STEPS;
-    world.run().await;
-    let (mut retried, mut after) = (false, None);
-    loop {
-        let page = world
-            .store()
-            .audit(&AuditFilter {
-                instance_id: Some("i2".into()),
-                after_id: after,
-                ..AuditFilter::default()
-            })
-            .unwrap();
-        let Some(last) = page.last() else { break };
-        after = Some(last.id);
-        retried |= page
-            .iter()
-            .any(|r| r.entry.message.contains("failed and is tried again"));
-    }
-    assert!(
-        retried,
-        "seed 238 no longer makes an undo fail: find another seed that does (the \
-         scheduler changed)"
-    );
-}
-
 /// Seed 430 of the long run found it: a step's calls were audited but clearing their
 /// intents failed (a full filesystem); the controller was then killed, and the next
 /// start reported those intents as well, so the audit counted a call twice. An intent
@@ -1557,6 +1521,43 @@ async fn an_audited_call_whose_intent_was_not_cleared_is_audited_once() {
     assert!(
         refused_clear,
         "seed 430 no longer refuses clearing intents: find another seed that does (the \
+         scheduler changed)"
+    );
+}
+
+/// Two findings of the long run. Seed 238: a blue-green undo failed (retryable) with the
+/// traffic on the clone, the host forgot the rollout, its sweep deleted the clone, and
+/// the endpoint sent everything to a deleted instance; a failed undo now keeps its
+/// rollout and is retried. Seed 3046: a blue-green rollout's own rollback failed (the
+/// instance was stopped behind it), the desired configuration then changed, and every
+/// retried undo failed at once on the wait that had already run out: nothing restarted
+/// the instance, and it never converged. A retried undo now carries `$undo = "again"`
+/// and the engine starts it over. (Seed 238 no longer reaches a failed undo since.)
+#[tokio::test(flavor = "current_thread")]
+async fn a_retried_undo_starts_over_and_restarts_the_instance() {
+    let plugins = plugins();
+    let mut world = World::new(3046, &plugins);
+    world.fault_steps = LONG_FAULT_STEPS;
+    world.run().await;
+    let (mut retried, mut after) = (false, None);
+    loop {
+        let page = world
+            .store()
+            .audit(&AuditFilter {
+                instance_id: Some("i0".into()),
+                after_id: after,
+                ..AuditFilter::default()
+            })
+            .unwrap();
+        let Some(last) = page.last() else { break };
+        after = Some(last.id);
+        retried |= page
+            .iter()
+            .any(|r| r.entry.message.contains("failed and is tried again"));
+    }
+    assert!(
+        retried,
+        "seed 3046 no longer makes an undo fail: find another seed that does (the \
          scheduler changed)"
     );
 }

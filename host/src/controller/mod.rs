@@ -294,10 +294,10 @@ struct Envelope {
     /// included: a new measurement is progress), or its message when it reports none.
     #[serde(default)]
     progress_key: Option<String>,
-    /// The plugin's state when the abort began (`Some` once the rollout is aborting):
-    /// an abort that fails and may be retried starts again from it.
+    /// The undo failed and may be retried: the next `abort` call carries
+    /// `$undo = "again"`.
     #[serde(default)]
-    abort_from: Option<Option<String>>,
+    undo_again: bool,
 }
 
 impl Envelope {
@@ -314,7 +314,7 @@ impl Envelope {
             weights: None,
             progress_at_ms: None,
             progress_key: None,
-            abort_from: None,
+            undo_again: false,
         })
     }
 

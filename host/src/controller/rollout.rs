@@ -368,7 +368,7 @@ impl Controller {
             weights: None,
             progress_at_ms: Some(unix_ms(now)),
             progress_key: None,
-            abort_from: None,
+            undo_again: false,
         };
         let record = new_record(id, &strategy, &envelope, now);
         self.store.save_rollout(&record)?;
@@ -769,7 +769,6 @@ impl Controller {
         let revision = short_digest(&envelope.desired_digest).to_owned();
         if record.phase != RolloutPhase::Aborting {
             record.phase = RolloutPhase::Aborting;
-            envelope.abort_from = Some(envelope.plugin_state.clone());
             self.save_envelope(&mut record, &envelope)?;
         }
         let before = envelope.status();
@@ -788,10 +787,8 @@ impl Controller {
                 // The undo did not finish (the instance did not come back healthy, say)
                 // and may later: the rollout stays, aborting, so that what it made (a
                 // clone that may be serving the traffic) is still owned and not swept,
-                // and its strategy undoes it again from where the abort began.
-                if let Some(from) = envelope.abort_from.clone() {
-                    envelope.plugin_state = from;
-                }
+                // and its strategy is asked to undo it again (`$undo = "again"`).
+                envelope.undo_again = true;
                 record.step += 1;
                 self.save_envelope(&mut record, &envelope)?;
                 let message = format!(
@@ -1010,6 +1007,12 @@ impl Controller {
             .unwrap_or_default()
             .as_millis() as u64;
         let mut params = strategy_params(o);
+        if abort && envelope.undo_again {
+            // The one call that retries an undo that failed: the strategy starts its undo
+            // over instead of continuing a wait that ran out.
+            params.insert(UNDO_PARAM.into(), Value::String("again".into()));
+            envelope.undo_again = false;
+        }
         if !abort
             && let Some(p) = o.promote.as_ref().filter(|p| {
                 p.digest == envelope.desired_digest
@@ -1250,6 +1253,8 @@ fn is_plan_marker(call: &ImportCall) -> bool {
 
 /// The reserved parameter that hands an operator's promotion to the strategy.
 pub const PROMOTE_PARAM: &str = "$promote";
+/// The reserved parameter on the `abort` call that retries an undo that failed.
+pub const UNDO_PARAM: &str = "$undo";
 /// The reserved parameter that tells the strategy the rule's approval gate.
 pub const APPROVAL_PARAM: &str = "$approval";
 /// Who an abort for a missed progress deadline is requested by.

@@ -571,6 +571,50 @@ fn abort_with_an_unhealthy_clone_restarts_the_instance_in_place() {
 }
 
 #[test]
+fn a_failed_undo_asked_again_restarts_the_instance_and_ends_clean() {
+    let mut d = driver(json!({"health_deadline_ms": 3000}));
+    for _ in 0..5 {
+        d.step();
+    }
+    assert_eq!(d.status().unwrap().phase, "scaling-down");
+    // The instance does not come back with its previous configuration in time.
+    d.cp.set_health(ID, false);
+    let failed = abort_to_end(&mut d);
+    assert!(
+        matches!(
+            &failed,
+            Progress::Failed {
+                retryable: true,
+                ..
+            }
+        ),
+        "{failed:?}"
+    );
+    assert_eq!(d.cp.weights(ID).unwrap(), [BackendWeight::new(CLONE, 100)]);
+    let before = d.cp.mutations().len();
+    // Asked again with the state of the failed call, the undo starts over.
+    d.cp.set_health(ID, true);
+    let mut progress = d.retry_abort(Duration::from_secs(10));
+    for _ in 0..50 {
+        if progress.is_terminal() {
+            break;
+        }
+        progress = d.abort();
+    }
+    assert!(matches!(progress, Progress::Done(_)), "{progress:?}");
+    assert_eq!(
+        mutations(&d.cp)[before..],
+        [
+            "stop drasi-1".to_owned(),
+            "start drasi-1 with the previous configuration".to_owned(),
+            "weights drasi-1: drasi-1 100".to_owned(),
+            "delete drasi-1-clone-1".to_owned(),
+        ]
+    );
+    assert_clean(&d.cp);
+}
+
+#[test]
 fn replaying_any_step_after_a_crash_creates_no_second_clone() {
     let total = happy_calls();
     for k in 2..=total {

@@ -387,6 +387,17 @@ pub fn abort(plan: &Plan, rollout: &Rollout, cp: &mut dyn ControlPlane) -> Progr
         ));
         state.at = At::UndoCheck;
         state.error_since_ms = None;
+    } else if rollout.undo_again() {
+        // The undo failed (the instance did not come back healthy in time) and the host
+        // asks again: start it over, so the instance is restarted, rather than report
+        // the same expired wait.
+        log::info(&format!(
+            "abort: undoing the rollout of {} again from {:?}",
+            rollout.instance_id(),
+            state.at
+        ));
+        state.at = At::UndoCheck;
+        state.error_since_ms = None;
     }
     let mut machine = Machine {
         plan,

@@ -17,7 +17,7 @@
 //! Parameters (a JSON object, all optional): `health_poll_ms` (default 500, at least 1),
 //! `health_deadline_ms` (default 30000). An invalid or unknown parameter fails the
 //! rollout, not retryable, naming the parameter; the host's reserved `$` keys
-//! (`$approval`, `$promote`) are accepted and have nothing to act on here.
+//! (`$approval`, `$promote`, `$undo`) are accepted and have nothing to act on here.
 //!
 //! The state carries a `status` object for the host ([`RolloutStatus`]): phase
 //! `restarting`, waiting for the instance to become healthy.

@@ -9,6 +9,7 @@
 //! |---|---|---|---|
 //! | `$approval` | `"none"`, `"before-apply"`, `"before-promote"` | The policy's approval gate. | [`Rollout::approval`], [`Rollout::approval_before_promote`] |
 //! | `$promote` | `"step"`, `"full"` | Present only on the one `step` call that delivers an operator's `setpoint promote`. | [`Rollout::promote`] |
+//! | `$undo` | `"again"` | Present only on the `abort` call that retries an undo which failed (retryable): start the undo over rather than continue a wait that ran out. | [`Rollout::undo_again`] |
 //!
 //! A strategy must accept `$` keys it does not know when it validates its parameters
 //! ([`Rollout::check_params`] does), so a newer host can add more.
@@ -27,6 +28,8 @@ pub const RESERVED_PARAM_PREFIX: char = '$';
 pub const APPROVAL_PARAM: &str = "$approval";
 /// The reserved parameter that carries an operator's `setpoint promote`.
 pub const PROMOTE_PARAM: &str = "$promote";
+/// The reserved parameter on the `abort` call that retries an undo which failed.
+pub const UNDO_PARAM: &str = "$undo";
 
 /// Whether `key` is a parameter the host reserves (it starts with `$`).
 pub fn is_reserved_param(key: &str) -> bool {
@@ -329,6 +332,14 @@ impl Rollout {
             "full" => Some(Promote::Full),
             _ => None,
         }
+    }
+
+    /// Whether this `abort` call retries an undo that failed (`$undo = "again"`): the
+    /// strategy should start its undo over (restart what it restarts, re-check what it
+    /// checks) rather than continue a wait that already ran out, which would only fail
+    /// again.
+    pub fn undo_again(&self) -> bool {
+        self.params.get(UNDO_PARAM).and_then(Value::as_str) == Some("again")
     }
 
     /// The policy's approval gate (`$approval`); `None` when the host does not say (an

@@ -793,6 +793,34 @@ impl<S: Strategy> Driver<S> {
         self.call(input, if abort { S::abort } else { S::step }, abort)
     }
 
+    /// Call `abort` again after the previous `abort` failed, as the host retries an undo
+    /// that failed and may be retried: the failed call's input (its state), `time`
+    /// later, with `$undo = "again"` for this one call.
+    ///
+    /// # Panics
+    ///
+    /// Before the first call, or when the previous call was not an `abort`.
+    pub fn retry_abort(&mut self, time: Duration) -> Progress {
+        assert!(self.last_was_abort, "retry_abort follows a failed abort");
+        let mut input = self
+            .last_input
+            .clone()
+            .expect("retry_abort needs a previous call");
+        input.step += 1;
+        input.elapsed += time;
+        if let Value::Object(params) = &mut input.params {
+            params.insert(
+                crate::rollout::UNDO_PARAM.into(),
+                Value::String("again".into()),
+            );
+        }
+        let progress = self.call(input, S::abort, true);
+        if let Value::Object(params) = &mut self.rollout.params {
+            params.remove(crate::rollout::UNDO_PARAM);
+        }
+        progress
+    }
+
     /// Let `time` pass before the next call (on top of any requeue delay).
     pub fn wait(&mut self, time: Duration) {
         self.extra += time;
