@@ -207,20 +207,14 @@ pub fn audited_calls(db: &Path) -> Vec<AuditedCall> {
             for record in &page {
                 let message = &record.entry.message;
                 let d = &record.entry.details;
-                let call = if d.get("intent").is_some() {
-                    // Reported at a start from the intent journal (under the rollout and
-                    // under the instance the call named: counted once).
-                    if !intents_seen.insert(d["intent"].as_i64()) {
-                        continue;
-                    }
-                    let audited = match d["outcome"].as_str() {
-                        None => Audited::InDoubt,
-                        Some("ok") => Audited::Ok,
-                        Some(_) => Audited::Failed,
-                    };
-                    operation(d["call"].as_str().unwrap_or_default())
-                        .map(|op| (op, d["target"].clone(), audited))
-                } else if d.get("mutating") == Some(&Value::Bool(true)) {
+                // A call's entry names its intent (id and time), as does a report of
+                // the intent at a start (under the rollout and under the instance the
+                // call named): each intent is counted once.
+                let intent = (d["intent"].as_i64(), d["intendedAtMs"].as_u64());
+                if intent.0.is_some() && !intents_seen.insert(intent) {
+                    continue;
+                }
+                let call = if d.get("mutating") == Some(&Value::Bool(true)) {
                     let audited = if message.ends_with(": ok") {
                         Audited::Ok
                     } else if message.ends_with(": failed") {
@@ -228,6 +222,15 @@ pub fn audited_calls(db: &Path) -> Vec<AuditedCall> {
                     } else {
                         // Denied or simulated: never sent.
                         continue;
+                    };
+                    operation(d["call"].as_str().unwrap_or_default())
+                        .map(|op| (op, d["target"].clone(), audited))
+                } else if d.get("intent").is_some() {
+                    // Reported at a start (or by the next step) from the intent journal.
+                    let audited = match d["outcome"].as_str() {
+                        None => Audited::InDoubt,
+                        Some("ok") => Audited::Ok,
+                        Some(_) => Audited::Failed,
                     };
                     operation(d["call"].as_str().unwrap_or_default())
                         .map(|op| (op, d["target"].clone(), audited))
