@@ -350,6 +350,95 @@ fn a_member_that_starts_drifting_mid_rollout_is_updated_too() {
     assert_eq!(updated, ["m2", "m3"]);
 }
 
+/// Runs a group of four, two at a time, and returns how long after the first batch's
+/// last start the second batch's first stop came (ms of the rollout's own time). `flap`:
+/// m1 reads unhealthy at the first probe that far (ms) after that start, then healthy.
+fn gap_between_batches(params: Value, flap: Option<u64>) -> u64 {
+    let mut d = driver(group(4, params));
+    let mut first_batch_started = None;
+    let mut flapped = false;
+    for _ in 0..500 {
+        let progress = d.step();
+        let now = d.elapsed_ms();
+        let calls = d.cp.take_calls();
+        if let (Some(started), Some(at)) = (first_batch_started, flap) {
+            if !flapped && now - started >= at {
+                d.cp.set_health("m1", false);
+                flapped = true;
+            } else if flapped {
+                d.cp.set_health("m1", true);
+            }
+        }
+        for call in &calls {
+            match call {
+                Call::Start { instance_id, .. } if instance_id == "m2" => {
+                    first_batch_started = Some(now);
+                }
+                Call::Stop { instance_id } if instance_id == "m3" => {
+                    return now - first_batch_started.expect("m3 comes after m1 and m2");
+                }
+                _ => {}
+            }
+        }
+        for id in touched(&calls) {
+            if let Some(m) = d
+                .rollout
+                .members_mut()
+                .iter_mut()
+                .find(|m| m.instance_id == id)
+            {
+                m.drifts.clear();
+            }
+        }
+        assert!(matches!(progress, Progress::Requeue { .. }), "{progress:?}");
+    }
+    panic!("the second batch never started");
+}
+
+#[test]
+fn the_next_batch_waits_out_the_health_gate_then_the_pause_between() {
+    let base = json!({"max_unavailable": 2, "health_poll": "100ms"});
+    let with = |extra: Value| {
+        let mut params = base.clone();
+        params
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        params
+    };
+    // Neither: the next batch follows the first healthy probe.
+    let none = gap_between_batches(with(json!({"health_gate": "0s"})), None);
+    assert!(none < 1_000, "no gate, no pause: {none} ms");
+    // The gate: healthy for 3 s (probed every 100 ms) before the next batch.
+    let gate = gap_between_batches(with(json!({"health_gate": "3s"})), None);
+    assert!((3_000..3_500).contains(&gate), "a 3 s gate: {gate} ms");
+    // The pause comes after the gate.
+    let both = gap_between_batches(
+        with(json!({"health_gate": "3s", "pause_between": "5s"})),
+        None,
+    );
+    assert!(
+        (8_000..8_500).contains(&both),
+        "a 3 s gate then 5 s: {both} ms"
+    );
+    let pause = gap_between_batches(
+        with(json!({"health_gate": "0s", "pause_between": "5s"})),
+        None,
+    );
+    assert!((5_000..5_500).contains(&pause), "a 5 s pause: {pause} ms");
+}
+
+#[test]
+fn a_member_unhealthy_during_the_gate_starts_the_gate_over() {
+    let params = json!({"max_unavailable": 2, "health_poll": "100ms", "health_gate": "3s"});
+    // m1 reads unhealthy once, 2 s into its 3 s gate: the gate counts again from there.
+    let gap = gap_between_batches(params, Some(2_000));
+    assert!(
+        (5_000..5_600).contains(&gap),
+        "a 3 s gate restarted after 2 s: {gap} ms"
+    );
+}
+
 // ----- rolling-surge ------------------------------------------------------------------
 
 #[cfg(feature = "surge")]
