@@ -208,6 +208,11 @@ async fn a_group_of_six_rolls_out_two_at_a_time_never_more_than_two_down() {
     converged(&world, &refs).await;
     group_settled(&world, 6).await;
 
+    // Before the change every member reads converged (this also builds the CLI, which
+    // the first call does, so the mid-rollout reads below are quick).
+    let printed = world.cli(&["status", "--group", "app=orders"]);
+    assert_eq!(member_states(&printed, &ids), ["converged"; 6], "{printed}");
+
     let sampler = Sampler::start(&world, &ids).await;
     // A change whose instances take 600 ms to become healthy after they start, so a
     // member being updated is visibly down.
@@ -218,6 +223,27 @@ async fn a_group_of_six_rolls_out_two_at_a_time_never_more_than_two_down() {
     for id in &ids {
         world.patch(id, change.clone()).await;
     }
+    // Mid-rollout, `setpoint status --group` shows a batch in progress and the rest
+    // waiting (a batch is in progress for over a second: 600 ms to start, a 500 ms gate).
+    let mut mid_rollout = String::new();
+    eventually(
+        Duration::from_secs(30),
+        "`setpoint status --group` to show a batch in progress",
+        async || {
+            mid_rollout = world.cli(&["status", "--group", "app=orders"]);
+            member_states(&mid_rollout, &ids).contains(&"in progress")
+        },
+    )
+    .await;
+    let states = member_states(&mid_rollout, &ids);
+    assert!(
+        states.iter().filter(|s| **s == "in progress").count() <= 2
+            && states.contains(&"waiting")
+            && states
+                .iter()
+                .all(|s| ["in progress", "waiting", "converged"].contains(s)),
+        "{states:?} in:\n{mid_rollout}"
+    );
     all_serve(
         &world,
         &ids,
@@ -258,14 +284,34 @@ async fn a_group_of_six_rolls_out_two_at_a_time_never_more_than_two_down() {
         printed.contains("group rollout progress") && printed.contains("rolling step"),
         "`setpoint audit group:orders/app=orders` does not show the batches:\n{printed}"
     );
+    group_settled(&world, 6).await;
     let printed = world.cli(&["status", "--group", "app=orders"]);
-    for id in &ids {
-        assert!(
-            printed.contains(id.as_str()),
-            "{id} missing from:\n{printed}"
-        );
-    }
+    assert_eq!(
+        member_states(&printed, &ids),
+        ["converged"; 6],
+        "after the rollout:\n{printed}"
+    );
+    assert!(
+        printed.contains("6 of 6 members converged") && printed.contains("rollout:  none"),
+        "{printed}"
+    );
     world.stop_daemon().await;
+}
+
+/// The STATE column `setpoint status --group` prints for each of `ids`, in their order.
+fn member_states<'a>(printed: &'a str, ids: &[String]) -> Vec<&'a str> {
+    ids.iter()
+        .map(|id| {
+            let line = printed
+                .lines()
+                .find(|l| l.trim_start().starts_with(id.as_str()))
+                .unwrap_or_else(|| panic!("{id} missing from:\n{printed}"));
+            ["in progress", "failed", "converged", "waiting"]
+                .into_iter()
+                .find(|s| line.trim_end().ends_with(s))
+                .unwrap_or_else(|| panic!("no state for {id} in {line:?}"))
+        })
+        .collect()
 }
 
 /// The change most members get, and the one that makes a member fail its health gate.
@@ -351,6 +397,21 @@ async fn a_third_member_failing_its_health_gate_pauses_the_group_with_four_to_si
     let status = &group["groups"][0]["status"];
     assert_eq!(status["failed"], json!([ids[2]]), "{group:#}");
     assert_eq!(status["waiting"], json!(ids[3..]), "{group:#}");
+    // What an operator on call reads: 1 and 2 converged, 3 failed, 4 to 6 waiting.
+    let printed = world.cli(&["status", "--group", "app=orders"]);
+    assert_eq!(
+        member_states(&printed, &ids),
+        [
+            "converged",
+            "converged",
+            "failed",
+            "waiting",
+            "waiting",
+            "waiting"
+        ],
+        "{printed}"
+    );
+    assert!(printed.contains("awaiting-approval"), "{printed}");
 
     // An operator aborts: the strategy restarts the updated members with what they ran.
     let (code, body) = world
@@ -435,6 +496,16 @@ async fn a_third_member_failing_its_health_gate_rolls_members_one_to_three_back(
         assert!(
             world.serves(id, "info").await,
             "{id} was rolled back to its previous configuration"
+        );
+    }
+    // Rolled back, not left alone: since the change, members 1 to 3 were each started
+    // twice (with the change, then with what they ran before).
+    let lifecycle = world.lifecycle().await;
+    for id in &ids[..3] {
+        let since_change = lifecycle[id].last().expect("the change is in the feed");
+        assert!(
+            since_change.starts >= 2,
+            "{id} was updated, then rolled back: {since_change:?}"
         );
     }
     let after = pids(&world, &ids).await;
