@@ -604,3 +604,178 @@ impl metrics::Host for HostState {
         result
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The scope of a group rollout, through the import implementations a strategy
+    //! calls, over a recording [`StrategyHost`].
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Records what reaches the control plane; every call succeeds.
+    #[derive(Default)]
+    struct Recorder {
+        sent: Mutex<Vec<String>>,
+    }
+
+    impl Recorder {
+        fn note(&self, what: String) {
+            self.sent.lock().unwrap().push(what);
+        }
+        fn sent(&self) -> Vec<String> {
+            self.sent.lock().unwrap().clone()
+        }
+    }
+
+    impl StrategyHost for Recorder {
+        fn get_instance(&self, id: &str) -> Result<InstanceInfo, CpError> {
+            self.note(format!("get-instance {id}"));
+            Err(CpError::NotFound(id.into()))
+        }
+        fn get_runtime_status(&self, id: &str) -> Result<RuntimeStatus, CpError> {
+            Err(CpError::NotFound(id.into()))
+        }
+        fn get_desired_configuration(&self, id: &str) -> Result<String, CpError> {
+            self.note(format!("get-desired-configuration {id}"));
+            Ok("{}".into())
+        }
+        fn start(&self, id: &str, _: Option<&str>) -> Result<(), CpError> {
+            self.note(format!("start {id}"));
+            Ok(())
+        }
+        fn stop(&self, id: &str) -> Result<(), CpError> {
+            self.note(format!("stop {id}"));
+            Ok(())
+        }
+        fn restart(&self, id: &str) -> Result<(), CpError> {
+            self.note(format!("restart {id}"));
+            Ok(())
+        }
+        fn probe_health(&self, id: &str) -> Result<Health, CpError> {
+            self.note(format!("probe-health {id}"));
+            Ok(Health {
+                healthy: true,
+                detail: String::new(),
+            })
+        }
+        fn clone_instance(&self, id: &str, _: &str) -> Result<String, CpError> {
+            self.note(format!("clone-instance {id}"));
+            Ok(format!("{id}-clone"))
+        }
+        fn delete_clone(&self, id: &str) -> Result<(), CpError> {
+            self.note(format!("delete-clone {id}"));
+            Ok(())
+        }
+        fn set_traffic_weights(&self, endpoint: &str, _: &[BackendWeight]) -> Result<(), CpError> {
+            self.note(format!("set-traffic-weights {endpoint}"));
+            Ok(())
+        }
+    }
+
+    /// A strategy call's host state for a group rollout over m1 (its key), m2 and m3.
+    fn group_call(recorder: &Arc<Recorder>) -> HostState {
+        let mut state = HostState::new("rolling@0.2.0".into(), "m1", 64 << 20);
+        let scope = RolloutScope::group("m1", ["m1", "m2", "m3"].map(String::from));
+        state.control_plane = Some(ScopedControlPlane::new(
+            recorder.clone() as Arc<dyn StrategyHost>,
+            scope,
+            false,
+        ));
+        state
+    }
+
+    fn denied(result: Result<impl std::fmt::Debug, CpError>) -> String {
+        match result {
+            Err(CpError::Denied(why)) => why,
+            other => panic!("expected a denial, got {other:?}"),
+        }
+    }
+
+    fn weight(id: &str, weight: u32) -> BackendWeight {
+        BackendWeight {
+            instance_id: id.into(),
+            weight,
+        }
+    }
+
+    #[test]
+    fn a_group_rollout_acts_on_its_members_and_its_clones_and_nothing_else() {
+        let recorder = Arc::new(Recorder::default());
+        let mut state = group_call(&recorder);
+        // Every member, not only the one that keys the rollout.
+        instances::Host::stop(&mut state, "m2".into()).unwrap();
+        instances::Host::start(&mut state, "m3".into(), None).unwrap();
+        instances::Host::get_desired_configuration(&mut state, "m3".into()).unwrap();
+        // An instance outside the group: denied, never sent, recorded as denied.
+        let why = denied(instances::Host::stop(&mut state, "other".into()));
+        assert!(
+            why.contains("other") && why.contains("the 2 other members of its group"),
+            "{why}"
+        );
+        denied(instances::Host::get_desired_configuration(
+            &mut state,
+            "other".into(),
+        ));
+        denied(clones::Host::clone_instance(
+            &mut state,
+            "other".into(),
+            "{}".into(),
+        ));
+        // A clone of a member joins the scope until it is deleted.
+        let clone = clones::Host::clone_instance(&mut state, "m2".into(), "{}".into()).unwrap();
+        instances::Host::probe_health(&mut state, clone.clone()).unwrap();
+        clones::Host::delete_clone(&mut state, clone.clone()).unwrap();
+        denied(instances::Host::probe_health(&mut state, clone.clone()));
+        // A member is no clone: it cannot be deleted.
+        denied(clones::Host::delete_clone(&mut state, "m3".into()));
+        assert_eq!(
+            recorder.sent(),
+            [
+                "stop m2",
+                "start m3",
+                "get-desired-configuration m3",
+                "clone-instance m2",
+                "probe-health m2-clone",
+                "delete-clone m2-clone",
+            ]
+        );
+        let calls = &state.control_plane.as_ref().unwrap().calls;
+        let denials: Vec<&str> = calls
+            .iter()
+            .filter(|c| matches!(c.outcome, CallOutcome::Denied(_)))
+            .map(|c| c.target.as_str())
+            .collect();
+        assert_eq!(denials, ["other", "other", "other", "m2-clone", "m3"]);
+    }
+
+    #[test]
+    fn a_group_rollout_steers_each_members_endpoint_only_to_it_and_its_clones() {
+        let recorder = Arc::new(Recorder::default());
+        let mut state = group_call(&recorder);
+        let clone = clones::Host::clone_instance(&mut state, "m2".into(), "{}".into()).unwrap();
+        traffic::Host::set_traffic_weights(
+            &mut state,
+            "m2".into(),
+            vec![weight("m2", 50), weight(&clone, 50)],
+        )
+        .unwrap();
+        // Another member's traffic may not be sent to m2, nor m2's to m3.
+        let why = denied(traffic::Host::set_traffic_weights(
+            &mut state,
+            "m2".into(),
+            vec![weight("m2", 50), weight("m3", 50)],
+        ));
+        assert!(why.contains("naming instance m3"), "{why}");
+        // An endpoint outside the group.
+        denied(traffic::Host::set_traffic_weights(
+            &mut state,
+            "other".into(),
+            vec![weight("other", 100)],
+        ));
+        assert_eq!(
+            recorder.sent(),
+            ["clone-instance m2", "set-traffic-weights m2"]
+        );
+    }
+}
