@@ -410,3 +410,72 @@ async fn abort_at_the_promote_pause_gives_the_revision_up_and_survives_a_restart
     .await;
     world.stop_daemon().await;
 }
+
+/// The gated rule, with the fixture's abort leaving the undo to an operator.
+const LEFT_TO_AN_OPERATOR: &str = r#"
+[[policy.rules]]
+name = "promote-gated"
+match = { labels = { env = "prod" } }
+strategy = "fixture-approval-gate"
+approval = "before-promote"
+strategy_params = { leave_to_operator = "orders: restore the old logLevel by hand" }
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_abort_answered_with_await_approval_ends_at_once_and_records_what_is_left() {
+    let mut world = World::new(&["approval-gate"]).await;
+    world.start_daemon("1s", LEFT_TO_AN_OPERATOR).await;
+    let (id, first) = created_and_running(&world).await;
+
+    world.patch(&id, set_level("debug")).await;
+    let revision = paused_for_approval(&world, &id, Some(&first)).await;
+    let (code, body) = world
+        .admin(
+            true,
+            &format!("/v1/instances/{id}/abort"),
+            json!({ "by": "alice" }),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+
+    // An undo never waits for an operator: the abort ends as if done, the revision is
+    // given up, and nothing waits for an approval.
+    eventually(
+        Duration::from_secs(10),
+        "the abort to end without waiting",
+        async || {
+            rollout_phase(&world, &id).is_none()
+                && world
+                    .condition(&id, ConditionType::Synced)
+                    .is_some_and(|c| !c.0 && c.1 == "GivenUp")
+        },
+    )
+    .await;
+    assert!(pending(&world, &id).await.is_none());
+    assert!(
+        world
+            .condition(&id, ConditionType::AwaitingApproval)
+            .is_some_and(|c| !c.0)
+    );
+    let v = world.admin_instance(&id).await;
+    assert_eq!(v["givenUp"]["digest"], revision.as_str(), "{v}");
+    assert!(v["abortRequested"].is_null(), "{v}");
+    // What is left for an operator is on record, in the audit and the given-up reason.
+    let left = "orders: restore the old logLevel by hand";
+    assert!(
+        v["givenUp"]["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains(left)),
+        "{v}"
+    );
+    let audit = world.audit(&id);
+    assert_eq!(count(&audit, AuditKind::Outcome, left), 1, "{audit:#?}");
+    // The strategy changed nothing, and an approval now releases nothing.
+    assert!(world.serves(&id, "info").await);
+    let (code, _) = approve(&world, &id, &revision).await;
+    assert_ne!(code, 200, "no approval is pending after the abort");
+    tokio::time::sleep(STILL).await;
+    assert!(world.serves(&id, "info").await);
+    assert!(rollout_phase(&world, &id).is_none());
+    world.stop_daemon().await;
+}
