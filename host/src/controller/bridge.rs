@@ -285,4 +285,48 @@ mod tests {
             CpError::Invalid(_)
         ));
     }
+
+    /// The contract's status words are control-plane neutral; DRaaS's are mapped here,
+    /// one to one.
+    #[test]
+    fn draas_statuses_map_to_the_contracts_words() {
+        use client::InstanceStatus as Draas;
+        let mapped = [
+            Draas::Created,
+            Draas::Running,
+            Draas::Stopped,
+            Draas::Error,
+            Draas::ConfigurationChanged,
+        ]
+        .map(super::status);
+        assert_eq!(
+            mapped,
+            [
+                InstanceStatus::Created,
+                InstanceStatus::Running,
+                InstanceStatus::Stopped,
+                InstanceStatus::Failed,
+                InstanceStatus::Outdated,
+            ]
+        );
+    }
+
+    /// No DRaaS (or Drasi) vocabulary in the contract plugins are written against: the
+    /// host maps (the frozen 0.1.0 contract keeps the words it shipped with).
+    #[test]
+    fn the_contract_speaks_no_control_plane_vocabulary() {
+        let wit = include_str!("../../../wit/setpoint.wit").to_lowercase();
+        for word in [
+            "draas",
+            "drasi",
+            "configuration-changed",
+            "configurationchanged",
+            "/api/",
+        ] {
+            assert!(
+                !wit.contains(word),
+                "wit/setpoint.wit says `{word}`: the contract is control-plane neutral; map it in the host"
+            );
+        }
+    }
 }
