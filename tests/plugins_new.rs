@@ -315,7 +315,7 @@ fn a_new_comparator_tests_builds_both_ways_loads_and_reports_drift() {
 }
 
 #[test]
-fn a_new_strategy_tests_builds_loads_and_plans_a_rollout() {
+fn a_new_strategy_tests_builds_both_ways_loads_and_plans_a_rollout() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pn-strategy");
     new_crate("pn-strategy", "strategy", &dir);
@@ -328,6 +328,23 @@ fn a_new_strategy_tests_builds_loads_and_plans_a_rollout() {
     assert!(out.contains("strategy pn-strategy@0.1.0"), "{out}");
     let outcome = out.lines().last().unwrap_or_default();
     assert!(outcome.starts_with("outcome: done:"), "{out}");
+
+    // The cargo-component shape (wasm32-wasip1 + the reactor adapter) of the strategy:
+    // it loads with WASI linked and no capabilities, and plans the same rollout.
+    let wasip1 = build_component(
+        &dir,
+        Some("wasip1"),
+        &tmp.path().join("pn-strategy-wasip1.wasm"),
+    );
+    let out = check(&wasip1, "pn-strategy", "strategy");
+    assert!(
+        out.contains("wasi:        imported; the host links it with no capabilities")
+            && out.contains("needs:       instances only"),
+        "{out}"
+    );
+    let planned = run_plugin(&wasip1, &dir);
+    let outcome = planned.lines().last().unwrap_or_default();
+    assert!(outcome.starts_with("outcome: done:"), "{planned}");
 }
 
 #[test]
