@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use setpoint::store::ConditionType;
 use setpoint_tests::plugin;
 use setpoint_tests::process::Setpoint;
 use setpoint_tests::traffic::{Load, LoadSpec, endpoint_weights, install_plugins, set_endpoint};
@@ -734,6 +735,68 @@ async fn a_surge_rollout_with_none_unavailable_fails_no_request_and_keeps_one_cl
             .iter()
             .all(|i| i["metadata"]["setpoint.io/clone-of"].is_null()),
         "clones left: {left:#}"
+    );
+    world.stop_daemon().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_rule_grouping_under_a_one_instance_strategy_says_so_and_starts_nothing() {
+    let mut world = world().await;
+    let config = r#"
+[[policy.rules]]
+name = "orders"
+match = { labels = { app = "orders" } }
+strategy = "restart"
+group_by = ["app"]
+"#;
+    world.start_daemon("30s", config).await;
+    let ids = members(&world, 2).await;
+    let mut seen = Value::Null;
+    let reported = within(Duration::from_secs(30), async || {
+        seen = Daemon::InProcess(&world).group().await;
+        seen["groups"][0]["conditions"].as_array().is_some_and(|c| {
+            c.iter().any(|c| {
+                c["type_"] == "Degraded"
+                    && c["status"] == true
+                    && c["reason"] == "RolloutFailed"
+                    && c["message"].as_str().is_some_and(|m| {
+                        m.contains("rolls out one instance at a time") && m.contains("rolling")
+                    })
+            })
+        })
+    })
+    .await;
+    assert!(
+        reported,
+        "the group does not report that its strategy cannot take groups: {seen:#}\n{:#?}",
+        world.audit(&ids[0])
+    );
+    // Nothing was started on the group's behalf, and nothing one member at a time either.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for id in &ids {
+        assert_eq!(world.status(id).await, "Created", "{id}: {seen:#}");
+        assert!(
+            world
+                .condition(id, ConditionType::Degraded)
+                .is_some_and(|c| c.0 && c.2.contains("rolls out one instance at a time")),
+            "{id} says why it does not converge"
+        );
+    }
+    // Under a strategy that takes groups, the same group converges and is no longer
+    // degraded.
+    world.stop_daemon().await;
+    world
+        .start_daemon("30s", &rule("health_gate = \"0s\""))
+        .await;
+    group_settled(&world, 2).await;
+    let group = Daemon::InProcess(&world).group().await;
+    let degraded = group["groups"][0]["conditions"]
+        .as_array()
+        .and_then(|c| c.iter().find(|c| c["type_"] == "Degraded"))
+        .cloned();
+    assert!(
+        degraded.as_ref().is_some_and(|c| c["status"] == false),
+        "{group:#}"
     );
     world.stop_daemon().await;
 }

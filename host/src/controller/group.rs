@@ -221,14 +221,14 @@ impl Controller {
 
         if record.is_none() {
             if drifting.is_empty() {
+                let message =
+                    format!("every member of group {group} runs its desired configuration");
                 self.conditions(
                     key,
-                    &[(
-                        ConditionType::Synced,
-                        true,
-                        "Synced",
-                        &format!("every member of group {group} runs its desired configuration"),
-                    )],
+                    &[
+                        (ConditionType::Synced, true, "Synced", &message),
+                        (ConditionType::Degraded, false, "InSync", ""),
+                    ],
                 )?;
                 return Ok((Action::await_change(), Outcome::Synced));
             }
@@ -260,13 +260,23 @@ impl Controller {
             }
             let strategy = self.resolve(&selection, World::Strategy)?;
             if !strategy.metadata().group_rollouts {
+                let reason = format!(
+                    "rule `{rule}` groups instances (group_by) but {} rolls out one instance at a time; use a strategy that supports groups, such as `rolling`",
+                    strategy.label()
+                );
+                // Said on the group too (the error lands on the member whose reconcile
+                // got here), so `status --group` shows why nothing moves.
+                self.conditions(
+                    key,
+                    &[
+                        (ConditionType::Synced, false, "RolloutFailed", &reason),
+                        (ConditionType::Degraded, true, "RolloutFailed", &reason),
+                    ],
+                )?;
                 return Err(Error::StrategyFailed {
                     plugin: strategy.label(),
                     instance: key.to_owned(),
-                    reason: format!(
-                        "rule `{rule}` groups instances (group_by) but {} rolls out one instance at a time; use a strategy that supports groups, such as `rolling`",
-                        strategy.label()
-                    ),
+                    reason,
                 });
             }
             let now = self.now();
@@ -530,6 +540,7 @@ impl Controller {
                         (ConditionType::Synced, true, "Synced", &message),
                         (ConditionType::Progressing, false, "Done", &message),
                         (ConditionType::AwaitingApproval, false, "Done", ""),
+                        (ConditionType::Degraded, false, "RolloutDone", ""),
                     ],
                 )?;
                 Ok((Action::requeue(Duration::ZERO), Outcome::Synced))
