@@ -541,6 +541,31 @@ macro_rules! strategy {
 mod wit_copy_tests {
     use std::path::Path;
 
+    /// The crate docs promise a comparator in twenty lines and a strategy in thirty; the
+    /// examples that show it (compiled and run as doc tests) must stay that short.
+    #[test]
+    fn the_minimal_examples_stay_within_twenty_and_thirty_lines() {
+        let docs = include_str!("lib.rs");
+        let example = |heading: &str| -> usize {
+            let after = docs
+                .split_once(heading)
+                .unwrap_or_else(|| panic!("the crate docs lost `{heading}`"))
+                .1;
+            let block = after
+                .split_once("//! ```\n")
+                .expect("an example under the heading")
+                .1;
+            block.lines().take_while(|l| l.trim() != "//! ```").count()
+        };
+        let comparator = example("# A comparator in twenty lines");
+        let strategy = example("# A strategy in thirty lines");
+        assert!(
+            comparator <= 20,
+            "the minimal comparator has {comparator} lines"
+        );
+        assert!(strategy <= 30, "the minimal strategy has {strategy} lines");
+    }
+
     /// The SDK builds from its own copy of the contract (`plugins/sdk/wit/setpoint.wit`,
     /// so that the crate packages on its own); it must be the project's contract byte for
     /// byte. Outside the workspace (a packaged copy of this crate) there is nothing to
