@@ -35,7 +35,15 @@ async fn plugin_entry(world: &World, file: &str) -> Value {
 async fn a_strategy_built_against_contract_0_1_0_converges_instances_next_to_0_2_0_plugins() {
     let mut world = World::new(&[]).await;
     std::fs::copy(restart_0_1(), world.plugin_dir().join("restart.wasm")).unwrap();
-    world.start_daemon("30s", "").await;
+    // Chosen by a policy rule of its own, with the 0.2.0 comparator beside it.
+    let policy = r#"
+[[policy.rules]]
+name = "legacy"
+match = { labels = { tier = "legacy" } }
+comparator = "field-diff"
+strategy = "restart"
+"#;
+    world.start_daemon("30s", policy).await;
 
     let restart = plugin_entry(&world, "restart.wasm").await;
     assert_eq!(restart["state"], "active", "{restart:#}");
@@ -43,7 +51,7 @@ async fn a_strategy_built_against_contract_0_1_0_converges_instances_next_to_0_2
     let field_diff = plugin_entry(&world, "field-diff.wasm").await;
     assert_eq!(field_diff["contract"], "0.2.0", "{field_diff:#}");
 
-    let id = world.create("orders", json!({})).await;
+    let id = world.create("orders", json!({ "tier": "legacy" })).await;
     converged(&world, &[&id]).await;
     world
         .patch(
@@ -70,6 +78,13 @@ async fn a_strategy_built_against_contract_0_1_0_converges_instances_next_to_0_2
             .iter()
             .any(|(k, m)| *k == AuditKind::Outcome && m.contains("done: restarted")),
         "{audit:#?}"
+    );
+    let (_, explained) = world
+        .admin(false, &format!("/v1/instances/{id}/explain"), Value::Null)
+        .await;
+    assert_eq!(
+        explained["rule"], "legacy",
+        "the rule chose it: {explained:#}"
     );
     world.stop_daemon().await;
 }
