@@ -102,6 +102,24 @@ async fn created_and_running(world: &World) -> (String, String) {
     (id, first)
 }
 
+/// Bring an instance up, change it, and abort (as alice) at the pause its rollout makes
+/// for approval. Returns the instance and the revision aborted.
+async fn aborted_at_the_pause(world: &World) -> (String, String) {
+    let (id, first) = created_and_running(world).await;
+    world.patch(&id, set_level("debug")).await;
+    let revision = paused_for_approval(world, &id, Some(&first)).await;
+    let (code, body) = world
+        .admin(
+            true,
+            &format!("/v1/instances/{id}/abort"),
+            json!({ "by": "alice" }),
+        )
+        .await;
+    assert_eq!(code, 202, "{body}");
+    assert_eq!(body["digest"], revision.as_str(), "{body}");
+    (id, revision)
+}
+
 fn count(audit: &[(AuditKind, String)], kind: AuditKind, text: &str) -> usize {
     audit
         .iter()
@@ -306,19 +324,7 @@ async fn approving_a_superseded_revision_at_the_promote_pause_does_nothing() {
 async fn abort_at_the_promote_pause_gives_the_revision_up_and_survives_a_restart() {
     let mut world = World::new(&["approval-gate"]).await;
     world.start_daemon("1s", PROMOTE_GATED).await;
-    let (id, first) = created_and_running(&world).await;
-
-    world.patch(&id, set_level("debug")).await;
-    let revision = paused_for_approval(&world, &id, Some(&first)).await;
-    let (code, body) = world
-        .admin(
-            true,
-            &format!("/v1/instances/{id}/abort"),
-            json!({ "by": "alice" }),
-        )
-        .await;
-    assert_eq!(code, 202, "{body}");
-    assert_eq!(body["digest"], revision.as_str(), "{body}");
+    let (id, revision) = aborted_at_the_pause(&world).await;
 
     let given_up = async |world: &World| {
         world
@@ -425,18 +431,7 @@ strategy_params = { leave_to_operator = "orders: restore the old logLevel by han
 async fn an_abort_answered_with_await_approval_ends_at_once_and_records_what_is_left() {
     let mut world = World::new(&["approval-gate"]).await;
     world.start_daemon("1s", LEFT_TO_AN_OPERATOR).await;
-    let (id, first) = created_and_running(&world).await;
-
-    world.patch(&id, set_level("debug")).await;
-    let revision = paused_for_approval(&world, &id, Some(&first)).await;
-    let (code, body) = world
-        .admin(
-            true,
-            &format!("/v1/instances/{id}/abort"),
-            json!({ "by": "alice" }),
-        )
-        .await;
-    assert_eq!(code, 202, "{body}");
+    let (id, revision) = aborted_at_the_pause(&world).await;
 
     // An undo never waits for an operator: the abort ends as if done, the revision is
     // given up, and nothing waits for an approval.

@@ -40,6 +40,19 @@ fn driver(rollout: Rollout) -> Driver<Rolling> {
     Driver::new(rollout, cp)
 }
 
+/// What the host does once a member runs its desired configuration: it drops the
+/// member's drift before the next step.
+fn updated<S>(d: &mut Driver<S>, id: &str) {
+    if let Some(m) = d
+        .rollout
+        .members_mut()
+        .iter_mut()
+        .find(|m| m.instance_id == id)
+    {
+        m.drifts.clear();
+    }
+}
+
 /// Step until done, failed or an approval; the host drops a member's drift once it
 /// runs its desired configuration, as it does here after every step. `breaks` turns
 /// unhealthy once it is updated (its new configuration is bad).
@@ -50,14 +63,7 @@ fn run(d: &mut Driver<Rolling>, max: usize, breaks: &str) -> Progress {
             if id == breaks {
                 d.cp.set_health(breaks, false);
             }
-            if let Some(m) = d
-                .rollout
-                .members_mut()
-                .iter_mut()
-                .find(|m| m.instance_id == id)
-            {
-                m.drifts.clear();
-            }
+            updated(d, &id);
         }
         if !matches!(progress, Progress::Requeue { .. }) {
             return progress;
@@ -381,14 +387,7 @@ fn gap_between_batches(params: Value, flap: Option<u64>) -> u64 {
             }
         }
         for id in touched(&calls) {
-            if let Some(m) = d
-                .rollout
-                .members_mut()
-                .iter_mut()
-                .find(|m| m.instance_id == id)
-            {
-                m.drifts.clear();
-            }
+            updated(&mut d, &id);
         }
         assert!(matches!(progress, Progress::Requeue { .. }), "{progress:?}");
     }
@@ -494,14 +493,7 @@ mod surge {
         }
         // The host drops a member's drift once it runs its desired configuration.
         for id in touched(&d.cp.take_calls()) {
-            if let Some(m) = d
-                .rollout
-                .members_mut()
-                .iter_mut()
-                .find(|m| m.instance_id == id)
-            {
-                m.drifts.clear();
-            }
+            updated(d, &id);
         }
         progress
     }
@@ -594,14 +586,7 @@ mod surge {
                 }
             }
             for id in touched(&calls) {
-                if let Some(m) = d
-                    .rollout
-                    .members_mut()
-                    .iter_mut()
-                    .find(|m| m.instance_id == id)
-                {
-                    m.drifts.clear();
-                }
+                updated(&mut d, &id);
             }
             assert!(
                 d.cp.traffic_violations().is_empty(),
