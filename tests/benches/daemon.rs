@@ -146,6 +146,52 @@ impl Phases {
     }
 }
 
+/// The machine's CPU counters (`/proc/stat`'s `cpu` line, in clock ticks): total, busy
+/// (everything but idle and iowait) and stolen by the hypervisor.
+#[derive(Clone, Copy)]
+struct CpuTicks {
+    total: u64,
+    busy: u64,
+    steal: u64,
+}
+
+impl CpuTicks {
+    fn now() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/stat").ok()?;
+        let f: Vec<u64> = stat
+            .lines()
+            .next()?
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        // user nice system idle iowait irq softirq steal (guest time is within user).
+        let (idle, iowait, steal) = (*f.get(3)?, *f.get(4)?, *f.get(7)?);
+        let total: u64 = f.iter().take(8).sum();
+        Some(CpuTicks {
+            total,
+            busy: total - idle - iowait,
+            steal,
+        })
+    }
+
+    /// "busy X %, stolen Y %" of the machine's CPU time since `self`: a run on a machine
+    /// that was busy elsewhere or whose host stole time shows it here.
+    fn since(self) -> String {
+        match CpuTicks::now() {
+            Some(now) if now.total > self.total => {
+                let d = (now.total - self.total) as f64;
+                format!(
+                    "machine CPU busy {:.0} %, stolen by the hypervisor {:.1} %",
+                    (now.busy - self.busy) as f64 / d * 100.0,
+                    (now.steal - self.steal) as f64 / d * 100.0
+                )
+            }
+            _ => "machine CPU: /proc/stat unreadable".to_owned(),
+        }
+    }
+}
+
 /// Create `n` Simulated instances, start them through the control plane, and record
 /// their configuration as applied in the daemon's store: a converged fleet.
 async fn converged_fleet(
@@ -335,6 +381,7 @@ async fn event_latency() {
     }
 
     // One change per instance, at EVENT_RATE per second.
+    let cpu = CpuTicks::now();
     let mut sent = Vec::with_capacity(n);
     let mut ticker = tokio::time::interval(Duration::from_secs(1) / EVENT_RATE);
     let mut tasks = Vec::with_capacity(n);
@@ -435,6 +482,9 @@ async fn event_latency() {
         b99.as_secs_f64() * 1e3,
         bmax.as_secs_f64() * 1e3,
     );
+    if let Some(cpu) = cpu {
+        println!("  while measured: {}", cpu.since());
+    }
     daemon.shutdown().await.unwrap();
 }
 
