@@ -5,7 +5,8 @@
 //!    every instance has been reconciled once, reconciles per second, peak RSS of the
 //!    daemon (this process; the control plane runs in another);
 //! 2. event → first strategy control-plane call latency (p50, p99) while configuration
-//!    changes arrive at a sustained 200 per second.
+//!    changes arrive at a sustained 200 per second, split at the decision, with how
+//!    busy the machine's CPU was meanwhile and how much the hypervisor stole.
 //!
 //! Run: `./scripts/build-plugins && cargo bench -p setpoint-tests --bench daemon`.
 //! `SETPOINT_BENCH_SIZES=1000` limits the resync sizes.
